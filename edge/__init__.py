@@ -1,0 +1,3 @@
+"""Một Cửa terminal: face pipeline, gallery store, lookup sessions, display API."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,170 @@
+"""The terminal's configuration: one TOML file, validated once, passed down as a tree.
+
+Each section is a frozen dataclass; ``load_config`` checks every key and type and names
+the offending key (``camera.fps: expected a number, got 'fast'``). Secrets (broker password,
+private keys) are never in this file: the config holds the *path* of a file or the *name*
+of an environment variable, read by :func:`read_secret`.
+
+To add a section: write a dataclass with defaults and add it as a field of ``Config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edge.errors import ConfigError
+
+#: default place for model packs; a terminal uses /var/lib/motcua/models via its config
+DEFAULT_MODEL_DIR = Path(
+    os.environ.get("MOTCUA_MODEL_DIR", Path.home() / ".cache" / "motcua" / "models")
+)
+#: the model pack used when the config names none
+DEFAULT_PACK = "mtcnn-facenet"
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """onnxruntime session options (per process)."""
+
+    #: threads inside one operator; 0 lets onnxruntime pick (all cores)
+    intra_op_threads: int = 0
+    #: execution providers in order of preference; unknown ones are skipped with a warning
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelsConfig:
+    """Which model pack to load and where packs are stored."""
+
+    dir: Path = DEFAULT_MODEL_DIR
+    pack: str = DEFAULT_PACK
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorConfig:
+    """Face detector settings (thresholds come from the pack unless set here)."""
+
+    #: smallest face side in pixels to look for; 40 px is the smallest a 640x480 camera
+    #: gives for a person at arm's length plus a step back
+    min_face: int = 40
+
+
+@dataclasses.dataclass(frozen=True)
+class TerminalConfig:
+    """Identity of this terminal and where it keeps its state."""
+
+    id: str = "terminal-dev"
+    district: str = "district-dev"
+    state_dir: Path = Path("/var/lib/motcua")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole terminal configuration tree."""
+
+    terminal: TerminalConfig = TerminalConfig()
+    models: ModelsConfig = ModelsConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    detector: DetectorConfig = DetectorConfig()
+
+
+T = TypeVar("T")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return _build(tp, value, key)  # type: ignore[arg-type]
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], key)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a path string, got {value!r}")
+        return Path(value).expanduser()
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported setting type {tp!r}")  # a bug in a section
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{where}: unknown setting")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _convert(value, hints[name], key)
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        check(prefix)
+    return obj
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Validate a parsed TOML document into a :class:`Config`."""
+    return _build(Config, data)
+
+
+def load_config(path: Path | None) -> Config:
+    """Load and validate the TOML file at ``path`` (defaults only when ``path`` is None)."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return config_from_dict(data)
+
+
+def read_secret(*, file: Path | None = None, env: str | None = None, key: str) -> str:
+    """Read a secret from a file or an environment variable; ``key`` names the setting."""
+    if file is not None:
+        try:
+            return file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read secret file {file}: {exc.strerror}") from None
+    if env is not None:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"{key}: environment variable {env} is not set")
+        return value
+    raise ConfigError(f"{key}: neither a secret file nor an environment variable is given")

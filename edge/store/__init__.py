@@ -1,0 +1,1 @@
+"""Terminal gallery store: SQLite (WAL) source of truth plus a derived hnswlib index."""

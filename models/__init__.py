@@ -1,0 +1,1 @@
+"""Model packs: manifests and the tool that builds them from registry packages."""

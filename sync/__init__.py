@@ -1,0 +1,1 @@
+"""District-to-terminal sync over MQTT: change log, signed batches, snapshots."""

@@ -1,0 +1,19 @@
+"""Shared fixtures. Test media is read in place from ../shared/media (never copied)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MEDIA = Path(os.environ.get("MOTCUA_MEDIA", REPO.parent / "shared" / "media"))
+
+
+@pytest.fixture(scope="session")
+def media_dir() -> Path:
+    """The labelled sample media; its absence fails the test (CI always has it)."""
+    if not (MEDIA / "faces").is_dir():
+        pytest.fail(f"sample media not found at {MEDIA} (set MOTCUA_MEDIA)")
+    return MEDIA
