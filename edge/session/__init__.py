@@ -1,0 +1,1 @@
+"""The lookup session: tracking, quality gate, liveness, decision, events and audit."""
