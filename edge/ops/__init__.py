@@ -1,0 +1,1 @@
+"""Operations of a terminal: systemd notify/watchdog, metrics, journal logging, doctor."""
