@@ -17,3 +17,15 @@ def media_dir() -> Path:
     if not (MEDIA / "faces").is_dir():
         pytest.fail(f"sample media not found at {MEDIA} (set MOTCUA_MEDIA)")
     return MEDIA
+
+
+@pytest.fixture
+def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fresh Mosquitto broker (persistence on) on a free loopback port, stopped after."""
+    from tests.broker import MosquittoBroker
+
+    b = MosquittoBroker(tmp_path / "broker").start()
+    try:
+        yield b
+    finally:
+        b.stop()
