@@ -64,6 +64,92 @@ class TerminalConfig:
     state_dir: Path = Path("/var/lib/motcua")
 
 
+def _split_hostport(value: str, key: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: expected host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiConfig:
+    """The gRPC display API the terminal serves (proto/display.proto)."""
+
+    #: host:port; loopback by default. A non-loopback address requires TLS with client
+    #: certificates (tls_cert, tls_key, tls_client_ca). Port 0 picks a free port.
+    listen: str = "127.0.0.1:50051"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: CA that signs the display/technician client certificates
+    tls_client_ca: Path | None = None
+    #: one-shot LookupImage for counter staff; off unless the office asks for it
+    lookup_image: bool = False
+    #: wrong PINs allowed per matched session before it locks; 3 like a bank card
+    pin_tries: int = 3
+    #: screens watching at once; a hall has 1-2, 16 leaves room for technicians' tools
+    max_watchers: int = 16
+    #: largest LookupImage upload; 4 MiB holds any phone JPEG resized for counter use
+    max_image_bytes: int = 4 * 1024 * 1024
+    #: counter the screen sends citizens to when they are not recognised
+    help_counter: str = "1"
+    #: seconds a shutdown waits for running calls before cancelling them
+    grace_s: float = 2.0
+
+    def validate(self, prefix: str) -> None:
+        host, _port = _split_hostport(self.listen, f"{prefix}.listen")
+        tls = (self.tls_cert, self.tls_key, self.tls_client_ca)
+        if any(t is not None for t in tls) and not all(t is not None for t in tls):
+            raise ConfigError(
+                f"{prefix}.tls_cert: TLS needs all of tls_cert, tls_key and tls_client_ca"
+            )
+        if not is_loopback_host(host) and self.tls_cert is None:
+            raise ConfigError(
+                f"{prefix}.listen: {self.listen} is not loopback; set tls_cert, tls_key and "
+                "tls_client_ca (client certificates are required off this machine)"
+            )
+        if not 1 <= self.pin_tries <= 10:
+            raise ConfigError(f"{prefix}.pin_tries: expected 1..10, got {self.pin_tries}")
+        if not 1 <= self.max_watchers <= 256:
+            raise ConfigError(f"{prefix}.max_watchers: expected 1..256, got {self.max_watchers}")
+        if self.max_image_bytes < 1024:
+            raise ConfigError(f"{prefix}.max_image_bytes: too small ({self.max_image_bytes})")
+
+
+@dataclasses.dataclass(frozen=True)
+class DisplayConfig:
+    """The kiosk display client (``motcua display``): where the API is, where the page is."""
+
+    #: the terminal's display API (host:port)
+    api: str = "127.0.0.1:50051"
+    #: the local web page for the kiosk browser; loopback: the browser runs on the same box
+    http_listen: str = "127.0.0.1:8080"
+    #: "vi" (default) or "en"
+    language: str = "vi"
+    #: client certificate and the CA of the terminal's certificate, when the API uses TLS
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    #: longest wait between reconnection tries; 5 s brings the screen back soon after a
+    #: terminal restart without hammering a dead one
+    reconnect_max_s: float = 5.0
+
+    def validate(self, prefix: str) -> None:
+        _split_hostport(self.api, f"{prefix}.api")
+        _split_hostport(self.http_listen, f"{prefix}.http_listen")
+        if self.language not in ("vi", "en"):
+            raise ConfigError(f"{prefix}.language: expected 'vi' or 'en', got {self.language!r}")
+        tls = (self.tls_cert, self.tls_key, self.tls_ca)
+        if any(t is not None for t in tls) and not all(t is not None for t in tls):
+            raise ConfigError(f"{prefix}.tls_cert: TLS needs all of tls_cert, tls_key and tls_ca")
+        if self.reconnect_max_s <= 0:
+            raise ConfigError(f"{prefix}.reconnect_max_s: must be positive")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """The whole terminal configuration tree."""
@@ -72,6 +158,8 @@ class Config:
     models: ModelsConfig = ModelsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     detector: DetectorConfig = DetectorConfig()
+    api: ApiConfig = ApiConfig()
+    display: DisplayConfig = DisplayConfig()
 
 
 T = TypeVar("T")

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: every .proto of the project, relative to the repo root
 PROTO_FILES: list[str] = [
     "proto/sync.proto",
+    "proto/display.proto",
 ]
 
 

@@ -1,0 +1,276 @@
+"""The gRPC display API server (proto/display.proto) with health checking and reflection.
+
+``create_server`` builds a ready-to-start server (bound, not started) so tests can run it on
+port 0; ``serve`` runs one until a stop event is set and shuts it down gracefully.
+Health (grpc.health.v1) answers NOT_SERVING until ``ApiServer.set_serving()`` is called once
+the gallery store is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from edge import __version__
+from edge.api.state import DisplayState, Refused
+from edge.config import ApiConfig
+from edge.errors import ConfigError, ImageError, MotcuaError
+from edge.session.events import SessionControl
+from proto import display_pb2 as pb
+from proto import display_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Display"].full_name
+#: threads for calls besides the watcher streams (each stream holds one thread)
+UNARY_THREADS = 8
+#: how often a stream wakes to notice a cancelled client or a shutdown
+STREAM_POLL_S = 0.5
+#: a PIN check runs scrypt (~40 ms on a Pi): a call with less time left than this fails fast
+PIN_MIN_TIME_S = 0.05
+
+StatusFn = Callable[[], pb.TerminalStatus]
+LookupFn = Callable[[bytes], pb.LookupImageResponse]
+
+
+class _NoControl:
+    """SessionControl used when no session machine is attached: refuses everything."""
+
+    def not_me(self, session_id: str) -> bool:
+        return False
+
+    def rate(self, session_id: str, stars: int) -> bool:
+        return False
+
+
+def _abort(context: grpc.ServicerContext, refused: Refused) -> None:
+    context.abort(refused.code, refused.message)
+
+
+class DisplayServicer(pb_grpc.DisplayServicer):
+    """Converts requests and errors; the work is in DisplayState and the attached parts."""
+
+    def __init__(
+        self,
+        state: DisplayState,
+        config: ApiConfig,
+        *,
+        control: SessionControl | None = None,
+        status: StatusFn | None = None,
+        lookup: LookupFn | None = None,
+        started: float | None = None,
+    ) -> None:
+        self.state = state
+        self.config = config
+        self.control: SessionControl = control or _NoControl()
+        self.status_fn = status
+        self.lookup_fn = lookup
+        self.started = started if started is not None else time.monotonic()
+        self.stopping = threading.Event()
+
+    def WatchSession(  # noqa: N802 (gRPC method name)
+        self, request: pb.WatchSessionRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.SessionEvent]:
+        if len(request.client_name) > 200:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_name longer than 200")
+        try:
+            watcher = self.state.watch(request.client_name)
+        except Refused as exc:
+            _abort(context, exc)
+            return
+        context.add_callback(watcher.close)  # a cancelled client wakes the loop at once
+        try:
+            while context.is_active() and not self.stopping.is_set():
+                msg = watcher.get(timeout=STREAM_POLL_S)
+                if msg is not None:
+                    yield msg
+                elif watcher.closed:
+                    break
+        finally:
+            watcher.close()
+            log.info("display watcher %r gone", request.client_name)
+
+    def SubmitPin(  # noqa: N802
+        self, request: pb.SubmitPinRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitPinResponse:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining < PIN_MIN_TIME_S:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline too short for a PIN check")
+        try:
+            return self.state.submit_pin(request.session_id, request.pin)
+        except Refused as exc:
+            _abort(context, exc)
+            raise  # unreachable: abort raises
+
+    def NotMe(  # noqa: N802
+        self, request: pb.NotMeRequest, context: grpc.ServicerContext
+    ) -> pb.NotMeResponse:
+        try:
+            self.state.check_session(request.session_id)
+        except Refused as exc:
+            _abort(context, exc)
+        if not self.control.not_me(request.session_id):
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "no current session with this id"
+            )
+        return pb.NotMeResponse()
+
+    def Rate(  # noqa: N802
+        self, request: pb.RateRequest, context: grpc.ServicerContext
+    ) -> pb.RateResponse:
+        try:
+            self.state.check_session(request.session_id)
+        except Refused as exc:
+            _abort(context, exc)
+        if not 1 <= request.score <= 5:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "score must be 1 to 5")
+        if not self.control.rate(request.session_id, request.score):
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this session cannot be rated (not matched, already rated, or too late)",
+            )
+        return pb.RateResponse()
+
+    def GetStatus(  # noqa: N802
+        self, request: pb.GetStatusRequest, context: grpc.ServicerContext
+    ) -> pb.TerminalStatus:
+        out = pb.TerminalStatus()
+        if self.status_fn is not None:
+            try:
+                out.CopyFrom(self.status_fn())
+            except MotcuaError as exc:
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        out.version = __version__
+        out.uptime_s = time.monotonic() - self.started
+        out.watchers = self.state.watcher_count
+        out.session_state = self.state.current().state
+        return out
+
+    def LookupImage(  # noqa: N802
+        self, request: pb.LookupImageRequest, context: grpc.ServicerContext
+    ) -> pb.LookupImageResponse:
+        if not self.config.lookup_image:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "LookupImage is off on this terminal (api.lookup_image = false)",
+            )
+        if not request.image:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "image is empty")
+        if len(request.image) > self.config.max_image_bytes:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"image larger than {self.config.max_image_bytes} bytes",
+            )
+        if self.lookup_fn is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "no face pipeline attached")
+        try:
+            return self.lookup_fn(request.image)
+        except ImageError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except MotcuaError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        raise AssertionError("unreachable")
+
+
+@dataclasses.dataclass
+class ApiServer:
+    """A bound (not yet started) display API server and what tests and wiring need of it."""
+
+    server: grpc.Server
+    port: int
+    servicer: DisplayServicer
+    health: health.HealthServicer
+
+    @property
+    def state(self) -> DisplayState:
+        return self.servicer.state
+
+    def start(self) -> None:
+        self.server.start()
+        log.info("display API listening on port %d", self.port)
+
+    def set_serving(self, serving: bool = True) -> None:
+        """Health: SERVING once the store is loaded (NOT_SERVING until then)."""
+        st = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        self.health.set("", st)
+        self.health.set(SERVICE_NAME, st)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: end the watcher streams, let running calls finish within grace."""
+        self.servicer.stopping.set()
+        self.health.enter_graceful_shutdown()
+        self.state.close()
+        self.server.stop(grace if grace is not None else self.servicer.config.grace_s).wait()
+
+
+def _read(path: object, key: str) -> bytes:
+    try:
+        return open(str(path), "rb").read()  # noqa: SIM115 (short read)
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+
+
+def create_server(
+    config: ApiConfig,
+    state: DisplayState,
+    *,
+    control: SessionControl | None = None,
+    status: StatusFn | None = None,
+    lookup: LookupFn | None = None,
+) -> ApiServer:
+    """Build and bind the display API server (health NOT_SERVING); call ``start()`` next."""
+    workers = config.max_watchers + UNARY_THREADS
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="display-api"),
+        # more calls than threads queue; past twice that they are refused (RESOURCE_EXHAUSTED)
+        maximum_concurrent_rpcs=workers * 2,
+        options=[
+            ("grpc.max_receive_message_length", config.max_image_bytes + 64 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    servicer = DisplayServicer(state, config, control=control, status=status, lookup=lookup)
+    pb_grpc.add_DisplayServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        if config.tls_cert is not None:
+            creds = grpc.ssl_server_credentials(
+                [(_read(config.tls_key, "api.tls_key"), _read(config.tls_cert, "api.tls_cert"))],
+                root_certificates=_read(config.tls_client_ca, "api.tls_client_ca"),
+                require_client_auth=True,
+            )
+            port = server.add_secure_port(config.listen, creds)
+        else:
+            port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:
+        raise ConfigError(f"api.listen: cannot listen on {config.listen}: {exc}") from None
+    if port == 0:
+        raise ConfigError(f"api.listen: cannot listen on {config.listen}")
+    api = ApiServer(server=server, port=port, servicer=servicer, health=health_servicer)
+    api.set_serving(False)
+    return api
+
+
+def serve(api: ApiServer, stop: threading.Event) -> None:
+    """Run ``api`` until ``stop`` is set, then shut it down gracefully."""
+    api.start()
+    try:
+        stop.wait()
+    finally:
+        api.stop()

@@ -1,0 +1,365 @@
+"""What the screens see: session events turned into display messages, fanned out to watchers.
+
+``DisplayState`` is the unit behind the gRPC servicer. It receives the session's typed events
+(``edge.session.events``), looks up the matched citizen's masked name and dossiers in the
+store, masks the dossier codes, keeps the newest message for screens that connect later,
+and holds the per-session PIN tries. The servicer only converts requests and errors.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import grpc
+
+from edge.api.masking import mask_code
+from edge.pin import valid_pin, verify_pin
+from edge.session import events as ev
+from edge.store.changes import Dossier, DossierStatus
+from proto import display_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+#: messages a watcher's queue holds before the oldest are dropped. Every message carries the
+#: whole screen state, so a slow screen that loses old ones still shows the right thing;
+#: 64 is minutes of normal traffic
+WATCHER_QUEUE = 64
+
+
+class CitizenRecord(Protocol):
+    masked_name: str
+    pin_hash: bytes
+    pin_salt: bytes
+
+
+class CitizenDirectory(Protocol):
+    """The part of the gallery store the display needs (edge.store GalleryStore has it)."""
+
+    def citizen(self, citizen_id: str) -> CitizenRecord | None: ...
+
+    def dossiers(self, citizen_id: str) -> Sequence[Dossier]: ...
+
+
+class Refused(Exception):
+    """A request the API turns down with a gRPC status code and a one-line reason."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def status_pb(status: DossierStatus) -> int:
+    return pb.DossierStatus.Value("DOSSIER_STATUS_" + status.name)
+
+
+def summary_pb(d: Dossier) -> pb.DossierSummary:
+    return pb.DossierSummary(
+        masked_code=mask_code(d.code),
+        status=status_pb(d.status),  # type: ignore[arg-type]
+        status_label_vi=d.status.label_vi,
+        status_label_en=d.status.label_en,
+        stage=d.stage,
+        received_on=d.received_on,
+        appointment_on=d.appointment_on,
+    )
+
+
+def detail_pb(d: Dossier) -> pb.DossierDetail:
+    return pb.DossierDetail(
+        code=d.code,
+        procedure=d.procedure,
+        status=status_pb(d.status),  # type: ignore[arg-type]
+        status_label_vi=d.status.label_vi,
+        status_label_en=d.status.label_en,
+        stage=d.stage,
+        received_on=d.received_on,
+        appointment_on=d.appointment_on,
+        counter=d.counter,
+    )
+
+
+def match_pb(directory: CitizenDirectory, citizen_id: str, tries_left: int) -> pb.Match | None:
+    """The masked view of a citizen, or None when the store no longer has them."""
+    rec = directory.citizen(citizen_id)
+    if rec is None:
+        return None
+    return pb.Match(
+        masked_name=rec.masked_name,
+        dossiers=[summary_pb(d) for d in directory.dossiers(citizen_id)],
+        pin_available=bool(rec.pin_hash),
+        pin_tries_left=tries_left,
+    )
+
+
+_CHALLENGE = {
+    ev.Challenge.TURN_LEFT: pb.CHALLENGE_KIND_TURN_LEFT,
+    ev.Challenge.TURN_RIGHT: pb.CHALLENGE_KIND_TURN_RIGHT,
+    ev.Challenge.LOOK_UP: pb.CHALLENGE_KIND_LOOK_UP,
+    ev.Challenge.LOOK_DOWN: pb.CHALLENGE_KIND_LOOK_DOWN,
+}
+
+
+@dataclasses.dataclass
+class _MatchedSession:
+    session_id: str
+    citizen_id: str
+    tries_left: int
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+class Watcher:
+    """One screen's bounded queue of display messages."""
+
+    def __init__(self, state: DisplayState, name: str, first: pb.SessionEvent) -> None:
+        self.name = name
+        self._state = state
+        self._items: collections.deque[pb.SessionEvent] = collections.deque(
+            [first], maxlen=WATCHER_QUEUE
+        )
+        self._cond = threading.Condition()
+        self.closed = False
+        self.dropped = 0
+
+    def put(self, msg: pb.SessionEvent) -> None:
+        with self._cond:
+            if self.closed:
+                return
+            if len(self._items) == self._items.maxlen:
+                self.dropped += 1
+            self._items.append(msg)
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> pb.SessionEvent | None:
+        """The next message, or None after ``timeout`` or once closed."""
+        with self._cond:
+            if not self._items and not self.closed:
+                self._cond.wait(timeout)
+            return self._items.popleft() if self._items else None
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+        self._state._drop(self)
+
+
+class DisplayState:
+    """Session events in, display messages out; PIN tries per matched session."""
+
+    def __init__(
+        self,
+        directory: CitizenDirectory,
+        *,
+        pin_tries: int = 3,
+        help_counter: str = "1",
+        max_watchers: int = 16,
+    ) -> None:
+        self._directory = directory
+        self._pin_tries = pin_tries
+        self._help_counter = help_counter
+        self._max_watchers = max_watchers
+        self._lock = threading.Lock()
+        self._watchers: list[Watcher] = []
+        self._seq = 0
+        self._camera_up = True
+        self._current = self._stamp(pb.SessionEvent(state=pb.SESSION_STATE_IDLE))
+        self._matched: _MatchedSession | None = None
+        #: session id of the newest match that may still be rated
+        self._rateable: str = ""
+        self._session_started: dict[str, int] = {}
+        self._closed = False
+
+    # -- fan-out -------------------------------------------------------------------------
+
+    def _stamp(self, msg: pb.SessionEvent, at: float | None = None) -> pb.SessionEvent:
+        self._seq += 1
+        msg.seq = self._seq
+        if not msg.time_unix_ms:
+            msg.time_unix_ms = int((at if at is not None else time.time()) * 1000)
+        msg.camera_up = self._camera_up
+        return msg
+
+    def current(self) -> pb.SessionEvent:
+        with self._lock:
+            out = pb.SessionEvent()
+            out.CopyFrom(self._current)
+            return out
+
+    @property
+    def watcher_count(self) -> int:
+        with self._lock:
+            return len(self._watchers)
+
+    def watch(self, name: str = "") -> Watcher:
+        """A new watcher whose first message is the current screen state."""
+        with self._lock:
+            if self._closed:
+                raise Refused(grpc.StatusCode.UNAVAILABLE, "the terminal is shutting down")
+            if len(self._watchers) >= self._max_watchers:
+                raise Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"too many screens watching (api.max_watchers = {self._max_watchers})",
+                )
+            first = pb.SessionEvent()
+            first.CopyFrom(self._current)
+            w = Watcher(self, name, first)
+            self._watchers.append(w)
+        log.info("display watcher %r connected (%d watching)", name, len(self._watchers))
+        return w
+
+    def _drop(self, w: Watcher) -> None:
+        with self._lock:
+            if w in self._watchers:
+                self._watchers.remove(w)
+
+    def close(self) -> None:
+        """End every watcher stream (shutdown)."""
+        with self._lock:
+            self._closed = True
+            watchers = list(self._watchers)
+        for w in watchers:
+            w.close()
+
+    def _publish(self, msg: pb.SessionEvent, at: float | None) -> pb.SessionEvent:
+        with self._lock:
+            self._stamp(msg, at)
+            self._current = msg
+            watchers = list(self._watchers)
+        for w in watchers:
+            copy = pb.SessionEvent()
+            copy.CopyFrom(msg)
+            w.put(copy)
+        return msg
+
+    # -- session events in ---------------------------------------------------------------
+
+    def on_event(self, event: ev.SessionEvent) -> pb.SessionEvent | None:
+        """Turn one session event into the screen message (and publish it); never raises."""
+        try:
+            return self._on_event(event)
+        except Exception:  # a bad lookup must not kill the relay thread
+            log.exception("display: cannot convert %r", event)
+            return None
+
+    def _on_event(self, event: ev.SessionEvent) -> pb.SessionEvent | None:
+        sid = event.session_id
+        started = self._session_started
+        if sid and sid not in started:
+            started.clear()  # one session at a time: forget the previous one
+            started[sid] = int(event.at * 1000)
+        msg = pb.SessionEvent(session_id=sid, face_seen_unix_ms=started.get(sid, 0))
+        if isinstance(event, ev.CameraState):
+            self._camera_up = event.up
+            msg = pb.SessionEvent()
+            msg.CopyFrom(self.current())
+            msg.time_unix_ms = 0
+            return self._publish(msg, event.at)
+        if isinstance(event, ev.Idle):
+            msg = pb.SessionEvent(state=pb.SESSION_STATE_IDLE)
+        elif isinstance(event, ev.FacePresent):
+            msg.state = pb.SESSION_STATE_FACE_PRESENT
+            msg.hint = event.hint.value
+        elif isinstance(event, ev.ChallengeIssued):
+            msg.state = pb.SESSION_STATE_CHALLENGE
+            msg.challenge.CopyFrom(
+                pb.Challenge(
+                    kind=_CHALLENGE[event.challenge],  # type: ignore[arg-type]
+                    prompt_vi=event.prompt_vi,
+                    prompt_en=event.prompt_en,
+                    progress=event.progress,
+                )
+            )
+        elif isinstance(event, ev.Matched):
+            match = match_pb(self._directory, event.citizen_id, self._pin_tries)
+            if match is None:  # deleted between the search and now: do not show anyone
+                msg.state = pb.SESSION_STATE_NOT_RECOGNISED
+                msg.help_counter = self._help_counter
+            else:
+                with self._lock:
+                    self._matched = _MatchedSession(sid, event.citizen_id, self._pin_tries)
+                    self._rateable = sid
+                msg.state = pb.SESSION_STATE_MATCHED
+                msg.match.CopyFrom(match)
+                msg.can_rate = True
+        elif isinstance(event, ev.NotRecognised):
+            msg.state = pb.SESSION_STATE_NOT_RECOGNISED
+            msg.help_counter = self._help_counter
+        elif isinstance(event, ev.LivenessFailed):
+            msg.state = pb.SESSION_STATE_LIVENESS_FAILED
+            msg.help_counter = self._help_counter
+            msg.reason = event.reason
+        elif isinstance(event, ev.TimedOut):
+            msg.state = pb.SESSION_STATE_TIMED_OUT
+            msg.help_counter = self._help_counter
+            msg.reason = event.stage
+        elif isinstance(event, ev.Ended):
+            with self._lock:
+                if self._matched is not None and self._matched.session_id == sid:
+                    self._matched = None  # nothing of the match stays after the session
+                can_rate = self._rateable == sid and event.outcome is ev.Outcome.MATCHED
+                if not can_rate and self._rateable == sid:
+                    self._rateable = ""
+            msg.state = pb.SESSION_STATE_ENDED
+            msg.reason = event.outcome.value
+            msg.can_rate = can_rate
+        elif isinstance(event, ev.RatingReceived):
+            with self._lock:
+                if self._rateable == sid:
+                    self._rateable = ""
+            msg = self.current()
+            msg.time_unix_ms = 0
+            msg.can_rate = False
+            msg.rated = True
+        else:
+            log.debug("display: ignoring %s", type(event).__name__)
+            return None
+        return self._publish(msg, event.at)
+
+    # -- requests from the screen --------------------------------------------------------
+
+    def submit_pin(self, session_id: str, pin: str) -> pb.SubmitPinResponse:
+        """Check ``pin`` for the matched session; raises Refused for bad or locked requests."""
+        if not session_id:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "session_id is required")
+        if not valid_pin(pin):
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "a PIN is 4 to 8 digits")
+        with self._lock:
+            m = self._matched
+        if m is None or m.session_id != session_id:
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION, "no matched session with this id on screen"
+            )
+        with m.lock:  # one try at a time per session: no parallel guessing
+            if m.tries_left <= 0:
+                raise Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "too many wrong PINs: locked for this session",
+                )
+            rec = self._directory.citizen(m.citizen_id)
+            if rec is None or not rec.pin_hash:
+                raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "this citizen has no PIN")
+            if verify_pin(pin, rec.pin_hash, rec.pin_salt):
+                dossiers = [detail_pb(d) for d in self._directory.dossiers(m.citizen_id)]
+                return pb.SubmitPinResponse(ok=True, tries_left=m.tries_left, dossiers=dossiers)
+            m.tries_left -= 1
+            log.info("wrong PIN for session %s (%d tries left)", session_id, m.tries_left)
+            return pb.SubmitPinResponse(
+                ok=False, tries_left=m.tries_left, locked=m.tries_left == 0
+            )
+
+    def check_session(self, session_id: str) -> None:
+        """Refuse requests that name no session (INVALID_ARGUMENT)."""
+        if not session_id:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "session_id is required")
+
+    @property
+    def matched_session(self) -> str:
+        with self._lock:
+            return self._matched.session_id if self._matched else ""
