@@ -56,6 +56,163 @@ class DetectorConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CameraConfig:
+    """Where frames come from and how the grabber treats the camera (``[camera]``)."""
+
+    #: "0" or "/dev/video0" (V4L2), a video file, a folder of images, or rtsp:// http:// URL
+    source: str = "0"
+    #: "auto" guesses from ``source``; or one of "v4l2", "file", "images", "stream"
+    kind: str = "auto"
+    #: video file / image folder: start again at the end (a demo loop) instead of stopping
+    loop: bool = False
+    #: video file / image folder: deliver frames at their own rate like a camera would;
+    #: false delivers as fast as they are read (tests, benchmarks)
+    realtime: bool = True
+    #: image folder: frames per second it plays at (images carry no timing)
+    images_fps: float = 10.0
+    #: V4L2: requested capture size; 640x480 is what Pi cameras and cheap USB webcams give
+    #: at full rate, and faces at kiosk distance are 80-200 px in it
+    width: int = 640
+    height: int = 480
+    #: V4L2: requested capture rate
+    fps: float = 30.0
+    #: frames the loop processes per second with nobody in front: 4 notices a person
+    #: within a quarter second while keeping idle CPU low on a Pi
+    idle_fps: float = 4.0
+    #: ... and while a face is present: 15 is enough to follow a head turn (which takes
+    #: ~0.5 s) with several frames; more only costs CPU
+    active_fps: float = 15.0
+    #: reconnect backoff: first delay, doubled per failure up to the maximum (a camera
+    #: replugged is back within a second or two; the maximum keeps log spam down)
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 10.0
+    #: stream sources: give up opening / reading after this long (a dead RTSP camera
+    #: would otherwise block the grabber for the FFmpeg default of 30 s)
+    open_timeout_s: float = 5.0
+    read_timeout_s: float = 5.0
+
+    def validate(self, prefix: str) -> None:
+        p = f"{prefix}." if prefix else ""
+        if self.kind not in ("auto", "v4l2", "file", "images", "stream"):
+            raise ConfigError(f"{p}kind: expected auto, v4l2, file, images or stream")
+        if not self.source:
+            raise ConfigError(f"{p}source: must not be empty")
+        for name in ("images_fps", "fps", "idle_fps", "active_fps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{p}{name}: must be > 0")
+        for name in ("reconnect_initial_s", "reconnect_max_s", "open_timeout_s",
+                     "read_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{p}{name}: must be >= 0")
+        if self.width <= 0 or self.height <= 0:
+            raise ConfigError(f"{p}width: width and height must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionConfig:
+    """The lookup session: tracking, quality gate, liveness and decision (``[session]``).
+
+    Lengths are relative to the inter-ocular distance (IOD, pixels between the eyes) so
+    they hold at any distance from the camera.
+    """
+
+    # -- tracking
+    #: a detection continues a track when its box overlaps the track's by this IoU; 0.3
+    #: survives a head turn at 4 fps idle rate but not a jump to another person
+    track_iou: float = 0.3
+    #: ... or when its centre is within this fraction of the track's box size
+    track_centre: float = 0.5
+    #: a track not seen for this long is gone (the person left); 1 s bridges missed
+    #: detections during a head turn
+    lost_s: float = 1.0
+    #: frames a face must be seen before a session starts: 2 ignores one-frame false
+    #: detections and people walking past
+    present_frames: int = 2
+    # -- quality gate
+    #: smallest face box side in pixels: below 60 px embeddings lose accuracy
+    min_face_px: float = 60.0
+    #: variance of the Laplacian of the face resized to 112 px grey: below ~40 the face is
+    #: motion-blurred or out of focus (sharp webcam faces give 100-1000)
+    min_sharpness: float = 40.0
+    #: mean grey level of the face allowed: outside this the face is too dark/bright
+    min_brightness: float = 40.0
+    max_brightness: float = 230.0
+    #: frontal pose: nose offset from the eye midline / IOD (about yaw; 0.18 ~ 15 degrees)
+    max_yaw: float = 0.18
+    #: nose height between eye line (0) and mouth line (1); frontal faces sit ~0.45-0.6
+    min_pitch: float = 0.3
+    max_pitch: float = 0.75
+    #: eye line angle in degrees (roll); beyond 20 the aligner still copes but the person
+    #: is not looking straight at the terminal
+    max_roll_deg: float = 20.0
+    #: consecutive good frames before the challenge: 3 proves the face is held still
+    good_frames: int = 3
+    #: good frontal frames embedded and averaged for the decision (more = steadier score)
+    embed_frames: int = 3
+    # -- liveness
+    #: "challenge" asks for a random gesture; "off" skips liveness (only for tests or a
+    #: staffed counter; a terminal in a hall must use "challenge")
+    liveness: str = "challenge"
+    #: challenges asked from: any of turn_left, turn_right, look_up, look_down
+    challenges: tuple[str, ...] = ("turn_left", "turn_right", "look_up", "look_down")
+    #: nose parallax (distance of the nose from where the homography of the eyes and
+    #: mouth corners puts it) / IOD that counts as a 3-D head movement. Landmark noise
+    #: on flat pictures stays below ~0.06; a 15-degree head turn gives ~0.15
+    parallax_min: float = 0.10
+    #: frames in a row the commanded parallax must be seen (one-frame landmark glitches
+    #: must not pass)
+    parallax_frames: int = 2
+    #: parallax this large in another direction than commanded fails the challenge (a
+    #: replayed video of someone moving rarely moves the right way at the right time)
+    wrong_way_max: float = 0.14
+    #: time allowed for the gesture after the prompt; a person needs 1-3 s
+    challenge_s: float = 6.0
+    #: the face after the gesture must still be the same person: cosine similarity of its
+    #: embedding to the pre-challenge ones (same person turned ~20 degrees: > 0.5)
+    same_person_min: float = 0.45
+    # -- decision
+    #: match threshold; 0 takes the model pack's own threshold
+    threshold: float = 0.0
+    #: the best citizen must beat the next citizen by this much (cosine); 0.08 keeps
+    #: look-alike siblings from being shown each other's dossiers
+    margin: float = 0.08
+    #: gallery neighbours asked for (>= 2 to see the next citizen)
+    top_k: int = 5
+    # -- timing
+    #: a session that reaches no decision in this long ends "timed out"
+    timeout_s: float = 20.0
+    #: how long a match stays on screen (ends earlier when the person leaves)
+    result_s: float = 20.0
+    #: how long "not recognised" / "liveness failed" / "timed out" stay on screen
+    message_s: float = 5.0
+    #: the same face may start a new session this long after a failed one (retry)
+    retry_after_s: float = 5.0
+    #: a rating is accepted this long after the match was shown
+    rating_window_s: float = 60.0
+
+    def validate(self, prefix: str) -> None:
+        p = f"{prefix}." if prefix else ""
+        if self.liveness not in ("challenge", "off"):
+            raise ConfigError(f"{p}liveness: expected challenge or off")
+        allowed = {"turn_left", "turn_right", "look_up", "look_down"}
+        if not self.challenges or set(self.challenges) - allowed:
+            raise ConfigError(f"{p}challenges: expected a non-empty list of {sorted(allowed)}")
+        if self.top_k < 2:
+            raise ConfigError(f"{p}top_k: must be >= 2 to compare with the next citizen")
+        for name in ("present_frames", "good_frames", "embed_frames", "parallax_frames"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{p}{name}: must be >= 1")
+        for name in ("lost_s", "challenge_s", "timeout_s", "result_s", "message_s",
+                     "min_face_px", "parallax_min", "wrong_way_max"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{p}{name}: must be > 0")
+        if self.wrong_way_max < self.parallax_min:
+            raise ConfigError(f"{p}wrong_way_max: must be >= parallax_min")
+        if not 0 <= self.threshold < 1 or not 0 <= self.margin < 1:
+            raise ConfigError(f"{p}threshold: threshold and margin must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
 class TerminalConfig:
     """Identity of this terminal and where it keeps its state."""
 
@@ -160,6 +317,8 @@ class Config:
     detector: DetectorConfig = DetectorConfig()
     api: ApiConfig = ApiConfig()
     display: DisplayConfig = DisplayConfig()
+    camera: CameraConfig = CameraConfig()
+    session: SessionConfig = SessionConfig()
 
 
 T = TypeVar("T")
