@@ -308,6 +308,67 @@ class DisplayConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StoreSettings:
+    """Gallery store ([store]): HNSW index parameters and checkpoint policy.
+
+    The values come from ``bench/store.py`` runs on a 2-core x86 machine with 512-d
+    clustered embeddings; docs/store.md has the figures behind each choice.
+    """
+
+    #: HNSW links per node. 16 reaches citizen-level recall@1 >= 0.995 at 100k with a
+    #: small ef; 32 gained no recall we needed but costs +128 B/vector and slower adds
+    M: int = 16
+    #: build-time beam. 100 keeps adds above 2,000 upserts/s through the store on 2 cores
+    #: while still giving recall@1 >= 0.995 at ef=64 (200 halves the add rate for
+    #: no citizen-level recall we could measure)
+    ef_construction: int = 100
+    #: search-time beam; the smallest value with citizen-level recall@1 >= 0.995 at 100k
+    #: (bench/store.py sweeps it), plus headroom for real faces being less clustered
+    ef: int = 64
+    #: rebuild the index when this share of its slots is deleted-but-not-reused: past it
+    #: the graph has holes that cost recall, and the slots cost memory
+    rebuild_deleted_share: float = 0.25
+    #: do not bother rebuilding tiny indexes (a rebuild of 1,000 vectors is ~0.5 s anyway,
+    #: but the share swings wildly there)
+    rebuild_min_slots: int = 1000
+    #: capacity growth when the index is full; 1.5 amortises resize_index (a full copy)
+    #: while wasting at most a third of the reserved memory
+    growth_factor: float = 1.5
+    #: capacity reserved at creation (slots); resized by growth_factor past it
+    initial_capacity: int = 1024
+    #: write a checkpoint after this many applied changes (and on close, after a snapshot
+    #: or rebuild). Replaying 2,000 changes on start takes ~1 s; a 100k checkpoint is
+    #: ~220 MB written to an SD card, so not more often than that
+    checkpoint_every: int = 2000
+    #: checkpoints kept; the older one is a fallback when the newest is damaged. Older
+    #: checkpoints are dropped anyway once a citizen deletion happened after them, so a
+    #: deleted citizen's vectors do not survive in a fallback file
+    keep_checkpoints: int = 2
+    #: threads for bulk index builds (rebuild, snapshot); 2 = the cores of a Pi-class box
+    #: we may use while searches run on the old index
+    build_threads: int = 2
+    #: most embeddings one citizen may have (several visits). Searches fetch k x this many
+    #: neighbours to be sure of k distinct citizens, so it bounds search cost
+    max_embeddings_per_citizen: int = 16
+
+    def validate(self, prefix: str = "store") -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"{prefix}.{key}: {why}" if prefix else f"{key}: {why}")
+
+        for key in ("M", "ef_construction", "ef", "initial_capacity", "checkpoint_every",
+                    "keep_checkpoints", "build_threads", "max_embeddings_per_citizen",
+                    "rebuild_min_slots"):
+            if getattr(self, key) < 1:
+                raise bad(key, "must be at least 1")
+        if not 2 <= self.M <= 100:
+            raise bad("M", "must be between 2 and 100")
+        if not 0.0 < self.rebuild_deleted_share < 1.0:
+            raise bad("rebuild_deleted_share", "must be between 0 and 1 (exclusive)")
+        if not 1.05 <= self.growth_factor <= 4.0:
+            raise bad("growth_factor", "must be between 1.05 and 4")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole terminal configuration tree."""
 
@@ -319,6 +380,7 @@ class Config:
     display: DisplayConfig = DisplayConfig()
     camera: CameraConfig = CameraConfig()
     session: SessionConfig = SessionConfig()
+    store: StoreSettings = StoreSettings()
 
 
 T = TypeVar("T")
