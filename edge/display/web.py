@@ -1,0 +1,179 @@
+"""The kiosk page server: static page, live state over Server-Sent Events, taps as POSTs.
+
+Routes: ``GET /`` the page (``?lang=en`` for English), ``GET /events`` SSE stream of screen
+states (JSON), ``GET /state`` the current state (polling fallback), ``POST /api/pin``,
+``/api/notme``, ``/api/rate`` (JSON bodies, forwarded to the terminal), ``GET /healthz``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+from edge.display.client import CallFailed, TerminalLink
+from edge.display.view import Screen
+from edge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: SSE comment sent when nothing changed for this long, so proxies and the browser keep
+#: the connection and a dead page is noticed; 15 s is the usual choice
+HEARTBEAT_S = 15.0
+#: largest POST body accepted; taps are a few dozen bytes
+MAX_BODY = 4096
+
+_STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+
+
+def _asset(name: str) -> bytes:
+    return resources.files("edge.display").joinpath("static", name).read_bytes()
+
+
+class KioskServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], screen: Screen, link: TerminalLink | None,
+                 stop: threading.Event, language: str) -> None:
+        self.screen = screen
+        self.link = link
+        self.stop_event = stop
+        self.language = language
+        super().__init__(address, KioskHandler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/"
+
+
+class KioskHandler(BaseHTTPRequestHandler):
+    server: KioskServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("kiosk http: " + format, *args)
+
+    def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None
+              ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json")
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = urlsplit(self.path).path
+        if path in _STATIC:
+            name, ctype = _STATIC[path]
+            body = _asset(name)
+            if name == "index.html":
+                body = body.replace(b"__DEFAULT_LANG__", self.server.language.encode())
+            self._send(HTTPStatus.OK, body, ctype)
+        elif path == "/events":
+            self._events()
+        elif path == "/state":
+            self._json(HTTPStatus.OK, self.server.screen.get()[1])
+        elif path == "/healthz":
+            self._json(HTTPStatus.OK, {"ok": True, "connected": self.server.screen.get()[1].get(
+                "connected", False)})
+        else:
+            self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+    def _events(self) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        screen = self.server.screen
+        version, state = screen.get()
+        try:
+            self.wfile.write(b"retry: 1000\n")
+            self._event(state)
+            while not self.server.stop_event.is_set():
+                new_version, state = screen.wait_change(version, HEARTBEAT_S)
+                if new_version == version:
+                    self.wfile.write(b": keepalive\n\n")
+                    self.wfile.flush()
+                    continue
+                version = new_version
+                self._event(state)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            return
+
+    def _event(self, state: dict[str, Any]) -> None:
+        data = json.dumps(state, ensure_ascii=False)
+        self.wfile.write(f"id: {state.get('version', 0)}\ndata: {data}\n\n".encode())
+        self.wfile.flush()
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = urlsplit(self.path).path
+        if path not in ("/api/pin", "/api/notme", "/api/rate"):
+            self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 < length <= MAX_BODY:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "body missing or too large"})
+            return
+        try:
+            body = json.loads(self.rfile.read(length))
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+            session_id = str(body.get("session_id", ""))
+        except ValueError:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "body is not a JSON object"})
+            return
+        link = self.server.link
+        if link is None:
+            self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no terminal"})
+            return
+        try:
+            if path == "/api/pin":
+                result = link.submit_pin(session_id, str(body.get("pin", "")))
+            elif path == "/api/notme":
+                result = link.not_me(session_id)
+            else:
+                score = body.get("score")
+                if not isinstance(score, int) or isinstance(score, bool):
+                    self._json(HTTPStatus.BAD_REQUEST, {"error": "score must be an integer"})
+                    return
+                result = link.rate(session_id, score)
+        except CallFailed as exc:
+            status = HTTPStatus.BAD_GATEWAY if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") \
+                else HTTPStatus.CONFLICT
+            self._json(status, {"error": exc.message, "code": exc.code})
+            return
+        self._json(HTTPStatus.OK, result)
+
+
+def create_kiosk_server(listen: str, screen: Screen, link: TerminalLink | None,
+                        stop: threading.Event, language: str = "vi") -> KioskServer:
+    """Bind the page server (port 0 picks a free one); run ``serve_forever`` in a thread."""
+    host, _, port = listen.rpartition(":")
+    try:
+        return KioskServer((host.strip("[]"), int(port)), screen, link, stop, language)
+    except OSError as exc:
+        raise ConfigError(f"display.http_listen: cannot listen on {listen}: {exc.strerror}"
+                          ) from None

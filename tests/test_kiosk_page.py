@@ -1,0 +1,296 @@
+"""The kiosk page in headless Debian chromium, fed by a real display API server.
+
+Chain under test: session events -> DisplayState -> gRPC server (port 0) -> display client
+process parts (TerminalLink + page server) -> SSE -> chromium renders. Each state is checked
+for its Vietnamese text and a screenshot is written to tests/artifacts/kiosk_*.png.
+The store and session machine are unit-boundary fakes (tests/display_fakes.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from display_fakes import PIN, FakeControl, FakeDirectory
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from edge.api.server import ApiServer, create_server
+from edge.api.state import DisplayState
+from edge.config import ApiConfig, DisplayConfig
+from edge.display.app import DisplayApp
+from edge.session import events as ev
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def start_api(port: int = 0) -> tuple[ApiServer, FakeControl]:
+    cfg = ApiConfig(listen=f"127.0.0.1:{port}", grace_s=0.2)
+    state = DisplayState(FakeDirectory(), pin_tries=3, help_counter="5", max_watchers=8)
+    control = FakeControl()
+    api = create_server(cfg, state, control=control)
+    api.start()
+    api.set_serving()
+    return api, control
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    profile = tempfile.mkdtemp(prefix="motcua-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--window-size=1280,800", "--hide-scrollbars",
+    ):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(20)
+    # the kiosk screen is 1280x800: make that the page's viewport, not the window's
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+class Rig:
+    def __init__(self) -> None:
+        self.api, self.control = start_api()
+        self.port = self.api.port
+        cfg = DisplayConfig(api=f"127.0.0.1:{self.port}", http_listen="127.0.0.1:0",
+                            reconnect_max_s=0.5)
+        self.display = DisplayApp(cfg, name="test-kiosk")
+        self.display.start()
+
+    @property
+    def state(self) -> DisplayState:
+        return self.api.state
+
+    def restart_api(self) -> None:
+        self.api.stop(0.2)
+        deadline = time.monotonic() + 10
+        while True:  # the port is free again once the old server is gone
+            try:
+                self.api, self.control = start_api(self.port)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        self.display.close()
+        self.api.stop(0.2)
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig()
+    yield r
+    r.close()
+
+
+def wait_for(driver: webdriver.Chrome, cond: Callable[[webdriver.Chrome], object],
+             what: str, timeout: float = 10) -> None:
+    try:
+        WebDriverWait(driver, timeout, poll_frequency=0.05).until(cond)
+    except TimeoutException:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        raise AssertionError(f"page never showed {what}; it shows: {body!r}") from None
+
+
+def shows_state(driver: webdriver.Chrome, state: str, session: str | None = None) -> None:
+    def ok(d: webdriver.Chrome) -> bool:
+        el = d.find_element(By.ID, "screen")
+        return el.get_attribute("data-state") == state and (
+            session is None or el.get_attribute("data-session") == session
+        )
+
+    wait_for(driver, ok, f"state {state}")
+
+
+def text(driver: webdriver.Chrome) -> str:
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def shot(driver: webdriver.Chrome, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"kiosk_{name}.png"
+    driver.save_screenshot(str(path))
+    assert path.stat().st_size > 5000
+
+
+def test_each_session_state_in_vietnamese(browser: webdriver.Chrome, rig: Rig) -> None:
+    browser.get(rig.display.url)
+    assert browser.execute_script("return document.characterSet") == "UTF-8"
+    shows_state(browser, "idle")
+    assert "Tra cứu hồ sơ bằng khuôn mặt" in text(browser)
+    assert "Nhìn thẳng vào camera phía trên màn hình." in text(browser)
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "vi"
+    shot(browser, "01_idle")
+
+    rig.state.on_event(ev.FacePresent("s1", hint=ev.Hint.TOO_SMALL))
+    shows_state(browser, "face_present")
+    assert "Đang nhận diện" in text(browser) and "Xin tiến lại gần hơn." in text(browser)
+    shot(browser, "02_face_present")
+
+    rig.state.on_event(ev.ChallengeIssued("s1", challenge=ev.Challenge.TURN_LEFT, progress=0.4))
+    shows_state(browser, "challenge")
+    assert "Xin quay đầu sang trái" in text(browser)
+    assert "Xác minh người thật" in text(browser)
+    shot(browser, "03_challenge")
+
+    rig.state.on_event(ev.Matched("s1", citizen_id="c1", score=0.8, margin=0.3))
+    shows_state(browser, "matched")
+    body = text(browser)
+    assert "Xin chào, Nguyễn T. T***" in body
+    assert "***.**.**.***-******-0042" in body and "***.**.**.***-******-0107" in body
+    assert "Đang giải quyết" in body and "Đã có kết quả" in body
+    assert "Phòng Tài nguyên - Môi trường" in body
+    assert "01/12/2026" in body and "02/11/2026" in body
+    assert "H29" not in body and "quyền sử dụng" not in body  # masked until PIN
+    cards = browser.find_elements(By.CSS_SELECTOR, ".card")
+    colours = {c.get_attribute("class"): c.value_of_css_property("border-left-color")
+               for c in cards}
+    assert len(set(colours.values())) == 2, colours  # one colour per status
+    assert "Không phải tôi" in body and "Xem chi tiết (mã PIN)" in body
+    shot(browser, "04_matched")
+
+    # the PIN pad: a wrong PIN is counted, the right one shows the full details
+    browser.find_element(By.ID, "btn-pin").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "pinpad").is_displayed(), "PIN pad")
+    shot(browser, "05_pin_pad")
+
+    def enter(pin: str) -> None:
+        for digit in pin:
+            browser.find_element(By.CSS_SELECTOR, f'.key[data-key="{digit}"]').click()
+        browser.find_element(By.CSS_SELECTOR, '.key[data-key="ok"]').click()
+
+    enter("1111")
+    wait_for(browser, lambda d: "Còn 2 lần thử" in d.find_element(By.ID, "pin-msg").text,
+             "wrong PIN message")
+    shot(browser, "06_pin_wrong")
+    enter(PIN)
+    wait_for(browser, lambda d: "000.00.12.H29-240915-0042" in text(d), "full details")
+    assert "Cấp giấy chứng nhận quyền sử dụng đất" in text(browser)
+    assert "Quầy trả kết quả: 3" in text(browser)
+    shot(browser, "07_pin_details")
+    browser.find_element(By.ID, "pin-close").click()
+
+    # rating: one tap reaches the terminal
+    rig.control.current.add("s1")
+    rig.state.on_event(ev.Ended("s1", outcome=ev.Outcome.MATCHED))
+    shows_state(browser, "ended")
+    assert "Cảm ơn quý khách!" in text(browser)
+    assert "Quý khách đánh giá dịch vụ thế nào?" in text(browser)
+    shot(browser, "08_ended_rate")
+    browser.find_element(By.CSS_SELECTOR, '.star[data-score="5"]').click()
+    wait_for(browser, lambda d: "Cảm ơn quý khách đã đánh giá!" in text(d), "rating thanks")
+    assert rig.control.ratings == [("s1", 5)]
+    shot(browser, "09_rated")
+
+    rig.state.on_event(ev.Idle(""))
+    shows_state(browser, "idle")
+    assert "Nguyễn" not in text(browser)  # cleared at the end of the session
+
+    rig.state.on_event(ev.NotRecognised("s2"))
+    shows_state(browser, "not_recognised")
+    assert "Không nhận diện được" in text(browser)
+    assert "Xin vui lòng đến quầy số 5 để được hỗ trợ." in text(browser)
+    shot(browser, "10_not_recognised")
+
+    rig.state.on_event(ev.LivenessFailed("s3", reason="flat"))
+    shows_state(browser, "liveness_failed")
+    assert "Chưa xác minh được" in text(browser) and "quầy số 5" in text(browser)
+    shot(browser, "11_liveness_failed")
+
+    rig.state.on_event(ev.TimedOut("s4", stage="quality"))
+    shows_state(browser, "timed_out")
+    assert "Đã hết thời gian" in text(browser)
+    shot(browser, "12_timed_out")
+
+    rig.state.on_event(ev.CameraState("", up=False, error="unplugged"))
+    wait_for(browser, lambda d: d.find_element(By.ID, "banner").is_displayed(), "camera banner")
+    assert "Camera đang gặp sự cố" in text(browser)
+    shot(browser, "13_camera_down")
+    rig.state.on_event(ev.CameraState("", up=True))
+    wait_for(browser, lambda d: not d.find_element(By.ID, "banner").is_displayed(),
+             "banner gone")
+
+
+def test_not_me_button_and_english(browser: webdriver.Chrome, rig: Rig) -> None:
+    rig.state.on_event(ev.FacePresent("s7"))
+    rig.state.on_event(ev.Matched("s7", citizen_id="c1", score=0.8, margin=0.3))
+    browser.get(rig.display.url + "?lang=en")
+    shows_state(browser, "matched")
+    body = text(browser)
+    assert "Hello, Nguyễn T. T***" in body and "In progress" in body and "Result ready" in body
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang") == "en"
+    shot(browser, "14_matched_english")
+    browser.find_element(By.ID, "lang").click()  # switch back to Vietnamese on the spot
+    wait_for(browser, lambda d: "Xin chào" in text(d), "Vietnamese after toggle")
+    rig.control.current.add("s7")
+    browser.find_element(By.ID, "btn-notme").click()
+    wait_for(browser, lambda d: rig.control.not_mes == ["s7"], "not-me reaching the terminal")
+    rig.state.on_event(ev.Ended("s7", outcome=ev.Outcome.NOT_ME))
+    shows_state(browser, "ended")
+    assert "Đã ghi nhận" in text(browser)
+    assert "Nguyễn" not in text(browser)
+    assert "đánh giá" not in text(browser)  # no rating after "not me"
+    shot(browser, "15_not_me")
+
+
+def test_display_survives_the_terminal_restarting(browser: webdriver.Chrome, rig: Rig) -> None:
+    browser.get(rig.display.url)
+    shows_state(browser, "idle")
+    connects = rig.display.link.connects
+    rig.api.stop(0.2)
+    shows_state(browser, "disconnected")
+    assert "Đang kết nối lại" in text(browser)
+    shot(browser, "16_disconnected")
+    rig.restart_api()
+    shows_state(browser, "idle")
+    assert rig.display.link.connects == connects + 1
+    # the new terminal process's sessions reach the same page
+    rig.state.on_event(ev.FacePresent("s9"))
+    rig.state.on_event(ev.Matched("s9", citizen_id="c1", score=0.8, margin=0.3))
+    shows_state(browser, "matched", session="s9")
+    assert "Nguyễn T. T***" in text(browser)
+
+
+def test_page_server_rejects_bad_taps(rig: Rig) -> None:
+    import http.client
+    import json
+
+    host, port = rig.display.web.server_address[:2]
+
+    def post(path: str, body: bytes) -> tuple[int, dict[str, object]]:
+        conn = http.client.HTTPConnection(str(host), int(port), timeout=5)
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = json.loads(resp.read())
+        conn.close()
+        return resp.status, data
+
+    deadline = time.monotonic() + 10
+    while not rig.display.screen.get()[1].get("connected") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert post("/api/pin", b"not json")[0] == 400
+    assert post("/api/pin", b"[1,2]")[0] == 400
+    assert post("/api/rate", b'{"session_id": "x", "score": "5"}')[0] == 400
+    assert post("/api/nothing", b"{}")[0] == 404
+    status, data = post("/api/pin", b'{"session_id": "nope", "pin": "1234"}')
+    assert status == 409 and data["code"] == "FAILED_PRECONDITION"
+    status, data = post("/api/pin", b'{"session_id": "nope", "pin": "12"}')
+    assert status == 409 and data["code"] == "INVALID_ARGUMENT"
