@@ -1,0 +1,104 @@
+"""The liveness challenge: did the face make the commanded 3-D head movement?
+
+Checked from landmark geometry only (see :mod:`edge.session.geometry`): the nose's
+parallax against the homography of the eyes and mouth corners, measured from the
+reference frame taken when the challenge was issued. A flat picture (photo, print moved,
+tilted or rotated, a phone screen) shows no parallax whatever way it is moved. Movement
+in another direction than commanded fails at once, so a replayed video of a moving face
+passes only if it happens to move the right way in the few seconds after the prompt.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.config import SessionConfig
+from edge.session.events import Challenge
+from edge.session.geometry import PLANE, nose_parallax, pose
+
+F32 = npt.NDArray[np.float32]
+
+#: unit direction of the nose parallax each gesture produces, in the face frame of
+#: :func:`nose_parallax` (x towards image right, y down). The camera image is not
+#: mirrored: a citizen turning to their own left turns their nose towards image right.
+DIRECTIONS: dict[Challenge, tuple[float, float]] = {
+    Challenge.TURN_LEFT: (1.0, 0.0),
+    Challenge.TURN_RIGHT: (-1.0, 0.0),
+    Challenge.LOOK_UP: (0.0, -1.0),
+    Challenge.LOOK_DOWN: (0.0, 1.0),
+}
+#: how far (IOD) the eye/mouth points may move around before a failure is reported as
+#: "moved like a flat picture" rather than "no movement": a tenth of the eye distance
+PLANAR_MOTION = 0.1
+
+
+class Verdict(enum.Enum):
+    PENDING = "pending"
+    PASSED = "passed"
+    FAILED = "failed"
+
+
+class LivenessCheck:
+    """One challenge: feed the subject's landmarks per frame until PASSED or FAILED."""
+
+    def __init__(self, cfg: SessionConfig, challenge: Challenge, reference: F32, t0: float):
+        self.cfg = cfg
+        self.challenge = challenge
+        self.reference: F32 | None = np.asarray(reference, np.float32).copy()
+        self.t0 = t0
+        self.streak = 0
+        #: best parallax along the commanded direction so far (IOD), for progress
+        self.best = 0.0
+        #: largest movement of the four plane points seen (IOD), to explain failures
+        self.planar = 0.0
+        self.reason = ""
+        self.frames = 0
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.best / self.cfg.parallax_min)
+
+    def update(self, landmarks: F32, t: float) -> Verdict:
+        if self.reference is None:
+            return Verdict.FAILED if self.reason else Verdict.PASSED
+        cfg = self.cfg
+        if t - self.t0 > cfg.challenge_s:
+            if self.planar > PLANAR_MOTION:
+                return self._fail("the face moved like a flat picture (no 3-D movement)")
+            return self._fail("the requested head movement was not seen")
+        self.frames += 1
+        cur = np.asarray(landmarks, np.float32)
+        iod = max(pose(cur).iod, 1e-6)
+        moved = np.linalg.norm(cur[PLANE] - self.reference[PLANE], axis=1).max() / iod
+        self.planar = max(self.planar, float(moved))
+        par = nose_parallax(self.reference, cur)
+        if par is None:
+            self.streak = 0
+            return Verdict.PENDING
+        vec = np.array(par)
+        along = {ch: float(vec @ np.array(d)) for ch, d in DIRECTIONS.items()}
+        wanted = along[self.challenge]
+        other_ch, other = max(
+            ((ch, v) for ch, v in along.items() if ch is not self.challenge),
+            key=lambda kv: kv[1],
+        )
+        if other > cfg.wrong_way_max and other > wanted:
+            return self._fail(f"moved the wrong way ({other_ch.value} instead of "
+                              f"{self.challenge.value})")
+        self.best = max(self.best, wanted)
+        if wanted >= cfg.parallax_min:
+            self.streak += 1
+            if self.streak >= cfg.parallax_frames:
+                self.reference = None
+                return Verdict.PASSED
+        else:
+            self.streak = 0
+        return Verdict.PENDING
+
+    def _fail(self, reason: str) -> Verdict:
+        self.reason = reason
+        self.reference = None  # nothing about the face is kept once decided
+        return Verdict.FAILED

@@ -1,0 +1,143 @@
+"""The terminal's main loop: camera -> detect -> track -> session -> events.
+
+``step()`` processes one frame (tests call it directly, with frames they choose);
+``run()`` loops at a low frame rate while nobody is in front and at full rate while a
+face is present, and calls a heartbeat hook once per iteration (the service feeds
+systemd's watchdog from it, so a hung loop gets the terminal restarted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from edge.camera.base import Frame
+from edge.camera.grabber import CameraStatus, Grabber
+from edge.config import CameraConfig
+from edge.errors import CameraError
+from edge.session.events import CameraState, EventBus
+from edge.session.machine import SessionMachine
+from edge.session.ports import FaceDetector
+from edge.session.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+#: longest a loop iteration waits for a new frame before beating the heartbeat anyway
+#: (must stay well below the systemd watchdog interval)
+FRAME_WAIT_S = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What one step did (for tests and the benchmark)."""
+
+    frame_index: int
+    faces: int
+    subject_id: int | None
+    state: str
+    #: seconds spent detecting + running the session on this frame
+    seconds: float
+
+
+class Terminal:
+    """Ties the grabber, detector, tracker and session machine together."""
+
+    def __init__(
+        self,
+        *,
+        detector: FaceDetector,
+        machine: SessionMachine,
+        tracker: Tracker,
+        bus: EventBus,
+        camera: Grabber | None = None,
+        camera_cfg: CameraConfig | None = None,
+    ) -> None:
+        self.detector = detector
+        self.machine = machine
+        self.tracker = tracker
+        self.bus = bus
+        self.camera = camera
+        self.camera_cfg = camera_cfg or CameraConfig()
+        self.frames_processed = 0
+        self._last_index = -1
+        self._camera_up: bool | None = None
+        self._proc_times: list[float] = []
+        self.started = time.monotonic()
+
+    # -- one frame
+    def step(self, frame: Frame | None = None, timeout: float = FRAME_WAIT_S) -> StepResult | None:
+        """Process ``frame``, or the newest camera frame (None if none came in ``timeout``)."""
+        if frame is None:
+            if self.camera is None:
+                raise CameraError("no camera attached and no frame given")
+            self._watch_camera()
+            frame = self.camera.latest(after=self._last_index, timeout=timeout)
+            if frame is None:
+                return None
+        t0 = time.perf_counter()
+        self._last_index = frame.index
+        dets = self.detector.detect(frame.image)
+        seen = self.tracker.update(dets, frame.t)
+        subject = self.tracker.subject(seen, frame.image.shape)
+        self.machine.step(frame.t, frame.image, subject, alive=list(self.tracker.tracks))
+        self.frames_processed += 1
+        now = time.monotonic()
+        self._proc_times.append(now)
+        if len(self._proc_times) > 256:
+            del self._proc_times[:128]
+        return StepResult(frame_index=frame.index, faces=len(dets),
+                          subject_id=subject.id if subject else None,
+                          state=self.machine.state.value, seconds=time.perf_counter() - t0)
+
+    def _watch_camera(self) -> None:
+        assert self.camera is not None
+        st = self.camera.status()
+        if st.up == self._camera_up:
+            return
+        first = self._camera_up is None
+        self._camera_up = st.up
+        if first and st.up:
+            return
+        self.bus.publish(CameraState("", up=st.up, error=st.error))
+        if not st.up:
+            self.tracker.clear()
+            self.machine.camera_down(time.monotonic())
+
+    # -- the loop
+    @property
+    def active(self) -> bool:
+        """Someone is in front (full frame rate) or a session runs."""
+        return self.machine.busy or bool(self.tracker.tracks)
+
+    def run(self, stop: threading.Event, heartbeat: Callable[[], None] | None = None) -> None:
+        """Process frames until ``stop`` is set or a finite camera source has ended."""
+        if self.camera is None:
+            raise CameraError("no camera attached")
+        while not stop.is_set():
+            began = time.monotonic()
+            self.step()
+            if heartbeat is not None:
+                heartbeat()
+            st = self.camera.status()
+            if st.ended and not self.camera.alive:
+                log.info("camera source ended")
+                break
+            fps = self.camera_cfg.active_fps if self.active else self.camera_cfg.idle_fps
+            stop.wait(max(0.0, 1.0 / fps - (time.monotonic() - began)))
+
+    # -- status
+    def processing_fps(self) -> float:
+        now = time.monotonic()
+        recent = [t for t in self._proc_times if now - t <= 2.0]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+    def camera_status(self) -> CameraStatus | None:
+        return self.camera.status() if self.camera is not None else None
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started
