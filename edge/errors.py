@@ -65,5 +65,9 @@ class MessageRejected(SyncError):
         self.reason = reason
 
 
+class DistrictError(MotcuaError):
+    """A district command refused its input (unknown citizen or dossier, bad record, log)."""
+
+
 class ProvisionError(MotcuaError):
     """Provisioning or updating a device failed before or while changing anything."""

@@ -1,0 +1,72 @@
+"""District signing keys: Ed25519, PEM files. The private key stays on the district server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge.errors import ConfigError
+
+
+def generate_keypair(private_path: Path, public_path: Path, *, overwrite: bool = False) -> None:
+    """Write a new private key (mode 0600, created so) and its public key (0644)."""
+    if not overwrite and private_path.exists():
+        raise ConfigError(f"{private_path} exists; refusing to overwrite a district key")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = private_path.with_name(private_path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, private_path)
+    public_path.parent.mkdir(parents=True, exist_ok=True)
+    public_path.write_bytes(public_pem(key.public_key()))
+    public_path.chmod(0o644)
+
+
+def public_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """Load the district's private key; refuses a file readable by group or others."""
+    try:
+        mode = path.stat().st_mode & 0o777
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"district key {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(f"district key {path}: mode {mode:o} is too open (chmod 600)")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"district key {path}: not a PEM private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"district key {path}: not an Ed25519 key")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """Load the district public key installed on a terminal."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"sync.public_key {path}: {exc.strerror}") from None
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"sync.public_key {path}: not a PEM public key: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"sync.public_key {path}: not an Ed25519 key")
+    return key

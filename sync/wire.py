@@ -1,0 +1,213 @@
+"""Wire format: signed envelopes and protobuf <-> edge.store.changes conversion.
+
+Every district message is an ``Envelope`` whose signature covers a domain-separation
+context, the payload kind and the body bytes. ``open_envelope`` runs every check that
+needs no store (size, parse, version, district, signature) and raises
+``MessageRejected(reason)``; the reasons are the counter names in docs/sync.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from google.protobuf.message import DecodeError
+
+from edge.errors import MessageRejected
+from edge.store.changes import (
+    Change,
+    CitizenDelete,
+    CitizenUpsert,
+    Dossier,
+    DossierDelete,
+    DossierStatus,
+    DossierUpsert,
+)
+from proto import sync_pb2 as pb
+
+#: the protocol's major version (Envelope.protocol_version, and "v1" in the topic prefix)
+PROTOCOL_VERSION = pb.PROTOCOL_VERSION
+#: versions this code can read
+SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
+#: signed bytes start with this, so a signature cannot be reused in another protocol
+SIGN_CONTEXT = b"motcua.sync.v1\x00"
+#: Ed25519 signatures are always 64 bytes
+SIGNATURE_BYTES = 64
+
+# rejection reasons (counter names)
+OVERSIZED = "oversized"
+MALFORMED = "malformed"
+VERSION = "version"
+OTHER_DISTRICT = "other_district"
+SIGNATURE = "signature"
+EPOCH = "epoch"
+EMBEDDER = "embedder"
+DUPLICATE = "duplicate"
+INVALID = "invalid"  # signed and in order, but the store refused it
+UNEXPECTED = "unexpected"  # a valid message the terminal did not ask for (stale snapshot)
+
+_STATUS_TO_PB = {
+    DossierStatus.RECEIVED: pb.DOSSIER_STATUS_RECEIVED,
+    DossierStatus.PROCESSING: pb.DOSSIER_STATUS_PROCESSING,
+    DossierStatus.SUPPLEMENT_REQUIRED: pb.DOSSIER_STATUS_SUPPLEMENT_REQUIRED,
+    DossierStatus.RESULT_READY: pb.DOSSIER_STATUS_RESULT_READY,
+    DossierStatus.RETURNED: pb.DOSSIER_STATUS_RETURNED,
+    DossierStatus.REJECTED: pb.DOSSIER_STATUS_REJECTED,
+}
+_STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
+
+
+def _signed_bytes(kind: int, body: bytes) -> bytes:
+    return SIGN_CONTEXT + bytes([kind]) + body
+
+
+def seal(key: Ed25519PrivateKey, district_id: str, kind: int, body: bytes) -> bytes:
+    """Sign ``body`` and wrap it in a serialized Envelope."""
+    env = pb.Envelope(
+        protocol_version=PROTOCOL_VERSION,
+        district_id=district_id,
+        kind=kind,  # type: ignore[arg-type]
+        body=body,
+        signature=key.sign(_signed_bytes(kind, body)),
+    )
+    return env.SerializeToString()
+
+
+def open_envelope(
+    payload: bytes, *, district_id: str, public_key: Ed25519PublicKey, max_bytes: int
+) -> pb.Envelope:
+    """Check size, envelope, version, district and signature; return the envelope."""
+    if len(payload) > max_bytes:
+        raise MessageRejected(OVERSIZED, f"{len(payload)} bytes > {max_bytes}")
+    env = pb.Envelope()
+    try:
+        env.ParseFromString(payload)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise MessageRejected(MALFORMED, f"not an envelope: {exc}") from None
+    if env.protocol_version == 0 or not env.body or len(env.signature) != SIGNATURE_BYTES:
+        raise MessageRejected(MALFORMED, "envelope without version, body or signature")
+    if env.protocol_version not in SUPPORTED_VERSIONS:
+        raise MessageRejected(VERSION, f"protocol version {env.protocol_version}")
+    if env.district_id != district_id:
+        raise MessageRejected(OTHER_DISTRICT, repr(env.district_id[:64]))
+    if env.kind not in (
+        pb.PAYLOAD_KIND_BATCH,
+        pb.PAYLOAD_KIND_MANIFEST,
+        pb.PAYLOAD_KIND_SNAPSHOT_CHUNK,
+    ):
+        raise MessageRejected(MALFORMED, f"unknown payload kind {env.kind}")
+    try:
+        public_key.verify(env.signature, _signed_bytes(env.kind, env.body))
+    except InvalidSignature:
+        raise MessageRejected(SIGNATURE, "bad Ed25519 signature") from None
+    return env
+
+
+def parse_body(env: pb.Envelope) -> pb.Batch | pb.Manifest | pb.SnapshotChunk:
+    """Parse a verified envelope's body; its district id must match the envelope's."""
+    cls = {
+        pb.PAYLOAD_KIND_BATCH: pb.Batch,
+        pb.PAYLOAD_KIND_MANIFEST: pb.Manifest,
+        pb.PAYLOAD_KIND_SNAPSHOT_CHUNK: pb.SnapshotChunk,
+    }[env.kind]
+    msg = cls()
+    try:
+        msg.ParseFromString(env.body)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise MessageRejected(MALFORMED, f"body: {exc}") from None
+    if msg.district_id != env.district_id:
+        raise MessageRejected(MALFORMED, "body and envelope name different districts")
+    return msg
+
+
+# ---- changes ---------------------------------------------------------------------------
+
+
+def change_to_pb(change: Change) -> pb.Change:
+    """Convert a store change into its wire form (district side)."""
+    out = pb.Change(seq=change.seq)
+    if isinstance(change, CitizenUpsert):
+        emb = np.ascontiguousarray(change.embeddings, dtype="<f4")
+        out.citizen_upsert.CopyFrom(
+            pb.CitizenUpsert(
+                citizen_id=change.citizen_id,
+                masked_name=change.masked_name,
+                pin_hash=change.pin_hash,
+                pin_salt=change.pin_salt,
+                count=emb.shape[0],
+                embeddings=emb.tobytes(),
+            )
+        )
+    elif isinstance(change, CitizenDelete):
+        out.citizen_delete.citizen_id = change.citizen_id
+    elif isinstance(change, DossierUpsert):
+        d = change.dossier
+        out.dossier_upsert.CopyFrom(
+            pb.DossierUpsert(
+                code=d.code,
+                citizen_id=d.citizen_id,
+                procedure=d.procedure,
+                status=_STATUS_TO_PB[d.status],
+                stage=d.stage,
+                received_on=d.received_on,
+                appointment_on=d.appointment_on,
+                counter=d.counter,
+            )
+        )
+    elif isinstance(change, DossierDelete):
+        out.dossier_delete.code = change.code
+    else:  # pragma: no cover - the Change union is closed
+        raise TypeError(f"not a change: {change!r}")
+    return out
+
+
+def change_from_pb(c: pb.Change, dim: int) -> Change:
+    """Convert a wire change into a store change; MessageRejected('malformed') if invalid."""
+    kind = c.WhichOneof("kind")
+    if c.seq == 0 or kind is None:
+        raise MessageRejected(MALFORMED, "change without seq or kind")
+    if kind == "citizen_upsert":
+        u = c.citizen_upsert
+        if not u.citizen_id or u.count == 0 or len(u.embeddings) != u.count * dim * 4:
+            raise MessageRejected(MALFORMED, f"citizen upsert {c.seq}: bad id or embeddings")
+        emb = np.frombuffer(u.embeddings, dtype="<f4").reshape(u.count, dim).astype(np.float32)
+        if not np.isfinite(emb).all():
+            raise MessageRejected(MALFORMED, f"citizen upsert {c.seq}: non-finite embedding")
+        norms = np.linalg.norm(emb, axis=1)
+        if not all(math.isclose(float(n), 1.0, abs_tol=1e-3) for n in norms):
+            raise MessageRejected(MALFORMED, f"citizen upsert {c.seq}: embedding not unit length")
+        return CitizenUpsert(
+            seq=c.seq,
+            citizen_id=u.citizen_id,
+            masked_name=u.masked_name,
+            pin_hash=u.pin_hash,
+            pin_salt=u.pin_salt,
+            embeddings=emb,
+        )
+    if kind == "citizen_delete":
+        if not c.citizen_delete.citizen_id:
+            raise MessageRejected(MALFORMED, f"citizen delete {c.seq}: no id")
+        return CitizenDelete(seq=c.seq, citizen_id=c.citizen_delete.citizen_id)
+    if kind == "dossier_upsert":
+        d = c.dossier_upsert
+        status = _STATUS_FROM_PB.get(d.status)
+        if not d.code or not d.citizen_id or status is None:
+            raise MessageRejected(MALFORMED, f"dossier upsert {c.seq}: bad code, owner or status")
+        return DossierUpsert(
+            seq=c.seq,
+            dossier=Dossier(
+                code=d.code,
+                citizen_id=d.citizen_id,
+                procedure=d.procedure,
+                status=status,
+                stage=d.stage,
+                received_on=d.received_on,
+                appointment_on=d.appointment_on,
+                counter=d.counter,
+            ),
+        )
+    if not c.dossier_delete.code:
+        raise MessageRejected(MALFORMED, f"dossier delete {c.seq}: no code")
+    return DossierDelete(seq=c.seq, code=c.dossier_delete.code)
