@@ -18,6 +18,7 @@ from edge.errors import MotcuaError
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "models.cli",
     "edge.display.cli",
+    "edge.ops.doctor",
 )
 
 

@@ -369,6 +369,31 @@ class StoreSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class OpsConfig:
+    """Operations: the Prometheus exporter and the log format (``[ops]``)."""
+
+    #: host:port of the metrics exporter; loopback (the district scrapes through its own
+    #: agent or an SSH tunnel); "" switches it off. 9464 is free on a terminal.
+    metrics_listen: str = "127.0.0.1:9464"
+    #: "json" (one object per line, for the journal), "text", or "auto" (json under systemd)
+    log_format: str = "auto"
+    #: debug, info, warning or error
+    log_level: str = "info"
+
+    def validate(self, prefix: str) -> None:
+        p = f"{prefix}." if prefix else ""
+        if self.metrics_listen:
+            host, sep, port = self.metrics_listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ConfigError(f"{p}metrics_listen: expected host:port or \"\", got "
+                                  f"{self.metrics_listen!r}")
+        if self.log_format not in ("auto", "json", "text"):
+            raise ConfigError(f"{p}log_format: expected auto, json or text")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"{p}log_level: expected debug, info, warning or error")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole terminal configuration tree."""
 
@@ -381,6 +406,7 @@ class Config:
     camera: CameraConfig = CameraConfig()
     session: SessionConfig = SessionConfig()
     store: StoreSettings = StoreSettings()
+    ops: OpsConfig = OpsConfig()
 
 
 T = TypeVar("T")

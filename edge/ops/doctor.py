@@ -1,0 +1,540 @@
+"""``motcua doctor``: checks a terminal on site and explains each finding in one line.
+
+Each check is a small function ``check_x(ctx) -> Finding`` (ok / warn / fail plus an
+explanation a technician can act on). The command prints one line per check and exits
+non-zero when any check fails. ``--only NAME`` runs some of them (the update rollback
+uses ``--only grpc`` as its health probe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import dataclasses
+import datetime
+import enum
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edge.config import Config, load_config
+from edge.errors import MotcuaError
+
+
+class Status(enum.Enum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    status: Status
+    explanation: str
+
+
+def ok(text: str) -> Finding:
+    return Finding(Status.OK, text)
+
+
+def warn(text: str) -> Finding:
+    return Finding(Status.WARN, text)
+
+
+def fail(text: str) -> Finding:
+    return Finding(Status.FAIL, text)
+
+
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
+def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """Run a system tool with a short timeout; a missing tool gives exit code 127."""
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=10,
+                              check=False)
+    except FileNotFoundError:
+        return subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: not found")
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(list(argv), 124, "", f"{argv[0]}: timed out")
+
+
+#: free space below which the store cannot take a snapshot and checkpoints (fail): a
+#: 100k-citizen gallery with its index checkpoints needs ~500 MB
+MIN_FREE_FAIL = 500 * 1024 * 1024
+#: ... and below which a technician should act soon (warn)
+MIN_FREE_WARN = 2 * 1024 * 1024 * 1024
+#: certificates expiring within this many days are reported (rotation takes a district
+#: signature, so a month leaves time to get one)
+CERT_WARN_DAYS = 30
+#: frames the camera check reads: enough to see a stream, not just a cached first frame
+CAMERA_FRAMES = 10
+#: seconds the network checks wait (broker CONNACK, gRPC health, display page)
+NET_TIMEOUT = 5.0
+
+
+@dataclasses.dataclass
+class Context:
+    """What the checks look at; tests replace the parts they inject faults into."""
+
+    cfg: Config
+    config_path: Path | None = None
+    run: Runner = run_command
+    min_free_fail: int = MIN_FREE_FAIL
+    min_free_warn: int = MIN_FREE_WARN
+    cert_warn_days: int = CERT_WARN_DAYS
+    timeout: float = NET_TIMEOUT
+    now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_camera(ctx: Context) -> Finding:
+    """The camera opens and gives frames."""
+    from edge.camera.factory import make_source
+
+    cam = ctx.cfg.camera
+    try:
+        src = make_source(dataclasses.replace(cam, realtime=False, loop=False))
+        src.open()
+    except MotcuaError as exc:
+        return fail(f"cannot open {cam.source}: {exc} (cable, `v4l2-ctl --list-devices`)")
+    try:
+        start = time.monotonic()
+        frames = []
+        for _ in range(CAMERA_FRAMES):
+            fr = src.read()
+            if fr is None:
+                break
+            frames.append(fr)
+        elapsed = time.monotonic() - start
+    except MotcuaError as exc:
+        return fail(f"{src.name} opened but gives no frames: {exc}")
+    finally:
+        src.close()
+    if not frames:
+        return fail(f"{src.name} opened but gave no frame (covered? unplugged? busy with "
+                    "another program?)")
+    h, w = frames[0].image.shape[:2]
+    if float(frames[0].image.std()) < 1.0:
+        return warn(f"{src.name} gives {w}x{h} frames but they are uniform (lens cap? "
+                    "dark room?)")
+    rate = f" at {len(frames) / elapsed:.1f} fps" if elapsed > 0 else ""
+    return ok(f"{src.name} gives {w}x{h} frames{rate}")
+
+
+def check_models(ctx: Context) -> Finding:
+    """The model files match the hashes of their manifest."""
+    mcfg = ctx.cfg.models
+    pack_dir = Path(mcfg.dir) / mcfg.pack
+    try:
+        from models.pack import load_pack  # type: ignore[import-not-found]
+    except ImportError:
+        load_pack = None
+    try:
+        if load_pack is not None:
+            pack = _call_load_pack(load_pack, mcfg)
+            name = getattr(pack, "name", mcfg.pack)
+            emb = getattr(pack, "embedder_id", "")
+            return ok(f"pack {name} in {mcfg.dir}: every file matches its sha256"
+                      + (f" (embedder {emb})" if emb else ""))
+        return _verify_manifest(pack_dir)
+    except MotcuaError as exc:
+        return fail(f"{exc} (reinstall: motcua models install PACK.tar)")
+
+
+def _call_load_pack(load_pack: Callable[..., Any], mcfg: Any) -> Any:
+    import inspect
+
+    params = list(inspect.signature(load_pack).parameters)
+    if params and params[0] in ("pack_dir", "path", "directory"):
+        return load_pack(Path(mcfg.dir) / mcfg.pack)
+    return load_pack(mcfg.pack, Path(mcfg.dir))
+
+
+def _verify_manifest(pack_dir: Path) -> Finding:
+    import hashlib
+
+    from edge.errors import ModelError
+
+    manifests = sorted(pack_dir.glob("manifest*.json"))
+    if not manifests:
+        raise ModelError(f"no model pack at {pack_dir}")
+    data = json.loads(manifests[0].read_text(encoding="utf-8"))
+    files = [(n, d) for n, d in _hashes(data)]
+    for name, digest in files:
+        f = pack_dir / name
+        if not f.is_file():
+            raise ModelError(f"{f} is missing")
+        if hashlib.sha256(f.read_bytes()).hexdigest() != digest:
+            raise ModelError(f"{f} does not match its sha256 (damaged SD card?)")
+    return ok(f"pack {pack_dir.name}: {len(files)} files match their sha256")
+
+
+def _hashes(data: object) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if isinstance(data, dict):
+        name = data.get("file") or data.get("path") or data.get("name")
+        if isinstance(data.get("sha256"), str) and isinstance(name, str):
+            out.append((name, data["sha256"]))
+        for v in data.values():
+            out += _hashes(v)
+    elif isinstance(data, list):
+        for v in data:
+            out += _hashes(v)
+    return out
+
+
+def check_store(ctx: Context) -> Finding:
+    """The store opens; report its change number and gallery size."""
+    state = Path(ctx.cfg.terminal.state_dir)
+    try:
+        from edge.store import open_store  # type: ignore[attr-defined]
+    except ImportError:
+        open_store = None
+    try:
+        if open_store is not None:
+            store = open_store(ctx.cfg)
+            try:
+                seq = getattr(store, "applied_seq", None)
+                seq = seq() if callable(seq) else seq
+                size = getattr(store, "citizen_count", None)
+                size = size() if callable(size) else size
+            finally:
+                close = getattr(store, "close", None)
+                if close:
+                    close()
+            return ok(f"store in {state} opens: change number {seq}, {size} citizens")
+        return _sqlite_probe(state)
+    except MotcuaError as exc:
+        return fail(f"{exc} (a damaged store is rebuilt from a snapshot: see the guide)")
+
+
+def _sqlite_probe(state: Path) -> Finding:
+    import sqlite3
+
+    dbs = sorted(state.glob("*.sqlite3")) + sorted(state.glob("*.db"))
+    if not dbs:
+        return warn(f"no store in {state} yet (a new terminal fills it from the district's "
+                    "snapshot once sync connects)")
+    db = dbs[0]
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)
+        try:
+            res = con.execute("PRAGMA quick_check").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        return fail(f"{db} does not open: {exc} (a damaged store is rebuilt from a "
+                    "snapshot: see the guide)")
+    if res is None or res[0] != "ok":
+        return fail(f"{db} is damaged: {res[0] if res else 'no answer'}")
+    return ok(f"{db} opens and passes its integrity check")
+
+
+def check_broker(ctx: Context) -> Finding:
+    """The district broker is reachable and accepts our credentials."""
+    sync = getattr(ctx.cfg, "sync", None)
+    if sync is None:
+        return warn("no [sync] section in the configuration: this terminal does not sync")
+    host, port = _broker_address(sync)
+    try:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+    except ImportError:  # pragma: no cover - paho is a dependency
+        return fail("paho-mqtt is not installed in this release")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                         client_id=f"doctor-{ctx.cfg.terminal.id}-{os.getpid()}",
+                         protocol=mqtt.MQTTv5)
+    done = threading.Event()
+    result: dict[str, Any] = {}
+
+    def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
+        result["reason"] = reason
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        _apply_broker_credentials(client, sync)
+    except (MotcuaError, OSError, ValueError) as exc:
+        return fail(f"credentials unusable: {exc}")
+    try:
+        client.connect(host, port, keepalive=10)
+    except (OSError, ValueError) as exc:
+        hint = "certificate or clock problem" if "certificate" in str(exc).lower() else (
+            "network, firewall or broker down")
+        return fail(f"{host}:{port} unreachable: {exc} ({hint})")
+    client.loop_start()
+    try:
+        if not done.wait(ctx.timeout):
+            return fail(f"{host}:{port} did not answer the MQTT connect within "
+                        f"{ctx.timeout:.0f} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    reason = result["reason"]
+    if getattr(reason, "is_failure", False):
+        return fail(f"{host}:{port} refused the connection: {reason} (check the user name "
+                    "and password, or the device certificate)")
+    return ok(f"{host}:{port} accepted our credentials")
+
+
+def _broker_address(sync: Any) -> tuple[str, int]:
+    broker = getattr(sync, "broker", None)
+    if isinstance(broker, str):
+        host, _, port = broker.rpartition(":")
+        return host.strip("[]"), int(port)
+    return str(sync.host), int(sync.port)
+
+
+def _apply_broker_credentials(client: Any, sync: Any) -> None:
+    from edge.config import read_secret
+
+    user = getattr(sync, "username", None)
+    if user:
+        pw_file = getattr(sync, "password_file", None)
+        pw_env = getattr(sync, "password_env", None)
+        client.username_pw_set(user, read_secret(file=pw_file, env=pw_env,
+                                                 key="sync.password_file"))
+    if getattr(sync, "tls", False) or getattr(sync, "ca_file", None):
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=getattr(sync, "ca_file", None))
+        cert, key = getattr(sync, "cert_file", None), getattr(sync, "key_file", None)
+        if cert and key and Path(cert).is_file():
+            ctx.load_cert_chain(cert, key)
+        client.tls_set_context(ctx)
+
+
+def check_certificate(ctx: Context) -> Finding:
+    """The device certificate is valid now and how many days remain."""
+    sync = getattr(ctx.cfg, "sync", None)
+    cert_path = getattr(sync, "cert_file", None) if sync is not None else None
+    if not cert_path:
+        return ok("no device certificate configured (the broker uses a password)")
+    cert_path = Path(cert_path)
+    if not cert_path.is_file():
+        return fail(f"{cert_path} is missing: send `motcua-device csr` to the district and "
+                    "install its answer with `motcua-device install-cert FILE`")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except ValueError as exc:
+        return fail(f"{cert_path} is not a PEM certificate: {exc}")
+    now = ctx.now()
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    key_path = getattr(sync, "key_file", None)
+    if key_path and Path(key_path).is_file():
+        try:
+            key = serialization.load_pem_private_key(Path(key_path).read_bytes(), None)
+        except (ValueError, TypeError) as exc:
+            return fail(f"device key {key_path} unreadable: {exc}")
+        pub = serialization.PublicFormat.SubjectPublicKeyInfo
+        enc = serialization.Encoding.DER
+        if key.public_key().public_bytes(enc, pub) != cert.public_key().public_bytes(enc, pub):
+            return fail(f"{cert_path} was not issued for this device's key {key_path}")
+    elif key_path:
+        return fail(f"device key {key_path} is missing or unreadable")
+    if now < start:
+        return fail(f"{cert_path} is not valid before {start:%Y-%m-%d %H:%M} UTC: is the "
+                    "clock wrong?")
+    if now >= end:
+        return fail(f"{cert_path} expired on {end:%Y-%m-%d}: rotate it (see the guide)")
+    days = (end - now).days
+    subject = cert.subject.rfc4514_string()
+    if days < ctx.cert_warn_days:
+        return warn(f"{subject} expires in {days} days ({end:%Y-%m-%d}): rotate it soon")
+    return ok(f"{subject} valid, {days} days to expiry ({end:%Y-%m-%d})")
+
+
+def check_clock(ctx: Context) -> Finding:
+    """The clock is synchronised (TLS certificates and the audit log depend on it)."""
+    proc = ctx.run(["timedatectl", "show", "-p", "NTPSynchronized", "-p", "NTP", "--value"])
+    if proc.returncode == 0 and proc.stdout.strip():
+        values = proc.stdout.split()
+        synced = values[0] == "yes"
+        ntp = values[1] == "yes" if len(values) > 1 else None
+        if synced:
+            return ok("synchronised by NTP (timedatectl)")
+        if ntp is False:
+            return fail("NTP is switched off: `timedatectl set-ntp true`; TLS refuses "
+                        "certificates when the clock is wrong")
+        return fail("not synchronised yet (timedatectl): no NTP server reachable? The Pi "
+                    "has no battery clock, so until then the time is wrong and TLS fails")
+    state = adjtimex_state()
+    if state is None:
+        return warn("cannot tell: no timedatectl and no adjtimex here")
+    synced, maxerror_us = state
+    if synced:
+        return ok(f"kernel clock synchronised (adjtimex, max error {maxerror_us / 1000:.0f} ms)")
+    return fail("kernel clock not synchronised (adjtimex): start systemd-timesyncd; TLS "
+                "needs the right time")
+
+
+class _Timex(ctypes.Structure):
+    # struct timex from <sys/timex.h>: the fields read here, then padding to its full size
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("_rest", ctypes.c_byte * 256),
+    ]
+
+
+#: adjtimex() returns TIME_ERROR when the clock is not synchronised; STA_UNSYNC in status
+TIME_ERROR = 5
+STA_UNSYNC = 0x0040
+
+
+def adjtimex_state() -> tuple[bool, int] | None:
+    """(synchronised, max error in µs) from the kernel, or None when unavailable."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    libc = ctypes.CDLL(name, use_errno=True)
+    tx = _Timex()  # modes = 0: read only
+    state = libc.adjtimex(ctypes.byref(tx))
+    if state < 0:
+        return None
+    return state != TIME_ERROR and not (tx.status & STA_UNSYNC), int(tx.maxerror)
+
+
+def check_disk(ctx: Context) -> Finding:
+    """Free space where the store and the logs live."""
+    state = Path(ctx.cfg.terminal.state_dir)
+    where = state if state.exists() else Path("/")
+    usage = shutil.disk_usage(where)
+    free_mb = usage.free / 2**20
+    pct = 100 * usage.free / usage.total if usage.total else 0
+    text = f"{free_mb:,.0f} MB free on the filesystem of {where} ({pct:.0f}%)"
+    if usage.free < ctx.min_free_fail:
+        return fail(f"{text}: the store cannot write checkpoints; free space "
+                    "(`journalctl --vacuum-size=100M`, old releases)")
+    if usage.free < ctx.min_free_warn:
+        return warn(f"{text}: getting low")
+    return ok(text)
+
+
+def check_grpc(ctx: Context) -> Finding:
+    """The terminal answers gRPC health checks with SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    api = getattr(ctx.cfg, "api", None)
+    target = getattr(api, "listen", "127.0.0.1:50051")
+    if getattr(api, "tls_cert", None) is not None:
+        return warn(f"{target} uses TLS with client certificates; doctor checks plain "
+                    "loopback only")
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=ctx.timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            return fail(f"{target} does not answer ({code}): is motcua-terminal running? "
+                        "`systemctl status motcua-terminal`")
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    if resp.status != health_pb2.HealthCheckResponse.SERVING:
+        return fail(f"{target} says {status}: the terminal is up but not ready (still "
+                    "loading the gallery, or its store/models failed: see the journal)")
+    return ok(f"{target} SERVING")
+
+
+def check_display(ctx: Context) -> Finding:
+    """The display client runs and serves the kiosk page."""
+    disp = getattr(ctx.cfg, "display", None)
+    listen = getattr(disp, "http_listen", "127.0.0.1:8080")
+    unit = ""
+    if Path("/run/systemd/system").is_dir():
+        proc = ctx.run(["systemctl", "is-active", "motcua-display.service"])
+        state = proc.stdout.strip() or "unknown"
+        if state != "active":
+            return fail(f"motcua-display.service is {state}: `journalctl -u motcua-display`")
+        unit = "motcua-display.service active, "
+    try:
+        with urllib.request.urlopen(f"http://{listen}/", timeout=ctx.timeout) as resp:
+            code = resp.status
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return fail(f"{unit}kiosk page http://{listen}/ unreachable: {reason}")
+    if code != 200:
+        return fail(f"{unit}kiosk page http://{listen}/ answered {code}")
+    return ok(f"{unit}kiosk page http://{listen}/ served")
+
+
+#: name -> check, in the order printed
+CHECKS: dict[str, Callable[[Context], Finding]] = {
+    "camera": check_camera,
+    "models": check_models,
+    "store": check_store,
+    "broker": check_broker,
+    "certificate": check_certificate,
+    "clock": check_clock,
+    "disk": check_disk,
+    "grpc": check_grpc,
+    "display": check_display,
+}
+
+
+def run_checks(ctx: Context, names: Sequence[str] | None = None) -> list[tuple[str, Finding]]:
+    """Run the named checks (all by default); an unexpected crash is a failed check."""
+    out = []
+    for name in names or list(CHECKS):
+        try:
+            finding = CHECKS[name](ctx)
+        except MotcuaError as exc:
+            finding = fail(str(exc))
+        except Exception as exc:  # a doctor must report, never crash on the broken thing
+            finding = fail(f"check crashed: {type(exc).__name__}: {exc}")
+        out.append((name, finding))
+    return out
+
+
+def format_line(name: str, finding: Finding) -> str:
+    return f"{finding.status.value.upper():4s}  {name:11s}  {finding.explanation}"
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    cfg_path = Path(args.config) if args.config else None
+    cfg = load_config(cfg_path)
+    ctx = Context(cfg, cfg_path)
+    names = args.only or None
+    results = run_checks(ctx, names)
+    if args.json:
+        print(json.dumps([{"check": n, "status": f.status.value, "explanation": f.explanation}
+                          for n, f in results], ensure_ascii=False))
+    else:
+        for name, finding in results:
+            print(format_line(name, finding), flush=True)
+    failed = [n for n, f in results if f.status is Status.FAIL]
+    if failed and not args.json:
+        print(f"doctor: {len(failed)} failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("doctor", help="check this terminal and explain what is wrong",
+                       description=__doc__.split("\n")[0])
+    p.add_argument("--only", action="append", choices=list(CHECKS), metavar="CHECK",
+                   help=f"run only this check (repeatable): {', '.join(CHECKS)}")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.set_defaults(func=cmd_doctor)
+
+
+__all__ = ["CHECKS", "Context", "Finding", "Status", "run_checks", "register"]

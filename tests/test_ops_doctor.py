@@ -1,0 +1,309 @@
+"""motcua doctor: every check reports its fault when the fault is injected.
+
+Real parts: the sample video as the camera, a real Mosquitto with a password file, a
+real gRPC health server, a real HTTP page, real certificates; the clock check's
+``timedatectl`` output is injected at the subprocess boundary (a container's clock
+cannot be unsynchronised on demand).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import http.server
+import json
+import subprocess
+import threading
+import types
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from edge.config import config_from_dict
+from edge.ops import doctor
+from edge.ops.doctor import Context, Status
+
+UTC = datetime.UTC
+
+
+def ctx_for(tmp_path: Path, extra: dict | None = None, **sections: object) -> Context:
+    data = {"terminal": {"state_dir": str(tmp_path / "state")},
+            "models": {"dir": str(tmp_path / "models"), "pack": "testpack"}}
+    data.update(extra or {})
+    cfg = config_from_dict(data)
+    if sections:  # sections edge.config does not define yet (e.g. [sync]) as plain objects
+        cfg = types.SimpleNamespace(**{f.name: getattr(cfg, f.name)
+                                       for f in dataclasses.fields(cfg)}, **sections)
+    return Context(cfg, timeout=3.0)  # type: ignore[arg-type]
+
+
+def status(ctx: Context, name: str) -> tuple[Status, str]:
+    ((_, finding),) = doctor.run_checks(ctx, [name])
+    return finding.status, finding.explanation
+
+
+# ---------------------------------------------------------------- camera
+
+
+def test_camera_ok_on_video_and_fails_on_missing_or_corrupt(tmp_path, media_dir) -> None:
+    video = media_dir / "video" / "hamilton_clip.mp4"
+    st, text = status(ctx_for(tmp_path, {"camera": {"source": str(video)}}), "camera")
+    assert st is Status.OK and "frames" in text, text
+    st, text = status(ctx_for(tmp_path, {"camera": {"source": "/dev/video97",
+                                                    "kind": "v4l2"}}), "camera")
+    assert st is Status.FAIL, text
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    st, text = status(ctx_for(tmp_path, {"camera": {"source": str(bad), "kind": "file"}}),
+                      "camera")
+    assert st is Status.FAIL, text
+
+
+# ---------------------------------------------------------------- models
+
+
+def make_pack(models: Path) -> Path:
+    d = models / "testpack"
+    d.mkdir(parents=True)
+    (d / "det.onnx").write_bytes(b"detector" * 100)
+    files = [{"file": "det.onnx", "sha256": hashlib.sha256(b"detector" * 100).hexdigest()}]
+    (d / "manifest.json").write_text(json.dumps({"name": "testpack", "files": files}))
+    return d
+
+
+def test_models_hashes(tmp_path) -> None:
+    ctx = ctx_for(tmp_path)
+    st, text = status(ctx, "models")
+    assert st is Status.FAIL and "no model pack" in text, text
+    d = make_pack(tmp_path / "models")
+    assert status(ctx, "models")[0] is Status.OK
+    (d / "det.onnx").write_bytes(b"detector" * 99 + b"detectoR")   # one flipped byte
+    st, text = status(ctx, "models")
+    assert st is Status.FAIL and "sha256" in text, text
+
+
+# ---------------------------------------------------------------- store
+
+
+def test_store_missing_ok_and_corrupt(tmp_path) -> None:
+    import sqlite3
+
+    ctx = ctx_for(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    assert status(ctx, "store")[0] is Status.WARN          # new terminal, no store yet
+    con = sqlite3.connect(state / "store.sqlite3")
+    con.execute("CREATE TABLE meta (k TEXT, v TEXT)")
+    con.commit()
+    con.close()
+    assert status(ctx, "store")[0] is Status.OK
+    (state / "store.sqlite3").write_bytes(b"this is not a database" * 100)
+    st, text = status(ctx, "store")
+    assert st is Status.FAIL, text
+
+
+# ---------------------------------------------------------------- broker
+
+
+def sync_section(broker: object, user: str | None, pw_file: Path | None) -> object:
+    return types.SimpleNamespace(broker=f"{broker.host}:{broker.port}",  # type: ignore[attr-defined]
+                                 username=user, password_file=pw_file, tls=False,
+                                 ca_file=None, cert_file=None, key_file=None)
+
+
+def test_broker_credentials(tmp_path) -> None:
+    from tests.broker import MosquittoBroker, free_port
+
+    pw = tmp_path / "pw"
+    pw.write_text("right-password\n")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("wrong-password\n")
+    with MosquittoBroker(tmp_path / "b", users={"q1-hall-01": "right-password"}) as b:
+        st, text = status(ctx_for(tmp_path, sync=sync_section(b, "q1-hall-01", pw)), "broker")
+        assert st is Status.OK, text
+        st, text = status(ctx_for(tmp_path, sync=sync_section(b, "q1-hall-01", wrong)),
+                          "broker")
+        assert st is Status.FAIL and "refused" in text, text
+    down = types.SimpleNamespace(host="127.0.0.1", port=free_port())
+    st, text = status(ctx_for(tmp_path, sync=sync_section(down, "q1-hall-01", pw)), "broker")
+    assert st is Status.FAIL and "unreachable" in text, text
+    st, _ = status(ctx_for(tmp_path), "broker")
+    assert st is Status.WARN                                 # no [sync] at all
+
+
+# ---------------------------------------------------------------- certificate
+
+
+def write_cert(path: Path, key: ec.EllipticCurvePrivateKey, start: datetime.datetime,
+               end: datetime.datetime) -> None:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "q1-hall-01")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(end).sign(key, hashes.SHA256()))
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_certificate_validity_expiry_and_key(tmp_path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_path, cert_path = tmp_path / "terminal.key", tmp_path / "terminal.crt"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    sync = types.SimpleNamespace(cert_file=cert_path, key_file=key_path)
+    ctx = ctx_for(tmp_path, sync=sync)
+    now = datetime.datetime.now(UTC)
+    day = datetime.timedelta(days=1)
+    st, text = status(ctx, "certificate")
+    assert st is Status.FAIL and "install-cert" in text, text          # not installed
+    write_cert(cert_path, key, now - day, now + 365 * day)
+    st, text = status(ctx, "certificate")
+    assert st is Status.OK and "364 days" in text, text
+    write_cert(cert_path, key, now - day, now + 10 * day)
+    st, text = status(ctx, "certificate")
+    assert st is Status.WARN and "9 days" in text, text
+    write_cert(cert_path, key, now - 30 * day, now - day)
+    st, text = status(ctx, "certificate")
+    assert st is Status.FAIL and "expired" in text, text
+    write_cert(cert_path, key, now + day, now + 30 * day)
+    st, text = status(ctx, "certificate")
+    assert st is Status.FAIL and "clock" in text, text
+    other = ec.generate_private_key(ec.SECP256R1())
+    write_cert(cert_path, other, now - day, now + 365 * day)
+    st, text = status(ctx, "certificate")
+    assert st is Status.FAIL and "not issued for this device" in text, text
+
+
+# ---------------------------------------------------------------- clock
+
+
+def fake_timedatectl(stdout: str, rc: int = 0):  # type: ignore[no-untyped-def]
+    def run(argv):  # type: ignore[no-untyped-def]
+        if argv[0] == "timedatectl":
+            return subprocess.CompletedProcess(argv, rc, stdout, "")
+        return doctor.run_command(argv)
+    return run
+
+
+def test_clock_states(tmp_path) -> None:
+    ctx = ctx_for(tmp_path)
+    ctx.run = fake_timedatectl("yes\nyes\n")
+    assert status(ctx, "clock")[0] is Status.OK
+    ctx.run = fake_timedatectl("no\nyes\n")
+    st, text = status(ctx, "clock")
+    assert st is Status.FAIL and "not synchronised" in text, text
+    ctx.run = fake_timedatectl("no\nno\n")
+    st, text = status(ctx, "clock")
+    assert st is Status.FAIL and "set-ntp" in text, text
+    # no timedatectl (a container): falls back to the kernel's adjtimex state
+    ctx.run = fake_timedatectl("", rc=127)
+    st, text = status(ctx, "clock")
+    assert "adjtimex" in text and st in (Status.OK, Status.FAIL), text
+    assert doctor.adjtimex_state() is not None
+
+
+# ---------------------------------------------------------------- disk
+
+
+def test_disk_thresholds(tmp_path) -> None:
+    ctx = ctx_for(tmp_path)
+    ctx.min_free_fail, ctx.min_free_warn = 0, 0
+    assert status(ctx, "disk")[0] is Status.OK
+    ctx.min_free_warn = 1 << 62
+    assert status(ctx, "disk")[0] is Status.WARN
+    ctx.min_free_fail = 1 << 62
+    st, text = status(ctx, "disk")
+    assert st is Status.FAIL and "MB free" in text, text
+
+
+# ---------------------------------------------------------------- grpc
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port, servicer
+    finally:
+        server.stop(0).wait()
+
+
+def test_grpc_health(tmp_path, health_server) -> None:
+    from tests.broker import free_port
+
+    port, servicer = health_server
+    ctx = ctx_for(tmp_path, {"api": {"listen": f"127.0.0.1:{port}"}})
+    servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    st, text = status(ctx, "grpc")
+    assert st is Status.FAIL and "NOT_SERVING" in text, text
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    assert status(ctx, "grpc")[0] is Status.OK
+    dead = ctx_for(tmp_path, {"api": {"listen": f"127.0.0.1:{free_port()}"}})
+    st, text = status(dead, "grpc")
+    assert st is Status.FAIL and "does not answer" in text, text
+
+
+# ---------------------------------------------------------------- display
+
+
+def test_display_page(tmp_path) -> None:
+    from tests.broker import free_port
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = "<html>Một Cửa</html>".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            return
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    t = threading.Thread(target=srv.serve_forever, name="page")
+    t.start()
+    try:
+        port = srv.server_address[1]
+        ok = ctx_for(tmp_path, {"display": {"http_listen": f"127.0.0.1:{port}"}})
+        assert status(ok, "display")[0] is Status.OK
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join()
+    dead = ctx_for(tmp_path, {"display": {"http_listen": f"127.0.0.1:{free_port()}"}})
+    st, text = status(dead, "display")
+    assert st is Status.FAIL and "unreachable" in text, text
+
+
+# ---------------------------------------------------------------- command
+
+
+def test_command_exit_status_and_lines(tmp_path, capsys) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    doctor.register(parser.add_subparsers())
+    conf = tmp_path / "t.toml"
+    conf.write_text(f'[terminal]\nstate_dir = "{tmp_path}"\n[api]\nlisten = "127.0.0.1:1"\n')
+    args = parser.parse_args(["--config", str(conf), "doctor", "--only", "disk",
+                              "--only", "grpc"])
+    assert args.func(args) == 1                   # grpc fails: nothing listens on port 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("OK    disk") and out[1].startswith("FAIL  grpc"), out
+    args = parser.parse_args(["--config", str(conf), "doctor", "--only", "disk", "--json"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)[0]["check"] == "disk"
