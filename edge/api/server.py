@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -217,7 +218,7 @@ class ApiServer:
 
 def _read(path: object, key: str) -> bytes:
     try:
-        return open(str(path), "rb").read()  # noqa: SIM115 (short read)
+        return Path(str(path)).read_bytes()
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
 
