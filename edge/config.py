@@ -36,6 +36,9 @@ class RuntimeConfig:
     intra_op_threads: int = 0
     #: execution providers in order of preference; unknown ones are skipped with a warning
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    #: let idle onnxruntime worker threads spin for the next call; faster by a fraction
+    #: of a millisecond per call but burns CPU the camera and display need on a 2-core box
+    spin_wait: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

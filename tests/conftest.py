@@ -29,3 +29,14 @@ def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture(scope="session")
+def pack_dir() -> Path:
+    """The built default model pack ($MOTCUA_MODEL_DIR/mtcnn-facenet); absence fails."""
+    from edge.config import DEFAULT_MODEL_DIR, DEFAULT_PACK
+
+    path = DEFAULT_MODEL_DIR / DEFAULT_PACK
+    if not path.is_dir():
+        pytest.fail(f"model pack not built at {path} (run `motcua models build`)")
+    return path
