@@ -207,7 +207,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TerminalStatus(_message.Message):
-    __slots__ = ("terminal_id", "district", "version", "uptime_s", "camera_up", "camera_source", "camera_fps", "model_pack", "embedder_id", "gallery_size", "last_change_seq", "sync_lag_s", "sync_connected", "watchers", "session_state", "store_loaded")
+    __slots__ = ("terminal_id", "district", "version", "uptime_s", "camera_up", "camera_source", "camera_fps", "model_pack", "embedder_id", "gallery_size", "last_change_seq", "sync_lag_s", "sync_connected", "watchers", "session_state", "store_loaded", "sync_lag_changes")
     TERMINAL_ID_FIELD_NUMBER: _ClassVar[int]
     DISTRICT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +224,7 @@ class TerminalStatus(_message.Message):
     WATCHERS_FIELD_NUMBER: _ClassVar[int]
     SESSION_STATE_FIELD_NUMBER: _ClassVar[int]
     STORE_LOADED_FIELD_NUMBER: _ClassVar[int]
+    SYNC_LAG_CHANGES_FIELD_NUMBER: _ClassVar[int]
     terminal_id: str
     district: str
     version: str
@@ -240,7 +241,8 @@ class TerminalStatus(_message.Message):
     watchers: int
     session_state: SessionState
     store_loaded: bool
-    def __init__(self, terminal_id: _Optional[str] = ..., district: _Optional[str] = ..., version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., camera_up: _Optional[bool] = ..., camera_source: _Optional[str] = ..., camera_fps: _Optional[float] = ..., model_pack: _Optional[str] = ..., embedder_id: _Optional[str] = ..., gallery_size: _Optional[int] = ..., last_change_seq: _Optional[int] = ..., sync_lag_s: _Optional[float] = ..., sync_connected: _Optional[bool] = ..., watchers: _Optional[int] = ..., session_state: _Optional[_Union[SessionState, str]] = ..., store_loaded: _Optional[bool] = ...) -> None: ...
+    sync_lag_changes: int
+    def __init__(self, terminal_id: _Optional[str] = ..., district: _Optional[str] = ..., version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., camera_up: _Optional[bool] = ..., camera_source: _Optional[str] = ..., camera_fps: _Optional[float] = ..., model_pack: _Optional[str] = ..., embedder_id: _Optional[str] = ..., gallery_size: _Optional[int] = ..., last_change_seq: _Optional[int] = ..., sync_lag_s: _Optional[float] = ..., sync_connected: _Optional[bool] = ..., watchers: _Optional[int] = ..., session_state: _Optional[_Union[SessionState, str]] = ..., store_loaded: _Optional[bool] = ..., sync_lag_changes: _Optional[int] = ...) -> None: ...
 
 class LookupImageRequest(_message.Message):
     __slots__ = ("image",)

@@ -429,3 +429,27 @@ def test_api_config_refuses_a_network_address_without_tls() -> None:
         config_from_dict({"api": {"pin_tries": 0}})
     with pytest.raises(ConfigError, match="display.language"):
         config_from_dict({"display": {"language": "fr"}})
+
+
+def test_relay_carries_bus_events_to_the_screens(api) -> None:  # type: ignore[no-untyped-def]
+    from edge.api.relay import EventRelay
+    from edge.session.events import EventBus
+
+    server, _, channel = api
+    bus = EventBus()
+    stop = threading.Event()
+    relay = EventRelay(bus, server.state, stop).start()
+    try:
+        stream = stub(channel).WatchSession(pb.WatchSessionRequest(), timeout=10)
+        next(stream)
+        bus.publish(ev.FacePresent("r1"))
+        bus.publish(ev.Matched("r1", citizen_id="c1", score=0.9, margin=0.4))
+        got = [next(stream), next(stream)]
+        stream.cancel()
+        assert [m.state for m in got] == [pb.SESSION_STATE_FACE_PRESENT,
+                                          pb.SESSION_STATE_MATCHED]
+        assert got[1].match.masked_name == "Nguyễn T. T***"
+    finally:
+        stop.set()
+        relay.join(5)
+    assert not relay.thread.is_alive()

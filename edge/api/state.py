@@ -262,6 +262,9 @@ class DisplayState:
             msg.time_unix_ms = 0
             return self._publish(msg, event.at)
         if isinstance(event, ev.Idle):
+            with self._lock:
+                if self._current.state == pb.SESSION_STATE_IDLE:
+                    return None  # already idle: nothing changes on screen
             msg = pb.SessionEvent(state=pb.SESSION_STATE_IDLE)
         elif isinstance(event, ev.FacePresent):
             msg.state = pb.SESSION_STATE_FACE_PRESENT

@@ -1,0 +1,295 @@
+"""The terminal service wiring, in one place: config -> model pack -> store -> sync
+subscriber -> camera -> session loop -> gRPC display API.
+
+``TerminalService.start()`` brings the parts up in that order (the API first, answering
+health NOT_SERVING until the store is loaded), ``stop()`` takes them down in reverse. All
+worker threads share one stop event. ``motcua terminal run`` and ``motcua demo`` use it;
+tests build it with their own face pipeline and camera source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge.api.relay import EventRelay
+from edge.api.server import ApiServer, create_server
+from edge.api.state import CitizenRecord, DisplayState
+from edge.camera.base import Source
+from edge.camera.factory import make_source
+from edge.camera.grabber import Grabber
+from edge.config import Config
+from edge.errors import MotcuaError, StoreError
+from edge.session.audit import AuditLog, OutboxReporter
+from edge.session.events import EventBus, SessionControl
+from edge.session.loop import Terminal
+from edge.session.machine import SessionMachine
+from edge.session.ports import FaceDetector, FaceEmbedder
+from edge.session.tracker import Tracker
+from edge.store.changes import Dossier
+from edge.store.gallery import GalleryStore
+from proto import display_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Vision:
+    """What the terminal needs of a loaded model pack (camera frames are BGR)."""
+
+    detector: FaceDetector
+    embedder: FaceEmbedder
+    pack: str
+    embedder_id: str
+    dim: int
+    #: the pack's match threshold (cosine); [session] threshold overrides it when set
+    threshold: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncLink:
+    """How the terminal reaches its district (None of it: run on the local store only)."""
+
+    broker: Any  # sync.mqtt.BrokerSettings
+    public_key: Ed25519PublicKey
+    prefix: str = ""
+
+
+class _StoreDirectory:
+    """The display's view of the store; answers "nobody" until the store is open."""
+
+    def __init__(self) -> None:
+        self.store: GalleryStore | None = None
+
+    def citizen(self, citizen_id: str) -> CitizenRecord | None:
+        return self.store.citizen(citizen_id) if self.store is not None else None
+
+    def dossiers(self, citizen_id: str) -> Sequence[Dossier]:
+        return self.store.dossiers(citizen_id) if self.store is not None else []
+
+
+class _LateControl:
+    """SessionControl forwarding to the session machine once it exists."""
+
+    def __init__(self) -> None:
+        self.machine: SessionControl | None = None
+
+    def not_me(self, session_id: str) -> bool:
+        return self.machine.not_me(session_id) if self.machine is not None else False
+
+    def rate(self, session_id: str, stars: int) -> bool:
+        return self.machine.rate(session_id, stars) if self.machine is not None else False
+
+
+class TerminalService:
+    """The whole terminal process; ``start()``, then ``stop()`` (or ``run()``)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        vision: Vision,
+        *,
+        source: Source | None = None,
+        sync: SyncLink | None = None,
+        stop: threading.Event | None = None,
+        heartbeat: Callable[[], None] | None = None,
+        lookup: Callable[[bytes], pb.LookupImageResponse] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.vision = vision
+        self.stop_event = stop or threading.Event()
+        self.heartbeat = heartbeat
+        self.sync_link = sync
+        self._source = source
+        self.bus = EventBus()
+        self.directory = _StoreDirectory()
+        self.control = _LateControl()
+        self.display_state = DisplayState(
+            self.directory,
+            pin_tries=cfg.api.pin_tries,
+            help_counter=cfg.api.help_counter,
+            max_watchers=cfg.api.max_watchers,
+        )
+        self.api: ApiServer = create_server(
+            cfg.api, self.display_state, control=self.control, status=self.status,
+            lookup=lookup,
+        )
+        self.store: GalleryStore | None = None
+        self.subscriber: Any = None
+        self.grabber: Grabber | None = None
+        self.terminal: Terminal | None = None
+        self.relay: EventRelay | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._loop_error: BaseException | None = None
+        self.started = time.monotonic()
+
+    @property
+    def state_dir(self) -> Path:
+        return self.cfg.terminal.state_dir
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> TerminalService:
+        """Bring everything up; returns once the store is loaded and the loop runs."""
+        self.relay = EventRelay(self.bus, self.display_state, self.stop_event).start()
+        self.api.start()
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create terminal.state_dir {self.state_dir}: "
+                             f"{exc.strerror}") from None
+        t0 = time.monotonic()
+        self.store = GalleryStore.open(
+            self.state_dir / "store", embedder_id=self.vision.embedder_id, dim=self.vision.dim,
+            settings=self.cfg.store,
+        )
+        self.directory.store = self.store
+        log.info("store loaded in %.2f s: %d citizens, change %d", time.monotonic() - t0,
+                 self.store.citizen_count, self.store.last_seq)
+        self.api.set_serving()
+        if self.sync_link is not None:
+            self._start_sync()
+        machine = SessionMachine(
+            self.cfg.session,
+            embedder=self.vision.embedder,
+            gallery=self.store,
+            threshold=self.vision.threshold,
+            bus=self.bus,
+            audit=AuditLog.in_state_dir(self.state_dir),
+            reporter=OutboxReporter.in_state_dir(self.state_dir),
+            terminal_id=self.cfg.terminal.id,
+        )
+        self.control.machine = machine
+        source = self._source if self._source is not None else make_source(self.cfg.camera)
+        self.grabber = Grabber(
+            source, self.stop_event,
+            reconnect_initial_s=self.cfg.camera.reconnect_initial_s,
+            reconnect_max_s=self.cfg.camera.reconnect_max_s,
+        ).start()
+        s = self.cfg.session
+        self.terminal = Terminal(
+            detector=self.vision.detector,
+            machine=machine,
+            tracker=Tracker(iou_min=s.track_iou, centre_max=s.track_centre, lost_s=s.lost_s),
+            bus=self.bus,
+            camera=self.grabber,
+            camera_cfg=self.cfg.camera,
+        )
+        self._loop_thread = threading.Thread(target=self._loop, name="terminal-loop",
+                                             daemon=True)
+        self._loop_thread.start()
+        return self
+
+    def _start_sync(self) -> None:
+        from sync.subscriber import TerminalSubscriber
+        from sync.topics import DEFAULT_PREFIX
+
+        assert self.sync_link is not None and self.store is not None
+        self.subscriber = TerminalSubscriber(
+            self.store,
+            self.sync_link.broker,
+            district_id=self.cfg.terminal.district,
+            terminal_id=self.cfg.terminal.id,
+            public_key=self.sync_link.public_key,
+            prefix=self.sync_link.prefix or DEFAULT_PREFIX,
+            model=self.vision.pack,
+            spool_dir=self.state_dir / "sync-spool",
+            stop=self.stop_event,
+        )
+        self.subscriber.start()
+
+    def _loop(self) -> None:
+        assert self.terminal is not None
+        try:
+            self.terminal.run(self.stop_event, heartbeat=self.heartbeat)
+        except MotcuaError as exc:
+            self._loop_error = exc
+            log.error("terminal loop stopped: %s", exc)
+        except Exception as exc:  # logged and surfaced by wait(); the API stays up
+            self._loop_error = exc
+            log.exception("terminal loop crashed")
+
+    @property
+    def loop_alive(self) -> bool:
+        return self._loop_thread is not None and self._loop_thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the stop event or the camera loop to end; True when it ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.stop_event.is_set():
+            if self._loop_thread is not None and not self._loop_thread.is_alive():
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self.stop_event.wait(0.2 if left is None else min(0.2, left))
+        return True
+
+    def stop(self) -> None:
+        """Stop every part (reverse order); safe to call twice."""
+        self.stop_event.set()
+        if self._loop_thread is not None:
+            self._loop_thread.join(10)
+        if self.grabber is not None:
+            self.grabber.join(5)
+        if self.subscriber is not None:
+            try:
+                self.subscriber.stop()
+            except MotcuaError as exc:
+                log.warning("sync subscriber stop: %s", exc)
+            self.subscriber = None
+        self.api.stop()
+        if self.relay is not None:
+            self.relay.join(5)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+            self.directory.store = None
+
+    # -- technician status -----------------------------------------------------------------
+
+    def status(self) -> pb.TerminalStatus:
+        out = pb.TerminalStatus(
+            terminal_id=self.cfg.terminal.id,
+            district=self.cfg.terminal.district,
+            model_pack=self.vision.pack,
+            embedder_id=self.vision.embedder_id,
+            store_loaded=self.store is not None,
+            sync_lag_s=-1.0,
+        )
+        store = self.store
+        if store is not None:
+            out.gallery_size = store.citizen_count
+            out.last_change_seq = store.last_seq
+        if self.terminal is not None:
+            out.camera_fps = self.terminal.processing_fps()
+            cam = self.terminal.camera_status()
+            if cam is not None:
+                out.camera_up = cam.up
+                out.camera_source = cam.name
+        sub = self.subscriber
+        if sub is not None:
+            out.sync_connected = sub.connected.is_set()
+            lag = _sync_lag(sub)
+            if lag is not None:
+                out.sync_lag_s, out.sync_lag_changes = lag
+        return out
+
+
+def _sync_lag(sub: Any) -> tuple[float, int] | None:
+    """(seconds behind, changes behind) of the district's head, when the engine tells."""
+    engine = getattr(sub, "engine", None)
+    if engine is None:
+        return None
+    behind = max(0, int(getattr(engine, "district_head", 0)) - int(engine.applied_seq))
+    stalled = getattr(engine, "_stalled_since", None)
+    clock = getattr(engine, "clock", time.monotonic)
+    seconds = max(0.0, clock() - stalled) if isinstance(stalled, int | float) else 0.0
+    return seconds, behind
