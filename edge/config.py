@@ -397,6 +397,39 @@ class OpsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SyncConfig:
+    """How the terminal reaches its district's MQTT broker (``[sync]``).
+
+    Secrets are files (``password_file``) or an environment variable (``password_env``),
+    never values here. An empty ``broker`` runs the terminal on its local store only.
+    """
+
+    #: host:port of the district broker; "" = no sync (a lab or demo terminal)
+    broker: str = ""
+    #: TLS to the broker (needs ca_file; cert_file/key_file for client certificates)
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    #: the district's Ed25519 public key (PEM) the technician installed
+    district_key_file: Path = Path("/etc/motcua/district.pub")
+    #: topic prefix shared with the district publisher (sync.topics.DEFAULT_PREFIX)
+    prefix: str = "motcua/v1"
+
+    def validate(self, prefix: str) -> None:
+        p = f"{prefix}." if prefix else ""
+        if self.broker:
+            _split_hostport(self.broker, f"{p}broker")
+        if self.tls and self.ca_file is None:
+            raise ConfigError(f"{p}ca_file: required when tls = true")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError(f"{p}cert_file: cert_file and key_file go together")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole terminal configuration tree."""
 
@@ -410,6 +443,7 @@ class Config:
     session: SessionConfig = SessionConfig()
     store: StoreSettings = StoreSettings()
     ops: OpsConfig = OpsConfig()
+    sync: SyncConfig = SyncConfig()
 
 
 T = TypeVar("T")

@@ -217,6 +217,11 @@ class TerminalService:
             log.exception("terminal loop crashed")
 
     @property
+    def loop_error(self) -> BaseException | None:
+        """Why the camera loop stopped, if it failed."""
+        return self._loop_error
+
+    @property
     def loop_alive(self) -> bool:
         return self._loop_thread is not None and self._loop_thread.is_alive()
 
@@ -293,3 +298,14 @@ def _sync_lag(sub: Any) -> tuple[float, int] | None:
     clock = getattr(engine, "clock", time.monotonic)
     seconds = max(0.0, clock() - stalled) if isinstance(stalled, int | float) else 0.0
     return seconds, behind
+
+
+def load_vision(cfg: Config) -> Vision:
+    """Load the configured model pack (hash-checked) as the terminal's detector/embedder."""
+    from edge.vision.pipeline import BgrPorts, load_pipeline
+
+    pipe = load_pipeline(cfg)
+    ports = BgrPorts(pipe, cfg.detector.min_face)
+    return Vision(detector=ports, embedder=ports, pack=cfg.models.pack,
+                  embedder_id=pipe.embedder_id, dim=int(pipe.embedder.dim),
+                  threshold=pipe.match_threshold)

@@ -1,0 +1,89 @@
+"""``motcua terminal run``: the terminal service (camera, sessions, sync, display API)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+
+from edge.config import Config, load_config, read_secret
+from edge.errors import CameraError, MotcuaError
+from edge.service import SyncLink, TerminalService, Vision, load_vision
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("terminal", help="run the terminal service")
+    tsub = p.add_subparsers(dest="terminal_command", metavar="ACTION", required=True)
+    run_p = tsub.add_parser("run", help="camera -> sessions -> display API, synced with the "
+                                         "district")
+    run_p.add_argument("--camera", metavar="SOURCE",
+                       help="override camera.source (device, video file, image folder, URL)")
+    run_p.add_argument("--no-sync", action="store_true",
+                       help="do not connect to the district broker (local store only)")
+    run_p.set_defaults(func=run)
+
+
+def sync_link(cfg: Config) -> SyncLink | None:
+    """The broker settings and district key from ``[sync]``; None when no broker is set."""
+    s = cfg.sync
+    if not s.broker:
+        return None
+    from sync.keys import load_public_key
+    from sync.mqtt import BrokerSettings
+
+    host, _, port = s.broker.rpartition(":")
+    password = None
+    if s.username and (s.password_file is not None or s.password_env is not None):
+        password = read_secret(file=s.password_file, env=s.password_env,
+                               key="sync.password_file")
+    broker = BrokerSettings(host=host.strip("[]"), port=int(port),
+                            ca_file=s.ca_file if s.tls else None,
+                            cert_file=s.cert_file, key_file=s.key_file,
+                            username=s.username, password=password)
+    return SyncLink(broker=broker, public_key=load_public_key(s.district_key_file),
+                    prefix=s.prefix)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge.ops.logging import setup_logging
+    from edge.ops.sdnotify import Notifier, WatchdogHook
+
+    cfg = load_config(args.config)
+    setup_logging(cfg.ops.log_level.upper(), cfg.ops.log_format)
+    if args.camera:
+        cfg = dataclasses.replace(cfg, camera=dataclasses.replace(cfg.camera,
+                                                                  source=args.camera))
+    link = None if args.no_sync else sync_link(cfg)
+    if link is None and not args.no_sync:
+        log.warning("[sync] broker not set: running on the local store only")
+    vision: Vision = load_vision(cfg)
+    notifier = Notifier.from_env()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service = TerminalService(cfg, vision, sync=link, stop=stop,
+                              heartbeat=WatchdogHook(notifier).tick)
+    try:
+        service.start()
+    except BaseException:
+        service.stop()
+        raise
+    notifier.ready(f"serving on port {service.api.port}")
+    print(f"terminal {cfg.terminal.id}: display API on port {service.api.port}, "
+          f"{service.store.citizen_count if service.store else 0} citizens", file=sys.stderr)
+    try:
+        service.wait()
+    finally:
+        notifier.stopping()
+        service.stop()
+    err = service.loop_error
+    if isinstance(err, MotcuaError):
+        raise err
+    if err is not None:
+        raise CameraError(f"the camera loop crashed: {err}")
+    return 0
