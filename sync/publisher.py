@@ -45,6 +45,10 @@ MANIFEST_INTERVAL_S = 2.0
 #: a terminal gets at most one snapshot per this many seconds (a confused or hostile
 #: terminal cannot make the district stream its whole gallery in a loop)
 SNAPSHOT_MIN_INTERVAL_S = 5.0
+#: replays cover at most the last this-many changes; a terminal further behind gets a
+#: snapshot. 20,000 changes (~40 MB at 512-d) is about what a snapshot of a small district
+#: costs, so a longer replay would not be cheaper
+REPLAY_WINDOW = 20_000
 #: pending requests beyond this are dropped (terminals re-ask)
 REQUEST_QUEUE_MAX = 1000
 #: give up waiting for one PUBACK after this long and re-check the connection
@@ -79,6 +83,7 @@ class Publisher:
         batch_max_changes: int = BATCH_MAX_CHANGES,
         chunk_max_bytes: int = CHUNK_MAX_BYTES,
         snapshot_min_interval_s: float = SNAPSHOT_MIN_INTERVAL_S,
+        replay_window: int = REPLAY_WINDOW,
     ) -> None:
         self.log = dlog
         self.key = key
@@ -88,6 +93,7 @@ class Publisher:
         self.batch_max_changes = batch_max_changes
         self.chunk_max_bytes = chunk_max_bytes
         self.snapshot_min_interval_s = snapshot_min_interval_s
+        self.replay_window = replay_window
         self.stats = PublisherStats()
         self._wake = threading.Event()
         self._connected = threading.Event()
@@ -219,6 +225,10 @@ class Publisher:
         self.stats.bytes_sent += len(payload)
         return True
 
+    def replay_from_seq(self, head: int) -> int:
+        """Oldest change a replay may start from: the last ``replay_window`` changes."""
+        return max(self.log.replay_from_seq, head - self.replay_window + 1, 1)
+
     def _manifest(self, head: int) -> bytes:
         body = pb.Manifest(
             district_id=self.log.district_id,
@@ -226,7 +236,7 @@ class Publisher:
             head_seq=head,
             embedder_id=self.log.embedder_id,
             dim=self.log.dim,
-            replay_from_seq=self.log.replay_from_seq,
+            replay_from_seq=self.replay_from_seq(head),
             published_at_ms=int(time.time() * 1000),
         ).SerializeToString()
         return seal(self.key, self.log.district_id, pb.PAYLOAD_KIND_MANIFEST, body)
@@ -314,7 +324,7 @@ class Publisher:
         if (
             req.kind == pb.SyncRequest.KIND_REPLAY
             and req.epoch == self.log.epoch
-            and self.log.replay_from_seq <= req.from_seq
+            and self.replay_from_seq(published) <= req.from_seq
         ):
             if req.from_seq > published:
                 return  # nothing published yet beyond what it has; live batches follow

@@ -81,3 +81,37 @@ def reference_store(dlog: DistrictLog, store):  # type: ignore[no-untyped-def]
         changes = [change_from_pb(pb.Change.FromString(b), dlog.dim) for b in rows]
     store.replace_all(changes, epoch=dlog.epoch, last_seq=last)
     return store
+
+
+def craft_batch(
+    key: Ed25519PrivateKey,
+    changes: list,  # type: ignore[type-arg]
+    *,
+    district: str = DISTRICT,
+    envelope_district: str | None = None,
+    epoch: int = 1,
+    embedder: str = EMBEDDER,
+    dim: int = 64,
+) -> bytes:
+    """A signed batch message as a district would send (or a forger: any key/fields)."""
+    from proto import sync_pb2 as pb
+    from sync.wire import seal
+
+    b = pb.Batch(
+        district_id=district,
+        epoch=epoch,
+        first_seq=changes[0].seq,
+        last_seq=changes[-1].seq,
+        embedder_id=embedder,
+        dim=dim,
+        origin=pb.BATCH_ORIGIN_LIVE,
+    )
+    for c in changes:
+        b.changes.append(c)
+    return seal(key, envelope_district or district, pb.PAYLOAD_KIND_BATCH, b.SerializeToString())
+
+
+def log_changes(dlog: DistrictLog, first: int, last: int) -> list:  # type: ignore[type-arg]
+    from proto import sync_pb2 as pb
+
+    return [pb.Change.FromString(b) for b in dlog.changes(first, last)]

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge.store.changes import DossierStatus
+from edge.store.gallery import GalleryStore
 from sync.mqtt import BrokerSettings
 from sync.publisher import Publisher
 from sync.subscriber import TerminalSubscriber
 from tests.broker import MosquittoBroker
-from tests.memstore import MemoryStore
 from tests.sync_helpers import (
     DISTRICT,
     EMBEDDER,
@@ -42,6 +43,13 @@ class Rig:
         self.stop = threading.Event()
         self.publisher: Publisher | None = None
         self.terminals: list[TerminalSubscriber] = []
+        self.stores: list[GalleryStore] = []
+        self._expected: tuple[int, str] | None = None
+
+    def store(self, name: str) -> GalleryStore:
+        s = GalleryStore.open(self.tmp / "stores" / name, embedder_id=EMBEDDER, dim=self.dlog.dim)
+        self.stores.append(s)
+        return s
 
     def start_publisher(self) -> Publisher:
         self.publisher = Publisher(
@@ -49,8 +57,8 @@ class Rig:
         ).start()
         return self.publisher
 
-    def terminal(self, name: str, store: MemoryStore | None = None) -> TerminalSubscriber:
-        store = store or MemoryStore(embedder_id=EMBEDDER, dim=self.dlog.dim)
+    def terminal(self, name: str, store: GalleryStore | None = None) -> TerminalSubscriber:
+        store = store or self.store(name)
         t = TerminalSubscriber(
             store,
             settings(self.broker),
@@ -66,8 +74,12 @@ class Rig:
         return t
 
     def expected_hash(self) -> str:
-        ref = reference_store(self.dlog, MemoryStore(embedder_id=EMBEDDER, dim=self.dlog.dim))
-        return str(ref.content_hash())
+        """Content hash of a store built from the district's state (cached per head)."""
+        head = self.dlog.head_seq
+        if self._expected is None or self._expected[0] != head:
+            ref = reference_store(self.dlog, self.store(f"ref-{head}"))
+            self._expected = (head, ref.content_hash())
+        return self._expected[1]
 
     def converged(self, t: TerminalSubscriber) -> bool:
         return (
@@ -80,6 +92,19 @@ class Rig:
             t.stop()
         if self.publisher is not None:
             self.publisher.stop()
+        for s in self.stores:
+            s.close()
+
+
+def victim_embedding(rig: Rig, citizen_id: str) -> np.ndarray:  # type: ignore[type-arg]
+    from proto import sync_pb2 as pb
+
+    with rig.dlog.snapshot() as (_l, _c, _d, rows):
+        for blob in rows:
+            c = pb.Change.FromString(blob)
+            if c.HasField("citizen_upsert") and c.citizen_upsert.citizen_id == citizen_id:
+                return np.frombuffer(c.citizen_upsert.embeddings, dtype="<f4")[: rig.dlog.dim]
+    raise AssertionError(f"no citizen {citizen_id}")
 
 
 @pytest.fixture
@@ -97,13 +122,118 @@ def test_live_updates_and_delete_reach_two_terminals(rig: Rig) -> None:
         wait_for(lambda t=t: rig.converged(t), what=f"{t.terminal_id} initial sync")
     rig.dlog.update_dossier("HS-0000003", status=DossierStatus.RESULT_READY, stage="Trả kết quả")
     victim = ids[7]
-    emb = np.asarray(a.engine.store.citizens[victim].embeddings[0])
+    emb = victim_embedding(rig, victim)
     assert a.engine.store.search(emb, 1)[0].citizen_id == victim
     rig.dlog.delete_citizen(victim)
     for t in (a, b):
         wait_for(lambda t=t: rig.converged(t), what=f"{t.terminal_id} after update+delete")
         store = t.engine.store
-        assert store.dossier_map["HS-0000003"].status is DossierStatus.RESULT_READY
-        assert victim not in store.citizens
+        (d,) = store.dossiers(ids[3])
+        assert d.status is DossierStatus.RESULT_READY and d.stage == "Trả kết quả"
+        assert store.citizen(victim) is None and store.dossiers(victim) == []
         assert all(m.citizen_id != victim for m in store.search(emb, 5))
         assert sum(t.engine.rejections.values()) == t.engine.rejections["duplicate"]
+
+
+def test_snapshot_of_5000_citizens_reaches_two_terminals(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    rig = Rig(tmp_path, broker, dim=128)
+    try:
+        add_citizens(rig.dlog, 5000)
+        pub = rig.start_publisher()
+        wait_for(lambda: rig.dlog.published_seq == rig.dlog.head_seq, what="log published")
+        a, b = rig.terminal("t-a"), rig.terminal("t-b")
+        for t in (a, b):
+            wait_for(lambda t=t: rig.converged(t), timeout=120, what=f"{t.terminal_id} snapshot")
+            assert t.engine.snapshots_applied == 1
+            assert t.engine.store.citizen_count == 5000
+        assert a.engine.store.content_hash() == b.engine.store.content_hash()
+        assert pub.stats.snapshots == 2 and pub.stats.snapshot_chunks > 2
+    finally:
+        rig.close()
+
+
+def test_broker_killed_and_restarted_mid_stream(rig: Rig) -> None:
+    add_citizens(rig.dlog, 10)
+    rig.start_publisher()
+    t = rig.terminal("t-a")
+    wait_for(lambda: rig.converged(t), what="initial sync")
+    for step in range(12):
+        add_citizens(rig.dlog, 5, start=100 + step * 5)
+        if step == 4:
+            wait_for(lambda: t.engine.store.last_seq > 20, what="some live batches applied")
+            rig.broker.kill()  # SIGKILL: sessions/retained since the last autosave are lost
+        if 4 <= step < 7:
+            time.sleep(0.3)  # the district keeps writing while the broker is down
+        if step == 7:
+            assert rig.dlog.published_seq < rig.dlog.head_seq  # a backlog built up
+            rig.broker.start()
+    wait_for(lambda: rig.converged(t), timeout=60, what="convergence after broker restart")
+    assert t.connects >= 2
+
+
+def test_offline_terminal_beyond_broker_queue_converges_via_snapshot(tmp_path: Path) -> None:
+    # Mosquitto keeps only 5 queued messages for an offline session here (default 1000)
+    broker = MosquittoBroker(tmp_path / "broker", max_queued_messages=5).start()
+    rig = Rig(tmp_path, broker)
+    try:
+        add_citizens(rig.dlog, 10)
+        rig.publisher = Publisher(
+            rig.dlog,
+            rig.key,
+            settings(broker),
+            batch_max_changes=1,
+            replay_window=10,
+            snapshot_min_interval_s=0.5,
+        ).start()
+        store = rig.store("t-a")
+        t = rig.terminal("t-a", store)
+        wait_for(lambda: rig.converged(t), what="initial sync")
+        snapshots_before = t.engine.snapshots_applied
+        t.stop()  # offline; the broker keeps its session and queues at most 5 messages
+        for i in range(30):
+            rig.dlog.update_dossier(f"HS-{i % 10:07d}", stage=f"bước {i}")
+        wait_for(lambda: rig.dlog.published_seq == rig.dlog.head_seq, what="all published")
+        t2 = rig.terminal("t-a", store)  # back online with the same store and session
+        wait_for(lambda: rig.converged(t2), timeout=60, what="convergence after long offline")
+        assert t2.engine.snapshots_applied == 1 and snapshots_before == 1
+    finally:
+        rig.close()
+        broker.stop()
+
+
+def test_gap_within_replay_window_is_filled_by_replay(tmp_path: Path) -> None:
+    broker = MosquittoBroker(tmp_path / "broker", max_queued_messages=3).start()
+    rig = Rig(tmp_path, broker)
+    try:
+        add_citizens(rig.dlog, 10)
+        rig.publisher = Publisher(rig.dlog, rig.key, settings(broker), batch_max_changes=1)
+        rig.publisher.start()
+        store = rig.store("t-a")
+        t = rig.terminal("t-a", store)
+        wait_for(lambda: rig.converged(t), what="initial sync")
+        t.stop()
+        for i in range(12):
+            rig.dlog.update_dossier(f"HS-{i % 10:07d}", stage=f"bước {i}")
+        wait_for(lambda: rig.dlog.published_seq == rig.dlog.head_seq, what="all published")
+        t2 = rig.terminal("t-a", store)
+        wait_for(lambda: rig.converged(t2), timeout=60, what="convergence by replay")
+        assert t2.engine.snapshots_applied == 0
+        assert rig.publisher.stats.replays >= 1
+    finally:
+        rig.close()
+        broker.stop()
+
+
+def test_replaced_terminal_with_empty_store_converges(rig: Rig) -> None:
+    add_citizens(rig.dlog, 30)
+    rig.start_publisher()
+    old = rig.terminal("t-a")
+    wait_for(lambda: rig.converged(old), what="old terminal synced")
+    old.stop(graceful=False)  # the box dies
+    add_citizens(rig.dlog, 5, start=500)
+    rig.dlog.delete_citizen("c0000001")
+    new = rig.terminal("t-a", rig.store("t-a-new"))  # same identity, new empty store
+    wait_for(lambda: rig.converged(new), timeout=60, what="replacement converged")
+    assert new.engine.store.citizen("c0000001") is None
