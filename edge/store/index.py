@@ -8,6 +8,7 @@ searches with its readers-writer lock.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -129,6 +130,10 @@ class HnswIndex:
                 self.live -= 1
         except RuntimeError as exc:
             raise StoreError(f"cannot delete label {label} from the gallery index: {exc}") from None
+
+    def set_ef(self, ef: int) -> None:
+        self.settings = dataclasses.replace(self.settings, ef=ef)
+        self._raw.set_ef(ef)
 
     # ------------------------------------------------------------------ reads
     def knn(self, queries: npt.NDArray[np.float32], k: int
