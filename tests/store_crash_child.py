@@ -108,7 +108,8 @@ class Model:
 
     def hash(self) -> str:
         return gallery_hash(
-            embedder_id=EMBEDDER, epoch=EPOCH, last_seq=self.last_seq,
+            # a gallery that never got a batch is still at epoch 0
+            embedder_id=EMBEDDER, epoch=EPOCH if self.last_seq else 0, last_seq=self.last_seq,
             citizens=[(c.citizen_id, c.masked_name, c.pin_hash, c.pin_salt, c.embeddings)
                       for c in self.citizens.values()],
             dossiers=list(self.dossiers.values()))
