@@ -41,8 +41,8 @@ def ctx_for(tmp_path: Path, extra: dict | None = None, **sections: object) -> Co
     data.update(extra or {})
     cfg = config_from_dict(data)
     if sections:  # sections edge.config does not define yet (e.g. [sync]) as plain objects
-        cfg = types.SimpleNamespace(**{f.name: getattr(cfg, f.name)
-                                       for f in dataclasses.fields(cfg)}, **sections)
+        cfg = types.SimpleNamespace(**{**{f.name: getattr(cfg, f.name)
+                                          for f in dataclasses.fields(cfg)}, **sections})
     return Context(cfg, timeout=3.0)  # type: ignore[arg-type]
 
 

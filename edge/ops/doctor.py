@@ -246,8 +246,8 @@ def _sqlite_probe(state: Path) -> Finding:
 def check_broker(ctx: Context) -> Finding:
     """The district broker is reachable and accepts our credentials."""
     sync = getattr(ctx.cfg, "sync", None)
-    if sync is None:
-        return warn("no [sync] section in the configuration: this terminal does not sync")
+    if sync is None or getattr(sync, "broker", None) == "":
+        return warn("no [sync] broker in the configuration: this terminal does not sync")
     host, port = _broker_address(sync)
     try:
         import paho.mqtt.client as mqtt
