@@ -56,6 +56,17 @@ class DetectorConfig:
     #: smallest face side in pixels to look for; 40 px is the smallest a 640x480 camera
     #: gives for a person at arm's length plus a step back
     min_face: int = 40
+    #: P-Net, R-Net, O-Net score thresholds; empty = the model pack's values
+    thresholds: tuple[float, ...] = ()
+
+    def validate(self, prefix: str) -> None:
+        p = f"{prefix}." if prefix else ""
+        if self.min_face < 12:
+            raise ConfigError(f"{p}min_face: must be at least 12 (the detector's window)")
+        if self.thresholds and (
+            len(self.thresholds) != 3 or not all(0.0 < t < 1.0 for t in self.thresholds)
+        ):
+            raise ConfigError(f"{p}thresholds: expected 3 numbers between 0 and 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,11 +32,13 @@ def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def pack_dir() -> Path:
-    """The built default model pack ($MOTCUA_MODEL_DIR/mtcnn-facenet); absence fails."""
-    from edge.config import DEFAULT_MODEL_DIR, DEFAULT_PACK
+def face_pipeline():  # type: ignore[no-untyped-def]
+    """The face pipeline of the built default model pack (hashes checked); absence fails."""
+    from edge.config import Config
+    from edge.errors import ModelError
+    from edge.vision.pipeline import load_pipeline
 
-    path = DEFAULT_MODEL_DIR / DEFAULT_PACK
-    if not path.is_dir():
-        pytest.fail(f"model pack not built at {path} (run `motcua models build`)")
-    return path
+    try:
+        return load_pipeline(Config())
+    except ModelError as exc:
+        pytest.fail(f"{exc} -- build it first: motcua models build (scripts/install.sh does)")

@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import RuntimeConfig
 from edge.errors import ImageError
 from edge.vision.images import MAX_PIXELS, decode_image, read_image
 from edge.vision.mtcnn import MtcnnDetector
+from edge.vision.pipeline import FacePipeline
 from edge.vision.types import Detections
 
 #: (x, y) centres of the faces in each scene, read off the pictures by eye
@@ -36,14 +36,11 @@ SCENE_FACES: dict[str, list[tuple[int, int]]] = {
 
 
 @pytest.fixture(scope="module")
-def detector(pack_dir: Path) -> MtcnnDetector:
-    return MtcnnDetector(
-        pack_dir / "pnet.onnx",
-        pack_dir / "rnet.onnx",
-        pack_dir / "onet.onnx",
-        RuntimeConfig(intra_op_threads=1),
-        min_face=40,
-    )
+def detector(face_pipeline: FacePipeline) -> MtcnnDetector:
+    """The pack's detector with its thresholds, at the default minimum face (40 px)."""
+    det = face_pipeline.detector
+    assert isinstance(det, MtcnnDetector) and det.min_face == 40
+    return det
 
 
 def _check_shapes(d: Detections) -> None:

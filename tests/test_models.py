@@ -111,7 +111,7 @@ def test_load_pack_gives_verified_absolute_paths(pack: ModelPack) -> None:
     assert isinstance(pack.embedder.match_threshold, float)
     assert pack.detector.kind == "mtcnn"
     assert set(pack.detector.files) == {"pnet", "rnet", "onet"}
-    assert pack.detector.params["thresholds"] == [0.6, 0.7, 0.7]
+    assert pack.detector.params["thresholds"] == [0.6, 0.7, 0.9]
     for path in (*pack.files.values(), pack.embedder.path):
         assert path.is_absolute() and path.is_file()
     assert (pack.dir / MANIFEST_NAME).read_text() == pack.manifest.text

@@ -4,7 +4,7 @@ Stages:
 
 1. P-Net, fully convolutional, over an image pyramid: one 12x12 window every 2 pixels of
    every scale says "face?" and regresses a box. The pyramid starts at the scale where a
-   face of ``min_face`` pixels becomes 12 pixels and shrinks by :data:`SCALE_FACTOR` until
+   face of ``min_face`` pixels becomes 12 pixels and shrinks by ``scale_factor`` until
    the image is smaller than 12 pixels. One onnxruntime call per scale: a call costs
    ~10 us here, so packing the scales into one canvas would only add padding work.
 2. R-Net refines the surviving windows, all in one batch of 24x24 crops.
@@ -23,21 +23,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge.config import RuntimeConfig
+from edge.config import Config, RuntimeConfig
 from edge.errors import ImageError, ModelError
 from edge.vision.runtime import OnnxModel
 from edge.vision.types import Detections, FloatArray, Image
 
-#: pyramid step between scales; 0.709 = sqrt(0.5) halves the area per level, the value
-#: P-Net was trained for (a face must land within its 12x12 window's tolerance at some
-#: level). Larger steps (0.8) add levels and time for little recall here.
-SCALE_FACTOR = 0.709
+if TYPE_CHECKING:
+    from models.pack import DetectorSpec
+
 #: smallest min_face accepted: P-Net's window is 12 px, below that we would upsample
 MIN_FACE_FLOOR = 12
 #: at most this many P-Net windows per pyramid level go into NMS (by score); a noisy
@@ -66,9 +67,42 @@ class MtcnnSettings:
     nms_per_scale: float = 0.5
     #: IoU above which windows across levels and after R-Net are duplicates (0.7)
     nms_stage: float = 0.7
+    #: pyramid step between scales; 0.709 = sqrt(0.5) halves the area per level, the value
+    #: P-Net was trained for (a face must land within its 12x12 window's tolerance at
+    #: some level). A larger step (0.8) adds levels and time for little recall here.
+    scale_factor: float = 0.709
     #: final suppression uses intersection over the *smaller* box: a box inside another
     #: (a face part found as a face) goes; 0.7 as published
     nms_final_min: float = 0.7
+
+
+def build_detector(spec: DetectorSpec, config: Config) -> MtcnnDetector:
+    """The detector of a model pack (``[detector]`` of its manifest) with the config's
+    overrides: thresholds from ``detector.thresholds`` when set, else the pack's."""
+    files: Mapping[str, Path] = spec.files
+    params: Mapping[str, Any] = spec.params
+    for role in ("pnet", "rnet", "onet"):
+        if role not in files:
+            raise ModelError(f"model pack: detector.{role}: no such file in the pack")
+    thresholds = config.detector.thresholds or tuple(params.get("thresholds", ()))
+    settings = MtcnnSettings()
+    if thresholds:
+        if len(thresholds) != 3:
+            raise ModelError(f"detector thresholds: expected 3 values, got {list(thresholds)}")
+        p, r, o = (float(t) for t in thresholds)
+        settings = dataclasses.replace(
+            settings, pnet_threshold=p, rnet_threshold=r, onet_threshold=o
+        )
+    if "scale_factor" in params:
+        settings = dataclasses.replace(settings, scale_factor=float(params["scale_factor"]))
+    return MtcnnDetector(
+        files["pnet"],
+        files["rnet"],
+        files["onet"],
+        config.runtime,
+        min_face=config.detector.min_face,
+        settings=settings,
+    )
 
 
 class MtcnnDetector:
@@ -131,7 +165,7 @@ class MtcnnDetector:
         out = []
         while min(width, height) * scale >= 12:
             out.append(scale)
-            scale *= SCALE_FACTOR
+            scale *= self.settings.scale_factor
         return out
 
     # -- stages ---------------------------------------------------------------------------
