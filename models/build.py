@@ -197,11 +197,14 @@ def _copy_hashing(src: object, dest: Path, h: hashlib._Hash) -> None:
 # --------------------------------------------------------------------------- build env
 
 
-def ensure_build_env(requirements: tuple[str, ...], cache_dir: Path, log: Log = _print) -> Path:
-    """Python of the isolated build env with exactly ``requirements``; created when needed."""
+def ensure_build_env(requirements: tuple[str, ...], cache_dir: Path, log: Log = _print,
+                     constraints: tuple[str, ...] = ()) -> Path:
+    """Python of the isolated build env with exactly ``requirements`` (and ``constraints``
+    on their dependencies); created when needed, reused while they are the same."""
     env_dir = cache_dir / "build-env"
     python = env_dir / "bin" / "python"
-    wanted = "\n".join(sorted(requirements)) + "\n"
+    wanted = "".join(f"{r}\n" for r in sorted(requirements)) + "".join(
+        f"constraint {c}\n" for c in sorted(constraints))
     marker = env_dir / ENV_MARKER
     with contextlib.suppress(OSError):
         if python.exists() and marker.read_text() == wanted:
@@ -220,9 +223,12 @@ def ensure_build_env(requirements: tuple[str, ...], cache_dir: Path, log: Log = 
             f"{_last_line(proc.stderr + proc.stdout)}")
     log(f"build env: pip install {' '.join(requirements)} (a few minutes the first time)")
     start = time.monotonic()
+    cfile = env_dir / "motcua-constraints.txt"
+    cfile.write_text("".join(f"{c}\n" for c in constraints))
     proc = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-input",
-         *requirements], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+         "-c", str(cfile), *requirements], capture_output=True, text=True,
+        stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise ModelBuildError(
             f"installing {' '.join(requirements)} into the build env failed: "
@@ -242,7 +248,8 @@ def _build_extract(f: PackFile, manifest: Manifest, archive: Path, dest: Path,
 
 def _build_tf2onnx(f: PackFile, manifest: Manifest, archive: Path, dest: Path,
                    cache_dir: Path, log: Log) -> None:
-    python = ensure_build_env(manifest.build_requirements, cache_dir, log)
+    python = ensure_build_env(manifest.build_requirements, cache_dir, log,
+                              manifest.build_constraints)
     conv = f.convert
     try:
         inputs, outputs = str(conv["inputs"]), str(conv["outputs"])

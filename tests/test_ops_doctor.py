@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import http.server
 import json
 import subprocess
@@ -37,7 +36,7 @@ UTC = datetime.UTC
 
 def ctx_for(tmp_path: Path, extra: dict | None = None, **sections: object) -> Context:
     data = {"terminal": {"state_dir": str(tmp_path / "state")},
-            "models": {"dir": str(tmp_path / "models"), "pack": "testpack"}}
+            "models": {"dir": str(tmp_path / "models"), "pack": "mtcnn-facenet"}}
     data.update(extra or {})
     cfg = config_from_dict(data)
     if sections:  # sections edge.config does not define yet (e.g. [sync]) as plain objects
@@ -72,23 +71,29 @@ def test_camera_ok_on_video_and_fails_on_missing_or_corrupt(tmp_path, media_dir)
 
 
 def make_pack(models: Path) -> Path:
-    d = models / "testpack"
-    d.mkdir(parents=True)
-    (d / "det.onnx").write_bytes(b"detector" * 100)
-    files = [{"file": "det.onnx", "sha256": hashlib.sha256(b"detector" * 100).hexdigest()}]
-    (d / "manifest.json").write_text(json.dumps({"name": "testpack", "files": files}))
-    return d
+    """A copy of the real built default pack (scripts/install.sh builds it)."""
+    import shutil
+
+    from edge.config import DEFAULT_MODEL_DIR, DEFAULT_PACK
+
+    src = DEFAULT_MODEL_DIR / DEFAULT_PACK
+    if not src.is_dir():
+        pytest.fail(f"model pack not built at {src} (run `motcua models build`)")
+    return Path(shutil.copytree(src, models / DEFAULT_PACK))
 
 
 def test_models_hashes(tmp_path) -> None:
     ctx = ctx_for(tmp_path)
     st, text = status(ctx, "models")
-    assert st is Status.FAIL and "no model pack" in text, text
+    assert st is Status.FAIL and "not found" in text, text
     d = make_pack(tmp_path / "models")
-    assert status(ctx, "models")[0] is Status.OK
-    (d / "det.onnx").write_bytes(b"detector" * 99 + b"detectoR")   # one flipped byte
     st, text = status(ctx, "models")
-    assert st is Status.FAIL and "sha256" in text, text
+    assert st is Status.OK and "facenet-20180408-102900" in text, text
+    data = bytearray((d / "pnet.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01   # one flipped bit
+    (d / "pnet.onnx").write_bytes(bytes(data))
+    st, text = status(ctx, "models")
+    assert st is Status.FAIL and "pnet.onnx fails its sha256" in text, text
 
 
 # ---------------------------------------------------------------- store

@@ -136,64 +136,15 @@ def check_camera(ctx: Context) -> Finding:
 
 def check_models(ctx: Context) -> Finding:
     """The model files match the hashes of their manifest."""
+    from models.pack import load_pack
+
     mcfg = ctx.cfg.models
-    pack_dir = Path(mcfg.dir) / mcfg.pack
     try:
-        from models.pack import load_pack  # type: ignore[import-not-found]
-    except ImportError:
-        load_pack = None
-    try:
-        if load_pack is not None:
-            pack = _call_load_pack(load_pack, mcfg)
-            name = getattr(pack, "name", mcfg.pack)
-            emb = getattr(pack, "embedder_id", "")
-            return ok(f"pack {name} in {mcfg.dir}: every file matches its sha256"
-                      + (f" (embedder {emb})" if emb else ""))
-        return _verify_manifest(pack_dir)
+        pack = load_pack(Path(mcfg.dir), mcfg.pack)
     except MotcuaError as exc:
         return fail(f"{exc} (reinstall: motcua models install PACK.tar)")
-
-
-def _call_load_pack(load_pack: Callable[..., Any], mcfg: Any) -> Any:
-    import inspect
-
-    params = list(inspect.signature(load_pack).parameters)
-    if params and params[0] in ("pack_dir", "path", "directory"):
-        return load_pack(Path(mcfg.dir) / mcfg.pack)
-    return load_pack(mcfg.pack, Path(mcfg.dir))
-
-
-def _verify_manifest(pack_dir: Path) -> Finding:
-    import hashlib
-
-    from edge.errors import ModelError
-
-    manifests = sorted(pack_dir.glob("manifest*.json"))
-    if not manifests:
-        raise ModelError(f"no model pack at {pack_dir}")
-    data = json.loads(manifests[0].read_text(encoding="utf-8"))
-    files = [(n, d) for n, d in _hashes(data)]
-    for name, digest in files:
-        f = pack_dir / name
-        if not f.is_file():
-            raise ModelError(f"{f} is missing")
-        if hashlib.sha256(f.read_bytes()).hexdigest() != digest:
-            raise ModelError(f"{f} does not match its sha256 (damaged SD card?)")
-    return ok(f"pack {pack_dir.name}: {len(files)} files match their sha256")
-
-
-def _hashes(data: object) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    if isinstance(data, dict):
-        name = data.get("file") or data.get("path") or data.get("name")
-        if isinstance(data.get("sha256"), str) and isinstance(name, str):
-            out.append((name, data["sha256"]))
-        for v in data.values():
-            out += _hashes(v)
-    elif isinstance(data, list):
-        for v in data:
-            out += _hashes(v)
-    return out
+    return ok(f"pack {pack.name} in {mcfg.dir}: every file matches its sha256 "
+              f"(embedder {pack.embedder.id})")
 
 
 def check_store(ctx: Context) -> Finding:
