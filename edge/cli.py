@@ -17,6 +17,7 @@ from edge.errors import MotcuaError
 #: modules contributing subcommands, in the order they appear in --help
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "models.cli",
+    "edge.vision.cli",
     "edge.terminal_cli",
     "edge.display.cli",
     "edge.ops.doctor",
