@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "edge.terminal_cli",
     "edge.display.cli",
     "edge.ops.doctor",
+    "sync.cli",
 )
 
 

@@ -107,6 +107,8 @@ class SyncEngine:
         self.duplicates = 0
         self.out_of_order = 0
         self.snapshots_applied = 0
+        #: requests sent, by kind ("replay" / "snapshot")
+        self.requests: collections.Counter[str] = collections.Counter()
         self.last_error = ""
         #: the district's head and epoch as the last manifest said
         self.district_head = 0
@@ -378,6 +380,7 @@ class SyncEngine:
         )
         if not want_snapshot:
             self._replays_without_progress += 1
+        self.requests["snapshot" if want_snapshot else "replay"] += 1
         req = pb.SyncRequest(
             protocol_version=wire.PROTOCOL_VERSION,
             terminal_id=self.terminal_id,

@@ -15,6 +15,8 @@ log still ends in the right state, and replays never need the erased data.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import re
 import sqlite3
 import threading
 import time
@@ -63,6 +65,37 @@ CREATE TABLE IF NOT EXISTS dossiers (
 );
 CREATE INDEX IF NOT EXISTS dossiers_citizen ON dossiers (citizen_id);
 """
+
+
+#: the terminal store's limits (edge/store/gallery.py): the district must never send what
+#: a terminal would refuse, or that terminal would be stuck at that change
+MAX_ID_LEN = 128
+MAX_TEXT_LEN = 512
+MAX_EMBEDDINGS = 16
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _check_text(value: str, what: str, limit: int) -> None:
+    if len(value) > limit or any(ord(ch) < 32 for ch in value):
+        raise DistrictError(f"{what}: at most {limit} characters, no control characters")
+
+
+def _check_dossier(d: Dossier) -> None:
+    if not d.code or not d.citizen_id:
+        raise DistrictError("a dossier needs a code and a citizen")
+    _check_text(d.code, "dossier code", MAX_ID_LEN)
+    for name in ("procedure", "stage", "counter"):
+        _check_text(getattr(d, name), f"dossier {d.code} {name}", MAX_TEXT_LEN)
+    if not _DATE.match(d.received_on):
+        raise DistrictError(f"dossier {d.code}: received_on must be YYYY-MM-DD")
+    if d.appointment_on and not _DATE.match(d.appointment_on):
+        raise DistrictError(f"dossier {d.code}: appointment_on must be YYYY-MM-DD or empty")
+    for value in (d.received_on, d.appointment_on):
+        if value:
+            try:
+                datetime.date.fromisoformat(value)
+            except ValueError:
+                raise DistrictError(f"dossier {d.code}: {value} is not a date") from None
 
 
 @dataclass(frozen=True)
@@ -196,6 +229,10 @@ class DistrictLog:
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         if not citizen_id or not masked_name:
             raise DistrictError("a citizen needs an id and a masked name")
+        _check_text(citizen_id, "citizen id", MAX_ID_LEN)
+        _check_text(masked_name, f"citizen {citizen_id} masked name", MAX_TEXT_LEN)
+        if emb.shape[0] > MAX_EMBEDDINGS:
+            raise DistrictError(f"citizen {citizen_id}: at most {MAX_EMBEDDINGS} embeddings")
         change = change_to_pb(
             CitizenUpsert(
                 seq=0,
@@ -216,8 +253,7 @@ class DistrictLog:
 
     def upsert_dossier(self, dossier: Dossier) -> int:
         """Create or replace a dossier of an existing citizen."""
-        if not dossier.code:
-            raise DistrictError("a dossier needs a code")
+        _check_dossier(dossier)
         change = change_to_pb(DossierUpsert(seq=0, dossier=dossier))
         with self.transaction():
             if not self.has_citizen(dossier.citizen_id):

@@ -1,0 +1,326 @@
+"""District side: change log, privacy, records/enrolment, keys, the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.errors import ConfigError, DistrictError
+from edge.pin import verify_pin
+from edge.store.changes import DossierStatus
+from edge.store.gallery import GalleryStore
+from proto import sync_pb2 as pb
+from sync.enrol import PhotoEmbedder, enrol, read_records
+from sync.keys import generate_keypair, load_private_key, load_public_key
+from sync.log import DistrictLog
+from sync.mqtt import BrokerSettings
+from sync.privacy import mask_name
+from sync.subscriber import TerminalSubscriber
+from tests.broker import MosquittoBroker
+from tests.conftest import REPO
+from tests.sync_helpers import (
+    DISTRICT,
+    EMBEDDER,
+    add_citizens,
+    new_district,
+    reference_store,
+    unit,
+    wait_for,
+)
+
+
+def motcua(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=check,
+        timeout=120,
+    )
+
+
+def test_mask_name() -> None:
+    assert mask_name("Nguyễn Thị Thu") == "Nguyễn T. T***"
+    assert mask_name("  Trần   Văn  An ") == "Trần V. A***"
+    assert mask_name("Lê Ánh") == "Lê Á***"
+    assert mask_name("Obama") == "O***"
+    with pytest.raises(ValueError):
+        mask_name("   ")
+
+
+def test_log_numbers_changes_and_delete_erases_history(tmp_path: Path) -> None:
+    dlog = new_district(tmp_path / "d.sqlite", dim=16)
+    add_citizens(dlog, 3)
+    assert dlog.head_seq == 6
+    seq = dlog.update_dossier(
+        "HS-0000001", status=DossierStatus.RESULT_READY, appointment_on="2026-12-01"
+    )
+    assert seq == 7 and dlog.dossier("HS-0000001").status is DossierStatus.RESULT_READY
+    marker = dlog.changes(3, 3)[0]  # the upsert of citizen 1 (its embedding bytes)
+    emb_bytes = pb.Change.FromString(marker).citizen_upsert.embeddings
+    assert dlog.delete_citizen("c0000001") == 8
+    # earlier entries about the citizen are now sent as deletes of that citizen
+    for blob in dlog.changes(3, 7)[0:2] + dlog.changes(7, 7):
+        c = pb.Change.FromString(blob)
+        assert (
+            c.WhichOneof("kind") == "citizen_delete" and c.citizen_delete.citizen_id == "c0000001"
+        )
+    assert [pb.Change.FromString(b).seq for b in dlog.changes(1, 8)] == list(range(1, 9))
+    with pytest.raises(DistrictError, match="no citizen"):
+        dlog.delete_citizen("c0000001")
+    with pytest.raises(DistrictError, match="no dossier"):
+        dlog.update_dossier("HS-0000001", stage="x")
+    dlog.close()
+    # the embedding no longer exists anywhere in the file (secure_delete, WAL checkpointed)
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("d.sqlite"))
+    assert emb_bytes not in raw and len(emb_bytes) == 64
+
+
+def test_log_refuses_what_a_terminal_would_refuse(tmp_path: Path) -> None:
+    dlog = new_district(tmp_path / "d.sqlite", dim=16)
+    add_citizens(dlog, 1)
+    head = dlog.head_seq
+    with pytest.raises(DistrictError, match="YYYY-MM-DD"):
+        dlog.update_dossier("HS-0000000", appointment_on="mai")
+    with pytest.raises(DistrictError, match="embeddings"):
+        dlog.upsert_citizen("x", masked_name="X***", embeddings=np.ones((1, 8), np.float32))
+    with pytest.raises(DistrictError, match="non-finite"):
+        dlog.upsert_citizen(
+            "x", masked_name="X***", embeddings=np.full((1, 16), np.nan, np.float32)
+        )
+    assert dlog.head_seq == head  # nothing written
+    with pytest.raises(DistrictError, match="exists"):
+        new_district(tmp_path / "d.sqlite")
+    with pytest.raises(DistrictError, match="district id"):
+        new_district(tmp_path / "e.sqlite", district="q1/#")
+
+
+def test_keys_are_private_and_checked(tmp_path: Path) -> None:
+    generate_keypair(tmp_path / "k", tmp_path / "k.pub")
+    assert (tmp_path / "k").stat().st_mode & 0o777 == 0o600
+    key = load_private_key(tmp_path / "k")
+    pub = load_public_key(tmp_path / "k.pub")
+    pub.verify(key.sign(b"x"), b"x")
+    with pytest.raises(ConfigError, match="refusing"):
+        generate_keypair(tmp_path / "k", tmp_path / "k.pub")
+    os.chmod(tmp_path / "k", 0o644)
+    with pytest.raises(ConfigError, match="too open"):
+        load_private_key(tmp_path / "k")
+    (tmp_path / "bad.pub").write_text("not a key")
+    with pytest.raises(ConfigError, match="not a PEM"):
+        load_public_key(tmp_path / "bad.pub")
+
+
+def test_records_csv_and_json_and_their_errors(tmp_path: Path) -> None:
+    csv_file = tmp_path / "r.csv"
+    csv_file.write_text(
+        "citizen_id,full_name,phone,dossier_code,procedure,status,stage,received_on,"
+        "appointment_on,counter\n"
+        "001,Nguyễn Thị Thu,0912 345 678,HS-1,Đăng ký kết hôn,processing,Phòng Tư pháp,"
+        "2026-11-01,,3\n"
+        "001,Nguyễn Thị Thu,0912 345 678,HS-2,Cấp bản sao,received,Một cửa,2026-11-02,"
+        "2026-11-09,1\n"
+        "002,Trần Văn An,0987654321,,,,,,,\n",
+        encoding="utf-8",
+    )
+    recs = read_records(csv_file)
+    assert [r.citizen_id for r in recs] == ["001", "002"]
+    assert [d.code for d in recs[0].dossiers] == ["HS-1", "HS-2"]
+    assert recs[0].dossiers[0].status is DossierStatus.PROCESSING and recs[1].dossiers == []
+    js = tmp_path / "r.json"
+    js.write_text(
+        json.dumps(
+            [
+                {
+                    "citizen_id": "9",
+                    "full_name": "Lê Ánh",
+                    "phone": "",
+                    "pin": "4321",
+                    "dossiers": [
+                        {
+                            "code": "A",
+                            "procedure": "p",
+                            "status": "result_ready",
+                            "received_on": "2026-01-01",
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    (rec,) = read_records(js)
+    assert rec.pin == "4321" and rec.dossiers[0].status is DossierStatus.RESULT_READY
+    bad = {
+        "status": '[{"citizen_id":"1","full_name":"A B","dossiers":[{"code":"x","procedure":"p",'
+        '"status":"lost","received_on":"2026-01-01"}]}]',
+        "twice": '[{"citizen_id":"1","full_name":"A B"},{"citizen_id":"1","full_name":"A B"}]',
+        "required": '[{"citizen_id":"1"}]',
+        "PIN": '[{"citizen_id":"1","full_name":"A B","pin":"12"}]',
+        "JSON": "[{",
+    }
+    for word, text in bad.items():
+        (tmp_path / "b.json").write_text(text)
+        with pytest.raises(DistrictError, match=word):
+            read_records(tmp_path / "b.json")
+
+
+def _hash_embedder(dim: int) -> PhotoEmbedder:
+    """Synthetic embedding: a unit vector seeded by the image pixels (one face per photo)."""
+
+    def embed(image: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+        seed = int.from_bytes(image[::7, ::7].tobytes()[:8].ljust(8, b"\0"), "little")
+        return unit(np.random.default_rng(seed + image.size), 1, dim)
+
+    return PhotoEmbedder(EMBEDDER, dim, embed)
+
+
+def test_enrol_real_photo_files_with_synthetic_embedder(tmp_path: Path, media_dir: Path) -> None:
+    people = ["barack_obama", "joe_biden", "rose_leslie"]
+    (tmp_path / "r.json").write_text(
+        json.dumps(
+            [
+                {
+                    "citizen_id": p,
+                    "full_name": f"Nguyễn Văn {p.split('_')[0].title()}",
+                    "phone": "0912345678",
+                    "dossiers": [
+                        {
+                            "code": f"HS-{p}",
+                            "procedure": "Chứng thực",
+                            "status": "received",
+                            "stage": "Một cửa",
+                            "received_on": "2026-11-20",
+                        }
+                    ],
+                }
+                for p in people
+            ]
+        ),
+        encoding="utf-8",
+    )
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    dlog = new_district(tmp_path / "d.sqlite", dim=32)
+    res = enrol(dlog, read_records(tmp_path / "r.json"), media_dir / "faces", _hash_embedder(32))
+    assert (res.citizens, res.dossiers, res.first_seq, res.last_seq) == (3, 3, 1, 6)
+    assert res.photos == 6 + 2 + 2  # every photo of each person
+    assert len(res.issued_pins) == 3 and all(len(p) == 6 for _, _, p in res.issued_pins)
+    store = reference_store(dlog, GalleryStore.open(tmp_path / "s", embedder_id=EMBEDDER, dim=32))
+    rec = store.citizen("joe_biden")
+    assert rec is not None and rec.masked_name == "Nguyễn V. J***"
+    pin = next(p for c, _, p in res.issued_pins if c == "joe_biden")
+    assert verify_pin(pin, rec.pin_hash, rec.pin_salt)
+    store.close()
+    # a citizen whose only photo is unreadable: clear error, nothing written
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "x.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (tmp_path / "x.json").write_text('[{"citizen_id": "x", "full_name": "A B"}]')
+    with pytest.raises(DistrictError, match="no usable face"):
+        enrol(dlog, read_records(tmp_path / "x.json"), tmp_path / "p", _hash_embedder(32))
+    with pytest.raises(DistrictError, match="embedder"):
+        enrol(dlog, read_records(tmp_path / "x.json"), tmp_path / "p", _hash_embedder(16))
+    assert dlog.head_seq == 6
+
+
+def test_cli_commands_and_one_line_errors(tmp_path: Path) -> None:
+    motcua("district", "keygen", "--out", str(tmp_path / "keys"))
+    r = motcua("district", "keygen", "--out", str(tmp_path / "keys"), check=False)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "refusing" in r.stderr
+    db = str(tmp_path / "d.sqlite")
+    motcua(
+        "district", "init", "--db", db, "--district", "q7", "--embedder-id", EMBEDDER, "--dim", "16"
+    )
+    dlog = DistrictLog.open(Path(db))
+    add_citizens(dlog, 2)
+    dlog.close()
+    out = motcua("district", "update", "--db", db, "HS-0000001", "--status", "result_ready").stdout
+    assert "change 5" in out
+    assert "change 6" in motcua("district", "delete", "--db", db, "c0000000").stdout
+    info = motcua("district", "info", "--db", db).stdout
+    assert "head 6" in info and "citizens 1" in info
+    r = motcua("district", "delete", "--db", db, "c0000000", check=False)
+    assert r.returncode == 1 and r.stderr.strip() == "motcua: error: no citizen c0000000"
+    r = motcua("district", "fleet", "--district", "q7", "--broker", "nonsense", check=False)
+    assert r.returncode == 2 and "HOST:PORT" in r.stderr
+
+
+def test_publisher_crash_between_batches_resumes_without_gap(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    keys = tmp_path / "keys"
+    generate_keypair(keys / "district.key", keys / "district.pub")
+    dlog = new_district(tmp_path / "d.sqlite", dim=16)
+    add_citizens(dlog, 5)
+    store = GalleryStore.open(tmp_path / "term", embedder_id=EMBEDDER, dim=16)
+    reference_store(dlog, store)  # the terminal starts in sync; all the rest comes live
+    dlog.mark_published(dlog.head_seq)
+    add_citizens(dlog, 1500, start=100)  # 3000 changes = 300 batches of 10
+    sub = TerminalSubscriber(
+        store,
+        BrokerSettings(host=broker.host, port=broker.port, reconnect_min_s=0, reconnect_max_s=0),
+        district_id=DISTRICT,
+        terminal_id="t1",
+        public_key=load_public_key(keys / "district.pub"),
+        spool_dir=tmp_path,
+        gap_timeout_s=0.3,
+        request_retry_s=0.5,
+    ).start()
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge",
+        "district",
+        "publish",
+        "--db",
+        str(tmp_path / "d.sqlite"),
+        "--key",
+        str(keys / "district.key"),
+        "--broker",
+        f"{broker.host}:{broker.port}",
+        "--batch-max-changes",
+        "10",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def start_publisher() -> subprocess.Popen[bytes]:
+        with open(tmp_path / "pub.log", "ab") as err:
+            return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+    try:
+        wait_for(sub.connected.is_set, what="terminal connected")
+        proc = start_publisher()
+        try:
+            wait_for(lambda: store.last_seq > 500, timeout=20, what="some batches applied")
+        finally:
+            proc.send_signal(signal.SIGKILL)  # crash: no clean shutdown
+            proc.wait()
+        crashed_at = DistrictLog.open(tmp_path / "d.sqlite").published_seq
+        assert 500 <= crashed_at < dlog.head_seq, "the crash must happen mid-stream"
+        proc = start_publisher()
+        try:
+            wait_for(lambda: store.last_seq == dlog.head_seq, timeout=60, what="resumed to head")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        assert proc.returncode == 0, (tmp_path / "pub.log").read_text()
+        ref = reference_store(
+            dlog, GalleryStore.open(tmp_path / "ref", embedder_id=EMBEDDER, dim=16)
+        )
+        assert store.content_hash() == ref.content_hash()
+        ref.close()
+        # no gap: the terminal never had to ask for a replay or snapshot; at most the one
+        # batch in flight at the crash was sent twice (and ignored as a duplicate)
+        assert sum(sub.engine.requests.values()) == 0
+        assert sub.engine.duplicates <= 1
+        assert sum(sub.engine.rejections.values()) == sub.engine.duplicates
+    finally:
+        sub.stop()
+        store.close()
