@@ -132,8 +132,8 @@ def kinds(events: list[SessionEvent]) -> list[str]:
 
 
 def test_live_turn_is_matched_then_ends_and_can_be_rated(tmp_path, photo) -> None:
-    script = [head(photo)] * 8 + [head(photo, yaw=3 * i) for i in range(1, 9)]
-    script += [head(photo, 24)] * 5 + [head(photo)] * 80
+    script = [head(photo)] * 8 + [head(photo, yaw=5 * i) for i in range(1, 9)]
+    script += [head(photo, 40)] * 5 + [head(photo)] * 80
     term, machine, events, audit, reporter = setup(tmp_path, photo, script)
     play(term, photo, 25)
     assert kinds(events) == ["face_present", "challenge", "matched"]
@@ -160,8 +160,8 @@ def test_live_turn_is_matched_then_ends_and_can_be_rated(tmp_path, photo) -> Non
 
 
 def test_not_me_ends_session_and_reports(tmp_path, photo) -> None:
-    script = [head(photo)] * 8 + [head(photo, yaw=4 * i) for i in range(1, 7)]
-    script += [head(photo)] * 20
+    script = [head(photo)] * 8 + [head(photo, yaw=7 * i) for i in range(1, 7)]
+    script += [head(photo, 42)] * 4 + [head(photo)] * 20
     term, machine, events, audit, reporter = setup(tmp_path, photo, script)
     play(term, photo, 20)
     m = next(e for e in events if isinstance(e, Matched))
@@ -195,7 +195,7 @@ def test_moved_print_fails_and_wrong_way_fails(tmp_path, photo) -> None:
     play(term, photo, 130)
     failed = [e for e in events if isinstance(e, LivenessFailed)]
     assert failed and "flat picture" in failed[0].reason and "matched" not in kinds(events)
-    script = [head(photo)] * 8 + [head(photo, yaw=-3 * i) for i in range(1, 9)] * 3
+    script = [head(photo)] * 8 + [head(photo, yaw=-5 * i) for i in range(1, 9)] * 3
     term, _, events, _, _ = setup(tmp_path / "b", photo, script)
     play(term, photo, 30)
     failed = [e for e in events if isinstance(e, LivenessFailed)]
@@ -204,8 +204,8 @@ def test_moved_print_fails_and_wrong_way_fails(tmp_path, photo) -> None:
 
 def test_stranger_not_recognised_and_may_retry(tmp_path, photo) -> None:
     stranger = unit(RNG.normal(size=128))
-    script = [head(photo)] * 8 + [head(photo, yaw=4 * i) for i in range(1, 7)]
-    script += [head(photo)] * 200
+    script = [head(photo)] * 8 + [head(photo, yaw=7 * i) for i in range(1, 7)]
+    script += [head(photo, 42)] * 4 + [head(photo)] * 200
     term, machine, events, audit, _ = setup(tmp_path, photo, script, vector=stranger)
     play(term, photo, 200)
     assert any(isinstance(e, NotRecognised) for e in events)
