@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "edge.vision.cli",
     "edge.terminal_cli",
     "edge.display.cli",
+    "edge.demo_system",
     "edge.ops.doctor",
     "sync.cli",
 )

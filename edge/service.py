@@ -39,6 +39,10 @@ from proto import display_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+#: how long start() waits for the camera's first frame before starting the loop anyway (a
+#: USB camera opens in ~0.5 s; a dead one is reported down by the loop after this)
+CAMERA_OPEN_WAIT_S = 3.0
+
 
 @dataclasses.dataclass(frozen=True)
 class Vision:
@@ -136,8 +140,12 @@ class TerminalService:
 
     # -- life cycle ------------------------------------------------------------------------
 
-    def start(self) -> TerminalService:
-        """Bring everything up; returns once the store is loaded and the loop runs."""
+    def start(self, before_camera: Callable[[], None] | None = None) -> TerminalService:
+        """Bring everything up; returns once the store is loaded and the loop runs.
+
+        ``before_camera`` runs after the store and sync are up and before the camera
+        starts (the demo waits there for the first sync).
+        """
         self.relay = EventRelay(self.bus, self.display_state, self.stop_event).start()
         self.api.start()
         try:
@@ -167,12 +175,19 @@ class TerminalService:
             terminal_id=self.cfg.terminal.id,
         )
         self.control.machine = machine
+        if before_camera is not None:
+            before_camera()
         source = self._source if self._source is not None else make_source(self.cfg.camera)
         self.grabber = Grabber(
             source, self.stop_event,
             reconnect_initial_s=self.cfg.camera.reconnect_initial_s,
             reconnect_max_s=self.cfg.camera.reconnect_max_s,
         ).start()
+        # give the camera a moment to open so the loop does not report "down" at start
+        deadline = time.monotonic() + CAMERA_OPEN_WAIT_S
+        while not self.grabber.status().up and time.monotonic() < deadline:
+            if self.stop_event.wait(0.02):
+                break
         s = self.cfg.session
         self.terminal = Terminal(
             detector=self.vision.detector,
@@ -192,6 +207,11 @@ class TerminalService:
         from sync.topics import DEFAULT_PREFIX
 
         assert self.sync_link is not None and self.store is not None
+        spool = self.state_dir / "sync-spool"
+        try:
+            spool.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {spool}: {exc.strerror}") from None
         self.subscriber = TerminalSubscriber(
             self.store,
             self.sync_link.broker,
@@ -200,7 +220,7 @@ class TerminalService:
             public_key=self.sync_link.public_key,
             prefix=self.sync_link.prefix or DEFAULT_PREFIX,
             model=self.vision.pack,
-            spool_dir=self.state_dir / "sync-spool",
+            spool_dir=spool,
             stop=self.stop_event,
         )
         self.subscriber.start()

@@ -1,0 +1,220 @@
+"""The whole terminal with real parts: model pack, store, camera, session loop, gRPC API.
+
+- the Hamilton clip with every sample person enrolled: the display stream shows a match
+  for Lin-Manuel Miranda and never for anyone else (liveness off: a recorded clip cannot
+  answer a random challenge; the liveness part is tested by the session tests);
+- ``motcua terminal run`` as a real process: health SERVING, status, clean SIGTERM;
+- ``motcua demo`` without sample media (scikit-image's astronaut) end to end through a real
+  Mosquitto, the district publisher, the sync subscriber and the kiosk page.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edge.config import ApiConfig, CameraConfig, Config, SessionConfig, TerminalConfig
+from edge.service import TerminalService, load_vision
+from edge.store.changes import CitizenUpsert, Dossier, DossierStatus, DossierUpsert
+from edge.store.gallery import GalleryStore
+from proto import display_pb2 as pb
+from proto import display_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def enrol_sample_people(store_dir: Path, media: Path, cfg: Config) -> dict[str, str]:
+    """Enrol faces/<person>/1.* of every sample person; returns masked name -> label."""
+    from edge.vision.images import read_image
+    from edge.vision.pipeline import load_pipeline
+
+    pipe = load_pipeline(cfg)
+    store = GalleryStore.open(store_dir, embedder_id=pipe.embedder_id, dim=pipe.embedder.dim)
+    changes: list = []
+    names: dict[str, str] = {}
+    for i, folder in enumerate(sorted(p for p in (media / "faces").iterdir() if p.is_dir())):
+        photo = sorted(folder.glob("1.*"))[0]
+        faces = pipe.analyse(read_image(photo))
+        assert len(faces) >= 1, photo
+        emb = faces.embeddings[faces.detections.largest()][None, :]
+        cid = f"c{i:02d}"
+        masked = f"Công dân {i:02d} T***"
+        names[masked] = folder.name
+        changes.append(CitizenUpsert(seq=len(changes) + 1, citizen_id=cid, masked_name=masked,
+                                     pin_hash=b"", pin_salt=b"", embeddings=emb))
+        changes.append(DossierUpsert(seq=len(changes) + 1, dossier=Dossier(
+            code=f"000.00.12.H29-2611{i:02d}-0001", citizen_id=cid, procedure="Đăng ký khai sinh",
+            status=DossierStatus.PROCESSING, stage="Phòng Tư pháp", received_on="2026-11-02")))
+    store.apply(changes, epoch=1)
+    store.close()
+    return names
+
+
+def watch(port: int, into: list[pb.SessionEvent], stop: threading.Event) -> threading.Thread:
+    def run() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stream = pb_grpc.DisplayStub(ch).WatchSession(
+                pb.WatchSessionRequest(client_name="e2e"), timeout=120)
+            stop_cb = threading.Thread(target=lambda: (stop.wait(), stream.cancel()),
+                                       daemon=True)
+            stop_cb.start()
+            try:
+                for msg in stream:
+                    into.append(msg)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.CANCELLED, exc  # type: ignore[attr-defined]
+
+    t = threading.Thread(target=run, name="e2e-watch", daemon=True)
+    t.start()
+    return t
+
+
+def test_hamilton_clip_matches_lin_manuel_miranda_and_nobody_else(
+        media_dir: Path, tmp_path: Path) -> None:
+    cfg = Config(
+        terminal=TerminalConfig(id="e2e", district="d", state_dir=tmp_path / "state"),
+        camera=CameraConfig(source=str(media_dir / "video" / "hamilton_clip.mp4"),
+                            loop=False, realtime=True),
+        session=SessionConfig(liveness="off"),
+        api=ApiConfig(listen="127.0.0.1:0"),
+    )
+    names = enrol_sample_people(tmp_path / "state" / "store", media_dir, cfg)
+    service = TerminalService(cfg, load_vision(cfg))
+    got: list[pb.SessionEvent] = []
+    stop = threading.Event()
+    try:
+        service.start()
+        watcher = watch(service.api.port, got, stop)
+        with grpc.insecure_channel(f"127.0.0.1:{service.api.port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
+                                                         timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            st = pb_grpc.DisplayStub(ch).GetStatus(pb.GetStatusRequest(), timeout=5)
+            assert st.gallery_size == 10 and st.model_pack == "mtcnn-facenet"
+            assert st.store_loaded and st.sync_lag_s == -1.0
+        assert service.wait(timeout=90), "the clip did not finish"
+        time.sleep(0.5)  # the last messages reach the watcher
+    finally:
+        stop.set()
+        service.stop()
+    watcher.join(10)
+    matched = [m for m in got if m.state == pb.SESSION_STATE_MATCHED]
+    shown = [names[m.match.masked_name] for m in matched]
+    assert shown, f"no match on the display stream; states seen: {[m.state for m in got]}"
+    assert set(shown) == {"lin_manuel_miranda"}, shown
+    # the matched screen carries his masked dossier, never the full code
+    assert matched[0].match.dossiers[0].masked_code.endswith("-0001")
+    assert "H29" not in matched[0].match.dossiers[0].masked_code
+    # nothing of the face stays: the audit line has no embedding, only id/score/outcome
+    audit = [json.loads(line) for line in
+             (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    assert any(a["outcome"] == "matched" and a["citizen_id"] for a in audit)
+    assert all(set(a) <= {"time", "terminal", "session", "outcome", "citizen_id", "score",
+                          "challenge"} for a in audit)
+
+
+def test_terminal_run_command_serves_health_and_stops_cleanly(
+        media_dir: Path, tmp_path: Path) -> None:
+    from edge.localbroker import free_port
+
+    port = free_port()
+    conf = tmp_path / "terminal.toml"
+    conf.write_text(f"""
+[terminal]
+id = "cli-test"
+district = "d"
+state_dir = "{tmp_path / 'state'}"
+
+[camera]
+source = "{media_dir / 'video' / 'hamilton_clip.mp4'}"
+loop = true
+
+[api]
+listen = "127.0.0.1:{port}"
+
+[ops]
+log_format = "text"
+""")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "--config", str(conf), "terminal",
+                             "run", "--no-sync"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        status = None
+        deadline = time.monotonic() + 60
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
+                                                             timeout=1)
+                    if r.status == health_pb2.HealthCheckResponse.SERVING:
+                        status = pb_grpc.DisplayStub(ch).GetStatus(pb.GetStatusRequest(),
+                                                                   timeout=5)
+                        break
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        assert status is not None, f"never SERVING; rc={proc.poll()}"
+        assert status.terminal_id == "cli-test" and status.gallery_size == 0
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_terminal_run_refuses_a_network_address_without_tls(tmp_path: Path) -> None:
+    conf = tmp_path / "t.toml"
+    conf.write_text('[api]\nlisten = "0.0.0.0:50051"\n')
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-m", "edge", "--config", str(conf), "terminal",
+                           "run"], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("motcua: error: api.listen")
+    assert "Traceback" not in done.stderr
+
+
+def test_demo_without_sample_media_runs_on_the_astronaut(tmp_path: Path) -> None:
+    pytest.importorskip("skimage", reason="the demo extra (scikit-image) is needed here")
+    from edge.demo_system import run_demo, summarise
+
+    out = io.StringIO()
+    seen: dict[str, object] = {}
+
+    def on_event(event: object) -> None:
+        # while the demo runs, the kiosk page serves the same state
+        if getattr(event, "kind", "") == "matched" and "url" in seen:
+            time.sleep(0.3)
+            with urllib.request.urlopen(str(seen["url"]) + "state", timeout=5) as r:
+                seen["state"] = json.loads(r.read())
+
+    class Tee(io.StringIO):
+        def write(self, s: str) -> int:
+            if "open http://" in s:
+                seen["url"] = s.split("open ", 1)[1].split(" ", 1)[0]
+            return out.write(s)
+
+    result = run_demo(media=None, workdir=tmp_path / "demo", http_listen="127.0.0.1:0",
+                      out=Tee(), on_event=on_event)
+    text = out.getvalue()
+    assert "scikit-image" in text and "no ../shared/media" in text
+    assert result.matched and set(result.matched) == {"astronaut (scikit-image)"}
+    assert summarise(result, io.StringIO()) == 0
+    st = seen.get("state")
+    assert isinstance(st, dict) and st["state"] in ("matched", "ended"), st
+    if st["state"] == "matched":
+        assert st["match"]["masked_name"] == "Nguyễn T. T***"
