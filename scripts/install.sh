@@ -29,7 +29,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "install.sh: installing the project into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,demo]'
 
 echo "install.sh: building the model pack (a second run only checks hashes)"
 .venv/bin/motcua models build

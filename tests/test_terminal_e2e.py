@@ -22,7 +22,6 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge.config import ApiConfig, CameraConfig, Config, SessionConfig, TerminalConfig
@@ -189,7 +188,6 @@ def test_terminal_run_refuses_a_network_address_without_tls(tmp_path: Path) -> N
 
 
 def test_demo_without_sample_media_runs_on_the_astronaut(tmp_path: Path) -> None:
-    pytest.importorskip("skimage", reason="the demo extra (scikit-image) is needed here")
     from edge.demo_system import run_demo, summarise
 
     out = io.StringIO()
