@@ -123,7 +123,6 @@ def test_bad_arguments_change_nothing(tmp_path, bad, capsys) -> None:
 def make_inputs(d: Path) -> dict[str, Path]:
     import hashlib
     import io
-    import json
     import tarfile
 
     from cryptography.hazmat.primitives import serialization
@@ -136,10 +135,10 @@ def make_inputs(d: Path) -> dict[str, Path]:
                                               serialization.PublicFormat.SubjectPublicKeyInfo))
     files["pw"].write_text("secret\n")
     payload = b"weights" * 10
-    manifest = json.dumps({"name": "testpack", "files": [
-        {"file": "det.onnx", "sha256": hashlib.sha256(payload).hexdigest()}]}).encode()
+    manifest = f'name = "testpack"\n[files.det]\nsha256 = "{hashlib.sha256(payload).hexdigest()}"\n'
     with tarfile.open(files["pack"], "w") as tf:
-        for name, data in (("testpack/manifest.json", manifest), ("testpack/det.onnx", payload)):
+        for name, data in (("testpack/manifest.toml", manifest.encode()),
+                           ("testpack/det.onnx", payload)):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))

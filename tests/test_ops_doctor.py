@@ -20,6 +20,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -39,9 +40,9 @@ def ctx_for(tmp_path: Path, extra: dict | None = None, **sections: object) -> Co
             "models": {"dir": str(tmp_path / "models"), "pack": "mtcnn-facenet"}}
     data.update(extra or {})
     cfg = config_from_dict(data)
-    if sections:  # sections edge.config does not define yet (e.g. [sync]) as plain objects
-        cfg = types.SimpleNamespace(**{**{f.name: getattr(cfg, f.name)
-                                          for f in dataclasses.fields(cfg)}, **sections})
+    if sections:  # sections replaced by plain objects (fields edge.config would refuse)
+        fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        cfg = types.SimpleNamespace(**{**fields, **sections})
     return Context(cfg, timeout=3.0)  # type: ignore[arg-type]
 
 
@@ -100,18 +101,23 @@ def test_models_hashes(tmp_path) -> None:
 
 
 def test_store_missing_ok_and_corrupt(tmp_path) -> None:
-    import sqlite3
+    from edge.store import CitizenUpsert, GalleryStore
 
     ctx = ctx_for(tmp_path)
-    state = tmp_path / "state"
-    state.mkdir()
+    gallery = tmp_path / "state" / "gallery"
+    gallery.mkdir(parents=True)
     assert status(ctx, "store")[0] is Status.WARN          # new terminal, no store yet
-    con = sqlite3.connect(state / "store.sqlite3")
-    con.execute("CREATE TABLE meta (k TEXT, v TEXT)")
-    con.commit()
-    con.close()
-    assert status(ctx, "store")[0] is Status.OK
-    (state / "store.sqlite3").write_bytes(b"this is not a database" * 100)
+    store = GalleryStore.open(gallery, embedder_id="test-emb", dim=4)
+    emb = np.eye(4, dtype=np.float32)[:1]
+    store.apply([CitizenUpsert(seq=1, citizen_id="c1", masked_name="Nguyễn T. T***",
+                               pin_hash=b"", pin_salt=b"", embeddings=emb)], epoch=1)
+    store.close()
+    st, text = status(ctx, "store")
+    assert st is Status.OK and "change number 1" in text and "1 citizens" in text, text
+    db = gallery / "gallery.db"
+    data = bytearray(db.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)   # a torn first page, as after a bad SD card
+    db.write_bytes(bytes(data))
     st, text = status(ctx, "store")
     assert st is Status.FAIL, text
 
@@ -120,9 +126,10 @@ def test_store_missing_ok_and_corrupt(tmp_path) -> None:
 
 
 def sync_section(broker: object, user: str | None, pw_file: Path | None) -> object:
-    return types.SimpleNamespace(broker=f"{broker.host}:{broker.port}",  # type: ignore[attr-defined]
-                                 username=user, password_file=pw_file, tls=False,
-                                 ca_file=None, cert_file=None, key_file=None)
+    """A real [sync] section as provisioning writes it."""
+    return config_from_dict({"sync": {
+        "broker": f"{broker.host}:{broker.port}",  # type: ignore[attr-defined]
+        "username": user, "password_file": str(pw_file)}}).sync
 
 
 def test_broker_credentials(tmp_path) -> None:
@@ -141,8 +148,8 @@ def test_broker_credentials(tmp_path) -> None:
     down = types.SimpleNamespace(host="127.0.0.1", port=free_port())
     st, text = status(ctx_for(tmp_path, sync=sync_section(down, "q1-hall-01", pw)), "broker")
     assert st is Status.FAIL and "unreachable" in text, text
-    st, _ = status(ctx_for(tmp_path), "broker")
-    assert st is Status.WARN                                 # no [sync] at all
+    st, text = status(ctx_for(tmp_path), "broker")
+    assert st is Status.WARN and "local store only" in text, text   # [sync] broker = ""
 
 
 # ---------------------------------------------------------------- certificate
@@ -163,7 +170,8 @@ def test_certificate_validity_expiry_and_key(tmp_path) -> None:
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
-    sync = types.SimpleNamespace(cert_file=cert_path, key_file=key_path)
+    sync = config_from_dict({"sync": {"cert_file": str(cert_path),
+                                      "key_file": str(key_path)}}).sync
     ctx = ctx_for(tmp_path, sync=sync)
     now = datetime.datetime.now(UTC)
     day = datetime.timedelta(days=1)

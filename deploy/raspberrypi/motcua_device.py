@@ -31,7 +31,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -327,8 +327,8 @@ def check_wheel(path: Path) -> Release:
     return Release(path, m.group(1), sha256_file(path))
 
 
-def check_model_pack(path: Path, expected: str | None) -> str:
-    """Verify the archive against the district's sha256; return the digest."""
+def check_model_pack(path: Path, expected: str | None) -> tuple[str, str]:
+    """Verify the archive against the district's sha256; return (digest, pack name)."""
     if expected is None:
         side = path.with_name(path.name + ".sha256")
         if not side.is_file():
@@ -355,9 +355,15 @@ def check_model_pack(path: Path, expected: str | None) -> str:
         name = mem.name
         if name.startswith("/") or ".." in Path(name).parts or not (mem.isfile() or mem.isdir()):
             raise ProvisionError(f"--model-pack: unsafe member {name!r} in {path.name}")
-    if not any(Path(m.name).name.startswith("manifest") for m in members):
-        raise ProvisionError(f"--model-pack: {path.name} has no manifest")
-    return actual
+    tops = {Path(m.name).parts[0] for m in members if Path(m.name).parts}
+    if len(tops) != 1:
+        raise ProvisionError(f"--model-pack: {path.name} must hold one pack folder, "
+                             f"found {sorted(tops)}")
+    name = tops.pop()
+    if not any(m.name == f"{name}/manifest.toml" for m in members):
+        raise ProvisionError(f"--model-pack: {path.name} has no {name}/manifest.toml "
+                             "(make it with `motcua models export`)")
+    return actual, name
 
 
 def parse_broker(value: str) -> tuple[str, int, bool]:
@@ -393,6 +399,7 @@ class Plan:
     district_key_pem: bytes
     pack: Path
     pack_sha256: str
+    pack_name: str
     release: Release
     wheelhouse: Path | None
 
@@ -456,10 +463,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
             district_pem = _ed25519_pem(raw)
         except ProvisionError as exc:
             problems.append(str(exc))
-    pack_sha = ""
+    pack_sha, pack_name = "", ""
     if pack is not None:
         try:
-            pack_sha = check_model_pack(pack, args.model_pack_sha256)
+            pack_sha, pack_name = check_model_pack(pack, args.model_pack_sha256)
         except ProvisionError as exc:
             problems.append(str(exc))
     release = None
@@ -488,7 +495,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         username=args.username, password=password,
         broker_ca=ca.read_bytes() if ca else None,
         client_cert=cert.read_bytes() if cert else None,
-        district_key_pem=district_pem, pack=pack, pack_sha256=pack_sha,
+        district_key_pem=district_pem, pack=pack, pack_sha256=pack_sha, pack_name=pack_name,
         release=release, wheelhouse=args.wheelhouse,
     )
 
@@ -617,56 +624,26 @@ def prune_releases(t: Target) -> None:
 
 
 def step_model_pack(t: Target, plan: Plan) -> None:
+    """Install the pack with the release's own `motcua models install` (which checks every
+    file against the manifest this software ships), readable by the service."""
     record = _read_record(t)
-    name = plan.pack.name
-    if record.get("model_pack_sha256") == plan.pack_sha256 and any(
-        p.is_dir() for p in t.path(MODELS).iterdir()
-    ):
+    name = plan.pack_name
+    pack_dir = MODELS / name
+    if record.get("model_pack_sha256") == plan.pack_sha256 and t.path(pack_dir).is_dir():
         log(f"model pack {name} already installed")
         return
-    cached = WHEEL_CACHE / name
-    t.ensure_file(cached, plan.pack.read_bytes(), 0o644)
-    motcua = CURRENT / "bin" / "motcua"
-    probe = t.run([str(motcua), "models", "install", "--help"], check=False, capture=True)
-    if probe.returncode == 0:
-        t.run([str(motcua), "models", "install", str(cached), "--dir", str(MODELS)],
-              env={"MOTCUA_MODEL_DIR": str(MODELS)})
-    else:
-        _extract_pack(t, t.path(cached))
-    t.changed(f"installed model pack {name} (sha256 {plan.pack_sha256[:12]}...)")
-
-
-def _extract_pack(t: Target, archive: Path) -> None:
-    """Extract a checked archive into the models dir, verifying the manifest's hashes."""
-    dest = t.path(MODELS)
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".unpack-") as tmp:
-        with tarfile.open(archive) as tf:
-            tf.extractall(tmp, filter="data")
-        for manifest in Path(tmp).rglob("manifest*.json"):
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-            for rel, digest in _hashes(data):
-                f = manifest.parent / rel
-                if not f.is_file() or sha256_file(f) != digest:
-                    raise ProvisionError(f"model pack: {rel} does not match its sha256")
-        for top in Path(tmp).iterdir():
-            final = dest / top.name
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(top, final)
-            for p in [final, *final.rglob("*")]:
-                p.chmod(0o755 if p.is_dir() else 0o644)
-
-
-def _hashes(data: object) -> Iterable[tuple[str, str]]:
-    if isinstance(data, dict):
-        name = data.get("file") or data.get("path") or data.get("name")
-        if isinstance(data.get("sha256"), str) and isinstance(name, str):
-            yield name, data["sha256"]
-        for v in data.values():
-            yield from _hashes(v)
-    elif isinstance(data, list):
-        for v in data:
-            yield from _hashes(v)
+    cached = WHEEL_CACHE / f".{plan.pack.name}.installing"
+    shutil.copyfile(plan.pack, t.path(cached))
+    try:
+        t.run([str(CURRENT / "bin" / "motcua"), "models", "install", str(cached),
+               "--model-dir", str(MODELS), "--pack", name])
+    finally:
+        t.path(cached).unlink(missing_ok=True)
+    # root installs it, the service only reads it
+    for p in [t.path(pack_dir), *sorted(t.path(pack_dir).rglob("*"))]:
+        os.chown(p, 0, 0, follow_symlinks=False)
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    t.changed(f"installed model pack {name} (archive sha256 {plan.pack_sha256[:12]}...)")
 
 
 def toml_value(v: object) -> str:
@@ -682,7 +659,7 @@ def render_config(plan: Plan, has_cert: bool) -> bytes:
     sections: dict[str, dict[str, object]] = {
         "terminal": {"id": plan.terminal_id, "district": plan.district_id,
                      "state_dir": str(STATE)},
-        "models": {"dir": str(MODELS)},
+        "models": {"dir": str(MODELS), "pack": plan.pack_name},
         "sync": sync_section(plan, has_cert),
         "ops": {"metrics_listen": "127.0.0.1:9464", "log_format": "json"},
     }
@@ -787,7 +764,7 @@ def provision(args: argparse.Namespace) -> int:
             has_cert = True
     t.ensure_file(CONFIG, render_config(plan, has_cert), 0o640, "root", SERVICE_USER)
     record = {"terminal_id": plan.terminal_id, "district_id": plan.district_id,
-              "release": plan.release.id, "model_pack": plan.pack.name,
+              "release": plan.release.id, "model_pack": plan.pack_name,
               "model_pack_sha256": plan.pack_sha256}
     t.ensure_file(RECORD, (json.dumps(record, indent=2) + "\n").encode(), 0o644)
     start = not args.no_start and systemd_running(t)

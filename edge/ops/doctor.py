@@ -79,6 +79,8 @@ MIN_FREE_WARN = 2 * 1024 * 1024 * 1024
 CERT_WARN_DAYS = 30
 #: frames the camera check reads: enough to see a stream, not just a cached first frame
 CAMERA_FRAMES = 10
+#: the store's SQLite file (edge/store/gallery.py DB_NAME), found under the state dir
+STORE_DB = "gallery.db"
 #: seconds the network checks wait (broker CONNACK, gRPC health, display page)
 NET_TIMEOUT = 5.0
 
@@ -135,47 +137,26 @@ def check_camera(ctx: Context) -> Finding:
 
 
 def check_models(ctx: Context) -> Finding:
-    """The model files match the hashes of their manifest."""
+    """The model files match the hashes of their manifest (models.pack.load_pack)."""
     from models.pack import load_pack
 
     mcfg = ctx.cfg.models
+    start = time.monotonic()
     try:
-        pack = load_pack(Path(mcfg.dir), mcfg.pack)
+        pack = load_pack(mcfg.dir, mcfg.pack)
     except MotcuaError as exc:
         return fail(f"{exc} (reinstall: motcua models install PACK.tar)")
-    return ok(f"pack {pack.name} in {mcfg.dir}: every file matches its sha256 "
-              f"(embedder {pack.embedder.id})")
+    emb = getattr(pack.embedder, "embedder_id", "") or getattr(pack.embedder, "id", "")
+    return ok(f"pack {pack.name} in {pack.dir.parent}: {len(pack.files)} files match their "
+              f"sha256 ({time.monotonic() - start:.1f} s)" + (f", embedder {emb}" if emb else ""))
 
 
 def check_store(ctx: Context) -> Finding:
-    """The store opens; report its change number and gallery size."""
-    state = Path(ctx.cfg.terminal.state_dir)
-    try:
-        from edge.store import open_store  # type: ignore[attr-defined]
-    except ImportError:
-        open_store = None
-    try:
-        if open_store is not None:
-            store = open_store(ctx.cfg)
-            try:
-                seq = getattr(store, "applied_seq", None)
-                seq = seq() if callable(seq) else seq
-                size = getattr(store, "citizen_count", None)
-                size = size() if callable(size) else size
-            finally:
-                close = getattr(store, "close", None)
-                if close:
-                    close()
-            return ok(f"store in {state} opens: change number {seq}, {size} citizens")
-        return _sqlite_probe(state)
-    except MotcuaError as exc:
-        return fail(f"{exc} (a damaged store is rebuilt from a snapshot: see the guide)")
-
-
-def _sqlite_probe(state: Path) -> Finding:
+    """The store opens (read-only, never changed by doctor); its change number and size."""
     import sqlite3
 
-    dbs = sorted(state.glob("*.sqlite3")) + sorted(state.glob("*.db"))
+    state = Path(ctx.cfg.terminal.state_dir)
+    dbs = sorted(state.rglob(STORE_DB)) if state.is_dir() else []
     if not dbs:
         return warn(f"no store in {state} yet (a new terminal fills it from the district's "
                     "snapshot once sync connects)")
@@ -183,22 +164,26 @@ def _sqlite_probe(state: Path) -> Finding:
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)
         try:
-            res = con.execute("PRAGMA quick_check").fetchone()
+            check = con.execute("PRAGMA quick_check").fetchone()
+            meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+            citizens = con.execute("SELECT count(*) FROM citizens").fetchone()[0]
         finally:
             con.close()
-    except sqlite3.DatabaseError as exc:
-        return fail(f"{db} does not open: {exc} (a damaged store is rebuilt from a "
-                    "snapshot: see the guide)")
-    if res is None or res[0] != "ok":
-        return fail(f"{db} is damaged: {res[0] if res else 'no answer'}")
-    return ok(f"{db} opens and passes its integrity check")
+    except sqlite3.Error as exc:
+        return fail(f"{db} does not open: {exc} (a damaged store is rebuilt from the "
+                    "district's snapshot: see the guide, 'Swapping or resetting')")
+    if check is None or check[0] != "ok":
+        return fail(f"{db} is damaged: {check[0] if check else 'no answer'}")
+    seq, epoch = meta.get("last_seq", "?"), meta.get("epoch", "?")
+    return ok(f"{db} opens: change number {seq} (epoch {epoch}), {citizens} citizens, "
+              f"embedder {meta.get('embedder_id', '?')}")
 
 
 def check_broker(ctx: Context) -> Finding:
     """The district broker is reachable and accepts our credentials."""
     sync = getattr(ctx.cfg, "sync", None)
-    if sync is None or getattr(sync, "broker", None) == "":
-        return warn("no [sync] broker in the configuration: this terminal does not sync")
+    if sync is None or not getattr(sync, "broker", "x"):
+        return warn("no broker in [sync]: this terminal runs on its local store only")
     host, port = _broker_address(sync)
     try:
         import paho.mqtt.client as mqtt
