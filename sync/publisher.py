@@ -64,6 +64,8 @@ class PublisherStats:
     snapshot_chunks: int = 0
     bytes_sent: int = 0
     bad_requests: int = 0
+    #: well-formed requests received, by terminal
+    requests: dict[str, int] = field(default_factory=dict)
     last_snapshot_bytes: int = 0
     per_terminal_snapshot: dict[str, float] = field(default_factory=dict)
 
@@ -145,6 +147,7 @@ class Publisher:
         ):
             self.stats.bad_requests += 1
             return
+        self.stats.requests[terminal] = self.stats.requests.get(terminal, 0) + 1
         try:
             self._requests.put_nowait((terminal, req))
         except queue.Full:
@@ -319,24 +322,13 @@ class Publisher:
                 log.exception("serving %s for %s failed: %s", req.kind, terminal, exc)
 
     def _serve(self, terminal: str, req: pb.SyncRequest) -> None:
-        topic = self.topics.direct(terminal)
         published = self.log.published_seq
         if (
             req.kind == pb.SyncRequest.KIND_REPLAY
             and req.epoch == self.log.epoch
             and self.replay_from_seq(published) <= req.from_seq
         ):
-            if req.from_seq > published:
-                return  # nothing published yet beyond what it has; live batches follow
-            self.stats.replays += 1
-            first = req.from_seq
-            while first <= published and not self.stop_event.is_set():
-                last = min(published, first + self.batch_max_changes - 1)
-                for part in self._split(self.log.changes(first, last)):
-                    payload = self._batch(part, pb.BATCH_ORIGIN_REPLAY, req.request_id)
-                    if not self._send(topic, payload):
-                        return
-                first = last + 1
+            self.send_replay(terminal, req.from_seq, req.request_id)
             return
         # a snapshot: asked for, or the replay is not available (other epoch, too old)
         now = time.monotonic()
@@ -345,6 +337,22 @@ class Publisher:
             return
         self.stats.per_terminal_snapshot[terminal] = now
         self.send_snapshot(terminal, req.request_id)
+
+    def send_replay(self, terminal: str, from_seq: int, request_id: str = "") -> None:
+        """Send published changes from ``from_seq`` on to one terminal's direct topic."""
+        topic = self.topics.direct(terminal)
+        published = self.log.published_seq
+        if from_seq > published:
+            return  # nothing published yet beyond what it has; live batches follow
+        self.stats.replays += 1
+        first = max(1, from_seq)
+        while first <= published and not self.stop_event.is_set():
+            last = min(published, first + self.batch_max_changes - 1)
+            for part in self._split(self.log.changes(first, last)):
+                payload = self._batch(part, pb.BATCH_ORIGIN_REPLAY, request_id)
+                if not self._send(topic, payload):
+                    return
+            first = last + 1
 
     def send_snapshot(self, terminal: str, request_id: str = "") -> None:
         """Stream the current state to one terminal's direct topic in signed chunks."""

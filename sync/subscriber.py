@@ -76,6 +76,8 @@ class TerminalSubscriber:
         )
         self.connected = threading.Event()
         self.connects = 0
+        #: CONNACKs refusing our credentials (stays at 1: no retry after it)
+        self.auth_failures = 0
         self.auth_error: str | None = None
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(INBOX_MAX)
         self._thread: threading.Thread | None = None
@@ -100,6 +102,7 @@ class TerminalSubscriber:
         if getattr(rc, "is_failure", False):
             self.engine.last_error = f"broker refused the connection: {rc}"
             if is_auth_failure(rc):  # type: ignore[arg-type]
+                self.auth_failures += 1
                 self.auth_error = f"broker refused terminal {self.terminal_id}: {rc}"
                 log.error("%s; not retrying", self.auth_error)
                 client.disconnect()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -252,6 +253,14 @@ def test_cli_commands_and_one_line_errors(tmp_path: Path) -> None:
     assert r.returncode == 2 and "HOST:PORT" in r.stderr
 
 
+def published(db: Path) -> int:
+    """The publisher's progress as recorded in the log (another connection, like an operator)."""
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'published_seq'").fetchone()
+    conn.close()
+    return int(row[0])
+
+
 def test_publisher_crash_between_batches_resumes_without_gap(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
@@ -262,7 +271,7 @@ def test_publisher_crash_between_batches_resumes_without_gap(
     store = GalleryStore.open(tmp_path / "term", embedder_id=EMBEDDER, dim=16)
     reference_store(dlog, store)  # the terminal starts in sync; all the rest comes live
     dlog.mark_published(dlog.head_seq)
-    add_citizens(dlog, 1500, start=100)  # 3000 changes = 300 batches of 10
+    add_citizens(dlog, 3000, start=100)  # 6000 changes = 600 batches of 10
     sub = TerminalSubscriber(
         store,
         BrokerSettings(host=broker.host, port=broker.port, reconnect_min_s=0, reconnect_max_s=0),
@@ -298,11 +307,15 @@ def test_publisher_crash_between_batches_resumes_without_gap(
         wait_for(sub.connected.is_set, what="terminal connected")
         proc = start_publisher()
         try:
-            wait_for(lambda: store.last_seq > 500, timeout=20, what="some batches applied")
+            wait_for(
+                lambda: published(tmp_path / "d.sqlite") > 500,
+                timeout=30,
+                what="some batches published",
+            )
         finally:
             proc.send_signal(signal.SIGKILL)  # crash: no clean shutdown
             proc.wait()
-        crashed_at = DistrictLog.open(tmp_path / "d.sqlite").published_seq
+        crashed_at = published(tmp_path / "d.sqlite")
         assert 500 <= crashed_at < dlog.head_seq, "the crash must happen mid-stream"
         proc = start_publisher()
         try:

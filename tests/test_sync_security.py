@@ -1,0 +1,341 @@
+"""Broker security for the sync: TLS client certificates, passwords, the ACL, fleet view."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from edge.errors import AuthenticationError
+from edge.store.gallery import GalleryStore
+from proto import sync_pb2 as pb
+from sync.fleet import collect, format_table
+from sync.mqtt import BrokerSettings, connect_properties, make_client
+from sync.publisher import Publisher
+from sync.subscriber import TerminalSubscriber
+from sync.topics import DEFAULT_PREFIX, Topics
+from tests.broker import MosquittoBroker, TlsFiles
+from tests.certs import CA
+from tests.conftest import REPO
+from tests.sync_helpers import (
+    DISTRICT,
+    EMBEDDER,
+    add_citizens,
+    craft_batch,
+    log_changes,
+    new_district,
+    new_key,
+    wait_for,
+)
+
+FAST = dict(reconnect_min_s=0.0, reconnect_max_s=0.2, keepalive_s=5)
+TOPICS = Topics(DEFAULT_PREFIX, DISTRICT)
+ACL = REPO / "deploy" / "mosquitto" / "motcua-sync.acl"
+
+
+def try_connect(settings: BrokerSettings, timeout: float = 3.0) -> str:
+    """'ok', or why the broker would not let this client in."""
+    result: list[str] = []
+    done = threading.Event()
+    c = make_client("probe", settings)
+
+    def on_connect(_c: object, _u: object, _f: object, rc: object, _p: object) -> None:
+        result.append("ok" if not getattr(rc, "is_failure", False) else f"refused: {rc}")
+        done.set()
+
+    c.on_connect = on_connect
+    try:
+        c.connect(settings.host, settings.port, properties=connect_properties(settings))
+    except OSError as exc:  # ssl.SSLError is an OSError
+        return f"error: {exc}"
+    c.loop_start()
+    try:
+        done.wait(timeout)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return result[0] if result else "no CONNACK"
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path):  # type: ignore[no-untyped-def]
+    ca = CA(tmp_path / "pki", "district-ca")
+    server_cert, server_key = ca.issue("broker", server=True)
+    users = {"district-q1": "district-secret", "t-a": "pw-a", "t-b": "pw-b"}
+    b = MosquittoBroker(
+        tmp_path / "broker",
+        users=users,
+        tls=TlsFiles(ca.cert_path, server_cert, server_key),
+    ).start()
+    try:
+        yield b, ca
+    finally:
+        b.stop()
+
+
+def test_tls_client_certificates_and_passwords(tls_broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    broker, ca = tls_broker
+    cert, key = ca.issue("t-a")
+    good = BrokerSettings(
+        host=broker.host,
+        port=broker.port,
+        ca_file=ca.cert_path,
+        cert_file=cert,
+        key_file=key,
+        username="t-a",
+        password="pw-a",
+        **FAST,
+    )
+    assert try_connect(good) == "ok"
+    # no client certificate: the TLS handshake is refused
+    no_cert = BrokerSettings(
+        host=broker.host,
+        port=broker.port,
+        ca_file=ca.cert_path,
+        username="t-a",
+        password="pw-a",
+        **FAST,
+    )
+    assert try_connect(no_cert) != "ok"
+    # a certificate from another CA (trusting the right server CA)
+    stranger = CA(tmp_path / "other-pki", "stranger-ca")
+    s_cert, s_key = stranger.issue("t-a")
+    foreign = BrokerSettings(
+        host=broker.host,
+        port=broker.port,
+        ca_file=ca.cert_path,
+        cert_file=s_cert,
+        key_file=s_key,
+        username="t-a",
+        password="pw-a",
+        **FAST,
+    )
+    assert try_connect(foreign) != "ok"
+    # plaintext to the TLS port
+    assert try_connect(BrokerSettings(host=broker.host, port=broker.port, **FAST)) != "ok"
+    # the right certificate but a wrong password: CONNACK "bad user name or password"
+    wrong_pw = BrokerSettings(
+        host=broker.host,
+        port=broker.port,
+        ca_file=ca.cert_path,
+        cert_file=cert,
+        key_file=key,
+        username="t-a",
+        password="nope",
+        **FAST,
+    )
+    assert try_connect(wrong_pw).startswith("refused")
+
+
+def test_terminal_syncs_over_tls_and_stops_on_auth_failure(tls_broker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    broker, ca = tls_broker
+    dlog = new_district(tmp_path / "d.sqlite", dim=16)
+    add_citizens(dlog, 20)
+    key = new_key()
+    d_cert, d_key = ca.issue("district-q1")
+    pub = Publisher(
+        dlog,
+        key,
+        BrokerSettings(
+            host=broker.host,
+            port=broker.port,
+            ca_file=ca.cert_path,
+            cert_file=d_cert,
+            key_file=d_key,
+            username="district-q1",
+            password="district-secret",
+            **FAST,
+        ),
+    ).start()
+    cert, tkey = ca.issue("t-a")
+    store = GalleryStore.open(tmp_path / "s", embedder_id=EMBEDDER, dim=16)
+    bad_store = GalleryStore.open(tmp_path / "s2", embedder_id=EMBEDDER, dim=16)
+
+    def terminal(password: str, st: GalleryStore) -> TerminalSubscriber:
+        return TerminalSubscriber(
+            st,
+            BrokerSettings(
+                host=broker.host,
+                port=broker.port,
+                ca_file=ca.cert_path,
+                cert_file=cert,
+                key_file=tkey,
+                username="t-a",
+                password=password,
+                **FAST,
+            ),
+            district_id=DISTRICT,
+            terminal_id="t-a",
+            public_key=key.public_key(),
+            spool_dir=tmp_path,
+        ).start()
+
+    ok = terminal("pw-a", store)
+    bad = None
+    try:
+        wait_for(lambda: store.last_seq == dlog.head_seq, what="sync over TLS")
+        bad = terminal("wrong", bad_store)
+        wait_for(bad.stop_event.is_set, what="subscriber gives up on bad credentials")
+        with pytest.raises(AuthenticationError, match="refused"):
+            bad.raise_if_failed()
+        wait_for(
+            lambda: bad.client._thread is None or not bad.client._thread.is_alive(),
+            what="no reconnect loop",
+        )
+        assert bad.auth_failures == 1 and bad_store.last_seq == 0
+    finally:
+        ok.stop()
+        if bad is not None:
+            bad.stop()
+        pub.stop()
+        store.close()
+        bad_store.close()
+
+
+def test_acl_keeps_terminals_off_gallery_topics_and_each_other(tmp_path: Path) -> None:
+    users = {"district-q1": "d", "t-a": "a", "t-b": "b"}
+    broker = MosquittoBroker(tmp_path / "broker", users=users, acl=ACL.read_text()).start()
+    dlog = new_district(tmp_path / "d.sqlite", dim=16)
+    add_citizens(dlog, 10)
+    key = new_key()
+
+    def cfg(user: str) -> BrokerSettings:
+        return BrokerSettings(
+            host=broker.host, port=broker.port, username=user, password=users[user], **FAST
+        )
+
+    pub = Publisher(dlog, key, cfg("district-q1")).start()
+    stores = [GalleryStore.open(tmp_path / n, embedder_id=EMBEDDER, dim=16) for n in ("a", "b")]
+    subs = [
+        TerminalSubscriber(
+            s,
+            cfg(n),
+            district_id=DISTRICT,
+            terminal_id=n,
+            public_key=key.public_key(),
+            spool_dir=tmp_path,
+            state_interval_s=0.1,
+        ).start()
+        for s, n in zip(stores, ("t-a", "t-b"), strict=True)
+    ]
+    # an intruder holding t-a's credentials
+    spy = make_client("spy", cfg("t-a"))
+    seen: list[str] = []
+    spy.on_message = lambda _c, _u, msg: seen.append(msg.topic)
+    try:
+        for s in stores:
+            wait_for(lambda s=s: s.last_seq == dlog.head_seq, what="both terminals synced")
+        spy.connect(broker.host, broker.port)
+        spy.loop_start()
+        spy.subscribe(
+            [(TOPICS.direct("t-b"), 1), (TOPICS.state("t-b"), 1), (TOPICS.request("t-b"), 1)]
+        )
+        before = [dict(s.engine.rejections) for s in subs]
+        asked = dict(pub.stats.requests)
+        # forge a batch (any key) and a snapshot request impersonating t-b
+        nxt = log_changes(dlog, 1, 1)
+        forged = craft_batch(new_key(), nxt, dim=16)
+        for topic, payload in (
+            (TOPICS.batch, forged),
+            (TOPICS.manifest, forged),
+            (TOPICS.direct("t-b"), forged),
+            (
+                TOPICS.request("t-b"),
+                pb.SyncRequest(
+                    protocol_version=1,
+                    terminal_id="t-b",
+                    district_id=DISTRICT,
+                    kind=pb.SyncRequest.KIND_SNAPSHOT,
+                ).SerializeToString(),
+            ),
+            (TOPICS.status("t-b"), b"offline"),
+        ):
+            info = spy.publish(topic, payload, qos=1)
+            info.wait_for_publish(5)
+        # t-a's own request topic is writable: the district receives that one only
+        spy.publish(
+            TOPICS.request("t-a"),
+            pb.SyncRequest(
+                protocol_version=1,
+                terminal_id="t-a",
+                district_id=DISTRICT,
+                kind=pb.SyncRequest.KIND_REPLAY,
+                epoch=1,
+                from_seq=dlog.head_seq + 1,
+            ).SerializeToString(),
+            qos=1,
+        ).wait_for_publish(5)
+        wait_for(lambda: pub.stats.requests["t-a"] == asked["t-a"] + 1, what="t-a's request")
+        assert pub.stats.requests["t-b"] == asked["t-b"] and pub.stats.bad_requests == 0
+        # a replay the district sends to t-b's direct topic: the spy must not see it
+        dups = subs[1].engine.duplicates
+        pub.send_replay("t-b", from_seq=1)
+        wait_for(lambda: subs[1].engine.duplicates > dups, what="t-b got the replay")
+        for s, b in zip(subs, before, strict=True):  # nothing forged arrived
+            assert {k: v for k, v in s.engine.rejections.items() if k != "duplicate"} == {
+                k: v for k, v in b.items() if k != "duplicate"
+            }
+        assert seen == []  # no read access to another terminal's topics
+        head, rows = collect(cfg("district-q1"), TOPICS, timeout_s=3)
+        assert head == dlog.head_seq
+        by_id = {r.terminal_id: r for r in rows}
+        assert by_id["t-b"].online is True  # the spy's "offline" never landed
+        assert by_id["t-a"].applied_seq == dlog.head_seq and by_id["t-a"].lag == 0
+        assert by_id["t-a"].gallery_size == 10
+        assert "t-a" in format_table(head, rows)
+    finally:
+        spy.disconnect()
+        spy.loop_stop()
+        for s in subs:
+            s.stop()
+        pub.stop()
+        for st in stores:
+            st.close()
+        broker.stop()
+
+
+def test_fleet_view_shows_offline_terminal_by_last_will(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    dlog = new_district(tmp_path / "d.sqlite", dim=16)
+    add_citizens(dlog, 5)
+    key = new_key()
+    s = BrokerSettings(host=broker.host, port=broker.port, **FAST)
+    pub = Publisher(dlog, key, s).start()
+    store = GalleryStore.open(tmp_path / "a", embedder_id=EMBEDDER, dim=16)
+    sub = TerminalSubscriber(
+        store,
+        s,
+        district_id=DISTRICT,
+        terminal_id="t-a",
+        public_key=key.public_key(),
+        spool_dir=tmp_path,
+        model="mtcnn-facenet",
+        state_interval_s=0.1,
+    ).start()
+    try:
+        wait_for(lambda: store.last_seq == dlog.head_seq, what="synced")
+        wait_for(
+            lambda: (
+                next(iter(collect(s, TOPICS, timeout_s=2)[1]), None) is not None
+                and collect(s, TOPICS, timeout_s=2)[1][0].applied_seq == dlog.head_seq
+            ),
+            what="state published",
+        )
+        head, rows = collect(s, TOPICS, timeout_s=2)
+        (row,) = rows
+        assert (row.online, row.lag, row.model) == (True, 0, "mtcnn-facenet")
+        sub.stop(graceful=False)  # power cut: the broker publishes the will after keepalive
+        dlog.update_dossier("HS-0000001", stage="Phòng Tư pháp")
+        wait_for(
+            lambda: collect(s, TOPICS, timeout_s=2)[1][0].online is False,
+            timeout=30,
+            what="last will 'offline'",
+        )
+        head, rows = collect(s, TOPICS, timeout_s=2)
+        assert rows[0].lag == 1 and head == dlog.head_seq
+    finally:
+        sub.stop()
+        pub.stop()
+        store.close()
