@@ -188,6 +188,11 @@ class SessionConfig:
     #: the face after the gesture must still be the same person: cosine similarity of its
     #: embedding to the pre-challenge ones (same person turned ~20 degrees: > 0.5)
     same_person_min: float = 0.45
+    #: while a match is on screen the face in front is re-embedded this often; when it is
+    #: no longer the matched person (below same_person_min) the screen clears at once, so
+    #: someone stepping into the place of the citizen never sees their dossiers. 1 s
+    #: costs one embedding per second and is shorter than it takes to read a dossier
+    watch_s: float = 1.0
     # -- decision
     #: match threshold; 0 takes the model pack's own threshold
     threshold: float = 0.0
@@ -220,7 +225,7 @@ class SessionConfig:
         for name in ("present_frames", "good_frames", "embed_frames", "parallax_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{p}{name}: must be >= 1")
-        for name in ("lost_s", "challenge_s", "timeout_s", "result_s", "message_s",
+        for name in ("lost_s", "challenge_s", "timeout_s", "result_s", "message_s", "watch_s",
                      "min_face_px", "parallax_min", "wrong_way_max"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{p}{name}: must be > 0")

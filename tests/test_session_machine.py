@@ -139,7 +139,9 @@ def test_live_turn_is_matched_then_ends_and_can_be_rated(tmp_path, photo) -> Non
     assert kinds(events) == ["face_present", "challenge", "matched"]
     m = next(e for e in events if isinstance(e, Matched))
     assert m.citizen_id == "alice" and m.score == pytest.approx(1.0, abs=1e-5)
-    assert machine.state is State.SHOWING and not machine.holds_face_data()
+    # while shown, only the matched face's embedding is held (to notice a person change)
+    assert machine.state is State.SHOWING and machine.session.watch_ref is not None
+    assert not machine.session.embeddings and machine.session.liveness is None
     challenge = next(e for e in events if isinstance(e, ChallengeIssued))
     assert challenge.prompt_vi == "Xin quay đầu sang trái"
     play(term, photo, 60, start=25)  # result_s = 3 s at 15 fps
@@ -147,6 +149,7 @@ def test_live_turn_is_matched_then_ends_and_can_be_rated(tmp_path, photo) -> Non
     ended = next(e for e in events if isinstance(e, Ended))
     assert ended.outcome is Outcome.MATCHED and ended.session_id == m.session_id
     assert machine.sessions_started == 1  # the same face does not start a second session
+    assert not machine.holds_face_data()
     line = audit.read()[0]
     assert line["outcome"] == "matched" and line["citizen_id"] == "alice"
     assert line["session"] == m.session_id and line["challenge"] == "turn_left"
@@ -245,3 +248,18 @@ def test_camera_down_ends_running_session(tmp_path, photo) -> None:
     machine.camera_down(1.0)
     assert isinstance(events[-2], Ended) and events[-2].outcome is Outcome.CAMERA_DOWN
     assert not machine.holds_face_data() and machine.session is None
+
+
+def test_another_face_in_the_same_place_clears_a_shown_match(tmp_path, photo) -> None:
+    script = [head(photo)] * 8 + [head(photo, yaw=7 * i) for i in range(1, 7)]
+    script += [head(photo, 42)] * 4 + [head(photo)] * 200
+    term, machine, events, _, _ = setup(tmp_path, photo, script)
+    play(term, photo, 25)
+    assert machine.state is State.SHOWING
+    calls = machine.embedder.calls
+    play(term, photo, 20, start=25)  # 1.3 s: re-checked, still alice
+    assert machine.state is State.SHOWING and machine.embedder.calls > calls  # re-checked
+    machine.embedder.vector = BOB  # bob steps into alice's place without losing the track
+    play(term, photo, 20, start=45)
+    assert isinstance(events[-2], Ended) and events[-2].outcome is Outcome.MATCHED
+    assert machine.state is State.IDLE and not machine.holds_face_data()

@@ -96,11 +96,16 @@ class _Session:
     show_until: float = 0.0
     citizen_id: str = ""
     score: float | None = None
+    #: while a match is shown: the matched face's embedding, to notice a person change
+    watch_ref: F32 | None = None
+    next_watch: float = 0.0
 
-    def forget_face(self) -> None:
+    def forget_face(self, *, keep_watch: bool = False) -> None:
         """Drop everything derived from the face (embeddings, landmark references)."""
         self.embeddings.clear()
         self.liveness = None
+        if not keep_watch:
+            self.watch_ref = None
 
 
 class SessionMachine:
@@ -207,7 +212,8 @@ class SessionMachine:
     def holds_face_data(self) -> bool:
         """True while any embedding or landmark reference of a face is held."""
         s = self.session
-        return s is not None and (bool(s.embeddings) or s.liveness is not None)
+        return s is not None and (bool(s.embeddings) or s.liveness is not None
+                                  or s.watch_ref is not None)
 
     # ------------------------------------------------------------------ steps
     def _step(self, t: float, image: npt.NDArray[np.uint8], subject: Track | None,
@@ -224,6 +230,12 @@ class SessionMachine:
             gone = s.track_id not in alive
             if t >= s.show_until or (gone and s.outcome is Outcome.MATCHED):
                 self._finish(t)
+            elif (s.watch_ref is not None and subject is not None and subject.id == s.track_id
+                  and subject.last_t == t and t >= s.next_watch):
+                s.next_watch = t + self.cfg.watch_s
+                if float(self._embed(image, subject) @ s.watch_ref) < self.cfg.same_person_min:
+                    log.info("session %s: another face took the place; clearing", s.id)
+                    self._finish(t)
             return
         if s.track_id not in alive:
             self._end(Outcome.LEFT, t)
@@ -307,6 +319,8 @@ class SessionMachine:
         s.score = d.score
         if d.citizen_id:
             s.citizen_id = d.citizen_id
+            s.watch_ref = query
+            s.next_watch = t + self.cfg.watch_s
             self._emit(Matched(s.id, citizen_id=d.citizen_id, score=d.score, margin=d.margin))
             self._ratable[s.id] = (time.monotonic(), d.citizen_id)
             self._end(Outcome.MATCHED, t)
@@ -318,7 +332,7 @@ class SessionMachine:
         """A decision (or failure) was reached: drop face data, audit, show the result."""
         s = self.session
         assert s is not None
-        s.forget_face()
+        s.forget_face(keep_watch=outcome is Outcome.MATCHED)
         s.outcome = outcome
         if self.audit is not None and outcome is not Outcome.NOT_ME:
             self.audit.session(terminal=self.terminal_id, session_id=s.id,
