@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+from typing import Any
 
 from edge.config import Config, load_config, read_secret
 from edge.errors import CameraError, MotcuaError
@@ -49,8 +50,30 @@ def sync_link(cfg: Config) -> SyncLink | None:
                     prefix=s.prefix)
 
 
+def start_metrics(cfg: Config, service: TerminalService) -> Any:
+    """Serve the terminal's Prometheus metrics on ``[ops] metrics_listen`` ("" = off).
+    A port already taken is logged, not fatal: the terminal matters more than its metrics."""
+    from edge import __version__
+    from edge.ops import metrics
+
+    metrics.REGISTRY.add_collector(metrics.service_collector(service))
+    metrics.TERMINAL.build_info.set(1, version=__version__)
+    if not cfg.ops.metrics_listen:
+        return None
+    host, port = metrics.parse_listen(cfg.ops.metrics_listen)
+    try:
+        server = metrics.MetricsServer(metrics.REGISTRY, host, port).start()
+    except OSError as exc:
+        log.warning("metrics exporter not started on %s: %s", cfg.ops.metrics_listen,
+                    exc.strerror or exc)
+        return None
+    log.info("metrics on http://%s:%d/metrics", server.host, server.port)
+    return server
+
+
 def run(args: argparse.Namespace) -> int:
     from edge.ops.logging import setup_logging
+    from edge.ops.metrics import TimedDetector, TimedEmbedder
     from edge.ops.sdnotify import Notifier, WatchdogHook
 
     cfg = load_config(args.config)
@@ -62,16 +85,22 @@ def run(args: argparse.Namespace) -> int:
     if link is None and not args.no_sync:
         log.warning("[sync] broker not set: running on the local store only")
     vision: Vision = load_vision(cfg)
+    # stage latencies for the Prometheus exporter (edge/ops/metrics.py)
+    vision = dataclasses.replace(vision, detector=TimedDetector(vision.detector),
+                                 embedder=TimedEmbedder(vision.embedder))
     notifier = Notifier.from_env()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     service = TerminalService(cfg, vision, sync=link, stop=stop,
                               heartbeat=WatchdogHook(notifier).tick)
+    exporter = start_metrics(cfg, service)
     try:
         service.start()
     except BaseException:
         service.stop()
+        if exporter is not None:
+            exporter.stop()
         raise
     notifier.ready(f"serving on port {service.api.port}")
     print(f"terminal {cfg.terminal.id}: display API on port {service.api.port}, "
@@ -81,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         notifier.stopping()
         service.stop()
+        if exporter is not None:
+            exporter.stop()
     err = service.loop_error
     if isinstance(err, MotcuaError):
         raise err

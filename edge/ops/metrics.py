@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 LabelValues = tuple[str, ...]
 
@@ -82,6 +85,12 @@ class Counter(_Metric):
     def value(self, **labels: str) -> float:
         with self._lock:
             return self._values.get(self._key(labels), 0.0)
+
+    def set_total(self, total: float, **labels: str) -> None:
+        """Mirror a total another part keeps (collectors only); never goes down."""
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = max(self._values.get(key, 0.0), float(total))
 
     def samples(self) -> list[str]:
         with self._lock:
@@ -186,7 +195,18 @@ class Registry:
 
     def __init__(self) -> None:
         self._metrics: dict[str, _Metric] = {}
+        self._collectors: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+
+    def add_collector(self, fn: Callable[[], None]) -> None:
+        """``fn`` refreshes metrics from live state right before each scrape."""
+        with self._lock:
+            self._collectors.append(fn)
+
+    def remove_collector(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if fn in self._collectors:
+                self._collectors.remove(fn)
 
     def register(self, metric: _Metric) -> _Metric:
         with self._lock:
@@ -213,6 +233,12 @@ class Registry:
     def render(self) -> str:
         with self._lock:
             metrics = list(self._metrics.values())
+            collectors = list(self._collectors)
+        for fn in collectors:
+            try:
+                fn()
+            except Exception:  # a part being torn down must not break the scrape
+                logging.getLogger(__name__).debug("metrics collector failed", exc_info=True)
         return "".join(m.render() for m in metrics)
 
 
@@ -309,6 +335,92 @@ def set_store_size(size_bytes: float | Callable[[], float]) -> None:
 
 def set_gallery_size(citizens: int) -> None:
     TERMINAL.gallery_citizens.set(citizens)
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (0 when it does not exist)."""
+    total = 0
+    if not path.is_dir():
+        return 0
+    for p in path.rglob("*"):
+        try:
+            if p.is_file() and not p.is_symlink():
+                total += p.stat().st_size
+        except OSError:  # a checkpoint renamed away while we walk
+            continue
+    return total
+
+
+def service_collector(service: Any, metrics: TerminalMetrics | None = None
+                      ) -> Callable[[], None]:
+    """A collector that mirrors a running ``edge.service.TerminalService`` at scrape time:
+    frames and fps from its loop, sessions by outcome from its session machine, gallery
+    size, change number and bytes on disk from its store, sync lag and rejections by
+    reason from its subscriber. Pull, not push: the hot loop pays nothing for it."""
+    m = metrics or TERMINAL
+
+    def collect() -> None:
+        term = getattr(service, "terminal", None)
+        if term is not None:
+            m.frames.set_total(term.frames_processed)
+            m.camera_fps.set(term.processing_fps())
+            machine = getattr(term, "machine", None)
+            for outcome, n in dict(getattr(machine, "outcomes", {}) or {}).items():
+                m.sessions.set_total(n, outcome=str(outcome))
+        store = getattr(service, "store", None)
+        if store is not None:
+            m.gallery_citizens.set(store.citizen_count)
+            m.sync_applied.set(store.last_seq)
+            m.store_size.set(dir_size(Path(store.path)))
+        engine = getattr(getattr(service, "subscriber", None), "engine", None)
+        if engine is not None:
+            for reason, n in dict(getattr(engine, "rejections", {})).items():
+                m.sync_rejections.set_total(n, reason=str(reason))
+            head = int(getattr(engine, "district_head", 0) or 0)
+            m.sync_lag.set(max(0, head - int(engine.applied_seq)))
+
+    return collect
+
+
+class TimedDetector:
+    """Wraps a face detector: each ``detect`` is observed as stage "detect"."""
+
+    def __init__(self, inner: Any, metrics: TerminalMetrics | None = None) -> None:
+        self.inner = inner
+        self._hist = (metrics or TERMINAL).stage_latency
+
+    def detect(self, image: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.detect(image)
+        finally:
+            self._hist.observe(time.perf_counter() - t0, stage="detect")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class TimedEmbedder:
+    """Wraps a face embedder: each ``embed`` is observed as stage "embed"."""
+
+    def __init__(self, inner: Any, metrics: TerminalMetrics | None = None) -> None:
+        self.inner = inner
+        self._hist = (metrics or TERMINAL).stage_latency
+
+    def embed(self, image: Any, faces: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.embed(image, faces)
+        finally:
+            self._hist.observe(time.perf_counter() - t0, stage="embed")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 class MetricsServer:
