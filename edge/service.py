@@ -123,7 +123,7 @@ class TerminalService:
         )
         self.api: ApiServer = create_server(
             cfg.api, self.display_state, control=self.control, status=self.status,
-            lookup=lookup,
+            lookup=lookup or self.lookup_image,
         )
         self.store: GalleryStore | None = None
         self.subscriber: Any = None
@@ -277,6 +277,49 @@ class TerminalService:
             self.store.close()
             self.store = None
             self.directory.store = None
+
+    # -- counter staff: one-shot lookup (api.lookup_image) --------------------------------
+
+    def lookup_image(self, data: bytes) -> pb.LookupImageResponse:
+        """Match the largest face of an encoded image (no liveness: staff hold the photo).
+
+        Raises ImageError for undecodable images, StoreError before the store is loaded.
+        The image and its embedding are dropped on return; an audit line is written.
+        """
+        import numpy as np
+
+        from edge.api.state import match_pb
+        from edge.session.machine import decide
+        from edge.vision.images import decode_image
+
+        store = self.store
+        if store is None:
+            raise StoreError("the gallery is not loaded yet")
+        bgr = np.ascontiguousarray(decode_image(data, "image")[:, :, ::-1])
+        dets = self.vision.detector.detect(bgr)
+        if len(dets) == 0:
+            self._audit_lookup("", None, "lookup_no_face")
+            return pb.LookupImageResponse(matched=False)
+        boxes = np.asarray(dets.boxes, np.float32).reshape(-1, 4)
+        i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+        one = type(dets)(dets.boxes[i:i + 1], dets.scores[i:i + 1], dets.landmarks[i:i + 1])
+        emb = self.vision.embedder.embed(bgr, one)
+        s = self.cfg.session
+        d = decide(store.search(emb[0], k=s.top_k), s.threshold or self.vision.threshold,
+                   s.margin)
+        match = match_pb(self.directory, d.citizen_id, 0) if d.citizen_id else None
+        self._audit_lookup(d.citizen_id if match else "", d.score,
+                           "lookup_matched" if match else "lookup_not_recognised")
+        if match is None:
+            return pb.LookupImageResponse(matched=False, score=d.score)
+        return pb.LookupImageResponse(matched=True, match=match, score=d.score)
+
+    def _audit_lookup(self, citizen_id: str, score: float | None, outcome: str) -> None:
+        import uuid
+
+        AuditLog.in_state_dir(self.state_dir).session(
+            terminal=self.cfg.terminal.id, session_id=f"lookup-{uuid.uuid4().hex[:12]}",
+            outcome=outcome, citizen_id=citizen_id, score=score)
 
     # -- technician status -----------------------------------------------------------------
 

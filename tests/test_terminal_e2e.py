@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge.config import ApiConfig, CameraConfig, Config, SessionConfig, TerminalConfig
@@ -216,3 +217,44 @@ def test_demo_without_sample_media_runs_on_the_astronaut(tmp_path: Path) -> None
     assert isinstance(st, dict) and st["state"] in ("matched", "ended"), st
     if st["state"] == "matched":
         assert st["match"]["masked_name"] == "Nguyễn T. T***"
+
+
+def test_lookup_image_for_counter_staff_on_the_real_pipeline(
+        media_dir: Path, tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    cv2.imwrite(str(blank / "0.jpg"), np.full((480, 640, 3), 60, np.uint8))
+    cfg = Config(
+        terminal=TerminalConfig(id="counter", district="d", state_dir=tmp_path / "state"),
+        camera=CameraConfig(source=str(blank), kind="images", loop=True),
+        api=ApiConfig(listen="127.0.0.1:0", lookup_image=True),
+    )
+    names = enrol_sample_people(tmp_path / "state" / "store", media_dir, cfg)
+    service = TerminalService(cfg, load_vision(cfg))
+    try:
+        service.start()
+        with grpc.insecure_channel(f"127.0.0.1:{service.api.port}") as ch:
+            stub = pb_grpc.DisplayStub(ch)
+            photo = (media_dir / "faces" / "lin_manuel_miranda" / "1.png").read_bytes()
+            r = stub.LookupImage(pb.LookupImageRequest(image=photo), timeout=30)
+            assert r.matched and names[r.match.masked_name] == "lin_manuel_miranda"
+            assert r.match.dossiers[0].masked_code.startswith("***")
+            # another photo of an enrolled person than the one enrolled
+            other = (media_dir / "faces" / "joe_biden" / "2.jpg").read_bytes()
+            r = stub.LookupImage(pb.LookupImageRequest(image=other), timeout=30)
+            assert r.matched and names[r.match.masked_name] == "joe_biden"
+            empty = cv2.imencode(".jpg", np.full((200, 200, 3), 90, np.uint8))[1].tobytes()
+            r = stub.LookupImage(pb.LookupImageRequest(image=empty), timeout=30)
+            assert not r.matched
+            for bad in (b"not an image at all", photo[: len(photo) // 3]):
+                with pytest.raises(grpc.RpcError) as exc:
+                    stub.LookupImage(pb.LookupImageRequest(image=bad), timeout=30)
+                assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    finally:
+        service.stop()
+    outcomes = [json.loads(line)["outcome"] for line in
+                (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    assert outcomes.count("lookup_matched") == 2 and "lookup_no_face" in outcomes
