@@ -132,7 +132,7 @@ def make_inputs(d: Path, pack_dir: Path) -> dict[str, Path]:
     """District-side material: signing key, broker CA, password, model pack."""
     files = {}
     district = ed25519.Ed25519PrivateKey.generate()
-    files["district_key"] = d / "district-signing.pub"
+    files["district_key"] = d / "district.pub"
     files["district_key"].write_bytes(district.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -237,7 +237,9 @@ def test_provision_bookworm_root(bookworm_tarball, wheelhouse, pack_dir, tmp_pat
     assert conf["terminal"] == {"id": "q1-hall-01", "district": "hcm-q1",
                                 "state_dir": "/var/lib/motcua"}
     cfg = config_from_dict(conf)                                   # valid for edge.config
-    assert cfg.sync.tls and cfg.sync.key_file == Path("/etc/motcua/tls/terminal.key")
+    # TLS, but no certificate named until the district signed one (the terminal would not
+    # start with a path to a missing certificate)
+    assert cfg.sync.tls and cfg.sync.cert_file is None and cfg.sync.key_file is None
     assert conf["sync"]["broker"] == "broker.hcm-q1.example:8883"
 
     # releases: versioned venv + current link; the project runs inside the root
@@ -290,6 +292,31 @@ def test_provision_bookworm_root(bookworm_tarball, wheelhouse, pack_dir, tmp_pat
     assert good.returncode == 0, good.stderr
     assert (root / "etc/motcua/tls/terminal.crt").read_bytes() == (
         tmp_path / "signed.crt").read_bytes()
+    cfg = config_from_dict(tomllib.loads((root / "etc/motcua/terminal.toml").read_text()))
+    assert cfg.sync.cert_file == Path("/etc/motcua/tls/terminal.crt")
+    assert cfg.sync.key_file == Path("/etc/motcua/tls/terminal.key")
+
+    # ---- rotation: a new key and request while the old pair stays in use
+    old_key = (root / "etc/motcua/tls/terminal.key").read_bytes()
+    rot = subprocess.run([sys.executable, str(TOOL), "--root", str(root), "csr", "--new-key"],
+                         capture_output=True, text=True, check=False)
+    assert rot.returncode == 0, rot.stderr
+    assert (root / "etc/motcua/tls/terminal.key").read_bytes() == old_key
+    assert meta("/etc/motcua/tls/terminal.key.next") == (0o640, 0, gid)
+    new_csr = rot.stdout[rot.stdout.index("-----BEGIN"):].encode()
+    (tmp_path / "rotated.crt").write_bytes(sign_csr(new_csr, files))
+    done = subprocess.run([sys.executable, str(TOOL), "--root", str(root), "install-cert",
+                           str(tmp_path / "rotated.crt"), "--no-start"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (root / "etc/motcua/tls/terminal.key").read_bytes() != old_key
+    assert not (root / "etc/motcua/tls/terminal.key.next").exists()
+    assert meta("/etc/motcua/tls/terminal.key") == (0o640, 0, gid)
+    new_cert = x509.load_pem_x509_certificate((root / "etc/motcua/tls/terminal.crt").read_bytes())
+    new_key = serialization.load_pem_private_key(
+        (root / "etc/motcua/tls/terminal.key").read_bytes(), None)
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert new_cert.public_key().public_bytes(*spki) == new_key.public_key().public_bytes(*spki)
 
     # ---- second run: nothing changes (paths, modes, owners, contents)
     first = manifest(root)

@@ -46,7 +46,7 @@ ETC = Path("/etc/motcua")
 CONFIG = ETC / "terminal.toml"
 TLS = ETC / "tls"
 SECRETS = ETC / "secrets"
-DISTRICT_KEY = ETC / "district-signing.pub"
+DISTRICT_KEY = ETC / "district.pub"
 RECORD = ETC / "provisioned.json"
 STATE = Path("/var/lib/motcua")
 MODELS = STATE / "models"
@@ -654,16 +654,34 @@ def toml_value(v: object) -> str:
     return json.dumps(str(v), ensure_ascii=False)  # a TOML basic string is JSON-compatible
 
 
-def render_config(plan: Plan, has_cert: bool) -> bytes:
-    """The terminal's /etc/motcua/terminal.toml (secrets are paths, never values)."""
-    sections: dict[str, dict[str, object]] = {
+def config_sections(plan: Plan) -> dict[str, dict[str, object]]:
+    """The configuration's sections, without the device certificate (see render_config)."""
+    return {
         "terminal": {"id": plan.terminal_id, "district": plan.district_id,
                      "state_dir": str(STATE)},
         "models": {"dir": str(MODELS), "pack": plan.pack_name},
-        "sync": sync_section(plan, has_cert),
+        # the [sync] keys of edge/config.py's SyncConfig
+        "sync": {
+            "broker": f"{plan.broker_host}:{plan.broker_port}",
+            "tls": plan.tls,
+            "ca_file": str(TLS / "broker-ca.crt") if plan.broker_ca else None,
+            "username": plan.username,
+            "password_file": str(SECRETS / "broker-password") if plan.password else None,
+            "district_key_file": str(DISTRICT_KEY),
+        },
         "ops": {"metrics_listen": "127.0.0.1:9464", "log_format": "json"},
     }
-    lines = ["# Written by motcua-device provision; edit with care, re-provisioning",
+
+
+def render_config(sections: dict[str, dict[str, object]], has_cert: bool) -> bytes:
+    """The terminal's /etc/motcua/terminal.toml (secrets are paths, never values). The
+    device certificate is named only once installed: a terminal given a certificate path
+    that does not exist yet would fail to start instead of waiting for install-cert."""
+    sections = {k: dict(v) for k, v in sections.items()}
+    if has_cert:
+        sections["sync"]["cert_file"] = str(CERT)
+        sections["sync"]["key_file"] = str(KEY)
+    lines = ["# Written by motcua-device (provision, install-cert); re-provisioning",
              "# rewrites it. Secrets live in /etc/motcua/secrets and /etc/motcua/tls.", ""]
     for name, values in sections.items():
         lines.append(f"[{name}]")
@@ -672,41 +690,42 @@ def render_config(plan: Plan, has_cert: bool) -> bytes:
     return "\n".join(lines).encode("utf-8")
 
 
-def sync_section(plan: Plan, has_cert: bool) -> dict[str, object]:
-    """The [sync] keys of edge/config.py's SyncConfig."""
-    return {
-        "broker": f"{plan.broker_host}:{plan.broker_port}",
-        "tls": plan.tls,
-        "ca_file": str(TLS / "broker-ca.crt") if plan.broker_ca else None,
-        "cert_file": str(TLS / "terminal.crt") if plan.tls else None,
-        "key_file": str(TLS / "terminal.key") if plan.tls else None,
-        "username": plan.username,
-        "password_file": str(SECRETS / "broker-password") if plan.password else None,
-        "district_key_file": str(DISTRICT_KEY),
-    }
+KEY, CSR, CERT = TLS / "terminal.key", TLS / "terminal.csr", TLS / "terminal.crt"
+#: a replacement key and its request, while a rotation waits for the district's signature
+NEXT_KEY, NEXT_CSR = TLS / "terminal.key.next", TLS / "terminal.csr.next"
+
+
+def make_key(t: Target, key: Path) -> None:
+    """A new ECDSA P-256 private key at ``key``, readable by root and the service only."""
+    # P-256: every broker's TLS 1.2 and 1.3 accepts it (an Ed25519 certificate needs 1.3)
+    tmp = key.with_name(f".{key.name}.new")
+    t.run(["sh", "-c", f"umask 077 && openssl genpkey -algorithm EC -pkeyopt "
+           f"ec_paramgen_curve:P-256 -out {tmp}"])
+    os.replace(t.path(tmp), t.path(key))
+    t._ensure_meta(key, 0o640, "root", SERVICE_USER)
+    t.changed(f"made the device key {key}")
+
+
+def make_csr(t: Target, key: Path, csr: Path, terminal_id: str, district_id: str) -> None:
+    """Write the request for ``key`` (subject O=district, CN=terminal) unless it is there."""
+    subject = f"/O={district_id}/CN={terminal_id}"
+    current = ""
+    if t.path(csr).is_file():
+        current = t.run(["openssl", "req", "-in", str(csr), "-noout", "-subject",
+                         "-nameopt", "compat"], capture=True, check=False).stdout
+    if current.strip() != f"subject={subject}":
+        out = t.run(["openssl", "req", "-new", "-key", str(key), "-subj", subject,
+                     "-sha256"], capture=True).stdout
+        t.ensure_file(csr, out.encode(), 0o644)
 
 
 def step_identity(t: Target, terminal_id: str, district_id: str) -> bool:
     """Make the device key and CSR once; True when a signed certificate is installed."""
-    key, csr = TLS / "terminal.key", TLS / "terminal.csr"
-    if not t.path(key).is_file():
-        # ECDSA P-256: every broker's TLS 1.2 and 1.3 accepts it (Ed25519 needs TLS 1.3)
-        tmp = TLS / ".terminal.key.new"
-        t.run(["sh", "-c", f"umask 077 && openssl genpkey -algorithm EC -pkeyopt "
-               f"ec_paramgen_curve:P-256 -out {tmp}"])
-        os.replace(t.path(tmp), t.path(key))
-        t.changed("made the device key")
-    t._ensure_meta(key, 0o640, "root", SERVICE_USER)
-    subject = f"/O={district_id}/CN={terminal_id}"
-    current_subject = ""
-    if t.path(csr).is_file():
-        current_subject = t.run(["openssl", "req", "-in", str(csr), "-noout", "-subject",
-                                 "-nameopt", "compat"], capture=True, check=False).stdout
-    if current_subject.strip() != f"subject={subject}":
-        out = t.run(["openssl", "req", "-new", "-key", str(key), "-subj", subject,
-                     "-sha256"], capture=True).stdout
-        t.ensure_file(csr, out.encode(), 0o644)
-    return t.path(TLS / "terminal.crt").is_file()
+    if not t.path(KEY).is_file():
+        make_key(t, KEY)
+    t._ensure_meta(KEY, 0o640, "root", SERVICE_USER)
+    make_csr(t, KEY, CSR, terminal_id, district_id)
+    return t.path(CERT).is_file()
 
 
 def step_units(t: Target, start: bool) -> None:
@@ -762,10 +781,11 @@ def provision(args: argparse.Namespace) -> int:
         if plan.client_cert is not None:
             install_certificate(t, plan.client_cert, restart=False)
             has_cert = True
-    t.ensure_file(CONFIG, render_config(plan, has_cert), 0o640, "root", SERVICE_USER)
+    sections = config_sections(plan)
+    t.ensure_file(CONFIG, render_config(sections, has_cert), 0o640, "root", SERVICE_USER)
     record = {"terminal_id": plan.terminal_id, "district_id": plan.district_id,
               "release": plan.release.id, "model_pack": plan.pack_name,
-              "model_pack_sha256": plan.pack_sha256}
+              "model_pack_sha256": plan.pack_sha256, "config": sections}
     t.ensure_file(RECORD, (json.dumps(record, indent=2) + "\n").encode(), 0o644)
     start = not args.no_start and systemd_running(t)
     if not args.no_start and not start:
@@ -788,24 +808,41 @@ def _pubkey_of(t: Target, argv: list[str], input_text: str | None = None) -> str
 
 
 def install_certificate(t: Target, cert_pem: bytes, restart: bool = True) -> None:
-    """Install the district-signed certificate for the device key, after checking it."""
+    """Install the district-signed certificate after checking it belongs to the device key
+    (or to the rotation key ``terminal.key.next``, which then replaces the old key)."""
     text = cert_pem.decode("ascii", errors="replace")
     if not pem_blocks(text, "CERTIFICATE"):
-        raise ProvisionError("the file holds no PEM certificate")
-    key = TLS / "terminal.key"
-    if not t.path(key).is_file():
-        raise ProvisionError(f"no device key at {key}: run provisioning first")
+        raise ProvisionError("the file holds no PEM certificate; nothing was changed")
+    if not t.path(KEY).is_file():
+        raise ProvisionError(f"no device key at {KEY}: run provisioning first")
     cert_pub = _pubkey_of(t, ["openssl", "x509", "-noout", "-pubkey"], text)
-    key_pub = _pubkey_of(t, ["openssl", "pkey", "-in", str(key), "-pubout"])
-    if cert_pub != key_pub:
-        raise ProvisionError("the certificate is not for this device's key (was it signed "
-                             "from another terminal's request?); nothing was changed")
+    rotating = False
+    if cert_pub != _pubkey_of(t, ["openssl", "pkey", "-in", str(KEY), "-pubout"]):
+        rotating = t.path(NEXT_KEY).is_file() and cert_pub == _pubkey_of(
+            t, ["openssl", "pkey", "-in", str(NEXT_KEY), "-pubout"])
+        if not rotating:
+            raise ProvisionError("the certificate is not for this device's key (was it "
+                                 "signed from another terminal's request?); nothing was "
+                                 "changed")
     expired = t.run(["openssl", "x509", "-noout", "-checkend", "0"], input_text=text,
                     check=False, capture=True)
     if expired.returncode != 0:
         raise ProvisionError("the certificate has expired (or the clock is wrong: check "
                              "`timedatectl`); nothing was changed")
-    t.ensure_file(TLS / "terminal.crt", cert_pem, 0o644)
+    if rotating:
+        # the key first, then the certificate: a power cut in between leaves a pair that
+        # doctor reports ("not issued for this device's key") and re-running this fixes
+        staged = CERT.with_name(".terminal.crt.next")
+        t.ensure_file(staged, cert_pem, 0o644)
+        os.replace(t.path(NEXT_KEY), t.path(KEY))
+        os.replace(t.path(staged), t.path(CERT))
+        os.replace(t.path(NEXT_CSR), t.path(CSR))
+        t.changed("rotated the device key and certificate")
+    else:
+        t.ensure_file(CERT, cert_pem, 0o644)
+    sections = _read_record(t).get("config")
+    if isinstance(sections, dict):  # name the certificate in the configuration now
+        t.ensure_file(CONFIG, render_config(sections, True), 0o640, "root", SERVICE_USER)
     if restart and systemd_running(t):
         t.run(["systemctl", "restart", "motcua-terminal.service"])
 
@@ -813,7 +850,7 @@ def install_certificate(t: Target, cert_pem: bytes, restart: bool = True) -> Non
 def cmd_install_cert(args: argparse.Namespace) -> int:
     t = Target(Path(args.root))
     install_certificate(t, Path(args.certificate).read_bytes(), restart=not args.no_start)
-    log(f"certificate installed in {TLS / 'terminal.crt'}")
+    log(f"certificate installed in {CERT}")
     return 0
 
 
@@ -822,8 +859,17 @@ def cmd_csr(args: argparse.Namespace) -> int:
     record = _read_record(t)
     if not record:
         raise ProvisionError("this device is not provisioned yet (no /etc/motcua/provisioned.json)")
-    step_identity(t, str(record["terminal_id"]), str(record["district_id"]))
-    print(t.path(TLS / "terminal.csr").read_text(), end="")
+    tid, did = str(record["terminal_id"]), str(record["district_id"])
+    if args.new_key:
+        # rotation: a new key beside the current one; the terminal keeps running on the
+        # old pair until install-cert gets the district's certificate for the new key
+        if not t.path(NEXT_KEY).is_file():
+            make_key(t, NEXT_KEY)
+        make_csr(t, NEXT_KEY, NEXT_CSR, tid, did)
+        print(t.path(NEXT_CSR).read_text(), end="")
+        return 0
+    step_identity(t, tid, did)
+    print(t.path(CSR).read_text(), end="")
     return 0
 
 
@@ -934,9 +980,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         mark = "current" if cur and Path(cur).name == p.name else (
             "previous" if prev and Path(prev).name == p.name else "")
         print(f"{p.name:40s} {mark}")
-    cert = t.path(TLS / "terminal.crt")
+    cert = t.path(CERT)
     if cert.is_file():
-        end = t.run(["openssl", "x509", "-noout", "-enddate", "-in", str(TLS / "terminal.crt")],
+        end = t.run(["openssl", "x509", "-noout", "-enddate", "-in", str(CERT)],
                     capture=True, check=False).stdout.strip()
         print(f"certificate: {end}")
     return 0
@@ -972,6 +1018,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=provision)
 
     cs = sub.add_parser("csr", help="print the device's certificate request")
+    cs.add_argument("--new-key", action="store_true",
+                    help="rotate: make a new key and print its request (the old key stays "
+                         "in use until install-cert)")
     cs.set_defaults(func=cmd_csr)
 
     ic = sub.add_parser("install-cert", help="install the district-signed certificate")
