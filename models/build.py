@@ -16,6 +16,9 @@ created on first use and reused after.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import fcntl
 import hashlib
 import os
@@ -93,12 +96,38 @@ def clean_leftovers(model_dir: Path, name: str) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2  # from <fcntl.h> and <linux/fs.h>
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # old kernel or file system
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def swap_in(staging: Path, pack_dir: Path) -> None:
-    """Make ``staging`` the pack directory with renames (old pack removed after)."""
+    """Make ``staging`` the pack directory; the old pack is removed after.
+
+    Readers see either the old or the new pack: both directories are exchanged in one
+    step where the kernel can, otherwise two renames leave a moment with no pack.
+    """
     for f in staging.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(staging)
+    if pack_dir.exists() and _exchange(staging, pack_dir):
+        _fsync_dir(pack_dir.parent)
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the old pack
+        return
     old = None
     if pack_dir.exists():
         old = pack_dir.with_name(f".{pack_dir.name}.old-{os.getpid()}")

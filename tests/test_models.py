@@ -259,6 +259,26 @@ def test_export_install_round_trip(pack: ModelPack, tmp_path: Path) -> None:
     assert sha256_file(tar2) == sha256_file(tar)
 
 
+def test_swap_in_replaces_a_pack_in_one_step(tmp_path: Path) -> None:
+    """On Linux the new folder and the pack are exchanged in one rename (so a reader
+    never finds no pack); the old one is gone afterwards."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_text("a")
+    (b / "x").write_text("b")
+    assert build._exchange(a, b) is True
+    assert (a / "x").read_text() == "b" and (b / "x").read_text() == "a"
+    pack_dir = tmp_path / "p"
+    for i in range(3):
+        staging = tmp_path / f".p.build-{i}"
+        staging.mkdir()
+        (staging / "v").write_text(str(i))
+        build.swap_in(staging, pack_dir)
+        assert (pack_dir / "v").read_text() == str(i)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "p"]
+
+
 def _member(name: str, data: bytes, **kw: object) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
     info.size = len(data)
