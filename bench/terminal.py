@@ -53,22 +53,17 @@ from edge.config import (  # noqa: E402
     TerminalConfig,
 )
 from edge.demo_system import (  # noqa: E402
-    DEMO_PIN,
     FRAME_H,
     FRAME_W,
     SEQ_FPS,
-    Person,
     astronaut_person,
-    dossiers_for,
+    enrol_into_store,
     find_media,
     people_from_media,
     write_sequence,
 )
 from edge.display.app import DisplayApp  # noqa: E402
-from edge.pin import hash_pin, new_salt  # noqa: E402
 from edge.service import TerminalService, Vision, load_vision  # noqa: E402
-from edge.store.changes import CitizenUpsert, DossierUpsert  # noqa: E402
-from edge.store.gallery import GalleryStore  # noqa: E402
 
 #: sample people whose camera photo passes the frontal-pose gate (quick mode uses them)
 QUICK_PEOPLE = ("lin_manuel_miranda", "joe_biden", "paul_rudd", "kate_siegel")
@@ -147,35 +142,6 @@ class SseReader:
         conn.close()
 
 
-def enrol(store_dir: Path, people: list[Person], vision_cfg: Config) -> int:
-    from edge.vision.images import read_image
-    from edge.vision.pipeline import load_pipeline
-
-    pipe = load_pipeline(vision_cfg)
-    store = GalleryStore.open(store_dir, embedder_id=pipe.embedder_id, dim=pipe.embedder.dim)
-    rng = random.Random(2026)
-    changes: list[Any] = []
-    n = 0
-    for i, p in enumerate(people):
-        if not p.enrolled:
-            continue
-        faces = pipe.analyse(read_image(p.enrol_photos[0]))
-        if len(faces) == 0:
-            p.enrolled = False
-            continue
-        salt = new_salt()
-        changes.append(CitizenUpsert(
-            seq=len(changes) + 1, citizen_id=p.citizen_id, masked_name=p.masked_name,
-            pin_hash=hash_pin(DEMO_PIN, salt), pin_salt=salt,
-            embeddings=faces.embeddings[faces.detections.largest()][None, :]))
-        for d in dossiers_for(p, rng, i):
-            changes.append(DossierUpsert(seq=len(changes) + 1, dossier=d))
-        n += 1
-    store.apply(changes, epoch=1)
-    store.close()
-    return n
-
-
 def pipeline_baseline_ms(vision: Vision, image: np.ndarray, repeats: int) -> list[float]:
     """detect + embed of one frame, timed in this process (the latency baseline)."""
     out = []
@@ -224,7 +190,9 @@ def run(args: argparse.Namespace, work: Path, duration: float, warmup: float,
                                               state_dir=work / "state"))
     t_setup = time.monotonic()
     vision = load_vision(base_cfg)
-    n_enrolled = enrol(work / "state" / "store", people, base_cfg)
+    from edge.vision.pipeline import load_pipeline
+
+    n_enrolled = enrol_into_store(work / "state" / "store", people, load_pipeline(base_cfg))
     seq = work / "camera"
     segments = write_sequence(seq, None if args.quick else media, people)
     n_frames = len(list(seq.iterdir()))
@@ -235,6 +203,7 @@ def run(args: argparse.Namespace, work: Path, duration: float, warmup: float,
 
     # -- baseline: the pipeline alone on one frame with a face --------------------------
     first_face = cv2.imread(str(sorted(seq.iterdir())[round(segments[0][0] * SEQ_FPS) + 1]))
+    assert first_face is not None
     base_ms = pipeline_baseline_ms(vision, first_face, 5 if args.quick else 20)
 
     # -- phase 1: sessions, latency, fps, RSS -----------------------------------------
@@ -255,6 +224,8 @@ def run(args: argparse.Namespace, work: Path, duration: float, warmup: float,
 
     service.bus.add_listener(on_event)
     service.start()
+    term = service.terminal
+    assert term is not None
     display = DisplayApp(DisplayConfig(api=f"127.0.0.1:{service.api.port}",
                                        http_listen="127.0.0.1:0"), name="bench")
     display.start()
@@ -268,7 +239,6 @@ def run(args: argparse.Namespace, work: Path, duration: float, warmup: float,
     next_report = t0 + PROGRESS_S
     while time.monotonic() - t0 < duration:
         time.sleep(0.5)
-        term = service.terminal
         now = time.monotonic()
         frames = term.frames_processed
         fps = (frames - last_frames) / (now - last_t)
@@ -325,14 +295,16 @@ def run(args: argparse.Namespace, work: Path, duration: float, warmup: float,
     baseline_cpu = 100 * (cpu_s() - base_c0) / (time.monotonic() - base_w0)
     idle_service = TerminalService(idle_cfg, vision)
     idle_service.start()
+    idle_term = idle_service.terminal
+    assert idle_term is not None
     idle_display = DisplayApp(DisplayConfig(api=f"127.0.0.1:{idle_service.api.port}",
                                             http_listen="127.0.0.1:0"), name="bench-idle")
     idle_display.start()
     time.sleep(2.0)  # past start-up work
-    c0, w0, f0 = cpu_s(), time.monotonic(), idle_service.terminal.frames_processed
+    c0, w0, f0 = cpu_s(), time.monotonic(), idle_term.frames_processed
     time.sleep(idle_s)
     idle_cpu = 100 * (cpu_s() - c0) / (time.monotonic() - w0)
-    idle_fps_blank = (idle_service.terminal.frames_processed - f0) / (time.monotonic() - w0)
+    idle_fps_blank = (idle_term.frames_processed - f0) / (time.monotonic() - w0)
     idle_display.close()
     idle_service.stop()
 

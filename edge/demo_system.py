@@ -165,6 +165,41 @@ def dossiers_for(person: Person, rng: random.Random, index: int) -> list[Dossier
     return out
 
 
+def enrol_into_store(store_dir: Path, people: list[Person], pipe: Any,
+                     rng: random.Random | None = None) -> int:
+    """Enrol ``people`` straight into a terminal store (no district, no broker): for tests
+    and benchmarks that measure the terminal alone. Returns how many were enrolled."""
+    from edge.store.changes import CitizenUpsert, DossierUpsert
+    from edge.store.gallery import GalleryStore
+    from edge.vision.images import read_image
+
+    rng = rng or random.Random(2026)
+    store = GalleryStore.open(store_dir, embedder_id=pipe.embedder_id, dim=pipe.embedder.dim)
+    changes: list[Any] = []
+    n = 0
+    try:
+        for i, p in enumerate(people):
+            if not p.enrolled:
+                continue
+            faces = pipe.analyse(read_image(p.enrol_photos[0]))
+            if len(faces) == 0:
+                p.enrolled = False
+                continue
+            salt = new_salt()
+            changes.append(CitizenUpsert(
+                seq=len(changes) + 1, citizen_id=p.citizen_id, masked_name=p.masked_name,
+                pin_hash=hash_pin(DEMO_PIN, salt), pin_salt=salt,
+                embeddings=faces.embeddings[faces.detections.largest()][None, :]))
+            for d in dossiers_for(p, rng, i):
+                changes.append(DossierUpsert(seq=len(changes) + 1, dossier=d))
+            n += 1
+        if changes:
+            store.apply(changes, epoch=1)
+    finally:
+        store.close()
+    return n
+
+
 def _canvas(image: np.ndarray) -> np.ndarray:
     """``image`` (BGR) scaled into a FRAME_W x FRAME_H grey frame, centred."""
     canvas = np.full((FRAME_H, FRAME_W, 3), 60, np.uint8)

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -31,7 +31,7 @@ from edge.session.audit import AuditLog, OutboxReporter
 from edge.session.events import EventBus, SessionControl
 from edge.session.loop import Terminal
 from edge.session.machine import SessionMachine
-from edge.session.ports import FaceDetector, FaceEmbedder
+from edge.session.ports import FaceDetector, FaceEmbedder, Gallery, GalleryMatch
 from edge.session.tracker import Tracker
 from edge.store.changes import Dossier
 from edge.store.gallery import GalleryStore
@@ -103,7 +103,7 @@ class TerminalService:
         source: Source | None = None,
         sync: SyncLink | None = None,
         stop: threading.Event | None = None,
-        heartbeat: Callable[[], None] | None = None,
+        heartbeat: Callable[[], object] | None = None,
         lookup: Callable[[bytes], pb.LookupImageResponse] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -167,7 +167,7 @@ class TerminalService:
         machine = SessionMachine(
             self.cfg.session,
             embedder=self.vision.embedder,
-            gallery=self.store,
+            gallery=cast(Gallery, self.store),
             threshold=self.vision.threshold,
             bus=self.bus,
             audit=AuditLog.in_state_dir(self.state_dir),
@@ -227,8 +227,14 @@ class TerminalService:
 
     def _loop(self) -> None:
         assert self.terminal is not None
+        hook = self.heartbeat
+
+        def beat() -> None:
+            if hook is not None:
+                hook()
+
         try:
-            self.terminal.run(self.stop_event, heartbeat=self.heartbeat)
+            self.terminal.run(self.stop_event, heartbeat=beat)
         except MotcuaError as exc:
             self._loop_error = exc
             log.error("terminal loop stopped: %s", exc)
@@ -305,8 +311,8 @@ class TerminalService:
         one = type(dets)(dets.boxes[i:i + 1], dets.scores[i:i + 1], dets.landmarks[i:i + 1])
         emb = self.vision.embedder.embed(bgr, one)
         s = self.cfg.session
-        d = decide(store.search(emb[0], k=s.top_k), s.threshold or self.vision.threshold,
-                   s.margin)
+        d = decide(cast(Sequence[GalleryMatch], store.search(emb[0], k=s.top_k)),
+                   s.threshold or self.vision.threshold, s.margin)
         match = match_pb(self.directory, d.citizen_id, 0) if d.citizen_id else None
         self._audit_lookup(d.citizen_id if match else "", d.score,
                            "lookup_matched" if match else "lookup_not_recognised")
@@ -369,6 +375,7 @@ def load_vision(cfg: Config) -> Vision:
 
     pipe = load_pipeline(cfg)
     ports = BgrPorts(pipe, cfg.detector.min_face)
-    return Vision(detector=ports, embedder=ports, pack=cfg.models.pack,
+    return Vision(detector=cast(FaceDetector, ports), embedder=cast(FaceEmbedder, ports),
+                  pack=cfg.models.pack,
                   embedder_id=pipe.embedder_id, dim=int(pipe.embedder.dim),
                   threshold=pipe.match_threshold)

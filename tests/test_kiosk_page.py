@@ -294,3 +294,53 @@ def test_page_server_rejects_bad_taps(rig: Rig) -> None:
     assert status == 409 and data["code"] == "FAILED_PRECONDITION"
     status, data = post("/api/pin", b'{"session_id": "nope", "pin": "12"}')
     assert status == 409 and data["code"] == "INVALID_ARGUMENT"
+
+
+def test_real_terminal_matched_and_not_recognised_on_the_page(
+        browser: webdriver.Chrome, media_dir: Path, tmp_path: Path) -> None:
+    """The real chain: model pack, store, image-sequence camera, session loop, API, display
+    client, chromium. Lin-Manuel Miranda is enrolled, Shea Whigham is not."""
+    import random
+
+    from edge.config import CameraConfig, Config, SessionConfig, TerminalConfig
+    from edge.demo_system import SEQ_FPS, Person, enrol_into_store, write_sequence
+    from edge.service import TerminalService, load_vision
+    from edge.vision.pipeline import load_pipeline
+
+    faces = media_dir / "faces"
+    people = [
+        Person("lin_manuel_miranda", "cd-0001", "Lê M. M***",
+               [faces / "lin_manuel_miranda" / "1.png"], faces / "lin_manuel_miranda" / "1.png"),
+        Person("shea_whigham", "cd-0002", "Ngô V. S***", [], faces / "shea_whigham" / "1.jpg",
+               enrolled=False),
+    ]
+    seq = tmp_path / "camera"
+    write_sequence(seq, None, people)
+    cfg = Config(
+        terminal=TerminalConfig(id="kiosk-e2e", district="d", state_dir=tmp_path / "state"),
+        camera=CameraConfig(source=str(seq), kind="images", images_fps=SEQ_FPS, loop=False),
+        session=SessionConfig(liveness="off"),
+        api=ApiConfig(listen="127.0.0.1:0", help_counter="3"),
+    )
+    assert enrol_into_store(tmp_path / "state" / "store", people, load_pipeline(cfg),
+                            random.Random(1)) == 1
+    service = TerminalService(cfg, load_vision(cfg)).start()
+    display = DisplayApp(DisplayConfig(api=f"127.0.0.1:{service.api.port}",
+                                       http_listen="127.0.0.1:0"), name="kiosk-e2e")
+    display.start()
+    try:
+        browser.get(display.url)
+        wait_for(browser, lambda d: d.find_element(By.ID, "screen").get_attribute(
+            "data-state") == "matched", "a match", timeout=60)
+        body = text(browser)
+        assert "Xin chào, Lê M. M***" in body and "Ngô" not in body
+        assert "H29" not in body  # codes masked
+        shot(browser, "20_real_terminal_matched")
+        wait_for(browser, lambda d: d.find_element(By.ID, "screen").get_attribute(
+            "data-state") == "not_recognised", "not recognised", timeout=60)
+        assert "Xin vui lòng đến quầy số 3 để được hỗ trợ." in text(browser)
+        assert "Lê M." not in text(browser)
+        shot(browser, "21_real_terminal_not_recognised")
+    finally:
+        display.close()
+        service.stop()

@@ -170,10 +170,12 @@ class DisplayServicer(pb_grpc.DisplayServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"image larger than {self.config.max_image_bytes} bytes",
             )
-        if self.lookup_fn is None:
+        lookup = self.lookup_fn
+        if lookup is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "no face pipeline attached")
+            raise AssertionError("unreachable")
         try:
-            return self.lookup_fn(request.image)
+            return lookup(request.image)
         except ImageError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except MotcuaError as exc:

@@ -33,9 +33,14 @@ WATCHER_QUEUE = 64
 
 
 class CitizenRecord(Protocol):
-    masked_name: str
-    pin_hash: bytes
-    pin_salt: bytes
+    @property
+    def masked_name(self) -> str: ...
+
+    @property
+    def pin_hash(self) -> bytes: ...
+
+    @property
+    def pin_salt(self) -> bytes: ...
 
 
 class CitizenDirectory(Protocol):
