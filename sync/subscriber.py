@@ -76,6 +76,8 @@ class TerminalSubscriber:
         )
         self.connected = threading.Event()
         self.connects = 0
+        #: payload bytes received on the district's topics (wire figures)
+        self.bytes_received = 0
         #: CONNACKs refusing our credentials (stays at 1: no retry after it)
         self.auth_failures = 0
         self.auth_error: str | None = None
@@ -123,6 +125,7 @@ class TerminalSubscriber:
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         channel = self._channels.get(msg.topic)
         if channel is not None:
+            self.bytes_received += len(msg.payload)
             self._inbox.put((channel, msg.payload))
 
     # ---- life cycle ---------------------------------------------------------------

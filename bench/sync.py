@@ -1,0 +1,270 @@
+"""End-to-end benchmark of the district -> terminal sync over a local Mosquitto.
+
+The district publisher runs as ``motcua district publish`` in its own process (as on the
+district server); the terminal (TerminalSubscriber + the real GalleryStore) runs here.
+Figures, 512-d synthetic embeddings:
+1. baseline: the store's own apply rate (GalleryStore.apply, batches of 500 upserts,
+   a fresh store) for the burst's citizens, measured in this run;
+2. burst: N upserts committed to the district log at once -> all applied on the terminal
+   (upserts_per_s; apply_ratio = that / the baseline);
+3. latency: single citizen upserts, one at a time, from the district's commit to the
+   change being searchable on the terminal (p50/p95/p99);
+4. delete -> unmatchable: a deleted citizen's own embedding no longer finds them;
+5. snapshot: a new terminal joins a district of S citizens (time, bytes on the wire).
+The last line is one JSON object.
+
+    PYTHONPATH=. python bench/sync.py [--quick] [--burst N] [--snapshot S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from edge.store.changes import CitizenUpsert  # noqa: E402
+from edge.store.gallery import GalleryStore  # noqa: E402
+from proto import sync_pb2 as pb  # noqa: E402
+from sync.keys import generate_keypair, load_public_key  # noqa: E402
+from sync.log import DistrictLog  # noqa: E402
+from sync.mqtt import BrokerSettings  # noqa: E402
+from sync.publisher import BATCH_MAX_CHANGES  # noqa: E402
+from sync.subscriber import TerminalSubscriber  # noqa: E402
+from tests.broker import MosquittoBroker  # noqa: E402
+
+DIM = 512
+EMBEDDER = "bench-synthetic-512"
+
+
+def progress(msg: str) -> None:
+    print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:  # type: ignore[type-arg]
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def fill(dlog: DistrictLog, start: int, n: int, rng: np.random.Generator) -> None:
+    """n citizen upserts in one transaction (one embedding each)."""
+    emb = unit_rows(rng, n)
+    with dlog.transaction():
+        for i in range(n):
+            dlog.upsert_citizen(f"c{start + i:07d}", masked_name="Nguyễn V. A***",
+                                embeddings=emb[i:i + 1], pin_hash=b"h" * 32, pin_salt=b"s" * 16)
+
+
+def wait(cond, timeout: float, what: str, step: float = 0.0005) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: timed out waiting for {what}")
+        time.sleep(step)
+
+
+class District:
+    """A district log with its publisher process."""
+
+    def __init__(self, work: Path, broker: MosquittoBroker, name: str) -> None:
+        self.db = work / f"{name}.sqlite"
+        self.log = DistrictLog.create(self.db, district_id=name, embedder_id=EMBEDDER, dim=DIM)
+        self.key = work / f"{name}.key"
+        self.pub = work / f"{name}.pub"
+        generate_keypair(self.key, self.pub)
+        self.broker = broker
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.errlog = open(self.db.with_suffix(".log"), "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge", "district", "publish", "--db", str(self.db),
+             "--key", str(self.key), "--broker", f"{self.broker.host}:{self.broker.port}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=self.errlog,
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+            self.errlog.close()
+        self.log.close()
+
+    def terminal(self, store: GalleryStore, name: str, work: Path) -> TerminalSubscriber:
+        return TerminalSubscriber(
+            store, BrokerSettings(host=self.broker.host, port=self.broker.port,
+                                  reconnect_min_s=0.1, reconnect_max_s=1.0),
+            district_id=self.log.district_id, terminal_id=name,
+            public_key=load_public_key(self.pub), spool_dir=work,
+        ).start()
+
+
+def baseline_rate(work: Path, n: int, seed: int, name: str) -> float:
+    """The store's own apply rate: 100 citizens, then n upserts timed, in batches of the
+    publisher's batch size (the terminal in the burst starts from the same 100)."""
+    rng = np.random.default_rng(seed)
+    emb = unit_rows(rng, n + 100)
+    changes = [CitizenUpsert(i + 1, f"c{i:07d}", "Nguyễn V. A***", b"h" * 32, b"s" * 16,
+                             emb[i:i + 1]) for i in range(n + 100)]
+    store = GalleryStore.open(work / name, embedder_id=EMBEDDER, dim=DIM)
+    store.apply(changes[:100], epoch=1)
+    t0 = time.perf_counter()
+    for i in range(100, n + 100, BATCH_MAX_CHANGES):
+        store.apply(changes[i:i + BATCH_MAX_CHANGES], epoch=1)
+    rate = n / (time.perf_counter() - t0)
+    store.close()
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, within a minute")
+    ap.add_argument("--burst", type=int, help="upserts in the burst (default 20000)")
+    ap.add_argument("--snapshot", type=int, help="citizens in the snapshot (default 100000)")
+    ap.add_argument("--latency-samples", type=int, help="single updates timed (default 200)")
+    ap.add_argument("--seed", type=int, default=5)
+    args = ap.parse_args()
+    burst = args.burst or (3000 if args.quick else 20_000)
+    snap_n = args.snapshot or (5000 if args.quick else 100_000)
+    samples = args.latency_samples or (50 if args.quick else 200)
+    rng = np.random.default_rng(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="motcua-bench-sync-"))
+    broker = MosquittoBroker(work / "broker").start()
+    figures: dict[str, object] = {"burst_upserts": burst, "snapshot_citizens": snap_n}
+    districts: list[District] = []
+    subs: list[TerminalSubscriber] = []
+    stores: list[GalleryStore] = []
+    try:
+        print(f"sync bench: {DIM}-d embeddings, local Mosquitto, publisher process, "
+              f"burst {burst}, {samples} single updates, snapshot {snap_n}")
+        # 1. baseline
+        base_before = baseline_rate(work, burst, args.seed, "baseline1")
+        progress(f"store apply baseline {base_before:.0f} upserts/s")
+
+        # a terminal in sync with a small district
+        d = District(work, broker, "q1")
+        districts.append(d)
+        fill(d.log, 0, 100, rng)
+        d.start()
+        store = GalleryStore.open(work / "t1", embedder_id=EMBEDDER, dim=DIM)
+        stores.append(store)
+        sub = d.terminal(store, "t1", work)
+        subs.append(sub)
+        wait(lambda: store.last_seq == d.log.head_seq, 60, "initial sync", 0.01)
+
+        # 2. burst
+        start_seq = d.log.head_seq
+        fill(d.log, 1000, burst, rng)  # one transaction: committed at once
+        t0 = time.perf_counter()
+        wait(lambda: store.last_seq == start_seq + burst, 600, "burst applied", 0.001)
+        burst_s = time.perf_counter() - t0
+        rate = burst / burst_s
+        base_after = baseline_rate(work, burst, args.seed + 1, "baseline2")
+        # the faster of the two baseline runs (before and after): the ratio errs low
+        base = max(base_before, base_after)
+        progress(f"burst {burst} upserts applied in {burst_s:.2f} s: {rate:.0f}/s; "
+                 f"store baseline again {base_after:.0f}/s -> ratio {rate / base:.2f}")
+
+        # 3. latency of single upserts, commit -> searchable
+        lat = []
+        for i in range(samples):
+            emb = unit_rows(rng, 1)
+            t0 = time.perf_counter()
+            seq = d.log.upsert_citizen(f"lat{i:05d}", masked_name="Trần T. B***", embeddings=emb)
+            wait(lambda seq=seq: store.last_seq >= seq, 30, "single update", 0.0002)
+            lat.append((time.perf_counter() - t0) * 1000)
+            match = store.search(emb[0], 1)
+            assert match and match[0].citizen_id == f"lat{i:05d}", "not searchable"
+            time.sleep(0.005)
+        progress(f"latency p50 {pct(lat, 50):.1f} ms p95 {pct(lat, 95):.1f} ms "
+                 f"p99 {pct(lat, 99):.1f} ms")
+
+        # 4. delete -> unmatchable
+        dels = []
+        for i in range(10):
+            cid = f"lat{i:05d}"
+            seq = start_seq + burst + 1 + i
+            change = pb.Change.FromString(d.log.changes(seq, seq)[0])
+            rec_emb = np.frombuffer(change.citizen_upsert.embeddings, dtype="<f4")
+            t0 = time.perf_counter()
+            d.log.delete_citizen(cid)
+            wait(lambda cid=cid, e=rec_emb: all(m.citizen_id != cid for m in store.search(e, 3)),
+                 30, "deleted citizen unmatchable", 0.0005)
+            dels.append(time.perf_counter() - t0)
+        progress(f"delete -> unmatchable median {np.median(dels) * 1000:.1f} ms, "
+                 f"max {max(dels) * 1000:.1f} ms")
+
+        # 5. snapshot to a new terminal
+        d2 = District(work, broker, "q2")
+        districts.append(d2)
+        t0 = time.perf_counter()
+        step = 5000
+        for s in range(0, snap_n, step):
+            fill(d2.log, s, min(step, snap_n - s), rng)
+            progress(f"district q2: {min(snap_n, s + step)}/{snap_n} citizens written")
+        d2.log.mark_published(d2.log.head_seq)  # nobody listened to the live batches
+        progress(f"district of {snap_n} citizens written in {time.perf_counter() - t0:.0f} s")
+        d2.start()
+        store2 = GalleryStore.open(work / "t2", embedder_id=EMBEDDER, dim=DIM)
+        stores.append(store2)
+        t0 = time.perf_counter()
+        sub2 = d2.terminal(store2, "t2", work)
+        subs.append(sub2)
+        wait(lambda: store2.last_seq == d2.log.head_seq, 900, "snapshot installed", 0.01)
+        snapshot_s = time.perf_counter() - t0
+        assert store2.citizen_count == snap_n
+        progress(f"snapshot of {snap_n} citizens: {snapshot_s:.1f} s, "
+                 f"{sub2.bytes_received / 1e6:.0f} MB on the wire")
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+        figures.update({
+            "store_upserts_per_s": round(base, 1),
+            "upserts_per_s": round(rate, 1),
+            "apply_ratio": round(rate / base, 3),
+            "latency_ms_p50": round(pct(lat, 50), 2),
+            "latency_ms_p95": round(pct(lat, 95), 2),
+            "latency_ms_p99": round(pct(lat, 99), 2),
+            "delete_to_unmatchable_s": round(float(np.median(dels)), 4),
+            "delete_to_unmatchable_s_max": round(max(dels), 4),
+            "snapshot_s": round(snapshot_s, 2),
+            "snapshot_bytes": sub2.bytes_received,
+            "snapshot_citizens": snap_n,
+            "rejections": sum(sum(s.engine.rejections.values()) - s.engine.duplicates
+                              for s in subs),
+            "peak_rss_mb": round(peak_mb, 1),
+        })
+        print(f"{'figure':28s} value")
+        for k, v in figures.items():
+            print(f"{k:28s} {v}")
+        print(json.dumps(figures))
+    finally:
+        for s in subs:
+            s.stop()
+        for st in stores:
+            st.close()
+        for dd in districts:
+            dd.stop()
+        broker.stop()
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
