@@ -59,7 +59,7 @@ class Grabber:
         self._frame: Frame | None = None
         self._taken = True
         self._up = False
-        self._error = "not started"
+        self._error = ""  # down with no error = not opened yet
         self._ended = False
         self._grabbed = 0
         self._dropped = 0

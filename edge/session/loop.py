@@ -95,8 +95,8 @@ class Terminal:
     def _watch_camera(self) -> None:
         assert self.camera is not None
         st = self.camera.status()
-        if st.up == self._camera_up:
-            return
+        if st.up == self._camera_up or (not st.up and not st.error):
+            return  # no change, or still opening for the first time
         first = self._camera_up is None
         self._camera_up = st.up
         if first and st.up:
