@@ -344,3 +344,58 @@ def test_real_terminal_matched_and_not_recognised_on_the_page(
     finally:
         display.close()
         service.stop()
+
+
+def test_display_command_runs_as_its_own_process_and_reconnects(tmp_path: Path) -> None:
+    """``motcua display`` as a process: serves the page with no terminal ("reconnecting"),
+    follows a terminal that appears later, exits cleanly on SIGTERM."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from edge.localbroker import free_port
+
+    api_port, http_port = free_port(), free_port()
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "display", "--api", f"127.0.0.1:{api_port}",
+         "--listen", f"127.0.0.1:{http_port}"],
+        stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(repo)))
+
+    def state() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/state", timeout=2) as r:
+            return json.loads(r.read())
+
+    def until(cond: Callable[[dict], bool], what: str) -> dict:
+        deadline = time.monotonic() + 30
+        last: dict = {}
+        while time.monotonic() < deadline:
+            try:
+                last = state()
+                if cond(last):
+                    return last
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"display never showed {what}: {last}")
+
+    api = None
+    try:
+        until(lambda s: s["state"] == "disconnected", "disconnected without a terminal")
+        api, _ = start_api(api_port)
+        api.state.on_event(ev.NotRecognised("p1"))
+        st = until(lambda s: s["state"] == "not_recognised", "the terminal's state")
+        assert st["help_counter"] == "5" and st["connected"]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if api is not None:
+            api.stop(0.2)
