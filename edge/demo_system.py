@@ -213,8 +213,8 @@ def _canvas(image: np.ndarray) -> np.ndarray:
     return canvas
 
 
-def write_sequence(folder: Path, media: Path | None, people: list[Person]) -> list[tuple[float,
-                                                                                     str]]:
+def write_sequence(folder: Path, media: Path | None, people: list[Person],
+                   hold_s: float = HOLD_S) -> list[tuple[float, str]]:
     """Write the camera's frames; returns (start second, what is in front) per segment."""
     folder.mkdir(parents=True, exist_ok=True)
     blank = np.full((FRAME_H, FRAME_W, 3), 60, np.uint8)
@@ -251,7 +251,7 @@ def write_sequence(folder: Path, media: Path | None, people: list[Person]) -> li
         if image is None:
             raise ImageError(f"{p.camera_photo}: cannot read")
         segments.append((n / SEQ_FPS, p.label + ("" if p.enrolled else " (not enrolled)")))
-        put(_canvas(image), int(HOLD_S * SEQ_FPS))
+        put(_canvas(image), int(hold_s * SEQ_FPS))
         put(blank, int(GAP_S * SEQ_FPS))
     return segments
 
@@ -346,8 +346,8 @@ def run_demo(
             say(f"      sample media: {media}", out)
         else:
             people = [astronaut_person(workdir)]
-            say("      no ../shared/media here: using the astronaut photo scikit-image "
-                "ships (one citizen)", out)
+            say("      no sample media (no ../shared/media here, or --no-media): using the "
+                "astronaut photo scikit-image ships (one citizen)", out)
         generate_keypair(workdir / "district.key", workdir / "district.pub")
         dlog = DistrictLog.create(workdir / "district.sqlite", district_id=DISTRICT,
                                   embedder_id=vision.embedder_id, dim=vision.dim)
@@ -388,7 +388,9 @@ def run_demo(
             segments: list[tuple[float, str]] = [(0.0, camera)]
         else:
             seq = workdir / "camera"
-            segments = write_sequence(seq, media, people)
+            # with a challenge, a photo stays long enough for the challenge to run out
+            hold = HOLD_S if liveness == "off" else base.session.challenge_s + 3.0
+            segments = write_sequence(seq, media, people, hold_s=hold)
             cam = CameraConfig(source=str(seq), kind="images", images_fps=SEQ_FPS,
                                loop=False, realtime=True)
             say(f"      image-sequence camera: {len(list(seq.iterdir()))} frames at "
@@ -501,6 +503,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="run the whole system on this machine (district, broker, "
                                     "terminal, kiosk page) over the sample media")
     p.add_argument("--media", help="sample media folder (default ../shared/media)")
+    p.add_argument("--no-media", action="store_true",
+                   help="ignore the sample media: run on scikit-image's astronaut photo")
     p.add_argument("--workdir", help="keep the demo's files here (default: a temp dir, "
                                      "removed at the end)")
     p.add_argument("--camera", help="use this video/folder/device as the camera instead of "
@@ -518,7 +522,7 @@ def run(args: argparse.Namespace) -> int:
     from edge.config import load_config
 
     base = load_config(args.config)
-    media = find_media(args.media)
+    media = None if args.no_media else find_media(args.media)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

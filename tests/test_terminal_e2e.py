@@ -210,7 +210,7 @@ def test_demo_without_sample_media_runs_on_the_astronaut(tmp_path: Path) -> None
     result = run_demo(media=None, workdir=tmp_path / "demo", http_listen="127.0.0.1:0",
                       out=Tee(), on_event=on_event)
     text = out.getvalue()
-    assert "scikit-image" in text and "no ../shared/media" in text
+    assert "scikit-image" in text and "no ../shared/media here" in text
     assert result.matched and set(result.matched) == {"astronaut (scikit-image)"}
     assert summarise(result, io.StringIO()) == 0
     st = seen.get("state")
@@ -258,3 +258,14 @@ def test_lookup_image_for_counter_staff_on_the_real_pipeline(
     outcomes = [json.loads(line)["outcome"] for line in
                 (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
     assert outcomes.count("lookup_matched") == 2 and "lookup_no_face" in outcomes
+
+
+def test_demo_with_the_liveness_challenge_refuses_the_still_photo(tmp_path: Path) -> None:
+    from edge.demo_system import run_demo
+
+    out = io.StringIO()
+    result = run_demo(media=None, workdir=tmp_path / "demo", liveness="challenge",
+                      http_listen="127.0.0.1:0", out=out)
+    kinds = [k for _, k, _ in result.events]
+    assert "challenge" in kinds and "liveness_failed" in kinds, out.getvalue()
+    assert result.matched == [] and "matched" not in kinds
