@@ -117,7 +117,7 @@ def test_unknown_pack_is_a_clear_error(tmp_path: Path) -> None:
 def test_load_pack_gives_verified_absolute_paths(pack: ModelPack) -> None:
     assert pack.embedder.id == "facenet-20180408-102900"
     assert pack.embedder.input_size == (160, 160) and pack.embedder.margin == 44
-    assert pack.embedder.preprocessing == "prewhiten" and pack.embedder.dim == 512
+    assert pack.embedder.preprocessing == "fixed_standardization" and pack.embedder.dim == 512
     assert isinstance(pack.embedder.match_threshold, float)
     assert pack.detector.kind == "mtcnn"
     assert set(pack.detector.files) == {"pnet", "rnet", "onet"}

@@ -1,12 +1,16 @@
 """FaceNet embedder (Inception-ResNet-v1, 512-d) on onnxruntime, in batches.
 
-Input: RGB crops (n, 160, 160, 3) uint8. Each crop is "prewhitened" as the model was
-trained: ``(x - mean) / max(std, 1/sqrt(x.size))`` over the whole crop. Output: unit
-length 512-d embeddings, so cosine similarity is a dot product.
+Input: RGB crops (n, 160, 160, 3) uint8, standardised as the pack's ``preprocessing``
+says: ``fixed_standardization`` ``(x - 127.5) / 128``, what the 2018 FaceNet models
+were trained with (the upstream README: "the models use fixed image standardization"),
+or ``prewhiten`` ``(x - mean) / max(std, 1/sqrt(x.size))`` per crop, the older models'
+input. Output: unit-length 512-d embeddings, so cosine similarity is a dot product.
+docs/pipeline.md has the measurements that chose the default pack's setting.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +32,14 @@ if TYPE_CHECKING:
 MAX_BATCH = 8
 
 
+def fixed_standardization(crops: npt.NDArray[np.uint8]) -> FloatArray:
+    """uint8 -> float32 in [-1, 1): (x - 127.5) / 128, the same for every crop."""
+    x = crops.astype(np.float32)
+    x -= 127.5
+    x *= 1.0 / 128.0
+    return x
+
+
 def prewhiten(crops: npt.NDArray[np.uint8]) -> FloatArray:
     """Per-crop standardisation to zero mean and unit variance (float32, same shape)."""
     x = crops.astype(np.float32)
@@ -39,12 +51,31 @@ def prewhiten(crops: npt.NDArray[np.uint8]) -> FloatArray:
     return x
 
 
+#: the preprocessing names a manifest may give, and what they do
+PREPROCESSING: dict[str, Callable[[npt.NDArray[np.uint8]], FloatArray]] = {
+    "fixed_standardization": fixed_standardization,
+    "prewhiten": prewhiten,
+}
+
+
 class FacenetEmbedder:
     """The FaceNet ONNX model behind the :class:`~edge.vision.types.Embedder` interface."""
 
     def __init__(
-        self, path: Path, runtime: RuntimeConfig, embedder_id: str, dim: int = 512, size: int = 160
+        self,
+        path: Path,
+        runtime: RuntimeConfig,
+        embedder_id: str,
+        dim: int = 512,
+        size: int = 160,
+        preprocessing: str = "fixed_standardization",
     ) -> None:
+        if preprocessing not in PREPROCESSING:
+            raise ModelError(
+                f"facenet preprocessing {preprocessing!r} unknown "
+                f"(known: {', '.join(sorted(PREPROCESSING))})"
+            )
+        self.standardise = PREPROCESSING[preprocessing]
         self.model = OnnxModel(path, runtime)
         self.embedder_id = embedder_id
         self.dim = dim
@@ -59,7 +90,7 @@ class FacenetEmbedder:
             raise ValueError(f"expected crops (n, {self.size}, {self.size}, 3), got {crops.shape}")
         out = np.empty((len(crops), self.dim), np.float32)
         for start in range(0, len(crops), MAX_BATCH):
-            batch = prewhiten(crops[start : start + MAX_BATCH])
+            batch = self.standardise(crops[start : start + MAX_BATCH])
             (emb,) = self.model.run(batch)
             if emb.shape != (len(batch), self.dim):
                 raise ModelError(
@@ -73,15 +104,17 @@ class FacenetEmbedder:
 
 def build_embedder(spec: EmbedderSpec, config: Config) -> FacenetEmbedder:
     """The embedder of a model pack (``[embedder]`` of its manifest)."""
-    if spec.layout != "NHWC" or spec.color != "RGB" or spec.preprocessing != "prewhiten":
+    if spec.layout != "NHWC" or spec.color != "RGB":
         raise ModelError(
-            f"model pack embedder {spec.id}: facenet takes NHWC RGB prewhitened crops, "
-            f"manifest says {spec.layout} {spec.color} {spec.preprocessing}"
+            f"model pack embedder {spec.id}: facenet takes NHWC RGB crops, "
+            f"manifest says {spec.layout} {spec.color}"
         )
     h, w = spec.input_size
     if h != w:
         raise ModelError(f"model pack embedder {spec.id}: input_size must be square")
-    return FacenetEmbedder(spec.path, config.runtime, spec.id, dim=spec.dim, size=h)
+    return FacenetEmbedder(
+        spec.path, config.runtime, spec.id, dim=spec.dim, size=h, preprocessing=spec.preprocessing
+    )
 
 
 def build_aligner(spec: EmbedderSpec, config: Config) -> MarginCrop:
