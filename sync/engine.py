@@ -75,6 +75,7 @@ class _Snapshot:
     citizen_count: int = 0
     dossier_count: int = 0
     last_progress: float = 0.0
+    started: float = 0.0
 
 
 class SyncEngine:
@@ -107,6 +108,7 @@ class SyncEngine:
         self.duplicates = 0
         self.out_of_order = 0
         self.snapshots_applied = 0
+        self.last_snapshot_timing = (0.0, 0.0)
         #: requests sent, by kind ("replay" / "snapshot")
         self.requests: collections.Counter[str] = collections.Counter()
         self.last_error = ""
@@ -280,11 +282,12 @@ class SyncEngine:
             fd, name = tempfile.mkstemp(prefix="snapshot-", suffix=".spool", dir=self.spool_dir)
             os.close(fd)
             snap = self._snapshot = _Snapshot(
-                c.snapshot_id,
-                c.epoch,
-                c.last_seq,
-                Path(name),
-                {},
+                started=self.clock(),
+                snapshot_id=c.snapshot_id,
+                epoch=c.epoch,
+                last_seq=c.last_seq,
+                spool=Path(name),
+                chunks={},
                 citizen_count=c.citizen_count,
                 dossier_count=c.dossier_count,
             )
@@ -324,6 +327,7 @@ class SyncEngine:
 
     def _install(self, snap: _Snapshot, dim: int) -> None:
         self._snapshot = None
+        received = self.clock()
         try:
             self.store.replace_all(
                 self._snapshot_changes(snap, dim), epoch=snap.epoch, last_seq=snap.last_seq
@@ -335,6 +339,8 @@ class SyncEngine:
         finally:
             snap.spool.unlink(missing_ok=True)
         self.snapshots_applied += 1
+        #: (seconds receiving the chunks, seconds installing them) of the last snapshot
+        self.last_snapshot_timing = (received - snap.started, self.clock() - received)
         self._need_snapshot = False
         self.last_error = ""
         self._progress()

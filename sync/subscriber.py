@@ -126,7 +126,7 @@ class TerminalSubscriber:
         channel = self._channels.get(msg.topic)
         if channel is not None:
             self.bytes_received += len(msg.payload)
-            self._inbox.put((channel, msg.payload))
+            self._inbox.put((channel, bytes(msg.payload)))
 
     # ---- life cycle ---------------------------------------------------------------
 
@@ -171,7 +171,12 @@ class TerminalSubscriber:
             except queue.Empty:
                 pass
             else:
-                self.engine.handle(channel, payload)
+                try:
+                    self.engine.handle(channel, payload)
+                except Exception as exc:  # a bug or a full disk must not stop the sync
+                    log.exception("sync message handling failed")
+                    self.engine.rejections["error"] += 1
+                    self.engine.last_error = f"internal error: {exc}"[:200]
                 self._state_dirty = True
             if not self.connected.is_set():
                 continue
