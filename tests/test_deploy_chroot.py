@@ -88,21 +88,34 @@ def unpack(tarball: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project's wheel plus its dependencies, built from a copy of this checkout."""
-    src = tmp_path_factory.mktemp("src")
+def build_wheel(tmp: Path, out: Path, version: str | None = None) -> Path:
+    """The project's wheel from a copy of this checkout (optionally another version)."""
+    src = tmp / "src"
+    src.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
+    if version is not None:
+        text = (src / "pyproject.toml").read_text()
+        (src / "pyproject.toml").write_text(text.replace('version = "0.1.0"',
+                                                         f'version = "{version}"', 1))
     for pkg in ("edge", "sync", "proto", "models"):
         shutil.copytree(REPO / pkg, src / pkg,
                         ignore=shutil.ignore_patterns("__pycache__", "*.onnx"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet",
+                    "--disable-pip-version-check", "--no-deps", "-w", str(out), str(src)],
+                   check=True, capture_output=True)
+    (wheel,) = out.glob(f"motcua-{version or ''}*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel plus its dependencies (what the district hands technicians)."""
     house = tmp_path_factory.mktemp("wheelhouse")
-    pip = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-           "-w", str(house)]
-    subprocess.run([*pip, "--no-deps", str(src)], check=True, capture_output=True)
-    (wheel,) = house.glob("motcua-*.whl")
-    subprocess.run([*pip, str(wheel)], check=True, capture_output=True)
+    wheel = build_wheel(tmp_path_factory.mktemp("build"), house)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet",
+                    "--disable-pip-version-check", "-w", str(house), str(wheel)],
+                   check=True, capture_output=True)
     return house
 
 
@@ -325,3 +338,20 @@ def test_provision_bookworm_root(bookworm_tarball, wheelhouse, pack_dir, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "nothing changed" in proc.stdout
     assert diff(first, manifest(root)) == []
+
+    # ---- an update installs beside the current release and switches; rollback returns
+    newer = build_wheel(tmp_path / "b2", tmp_path / "dist2", version="0.1.1")
+    up = subprocess.run([sys.executable, str(TOOL), "--root", str(root), "update", str(newer),
+                         "--wheelhouse", str(wheelhouse), "--no-start"],
+                        capture_output=True, text=True, check=False)
+    assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+    now = os.readlink(root / "opt/motcua/current")
+    assert now.startswith("releases/0.1.1-") and os.readlink(root / "opt/motcua/previous") \
+        == current
+    out = subprocess.run(["chroot", str(root), "/usr/local/bin/motcua", "--version"],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and (root / "opt/motcua" / current / "bin/motcua").is_file()
+    back = subprocess.run([sys.executable, str(TOOL), "--root", str(root), "rollback",
+                           "--no-start"], capture_output=True, text=True, check=False)
+    assert back.returncode == 0, back.stderr
+    assert os.readlink(root / "opt/motcua/current") == current
