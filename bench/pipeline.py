@@ -1,5 +1,9 @@
 """Benchmark of the face pipeline (edge/vision) on the real sample media.
 
+Wall-clock figures on a shared 2-core machine swing with the other processes' load; each
+row therefore also gives the CPU time the process spent (all its threads), which the
+load barely changes, and the load average is printed and recorded.
+
 1. Per-stage latency (median, p95) on 640x480 frames with one face and with four, at
    minimum face 80 px and 40 px: detect, crop, embed, and the whole frame.
 2. Beside each, in the same loop (interleaved run by run, so load from other processes
@@ -137,24 +141,24 @@ def bench_frame(pipe: FacePipeline, frame: np.ndarray, min_face: int, reps: int)
         if x is not None:
             emb.model.session.run(emb.model.output_names, {emb.model.input_name: x})
 
-    t: dict[str, list[float]] = {
-        k: []
-        for k in ("detect", "crop", "embed", "frame", "bare_detect", "bare_embed", "bare_frame")
-    }
+    names = ("detect", "crop", "embed", "frame", "bare_detect", "bare_embed", "bare_frame")
+    t: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in ("detect", "embed", "bare_detect", "bare_embed")}
+    wall, proc = time.perf_counter, time.process_time
     for i in range(reps + 2):  # two warm-up rounds
-        t0 = time.perf_counter()
+        t0, c0 = wall(), proc()
         d = pipe.detect(frame, min_face)
-        t1 = time.perf_counter()
+        t1, c1 = wall(), proc()
         c = pipe.aligner.crops(frame, d)
-        t2 = time.perf_counter()
+        t2, c2 = wall(), proc()
         if len(d):
             pipe.embedder.embed(c)
-        t3 = time.perf_counter()
+        t3, c3 = wall(), proc()
         for f in bare_detect:
             f()
-        t4 = time.perf_counter()
+        t4, c4 = wall(), proc()
         bare_embed()
-        t5 = time.perf_counter()
+        t5, c5 = wall(), proc()
         if i >= 2:
             t["detect"].append(t1 - t0)
             t["crop"].append(t2 - t1)
@@ -163,10 +167,16 @@ def bench_frame(pipe: FacePipeline, frame: np.ndarray, min_face: int, reps: int)
             t["bare_detect"].append(t4 - t3)
             t["bare_embed"].append(t5 - t4)
             t["bare_frame"].append(t5 - t3)
+            cpu["detect"].append(c1 - c0)
+            cpu["embed"].append(c3 - c2)
+            cpu["bare_detect"].append(c4 - c3)
+            cpu["bare_embed"].append(c5 - c4)
     out: dict[str, Any] = {"faces": len(found)}
     for k, v in t.items():
         out[f"{k}_p50"] = pct(v, 50)
         out[f"{k}_p95"] = pct(v, 95)
+    for k, v in cpu.items():
+        out[f"cpu_{k}_p50"] = pct(v, 50)
     out["detect_ratio"] = out["detect_p50"] / out["bare_detect_p50"]
     out["frame_ratio"] = out["frame_p50"] / out["bare_frame_p50"]
     return out
@@ -256,7 +266,10 @@ def main() -> int:
             print(
                 f"  640x480 {name:7s} min face {min_face:2d}: found {r['faces']}  "
                 f"detect {_stage(r, 'detect')}  crop {r['crop_p50']:4.2f}  "
-                f"embed {_stage(r, 'embed')}  frame {_stage(r, 'frame')}"
+                f"embed {_stage(r, 'embed')}  frame {_stage(r, 'frame')}\n"
+                f"{'':34s}CPU time p50: detect {r['cpu_detect_p50']:5.1f} "
+                f"(bare {r['cpu_bare_detect_p50']:5.1f})  embed {r['cpu_embed_p50']:5.1f} "
+                f"(bare {r['cpu_bare_embed_p50']:5.1f})"
             )
     four = frames["4 faces"]
     d4 = pipe.detect(four, 40)
@@ -284,6 +297,9 @@ def main() -> int:
         "detect_ms_p50_4faces": round(rows[(80, "4 faces")]["detect_p50"], 2),
         "detect_ms_p50_4faces_min40": round(rows[(40, "4 faces")]["detect_p50"], 2),
         "bare_detect_ms_p50": round(main_row["bare_detect_p50"], 2),
+        "detect_cpu_ms_p50": round(main_row["cpu_detect_p50"], 2),
+        "bare_detect_cpu_ms_p50": round(main_row["cpu_bare_detect_p50"], 2),
+        "embed_cpu_ms_p50": round(main_row["cpu_embed_p50"], 2),
         "detect_overhead_ratio": round(main_row["detect_ratio"], 3),
         "embed_ms_p50": round(e["b1_p50"], 2),
         "embed_ms_p95": round(e["b1_p95"], 2),

@@ -18,6 +18,7 @@ from edge.errors import MotcuaError
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "models.cli",
     "edge.vision.cli",
+    "edge.demo",
     "edge.terminal_cli",
     "edge.display.cli",
     "edge.demo_system",
