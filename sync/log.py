@@ -185,18 +185,33 @@ class DistrictLog:
         """Group several appends into one transaction (nests; outermost commits)."""
         with self._lock:
             if self._depth == 0:
-                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:  # busy past the timeout, disk trouble
+                    raise DistrictError(
+                        f"{self.path}: cannot write the change log: {exc}"
+                    ) from None
             self._depth += 1
             try:
                 yield
+            except sqlite3.Error as exc:
+                self._depth -= 1
+                if self._depth == 0 and self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise DistrictError(f"{self.path}: change log write failed: {exc}") from None
             except BaseException:
                 self._depth -= 1
-                if self._depth == 0:
+                if self._depth == 0 and self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
             self._depth -= 1
             if self._depth == 0:
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise DistrictError(f"{self.path}: commit failed: {exc}") from None
 
     def _next_seq(self) -> int:
         row = self._db.execute("SELECT max(seq) FROM log").fetchone()

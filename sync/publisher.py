@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
 
-from edge.errors import AuthenticationError, SyncError
+from edge.errors import AuthenticationError, DistrictError, SyncError
 from proto import sync_pb2 as pb
 from sync.log import DistrictLog
 from sync.mqtt import BrokerSettings, connect_properties, is_auth_failure, make_client
@@ -51,6 +52,8 @@ SNAPSHOT_MIN_INTERVAL_S = 5.0
 REPLAY_WINDOW = 20_000
 #: pending requests beyond this are dropped (terminals re-ask)
 REQUEST_QUEUE_MAX = 1000
+#: pause after a failed round (log busy, broker error) before trying again
+RETRY_S = 1.0
 #: give up waiting for one PUBACK after this long and re-check the connection
 PUBACK_WAIT_S = 1.0
 
@@ -277,36 +280,44 @@ class Publisher:
         return out
 
     def _publish_loop(self) -> None:
-        last_manifest_t = 0.0
-        manifest_head = -1
+        state = {"last_manifest_t": 0.0, "manifest_head": -1}
         while not self.stop_event.is_set():
-            self._wake.wait(POLL_INTERVAL_S)
-            self._wake.clear()
-            if not self._connected.is_set():
-                continue
-            published = self.log.published_seq
-            head = self.log.head_seq
-            if published < head:
-                last = min(head, published + self.batch_max_changes)
-                for part in self._split(self.log.changes(published + 1, last)):
-                    if not self._send(self.topics.batch, self._batch(part, pb.BATCH_ORIGIN_LIVE)):
-                        return
-                    published += len(part)
-                    self.log.mark_published(published)
-                    self.stats.batches += 1
-                    self.stats.changes += len(part)
-                self._wake.set()  # look again at once: more may be waiting
-            busy = published < head
-            now = time.monotonic()
-            if self._manifest_due.is_set() or (
-                manifest_head != published
-                and (not busy or now - last_manifest_t > MANIFEST_INTERVAL_S)
-            ):
-                self._manifest_due.clear()
-                if not self._send(self.topics.manifest, self._manifest(published), retain=True):
+            try:
+                if not self._publish_step(state):
                     return
-                manifest_head = published
-                last_manifest_t = now
+            except (DistrictError, SyncError, sqlite3.Error) as exc:  # busy log, broker: retry
+                log.error("publish: %s", exc)
+                self.stop_event.wait(RETRY_S)
+
+    def _publish_step(self, st: dict[str, float]) -> bool:
+        """One round: send what is new, keep the manifest current; False when stopped."""
+        last_manifest_t, manifest_head = st["last_manifest_t"], st["manifest_head"]
+        self._wake.wait(POLL_INTERVAL_S)
+        self._wake.clear()
+        if not self._connected.is_set():
+            return True
+        published = self.log.published_seq
+        head = self.log.head_seq
+        if published < head:
+            last = min(head, published + self.batch_max_changes)
+            for part in self._split(self.log.changes(published + 1, last)):
+                if not self._send(self.topics.batch, self._batch(part, pb.BATCH_ORIGIN_LIVE)):
+                    return False
+                published += len(part)
+                self.log.mark_published(published)
+                self.stats.batches += 1
+                self.stats.changes += len(part)
+            self._wake.set()  # look again at once: more may be waiting
+        busy = published < head
+        now = time.monotonic()
+        if self._manifest_due.is_set() or (
+            manifest_head != published and (not busy or now - last_manifest_t > MANIFEST_INTERVAL_S)
+        ):
+            self._manifest_due.clear()
+            if not self._send(self.topics.manifest, self._manifest(published), retain=True):
+                return False
+            st["manifest_head"], st["last_manifest_t"] = published, now
+        return True
 
     # ---- replays and snapshots --------------------------------------------------------
 
