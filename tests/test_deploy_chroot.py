@@ -198,7 +198,71 @@ def ids(root: Path, db: str) -> dict[str, list[str]]:
             .splitlines()}
 
 
-def test_provision_bookworm_root(bookworm_tarball, wheelhouse, pack_dir, tmp_path) -> None:
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_provisioned_terminal(root: Path, media_dir: Path) -> None:
+    """Start the provisioned terminal inside the root the way its unit does: as user
+    motcua, with the provisioned config and a NOTIFY_SOCKET; it must send READY=1 and
+    answer doctor's gRPC health check. (The camera is the sample clip copied in.)"""
+    import socket
+
+    port = free_port()
+    conf = root / "etc/motcua/terminal.toml"
+    conf.write_text(conf.read_text() + f'\n[api]\nlisten = "127.0.0.1:{port}"\n\n'
+                    '[camera]\nsource = "/var/lib/motcua/clip.mp4"\nloop = true\n')
+    shutil.copy(media_dir / "video" / "hamilton_clip.mp4", root / "var/lib/motcua/clip.mp4")
+    (root / "run").mkdir(exist_ok=True)
+    sock_path = root / "run/motcua-notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    os.chmod(sock_path, 0o777)  # the service user sends to it, as to systemd's socket
+    sock.settimeout(0.5)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NOTIFY_SOCKET": "/run/motcua-notify.sock",
+           "WATCHDOG_USEC": "30000000", "MOTCUA_MODEL_DIR": "/var/lib/motcua/models",
+           "HOME": "/var/lib/motcua"}
+    proc = subprocess.Popen(["chroot", "--userspec=motcua:motcua", "--groups=video",
+                             str(root), "/opt/motcua/current/bin/motcua", "--config",
+                             "/etc/motcua/terminal.toml", "terminal", "run", "--no-sync"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        got: list[str] = []
+        end = time.monotonic() + 120
+        while time.monotonic() < end and proc.poll() is None:
+            try:
+                got.append(sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+            if any(m.startswith("READY=1") for m in got):
+                break
+        assert any(m.startswith("READY=1") for m in got), (got, proc.poll())
+        doc = subprocess.run(["chroot", str(root), "/usr/local/bin/motcua", "--config",
+                              "/etc/motcua/terminal.toml", "doctor", "--only", "grpc",
+                              "--only", "store", "--only", "camera"],
+                             capture_output=True, text=True, check=False)
+        assert doc.returncode == 0, doc.stdout + doc.stderr[-2000:]
+        assert "SERVING" in doc.stdout and "change number 0" in doc.stdout, doc.stdout
+        # the store was created by the service user inside its state dir
+        store_db = root / "var/lib/motcua/store/gallery.db"
+        assert store_db.stat().st_uid == int(ids(root, "passwd")["motcua"][2])
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        sock.close()
+    assert proc.returncode == 0
+
+
+def test_provision_bookworm_root(bookworm_tarball, wheelhouse, pack_dir, media_dir,
+                                 tmp_path) -> None:
     root = unpack(bookworm_tarball, tmp_path / "root")
     files = make_inputs(tmp_path, pack_dir)
     (wheel,) = wheelhouse.glob("motcua-*.whl")
@@ -355,3 +419,6 @@ def test_provision_bookworm_root(bookworm_tarball, wheelhouse, pack_dir, tmp_pat
                            "--no-start"], capture_output=True, text=True, check=False)
     assert back.returncode == 0, back.stderr
     assert os.readlink(root / "opt/motcua/current") == current
+
+    # ---- the provisioned terminal starts as its service user and reports ready
+    run_provisioned_terminal(root, media_dir)
