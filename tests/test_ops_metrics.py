@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from edge.ops.logging import JsonFormatter, setup_logging
-from edge.ops.metrics import MetricsServer, Registry, TerminalMetrics
+from edge.ops.metrics import MetricsServer, Registry, TerminalMetrics, service_collector
 
 
 def test_counter_gauge_histogram_render() -> None:
@@ -96,3 +96,51 @@ def test_setup_logging_json_to_stream() -> None:
         assert "RuntimeError: camera gone" in entry["exc"]
     finally:
         logging.getLogger().removeHandler(handler)
+
+
+def test_service_collector_mirrors_real_store_and_sync_engine(tmp_path) -> None:
+    """The collector over a real GalleryStore and a real SyncEngine fed by the district's
+    own signed batches plus a forged one and random bytes (no broker: the engine is the
+    part that counts; the broker tests cover delivery)."""
+    import os
+    import types
+
+    from edge.store import GalleryStore
+    from sync.engine import SyncEngine
+    from tests.sync_helpers import (
+        DISTRICT,
+        EMBEDDER,
+        add_citizens,
+        craft_batch,
+        log_changes,
+        new_district,
+        new_key,
+    )
+
+    dlog = new_district(tmp_path / "d.sqlite", dim=8)
+    add_citizens(dlog, 3)
+    key, forger = new_key(), new_key()
+    store = GalleryStore.open(tmp_path / "store", embedder_id=EMBEDDER, dim=8)
+    try:
+        eng = SyncEngine(store, district_id=DISTRICT, terminal_id="t1",
+                         public_key=key.public_key(), spool_dir=tmp_path)
+        eng.handle("batch", craft_batch(key, log_changes(dlog, 1, 3), dim=8))
+        eng.handle("batch", craft_batch(forger, log_changes(dlog, 4, 4), dim=8))
+        eng.handle("batch", os.urandom(200))
+        assert sum(eng.rejections.values()) == 2
+        eng.district_head = 5          # what the district's manifest announced
+        reg = Registry()
+        m = TerminalMetrics(reg)
+        service = types.SimpleNamespace(terminal=None, store=store,
+                                        subscriber=types.SimpleNamespace(engine=eng))
+        reg.add_collector(service_collector(service, m))
+        text = reg.render()
+    finally:
+        store.close()
+    for reason, n in eng.rejections.items():
+        assert f'motcua_sync_rejections_total{{reason="{reason}"}} {n}' in text
+    assert f"motcua_sync_applied_change {store.last_seq}" in text
+    assert f"motcua_sync_lag_changes {5 - store.last_seq}" in text
+    assert f"motcua_gallery_citizens {store.citizen_count}" in text
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("motcua_store_size_bytes ")]
+    assert float(line.split()[1]) > 0
