@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -335,6 +338,36 @@ def test_fleet_view_shows_offline_terminal_by_last_will(
         )
         head, rows = collect(s, TOPICS, timeout_s=2)
         assert rows[0].lag == 1 and head == dlog.head_seq
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edge",
+                "district",
+                "fleet",
+                "--district",
+                DISTRICT,
+                "--broker",
+                f"{broker.host}:{broker.port}",
+            ],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        header, line = out.splitlines()[1:3]
+        assert header.split()[:5] == ["terminal", "status", "applied", "lag", "gallery"]
+        assert line.split()[:8] == [
+            "t-a",
+            "offline",
+            str(head - 1),
+            "1",
+            "5",
+            "mtcnn-facenet",
+            rows[0].version,
+            "0",
+        ]
     finally:
         sub.stop()
         pub.stop()
