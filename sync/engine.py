@@ -279,6 +279,8 @@ class SyncEngine:
                 raise MessageRejected(wire.UNEXPECTED, what)
             if snap is not None:
                 snap.spool.unlink(missing_ok=True)
+            if self.spool_dir is not None:
+                self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd, name = tempfile.mkstemp(prefix="snapshot-", suffix=".spool", dir=self.spool_dir)
             os.close(fd)
             snap = self._snapshot = _Snapshot(

@@ -42,7 +42,7 @@ def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
         district_id=DISTRICT,
         terminal_id="t1",
         public_key=key.public_key(),
-        spool_dir=tmp_path,
+        spool_dir=tmp_path / "spool",  # created on first use
         gap_timeout_s=1.0,
         request_retry_s=2.0,
         clock=clock,
@@ -110,7 +110,7 @@ def test_new_epoch_asks_for_snapshot_and_bad_snapshot_changes_nothing(tmp_path: 
         "direct", seal(key, DISTRICT, pb.PAYLOAD_KIND_SNAPSHOT_CHUNK, chunk.SerializeToString())
     )
     assert eng.rejections["malformed"] == 1 and store.content_hash() == before
-    assert list(tmp_path.glob("snapshot-*")) == []  # the spool is removed
+    assert list((tmp_path / "spool").glob("snapshot-*")) == []  # the spool is removed
     # the right counts: installed at epoch 2
     chunk.snapshot_id, chunk.citizen_count = "s2", 2
     eng.handle(
