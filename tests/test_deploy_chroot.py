@@ -261,9 +261,17 @@ def run_provisioned_terminal(root: Path, media_dir: Path) -> None:
     assert proc.returncode == 0
 
 
-def test_provision_bookworm_root(bookworm_tarball, wheelhouse, pack_dir, media_dir,
-                                 tmp_path) -> None:
-    root = unpack(bookworm_tarball, tmp_path / "root")
+@pytest.fixture
+def root(bookworm_tarball: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fresh copy of the bookworm root; removed afterwards (about 1 GB once provisioned)."""
+    path = unpack(bookworm_tarball, tmp_path / "root")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_provision_bookworm_root(root, wheelhouse, pack_dir, media_dir, tmp_path) -> None:
     files = make_inputs(tmp_path, pack_dir)
     (wheel,) = wheelhouse.glob("motcua-*.whl")
     args = ["--terminal-id", "q1-hall-01", "--district-id", "hcm-q1",

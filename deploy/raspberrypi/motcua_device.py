@@ -420,7 +420,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         if value and not ID_RE.match(value):
             problems.append(f"{flag}: {value!r} must be lower-case letters, digits, - or _ "
                             "(at most 63)")
-    broker = (None, None, False)
+    broker: tuple[str, int, bool] = ("", 0, False)
     if args.broker:
         try:
             broker = parse_broker(args.broker)
