@@ -176,13 +176,21 @@ class SessionConfig:
     #: a 3-frame streak on our print-attack material, see docs/session.md); a real turn on
     #: hamilton_clip.mp4 reaches 0.3-0.39
     parallax_min: float = 0.25
-    #: frames in a row (at active_fps) the commanded parallax must be held: 3 frames at
-    #: 15 fps = 0.2 s, so one-frame landmark glitches and tilt flickers do not pass
-    parallax_frames: int = 3
+    #: frames in a row (at active_fps) the commanded parallax must be held: 4 frames at
+    #: 15 fps = 0.27 s. One-frame landmark glitches and the flicker of a tilted print do
+    #: not last that long (3 frames let 1 of 4120 print attempts through, 4 none); a
+    #: person asked to turn holds the turn far longer
+    parallax_frames: int = 4
     #: parallax this large in another direction, while the commanded one is below
     #: parallax_min, fails the challenge (a replayed video of someone moving rarely moves
     #: the right way at the right time); above what tilted prints produce (0.25)
     wrong_way_max: float = 0.35
+    #: second cue, independent of the landmark network: corners tracked on the face
+    #: (optical flow) must *not* all move by one homography when the gesture is seen.
+    #: 75th-percentile residual / IOD: a waved and tilted print stays below ~0.08 (worst
+    #: seen 0.15 after long tracking drift), a real 30-degree turn gives 0.15-0.35.
+    #: 0 disables it (unit tests of the landmark cue on synthetic landmarks)
+    texture_min: float = 0.10
     #: time allowed for the gesture after the prompt; a person needs 1-3 s
     challenge_s: float = 6.0
     #: the face after the gesture must still be the same person: cosine similarity of its

@@ -103,7 +103,10 @@ def head(photo: np.ndarray, yaw: float = 0.0, pitch: float = 0.0) -> np.ndarray:
 
 def setup(tmp_path: Path, photo: np.ndarray, script: list, *, vector=ALICE,
           cfg: SessionConfig | None = None, challenge: str = "turn_left"):
-    cfg = cfg or SessionConfig(challenges=(challenge,), result_s=3.0, message_s=2.0)
+    # the texture cue is off: the stand-in detector moves landmarks over a still photo,
+    # whose texture never moves (tests/test_session_video.py runs both cues on video)
+    cfg = cfg or SessionConfig(challenges=(challenge,), result_s=3.0, message_s=2.0,
+                               texture_min=0.0)
     bus = EventBus()
     events: list[SessionEvent] = []
     bus.add_listener(events.append)
@@ -263,3 +266,22 @@ def test_another_face_in_the_same_place_clears_a_shown_match(tmp_path, photo) ->
     play(term, photo, 20, start=45)
     assert isinstance(events[-2], Ended) and events[-2].outcome is Outcome.MATCHED
     assert machine.state is State.IDLE and not machine.holds_face_data()
+
+
+def test_audit_write_failure_is_counted_and_the_terminal_goes_on(tmp_path, photo) -> None:
+    """A state dir that cannot be written (here: a file where the directory should be,
+    like a read-only or full disk) must not stop sessions."""
+    blocker = tmp_path / "state"
+    blocker.write_text("not a directory")
+    script = [head(photo)] * 8 + [head(photo, yaw=7 * i) for i in range(1, 7)]
+    script += [head(photo, 42)] * 4 + [head(photo)] * 20
+    term, machine, events, _, _ = setup(tmp_path, photo, script)
+    machine.audit = AuditLog.in_state_dir(blocker)
+    machine.reporter = OutboxReporter.in_state_dir(blocker)
+    play(term, photo, 25)
+    m = next(e for e in events if isinstance(e, Matched))
+    assert machine.audit.failures == 1 and machine.audit.read() == []
+    assert machine.rate(m.session_id, 4)  # the report could not be written either
+    assert machine.reporter.failures == 1
+    assert machine.not_me(m.session_id)  # still works; its audit line is lost and counted
+    assert machine.audit.failures == 2 and machine.reporter.failures == 2

@@ -224,3 +224,33 @@ def test_decide_threshold_and_margin_over_next_citizen() -> None:
     assert same.citizen_id == "a" and same.margin == pytest.approx(0.3)
     assert decide([M("a", 0.7)], 0.6, 0.08).citizen_id == "a"
     assert decide([], 0.6, 0.08).citizen_id == ""
+
+
+# ---------------------------------------------------------------- texture cue
+def test_texture_of_a_warped_photo_is_planar_and_of_two_planes_is_not(media_dir) -> None:
+    from edge.session.texture import TextureTracker
+    from tests.attack_media import load_print, plane_homography, render
+
+    sheet = load_print(media_dir / "faces" / "barack_obama" / "1.jpg", 300)
+    rng = np.random.default_rng(0)
+    hs = [plane_homography(sheet.shape[1], sheet.shape[0], yaw_deg=2 * i, pitch_deg=-i,
+                           roll_deg=i, scale=1 + 0.01 * i, shift=(2 * i, i))
+          for i in range(15)]
+    frames = [render(sheet, h, rng) for h in hs]
+    box = np.array([250, 140, 390, 300], np.float32)  # the face region of the print
+    tex = TextureTracker(frames[0], box, iod=50.0)
+    assert tex.points >= 20
+    res = [tex.update(f) for f in frames[1:]]
+    assert all(r is not None and r < CFG.texture_min / 2 for r in res), res
+    # two planes: the left half of the face slides right while the right half stays
+    two = []
+    for i in range(15):
+        img = frames[0].copy()
+        left = img[:, :320].copy()
+        img[:, 2 * i : 320] = left[:, : 320 - 2 * i]
+        two.append(img)
+    tex2 = TextureTracker(two[0], box, iod=50.0)
+    res2 = [tex2.update(f) for f in two[1:]]
+    assert res2[-1] is not None and res2[-1] > CFG.texture_min
+    tex2.forget()
+    assert tex2.points == 0 and tex2.update(two[0]) is None

@@ -56,7 +56,7 @@ class JsonLines:
         out = []
         try:
             text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        except OSError:  # missing, or the state dir is unusable
             return []
         for line in text.splitlines():
             try:

@@ -18,6 +18,7 @@ import numpy.typing as npt
 from edge.config import SessionConfig
 from edge.session.events import Challenge
 from edge.session.geometry import PLANE, nose_parallax, pose
+from edge.session.texture import TextureTracker
 
 F32 = npt.NDArray[np.float32]
 
@@ -44,8 +45,20 @@ class Verdict(enum.Enum):
 class LivenessCheck:
     """One challenge: feed the subject's landmarks per frame until PASSED or FAILED."""
 
-    def __init__(self, cfg: SessionConfig, challenge: Challenge, reference: F32, t0: float):
+    def __init__(self, cfg: SessionConfig, challenge: Challenge, reference: F32, t0: float,
+                 image: npt.NDArray[np.uint8] | None = None, box: F32 | None = None):
         self.cfg = cfg
+        #: the texture cue (None when disabled or no image was given, e.g. unit tests of
+        #: the landmark cue alone)
+        self.texture: TextureTracker | None = None
+        if cfg.texture_min > 0 and image is not None and box is not None:
+            self.texture = TextureTracker(image, np.asarray(box, np.float32),
+                                          pose(np.asarray(reference, np.float32)).iod)
+        #: newest and largest texture non-planarity seen (IOD), for tests and tuning
+        self.texture_last: float | None = None
+        self.texture_best = 0.0
+        #: the landmark cue alone was satisfied at some point (for the failure reason)
+        self.landmarks_passed = False
         self.challenge = challenge
         self.reference: F32 | None = np.asarray(reference, np.float32).copy()
         self.t0 = t0
@@ -61,12 +74,17 @@ class LivenessCheck:
     def progress(self) -> float:
         return min(1.0, self.best / self.cfg.parallax_min)
 
-    def update(self, landmarks: F32, t: float) -> Verdict:
+    def update(self, landmarks: F32, t: float,
+               image: npt.NDArray[np.uint8] | None = None) -> Verdict:
         if self.reference is None:
             return Verdict.FAILED if self.reason else Verdict.PASSED
         cfg = self.cfg
+        if self.texture is not None and image is not None:
+            self.texture_last = self.texture.update(image)
+            if self.texture_last is not None:
+                self.texture_best = max(self.texture_best, self.texture_last)
         if t - self.t0 > cfg.challenge_s:
-            if self.planar > PLANAR_MOTION:
+            if self.planar > PLANAR_MOTION or self.landmarks_passed:
                 return self._fail("the face moved like a flat picture (no 3-D movement)")
             return self._fail("the requested head movement was not seen")
         self.frames += 1
@@ -92,13 +110,22 @@ class LivenessCheck:
         if wanted >= cfg.parallax_min:
             self.streak += 1
             if self.streak >= cfg.parallax_frames:
-                self.reference = None
-                return Verdict.PASSED
+                self.landmarks_passed = True
+                if self.texture is None or (self.texture_last is not None
+                                            and self.texture_last >= cfg.texture_min):
+                    self._forget()
+                    return Verdict.PASSED
         else:
             self.streak = 0
         return Verdict.PENDING
 
     def _fail(self, reason: str) -> Verdict:
         self.reason = reason
-        self.reference = None  # nothing about the face is kept once decided
+        self._forget()
         return Verdict.FAILED
+
+    def _forget(self) -> None:
+        """Nothing about the face is kept once decided."""
+        self.reference = None
+        if self.texture is not None:
+            self.texture.forget()

@@ -284,13 +284,14 @@ class SessionMachine:
             self._decide(s, t)
             return
         s.challenge = Challenge(self.rng.choice(self.cfg.challenges))
-        s.liveness = LivenessCheck(self.cfg, s.challenge, tr.landmarks, t)
+        s.liveness = LivenessCheck(self.cfg, s.challenge, tr.landmarks, t, image=image,
+                                   box=tr.box)
         self.state = State.CHALLENGE
         self._emit(ChallengeIssued(s.id, challenge=s.challenge))
 
     def _challenge(self, s: _Session, t: float, image: npt.NDArray[np.uint8], tr: Track) -> None:
         assert s.liveness is not None and s.challenge is not None
-        verdict = s.liveness.update(tr.landmarks, t)
+        verdict = s.liveness.update(tr.landmarks, t, image)
         if verdict is Verdict.FAILED:
             self._emit(LivenessFailed(s.id, reason=s.liveness.reason))
             self._end(Outcome.LIVENESS_FAILED, t)
