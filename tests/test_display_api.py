@@ -453,3 +453,24 @@ def test_relay_carries_bus_events_to_the_screens(api) -> None:  # type: ignore[n
         stop.set()
         relay.join(5)
     assert not relay.thread.is_alive()
+
+
+def test_bad_watch_request_and_store_failure_get_status_codes(api) -> None:  # type: ignore[no-untyped-def]
+    from edge.errors import StoreError
+
+    server, _, channel = api
+    s = stub(channel)
+    with pytest.raises(grpc.RpcError) as exc:
+        next(s.WatchSession(pb.WatchSessionRequest(client_name="x" * 201), timeout=5))
+    assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+    match_session(server.state, "s1")
+    directory = server.state._directory
+
+    def broken(citizen_id: str) -> None:
+        raise StoreError("the gallery store is closed")
+
+    directory.citizen = broken  # type: ignore[method-assign]
+    with pytest.raises(grpc.RpcError) as exc:
+        s.SubmitPin(pb.SubmitPinRequest(session_id="s1", pin=PIN), timeout=5)
+    assert code_of(exc) == grpc.StatusCode.UNAVAILABLE
+    assert "closed" in exc.value.details()  # type: ignore[attr-defined]

@@ -110,6 +110,9 @@ class DisplayServicer(pb_grpc.DisplayServicer):
         except Refused as exc:
             _abort(context, exc)
             raise  # unreachable: abort raises
+        except MotcuaError as exc:  # the store is closing or broken
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise
 
     def NotMe(  # noqa: N802
         self, request: pb.NotMeRequest, context: grpc.ServicerContext
