@@ -346,16 +346,21 @@ class StoreSettings:
     clustered embeddings; docs/store.md has the figures behind each choice.
     """
 
-    #: HNSW links per node. 16 reaches citizen-level recall@1 >= 0.995 at 100k with a
-    #: small ef; 32 gained no recall we needed but costs +128 B/vector and slower adds
-    M: int = 16
-    #: build-time beam. 100 keeps adds above 2,000 upserts/s through the store on 2 cores
-    #: while still giving recall@1 >= 0.995 at ef=64 (200 halves the add rate for
-    #: no citizen-level recall we could measure)
+    #: HNSW links per node. On 512-d face-like data with one embedding per citizen (high
+    #: intrinsic dimension: strangers are nearly orthogonal) M=16 needs ef=256 for
+    #: recall@1 0.992 at 100k; M=32 reaches 0.998 at ef=64 for +128 B per vector
+    M: int = 32
+    #: build-time beam. 100 vs 200 at M=32: recall@1 0.998 vs 1.000 at ef=64, while the
+    #: adds (the sync's cost) are about twice as fast
     ef_construction: int = 100
     #: search-time beam; the smallest value with citizen-level recall@1 >= 0.995 at 100k
-    #: (bench/store.py sweeps it), plus headroom for real faces being less clustered
+    #: in bench/store.py (0.998 at 64, 0.980 at 32)
     ef: int = 64
+    #: refill deleted slots on add (hnswlib replace_deleted). Off: in hnswlib 0.8 a
+    #: replacing add re-links neighbours of neighbours and measured 8-16x slower than a
+    #: fresh add, stalling searches for a whole batch; deleted slots are reclaimed by the
+    #: rebuild below instead. On: memory stays at the live size, adds are slower
+    reuse_deleted_slots: bool = False
     #: rebuild the index when this share of its slots is deleted-but-not-reused: past it
     #: the graph has holes that cost recall, and the slots cost memory
     rebuild_deleted_share: float = 0.25

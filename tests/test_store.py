@@ -192,9 +192,10 @@ def test_search_distinct_citizens_and_batch_queries(tmp_path: Path) -> None:
             s.search(FACES.query(1), k=0)
 
 
-def test_resize_past_capacity_and_rebuild(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reuse", [False, True], ids=["append", "reuse-slots"])
+def test_resize_past_capacity_and_rebuild(tmp_path: Path, reuse: bool) -> None:
     with open_store(tmp_path, initial_capacity=16, rebuild_min_slots=50,
-                    rebuild_deleted_share=0.3) as s:
+                    rebuild_deleted_share=0.3, reuse_deleted_slots=reuse) as s:
         fill(s, 120, batch=7, most=1)
         st = s.index_stats()
         assert st["live"] == 120 and st["capacity"] >= 120 and st["capacity"] < 16 * 1.5 ** 9
@@ -203,15 +204,19 @@ def test_resize_past_capacity_and_rebuild(tmp_path: Path) -> None:
         seq = s.last_seq
         s.apply([CitizenDelete(seq + 1 + j, cid(j)) for j in range(30)], epoch=1)
         assert s.index_stats()["deleted"] == 30
-        # adds reuse deleted slots (allow_replace_deleted): slots do not grow
+        gen = s.index_stats()["generation"]
         s.apply([upsert(s.last_seq + 1 + j, 500 + j, 1) for j in range(10)], epoch=1)
         st = s.index_stats()
-        assert (st["deleted"], st["slots"]) == (20, 120)
+        if reuse:  # adds refill deleted slots (replace_deleted): slots do not grow
+            assert (st["deleted"], st["slots"]) == (20, 120)
+        else:  # adds append; deleted slots wait for the rebuild
+            assert (st["deleted"], st["slots"]) == (30, 130)
+        assert st["generation"] == gen
         # more deletes pass the bound: rebuilt, no deleted slots left
         seq = s.last_seq
         s.apply([CitizenDelete(seq + 1 + j, cid(30 + j)) for j in range(30)], epoch=1)
         st = s.index_stats()
-        assert st["deleted"] == 0 and st["live"] == 70
+        assert st["deleted"] == 0 and st["live"] == 70 and st["generation"] == gen + 1
         s.verify_index()
         for i in range(60, 120, 7):
             assert s.search(FACES.query(i))[0].citizen_id == cid(i)
@@ -231,7 +236,7 @@ def test_deletion_really_removes_from_index_db_and_checkpoints(tmp_path: Path) -
         s.checkpoint()
         raw = FACES.enrolled(7, 1)[0]  # as sent (in SQLite)
         indexed = unit_rows(raw, DIM, "t")[0]  # as normalised in the index
-        ckpt = next((tmp_path / "checkpoints").glob("index-*.hnsw"))
+        ckpt = max((tmp_path / "checkpoints").glob("index-*.hnsw"))
         assert _vector_bytes_in(ckpt, indexed)  # the probe can see it
         assert _vector_bytes_in(tmp_path / DB_NAME, raw) or _vector_bytes_in(
             tmp_path / (DB_NAME + "-wal"), raw)
@@ -241,6 +246,35 @@ def test_deletion_really_removes_from_index_db_and_checkpoints(tmp_path: Path) -
             if f.is_file():
                 for vec in (raw, indexed):
                     assert not _vector_bytes_in(f, vec), f"deleted vector still in {f.name}"
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["running", "crash-restart"])
+def test_reenrolled_then_deleted_citizen_leaves_no_vector(tmp_path: Path, crash: bool) -> None:
+    """Re-enrolment only hides the old vectors (the citizen stays); deleting the citizen
+    later must scrub those too, also when the store restarts from a checkpoint written
+    between the two (crash before the next checkpoint)."""
+    with open_store(tmp_path, checkpoint_every=10_000) as s:
+        fill(s, 30, most=1)
+        old = FACES.samples(4, [0])[0]
+        s.apply([upsert(s.last_seq + 1, 4, 1, 20)], epoch=1)  # re-enrol: old one hidden
+        s.checkpoint()  # the checkpoint holds the hidden old vector
+        ckpt = max((tmp_path / "checkpoints").glob("index-*.hnsw"))
+        assert _vector_bytes_in(ckpt, unit_rows(old, DIM, "t")[0])
+        s.apply([CitizenDelete(s.last_seq + 1, cid(4))], epoch=1)
+        if crash:
+            s._closed = True  # noqa: SLF001 - crash: no checkpoint after the delete
+            s._conn.close()  # noqa: SLF001
+            s._reader.close()  # noqa: SLF001
+    with open_store(tmp_path) as s:
+        s.verify_index()
+        assert s.citizen(cid(4)) is None
+        s.checkpoint()
+    new = FACES.samples(4, [20])[0]
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            for vec in (old, new):
+                for form in (vec, unit_rows(vec, DIM, "t")[0]):
+                    assert not _vector_bytes_in(f, form), f"vector still in {f.name}"
 
 
 def test_checkpoint_then_replay_after_it(tmp_path: Path, caplog: pytest.LogCaptureFixture

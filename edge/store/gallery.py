@@ -74,7 +74,6 @@ PAGE_SIZE = 16384
 #: adds (the write lock is held meanwhile, so more threads = a shorter search stall)
 PARALLEL_ADD_MIN = 32
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_CKPT_NAME = re.compile(r"^index-g(\d+)-s(\d+)\.hnsw$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -103,6 +102,14 @@ CREATE TABLE IF NOT EXISTS dossiers (
     counter TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dossiers_citizen ON dossiers (citizen_id);
+-- labels taken out of the index since its last rebuild: hidden (re-enrolment, the
+-- citizen stays) or scrubbed (the citizen was deleted: vector overwritten with zeros)
+CREATE TABLE IF NOT EXISTS removed_labels (
+    label INTEGER PRIMARY KEY,
+    citizen_id TEXT NOT NULL,
+    scrubbed INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS removed_labels_citizen ON removed_labels (citizen_id);
 CREATE TABLE IF NOT EXISTS checkpoints (
     name TEXT PRIMARY KEY,
     generation INTEGER NOT NULL,
@@ -290,7 +297,12 @@ class _Mapping:
 class _Staged:
     """The index side of a run of changes already written to SQLite."""
 
-    removed: list[int] = dataclasses.field(default_factory=list)  # labels live before
+    #: labels live before the batch to mark deleted (re-enrolment: the citizen stays)
+    hide: list[int] = dataclasses.field(default_factory=list)
+    #: labels live before the batch whose vectors must go (the citizen was deleted)
+    scrub: list[int] = dataclasses.field(default_factory=list)
+    #: labels hidden by earlier batches whose citizen is now deleted
+    scrub_hidden: list[int] = dataclasses.field(default_factory=list)
     added: dict[int, npt.NDArray[np.float32]] = dataclasses.field(default_factory=dict)
     overlay: dict[str, tuple[int, ...] | None] = dataclasses.field(default_factory=dict)
     deleted_citizen: bool = False
@@ -456,9 +468,8 @@ class GalleryStore:
             log.info("loaded index checkpoint %s (change %d), replayed to %d",
                      name, seq, self._last_seq)
             break
-        if self._index is None:
-            self._index = self._rebuild_from_sql()
-            self._since_checkpoint = self._settings.checkpoint_every  # none usable
+        if self._index is None:  # no usable checkpoint
+            self._install_rebuilt(self._rebuild_from_sql())
         self._drop_stray_files()
         if self._since_checkpoint >= self._settings.checkpoint_every:
             self._try_auto_checkpoint()
@@ -472,12 +483,23 @@ class GalleryStore:
         """
         in_index = set(index.all_labels())
         in_sql = set(self._mapping.label_citizen)
+        removed = {int(label): bool(scrubbed) for label, scrubbed in self._conn.execute(
+            "SELECT label, scrubbed FROM removed_labels")}
         index.live = len(in_index)  # deleted ones are subtracted below
+        scrub_hidden = []
         for label in sorted(in_index - in_sql):
-            if self._label_is_live(index, label):
-                index.remove([label])  # removed after the checkpoint: scrub it now
+            if index.is_live(label):
+                # removed after the checkpoint; unknown = treat as forgotten
+                if removed.get(label, True):
+                    index.scrub([label])
+                else:
+                    index.hide([label])
             else:
                 index.live -= 1  # already deleted in the checkpoint
+                if removed.get(label, True):
+                    # its citizen may have been deleted after the checkpoint was written
+                    scrub_hidden.append(label)
+        index.scrub_hidden(scrub_hidden)
         missing = sorted(in_sql - in_index)
         for start in range(0, len(missing), REBUILD_CHUNK):
             part = missing[start:start + REBUILD_CHUNK]
@@ -609,7 +631,7 @@ class GalleryStore:
                 )
             if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
                 raise StoreError(f"epoch must be a non-negative integer, got {epoch!r}")
-            fresh = self._last_seq == 0 and self._generation == 0 and self._epoch == 0
+            fresh = self._last_seq == 0 and self._epoch == 0
             if epoch != self._epoch and not fresh:
                 raise ChangeOrderError(
                     f"batch of epoch {epoch}, the gallery is at epoch {self._epoch}: "
@@ -674,16 +696,19 @@ class GalleryStore:
                 return st.overlay[cid] or ()
             return mapping.citizen_labels.get(cid, ())
 
-        def drop(cid: str) -> None:
+        def drop(cid: str, *, forget: bool) -> None:
             for label in current(cid):
-                if st.added.pop(label, None) is None:
-                    st.removed.append(label)
+                if st.added.pop(label, None) is not None:
+                    continue  # added earlier in this batch: never reaches the index
+                (st.scrub if forget else st.hide).append(label)
+                c.execute("INSERT INTO removed_labels (label, citizen_id, scrubbed) "
+                          "VALUES (?, ?, ?)", (label, cid, int(forget)))
 
         for p in prepared:
             ch = p.change
             if isinstance(ch, CitizenUpsert):
                 assert p.unit is not None
-                drop(ch.citizen_id)
+                drop(ch.citizen_id, forget=False)
                 k = p.unit.shape[0]
                 labels = tuple(range(next_label, next_label + k))
                 next_label += k
@@ -707,7 +732,19 @@ class GalleryStore:
                      for i, label in enumerate(labels)],
                 )
             elif isinstance(ch, CitizenDelete):
-                drop(ch.citizen_id)
+                # vectors hidden by earlier re-enrolments of this citizen must go too
+                for (label,) in c.execute(
+                    "SELECT label FROM removed_labels WHERE citizen_id = ? AND scrubbed = 0",
+                    (ch.citizen_id,),
+                ).fetchall():
+                    if label in st.hide:  # hidden earlier in this very batch
+                        st.hide.remove(label)
+                        st.scrub.append(label)
+                    else:
+                        st.scrub_hidden.append(label)
+                c.execute("UPDATE removed_labels SET scrubbed = 1 WHERE citizen_id = ?",
+                          (ch.citizen_id,))
+                drop(ch.citizen_id, forget=True)
                 st.overlay[ch.citizen_id] = None
                 st.deleted_citizen = True
                 c.execute("DELETE FROM embeddings WHERE citizen_id = ?", (ch.citizen_id,))
@@ -727,7 +764,9 @@ class GalleryStore:
         return st, next_label
 
     def _apply_staged(self, index: HnswIndex, mapping: _Mapping, st: _Staged) -> None:
-        index.remove(st.removed, upcoming_adds=len(st.added))
+        index.hide(st.hide)
+        index.scrub(st.scrub)
+        index.scrub_hidden(st.scrub_hidden)
         threads = self._settings.build_threads if len(st.added) >= PARALLEL_ADD_MIN else 1
         if st.added:
             labels = np.fromiter(st.added.keys(), dtype=np.int64, count=len(st.added))
@@ -748,8 +787,31 @@ class GalleryStore:
             raise StoreError(
                 f"batch committed but the index could not follow: {self._broken}"
             ) from None
+        self._install_rebuilt(index)
+
+    def _install_rebuilt(self, index: HnswIndex) -> None:
+        """Swap in an index rebuilt from SQLite, as a new generation.
+
+        The rebuilt index holds no removed label, so the removed-label records are
+        cleared; checkpoints of the old generation become unusable and are pruned by the
+        next checkpoint (with the hidden vectors they contain).
+        """
+        c = self._conn
+        generation = self._generation + 1
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            self._set_meta(generation=generation)
+            c.execute("DELETE FROM removed_labels")
+            c.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            # still a correct index for the current generation; records stay until later
+            log.warning("cannot record the rebuilt index as a new generation: %s", exc)
+            generation = self._generation
         with self._rw.write():
             self._index = index
+            self._generation = generation
         self._since_checkpoint = self._settings.checkpoint_every
 
     def _after_write(self) -> None:
@@ -772,11 +834,8 @@ class GalleryStore:
         """Rebuild the index from SQLite and swap it in (searches use the old meanwhile)."""
         with self._apply_lock:
             self._require_open()
-            old = self._index
             index = self._rebuild_from_sql()
-            with self._rw.write():
-                self._index = index
-            del old
+            self._install_rebuilt(index)
             log.info("index rebuilt: %d vectors", index.live)
             self._try_auto_checkpoint()
 
@@ -813,7 +872,7 @@ class GalleryStore:
             t0, count = time.monotonic(), 0
             try:
                 c.execute("BEGIN IMMEDIATE")
-                for table in ("embeddings", "citizens", "dossiers"):
+                for table in ("embeddings", "citizens", "dossiers", "removed_labels"):
                     c.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
                 for chunk in _chunks(changes, SNAPSHOT_CHUNK):
                     prepared = [_prepare(ch, self._dim, self._settings) for ch in chunk]
@@ -843,23 +902,24 @@ class GalleryStore:
             self._try_auto_checkpoint()
 
     # ================================================================== checkpoints
-    def checkpoint(self) -> None:
-        """Write an index checkpoint now (no-op if nothing changed since the last one)."""
+    def checkpoint(self, *, force: bool = False) -> None:
+        """Write an index checkpoint now (unless one covers the current change number
+        already and ``force`` is false)."""
         with self._apply_lock:
             self._require_open()
-            self._checkpoint_locked()
+            self._checkpoint_locked(force=force)
 
-    def _checkpoint_locked(self) -> None:
+    def _checkpoint_locked(self, *, force: bool = False) -> None:
         idx = self._index
         assert idx is not None
         newest = self._conn.execute(
             "SELECT seq FROM checkpoints WHERE generation = ? ORDER BY seq DESC LIMIT 1",
             (self._generation,),
         ).fetchone()
-        if newest is not None and newest[0] == self._last_seq:
+        if newest is not None and newest[0] == self._last_seq and not force:
             self._since_checkpoint = 0
             return
-        name = f"index-g{self._generation}-s{self._last_seq:012d}.hnsw"
+        name = f"index-g{self._generation:06d}-s{self._last_seq:012d}.hnsw"
         final = self._ckpt_dir / name
         tmp = self._ckpt_dir / f".tmp-{name}-{os.getpid()}"
         t0 = time.monotonic()

@@ -78,6 +78,13 @@ class HnswIndex:
     def deleted(self) -> int:
         return self.slots - self.live
 
+    def is_live(self, label: int) -> bool:
+        try:
+            self._raw.get_items([label])
+        except RuntimeError:
+            return False  # unknown, or marked deleted
+        return True
+
     def needs_rebuild(self) -> bool:
         s = self.settings
         return self.slots >= s.rebuild_min_slots and self.deleted > s.rebuild_deleted_share * (
@@ -89,7 +96,8 @@ class HnswIndex:
 
     # ------------------------------------------------------------------ writes
     def _reserve(self, new_items: int) -> None:
-        needed = self.slots + max(0, new_items - self.deleted)
+        reusable = self.deleted if self.settings.reuse_deleted_slots else 0
+        needed = self.slots + max(0, new_items - reusable)
         if needed <= self.capacity:
             return
         target = max(needed, math.ceil(self.capacity * self.settings.growth_factor))
@@ -100,36 +108,57 @@ class HnswIndex:
 
     def add(self, labels: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32],
             threads: int = 1) -> None:
-        """Add unit vectors under new labels, reusing deleted slots first."""
+        """Add unit vectors under new labels (into deleted slots if the settings say so)."""
         if len(labels) == 0:
             return
         self._reserve(len(labels))
         try:
-            self._raw.add_items(vectors, labels, num_threads=threads, replace_deleted=True)
+            self._raw.add_items(vectors, labels, num_threads=threads,
+                                replace_deleted=self.settings.reuse_deleted_slots)
         except (RuntimeError, MemoryError) as exc:
             raise StoreError(f"cannot add to the gallery index: {exc}") from None
         self.live += len(labels)
 
-    def remove(self, labels: list[int], upcoming_adds: int = 0) -> None:
-        """Delete live labels so that their vectors are gone, not just hidden.
-
-        ``mark_deleted`` alone keeps the vector in memory and in every later checkpoint.
-        When the adds that follow in the same batch will reuse every deleted slot
-        (``replace_deleted``), they overwrite the vectors; otherwise each vector is first
-        overwritten with zeros (an update in place), then marked deleted.
-        """
-        if not labels:
-            return
-        scrub = upcoming_adds < self.deleted + len(labels)
-        zero = np.zeros((1, self.dim), dtype=np.float32)
+    def hide(self, labels: list[int]) -> None:
+        """Mark live labels deleted; their vectors stay in the slot until a rebuild."""
         try:
             for label in labels:
-                if scrub:
-                    self._raw.add_items(zero, [label], num_threads=1)
                 self._raw.mark_deleted(label)
                 self.live -= 1
         except RuntimeError as exc:
             raise StoreError(f"cannot delete label {label} from the gallery index: {exc}") from None
+
+    def scrub(self, labels: list[int]) -> None:
+        """Delete live labels so that their vectors are gone, not just hidden.
+
+        ``mark_deleted`` alone keeps the vector in memory and in every later checkpoint,
+        so each vector is first overwritten with zeros (an update in place), then marked.
+        """
+        zero = np.zeros((1, self.dim), dtype=np.float32)
+        try:
+            for label in labels:
+                self._raw.add_items(zero, [label], num_threads=1)
+                self._raw.mark_deleted(label)
+                self.live -= 1
+        except RuntimeError as exc:
+            raise StoreError(f"cannot delete label {label} from the gallery index: {exc}") from None
+
+    def scrub_hidden(self, labels: list[int]) -> None:
+        """Overwrite with zeros the vectors of labels already marked deleted.
+
+        A label whose slot was reused or rebuilt away is no longer there: nothing to do.
+        """
+        zero = np.zeros((1, self.dim), dtype=np.float32)
+        for label in labels:
+            try:
+                self._raw.unmark_deleted(label)
+            except RuntimeError:
+                continue  # unknown: slot reused, or never in this index
+            try:
+                if np.any(self._raw.get_items([label], return_type="numpy")):
+                    self._raw.add_items(zero, [label], num_threads=1)
+            finally:
+                self._raw.mark_deleted(label)
 
     def set_ef(self, ef: int) -> None:
         self.settings = dataclasses.replace(self.settings, ef=ef)
