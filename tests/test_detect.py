@@ -7,6 +7,7 @@ contain exactly one expected centre and every expected centre exactly one detect
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zlib
 from pathlib import Path
@@ -15,11 +16,13 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import ImageError
+from edge.config import DEFAULT_MODEL_DIR, DEFAULT_PACK, Config, DetectorConfig, config_from_dict
+from edge.errors import ConfigError, ImageError
 from edge.vision.images import MAX_PIXELS, decode_image, read_image
-from edge.vision.mtcnn import MtcnnDetector
+from edge.vision.mtcnn import MtcnnDetector, build_detector
 from edge.vision.pipeline import FacePipeline
 from edge.vision.types import Detections
+from models.pack import load_pack
 
 #: (x, y) centres of the faces in each scene, read off the pictures by eye
 SCENE_FACES: dict[str, list[tuple[int, int]]] = {
@@ -189,3 +192,25 @@ def test_pixel_cap_is_checked_before_decoding() -> None:
     side = int(MAX_PIXELS**0.5) + 1  # just over the cap, within the per-side limit
     with pytest.raises(ImageError, match="too large"):
         decode_image(_png_header(side, side), "cap.png")
+
+
+def test_detector_settings_come_from_pack_and_config(face_pipeline: FacePipeline) -> None:
+    """The pack's thresholds (O-Net 0.9), overridden by [detector] thresholds; bad values
+    are refused by the config with the key named."""
+    det = face_pipeline.detector
+    assert isinstance(det, MtcnnDetector)
+    assert (det.settings.pnet_threshold, det.settings.rnet_threshold) == (0.6, 0.7)
+    assert det.settings.onet_threshold == 0.9
+    pack = load_pack(DEFAULT_MODEL_DIR, DEFAULT_PACK)
+    cfg = dataclasses.replace(
+        Config(), detector=DetectorConfig(min_face=60, thresholds=(0.5, 0.6, 0.8))
+    )
+    other = build_detector(pack.detector, cfg)
+    assert other.min_face == 60 and other.settings.onet_threshold == 0.8
+    for doc, key in (
+        ({"detector": {"min_face": 8}}, "detector.min_face"),
+        ({"detector": {"thresholds": [0.6, 0.7]}}, "detector.thresholds"),
+        ({"detector": {"thresholds": [0.6, 0.7, 1.5]}}, "detector.thresholds"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            config_from_dict(doc)

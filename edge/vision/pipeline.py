@@ -121,9 +121,13 @@ def build_pipeline(pack: ModelPack, config: Config) -> FacePipeline:
     """The pipeline of a loaded (hash-checked) model pack with the config's settings."""
     det_mod = _stage_module(pack.detector.kind, "detector")
     emb_mod = _stage_module(pack.embedder.kind, "embedder")
-    for mod, fn in ((det_mod, "build_detector"), (emb_mod, "build_embedder")):
+    for mod, fn in (
+        (det_mod, "build_detector"),
+        (emb_mod, "build_embedder"),
+        (emb_mod, "build_aligner"),
+    ):
         if not hasattr(mod, fn):
-            raise ModelError(f"model pack: edge.vision.{mod.__name__} has no {fn}")
+            raise ModelError(f"model pack: {mod.__name__} has no {fn}")
     detector = det_mod.build_detector(pack.detector, config)
     embedder = emb_mod.build_embedder(pack.embedder, config)
     aligner = emb_mod.build_aligner(pack.embedder, config)

@@ -162,7 +162,8 @@ def optimized_copy(path: Path) -> Path | None:
         if proc.returncode == 0 and target.is_file():
             log.info("optimised %s for this CPU into %s", path.name, target)
             return target
-        log.warning("cannot optimise %s: %s", path.name, _one_line(Exception(proc.stderr)))
+        last = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        log.warning("cannot optimise %s: %s", path.name, last[0])
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("cannot optimise %s: %s", path.name, exc)
     return None
