@@ -185,6 +185,7 @@ def test_each_session_state_in_vietnamese(browser: webdriver.Chrome, rig: Rig) -
     wait_for(browser, lambda d: "000.00.12.H29-240915-0042" in text(d), "full details")
     assert "Cấp giấy chứng nhận quyền sử dụng đất" in text(browser)
     assert "Quầy trả kết quả: 3" in text(browser)
+    assert "Chi tiết hồ sơ" in text(browser)
     shot(browser, "07_pin_details")
     browser.find_element(By.ID, "pin-close").click()
 

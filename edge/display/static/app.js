@@ -46,6 +46,7 @@ const T = {
     disconnected_sub: "Đang kết nối lại… Xin vui lòng chờ trong giây lát.",
     camera_down: "Camera đang gặp sự cố. Xin vui lòng đến quầy hướng dẫn.",
     pin_title: "Nhập mã PIN",
+    details_title: "Chi tiết hồ sơ",
     pin_wrong: (n) => `Mã PIN không đúng. Còn ${n} lần thử.`,
     pin_locked: "Đã nhập sai quá số lần cho phép.",
     pin_error: "Không gửi được. Xin thử lại.",
@@ -98,6 +99,7 @@ const T = {
     disconnected_sub: "Reconnecting… Please wait a moment.",
     camera_down: "The camera is out of order. Please ask at the help desk.",
     pin_title: "Enter your PIN",
+    details_title: "Dossier details",
     pin_wrong: (n) => `Wrong PIN. ${n} tries left.`,
     pin_locked: "Too many wrong PINs.",
     pin_error: "Could not send. Please try again.",
@@ -284,8 +286,16 @@ function onState(s) {
 
 // --- PIN pad ---------------------------------------------------------------------------
 
+function setPinTitle(key) {
+  const h = document.querySelector(".pin-box h2");
+  h.dataset.t = key;
+  h.textContent = t(key);
+}
+
 function openPin(s) {
   pin = "";
+  document.querySelector(".pin-box").classList.remove("details");
+  setPinTitle("pin_title");
   pinSession = s.session_id;
   document.getElementById("pin-details").replaceChildren();
   document.getElementById("pin-msg").textContent = "";
@@ -346,6 +356,8 @@ function showDetails(dossiers) {
     d.counter ? el("div", { class: "row" }, el("span", { class: "lbl" }, t("counter") + ": "), d.counter) : null));
   document.getElementById("pin-keys").replaceChildren();
   document.getElementById("pin-dots").textContent = "";
+  document.querySelector(".pin-box").classList.add("details");
+  setPinTitle("details_title");
   document.getElementById("pin-details").replaceChildren(...rows);
 }
 
