@@ -11,6 +11,10 @@ looped for ``--duration`` seconds. It measures:
   Liveness is off (recorded media cannot answer a challenge), so there is no challenge
   time to exclude: this is the whole face-enters-frame -> display-shows-result path;
   ``decision_to_display_ms`` is the part after the session decided (API + display client);
+- challenge passed -> result on the page, with liveness ON: the Hamilton clip at its own
+  frame rate, the challenge fixed to turn_right (the head turn Lin-Manuel Miranda really
+  makes, docs/session.md); timed from the camera delivering the frame that passed the
+  challenge (and decided) to the matched state arriving on the page (the issue's target);
 - processing frame rate while idle and while a face is present;
 - CPU share while idle (a camera showing an empty scene) against a baseline of the same
   process with the service stopped, measured in the same run;
@@ -24,6 +28,8 @@ this process. The last line is one JSON object of the figures.
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
 import http.client
 import json
 import random
@@ -35,7 +41,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -43,6 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.camera.base import Frame  # noqa: E402
+from edge.camera.factory import make_source  # noqa: E402
 from edge.camera.images import ImageFolderSource  # noqa: E402
 from edge.config import (  # noqa: E402
     ApiConfig,
@@ -118,6 +125,45 @@ class TimedSource:
         self.inner.close()
 
 
+class FrameClock:
+    """Wraps a camera source: remembers when each recent frame's image was delivered."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._times: collections.OrderedDict[int, float] = collections.OrderedDict()
+
+    def open(self) -> None:
+        self.inner.open()
+
+    def read(self) -> Frame | None:
+        frame = self.inner.read()
+        if frame is not None:
+            self._times[id(frame.image)] = time.time()
+            while len(self._times) > 64:  # the grabber keeps one frame; 64 is plenty
+                self._times.popitem(last=False)
+        return frame
+
+    def delivered(self, image: Any) -> float | None:
+        return self._times.get(id(image))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class DetectClock:
+    """Wraps the detector: notes the delivery time of the frame being processed."""
+
+    def __init__(self, inner: Any, clock: FrameClock) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.current: float | None = None
+
+    def detect(self, image: Any) -> Any:
+        self.current = self.clock.delivered(image)
+        return self.inner.detect(image)
+
+
 class SseReader:
     """Reads the kiosk page's event stream like the browser does; timestamps each state."""
 
@@ -140,6 +186,48 @@ class SseReader:
             if line.startswith(b"data: "):
                 self.states.append((time.time(), json.loads(line[6:])))
         conn.close()
+
+
+def challenge_phase(vision: Vision, media: Path, work: Path, cfg: Config,
+                    seconds: float) -> tuple[list[float], dict[str, int]]:
+    """Liveness ON over the Hamilton clip, whose real head turn is to his right: the
+    challenge is fixed to turn_right (docs/session.md). Returns, per match, the time from
+    the camera delivering the frame that passed the challenge (and decided) to the result
+    arriving on the page, and the outcomes."""
+    # the clip itself at its own 29.97 fps, looped (the loop runs at camera.active_fps)
+    clock = FrameClock(make_source(CameraConfig(
+        source=str(media / "video" / "hamilton_clip.mp4"), loop=True, realtime=True)))
+    detect = DetectClock(vision.detector, clock)
+    chall_vision = dataclasses.replace(vision, detector=cast(Any, detect))
+    ccfg = dataclasses.replace(cfg, session=SessionConfig(liveness="challenge",
+                                                          challenges=("turn_right",)))
+    service = TerminalService(ccfg, chall_vision, source=clock)
+    passed: dict[str, float] = {}
+    outcomes: dict[str, int] = {}
+
+    def on_event(event: Any) -> None:
+        if event.kind in RESULT_STATES:
+            outcomes[event.kind] = outcomes.get(event.kind, 0) + 1
+            if event.kind == "matched" and detect.current is not None:
+                passed[event.session_id] = detect.current
+
+    service.bus.add_listener(on_event)
+    service.start()
+    display = DisplayApp(DisplayConfig(api=f"127.0.0.1:{service.api.port}",
+                                       http_listen="127.0.0.1:0"), name="bench-challenge")
+    display.start()
+    sse = SseReader(display.url)
+    sse.thread.start()
+    time.sleep(seconds)
+    sse.stop.set()
+    display.close()
+    service.stop()
+    out = []
+    for t_recv, st in sse.states:
+        sid = st.get("session_id", "")
+        if st.get("state") == "matched" and sid in passed:
+            out.append((t_recv - passed.pop(sid)) * 1000)
+    return out, outcomes
 
 
 def pipeline_baseline_ms(vision: Vision, image: np.ndarray, repeats: int) -> list[float]:
@@ -165,21 +253,24 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=None,
                     help="seconds of the idle-CPU window and of its baseline (default 30; "
                          "quick 6)")
+    ap.add_argument("--challenge", type=float, default=None,
+                    help="seconds of the liveness-challenge phase (default 90; quick 15)")
     ap.add_argument("--media", help="sample media folder (default ../shared/media)")
     args = ap.parse_args()
-    duration = args.duration or (24.0 if args.quick else 600.0)
+    duration = args.duration or (20.0 if args.quick else 600.0)
     warmup = args.warmup or (8.0 if args.quick else 60.0)
-    idle_s = args.idle or (6.0 if args.quick else 30.0)
+    idle_s = args.idle or (5.0 if args.quick else 30.0)
+    challenge_s = args.challenge or (15.0 if args.quick else 90.0)
 
     work = Path(tempfile.mkdtemp(prefix="motcua-bench-terminal-"))
     try:
-        return run(args, work, duration, warmup, idle_s)
+        return run(args, work, duration, warmup, idle_s, challenge_s)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, work: Path, duration: float, warmup: float,
-        idle_s: float) -> int:
+        idle_s: float, challenge_s: float) -> int:
     media = find_media(args.media)
     rng = random.Random(2026)
     people = people_from_media(media, rng) if media else [astronaut_person(work)]
@@ -280,6 +371,13 @@ def run(args: argparse.Namespace, work: Path, duration: float, warmup: float,
             if shown_label not in label:
                 wrong += 1
 
+    # -- phase 1b: liveness challenge on the real head turn of the Hamilton clip ----------
+    if media is not None and (media / "video" / "hamilton_clip.mp4").is_file():
+        chall_ms, chall_outcomes = challenge_phase(vision, media, work, cfg, challenge_s)
+    else:
+        chall_ms, chall_outcomes = [], {}
+        print("no Hamilton clip: the challenge -> result figure is not measured")
+
     # -- phase 2: idle CPU (empty scene) vs baseline (service stopped) ------------------
     blank_dir = work / "blank"
     blank_dir.mkdir()
@@ -315,6 +413,9 @@ def run(args: argparse.Namespace, work: Path, duration: float, warmup: float,
         "outcomes": outcomes,
         "wrong_matches": wrong,
         "result_latency_ms_p50": round(pct(latencies, 50), 1),
+        "challenge_to_display_ms_p50": round(pct(chall_ms, 50), 1),
+        "challenge_to_display_ms_p95": round(pct(chall_ms, 95), 1),
+        "challenge_sessions": chall_outcomes,
         "result_latency_ms_p95": round(pct(latencies, 95), 1),
         "decision_to_display_ms_p50": round(pct(d2d, 50), 1),
         "decision_to_display_ms_p95": round(pct(d2d, 95), 1),
@@ -340,6 +441,9 @@ def run(args: argparse.Namespace, work: Path, duration: float, warmup: float,
           f", p95 {figures['result_latency_ms_p95']} ms (n={len(latencies)}); decision -> "
           f"page p50 {figures['decision_to_display_ms_p50']} ms; pipeline alone per frame "
           f"p50 {figures['pipeline_frame_ms_p50']} ms")
+    print(f"liveness ON (turn_right on the clip's real head turn): challenge passed -> result "
+          f"on the page p50 {figures['challenge_to_display_ms_p50']} ms, p95 "
+          f"{figures['challenge_to_display_ms_p95']} ms (n={len(chall_ms)}; {chall_outcomes})")
     print(f"fps idle {figures['fps_idle']} (empty scene {figures['fps_idle_empty_scene']}), "
           f"active {figures['fps_active']}")
     print(f"idle CPU {figures['idle_cpu_pct']}% of one core (baseline, service stopped: "
@@ -347,7 +451,9 @@ def run(args: argparse.Namespace, work: Path, duration: float, warmup: float,
     print(f"RSS {figures['rss_mb_after_warmup']} MB after {warmup:.0f} s -> "
           f"{figures['rss_mb_end']} MB after {duration:.0f} s ({figures['rss_growth_pct']}%), "
           f"peak {figures['peak_rss_mb']} MB")
-    print(json.dumps(figures, ensure_ascii=False))
+    clean = {k: (None if isinstance(v, float) and v != v else v)  # NaN -> null (no sample)
+             for k, v in figures.items()}
+    print(json.dumps(clean, ensure_ascii=False))
     return 0
 
 
