@@ -214,3 +214,15 @@ def test_detector_settings_come_from_pack_and_config(face_pipeline: FacePipeline
     ):
         with pytest.raises(ConfigError, match=key):
             config_from_dict(doc)
+
+
+def test_grey_alpha_and_16_bit_images_read_as_rgb(media_dir: Path, tmp_path: Path) -> None:
+    """A grey JPEG, an RGBA PNG and a 16-bit PNG of a real face still give RGB uint8."""
+    bgr = cv2.imread(str(media_dir / "faces" / "kit_harington" / "2.jpg"))
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+    deep = bgr.astype(np.uint16) * 257
+    for name, img in (("grey.jpg", grey), ("alpha.png", rgba), ("deep.png", deep)):
+        cv2.imwrite(str(tmp_path / name), img)
+        image = read_image(tmp_path / name)
+        assert image.dtype == np.uint8 and image.shape == (*bgr.shape[:2], 3), name
