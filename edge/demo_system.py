@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import cv2
 import numpy as np
@@ -321,7 +321,8 @@ def run_demo(
     base = base_config or Config()
     rng = random.Random(2026)  # the same made-up records every run
 
-    say("[1/6] model pack", out)
+    say("[1/6] model pack (then the pipeline alone on the group photos, as `motcua "
+        "recognise`)", out)
     cfg0 = dataclasses.replace(base, terminal=TerminalConfig(
         id="hall-01", district=DISTRICT, state_dir=workdir / "terminal"))
     vision = _vision_or_build(cfg0, load_vision, out)
@@ -331,6 +332,14 @@ def run_demo(
     from edge.vision.pipeline import load_pipeline
 
     pipe = load_pipeline(cfg0)
+    if media is not None and (media / "scenes").is_dir():
+        # the pipeline alone first (``motcua recognise``): who is where in the group photos
+        from edge.demo import enrol as recognise_enrol
+        from edge.demo import recognise
+
+        indented = cast(TextIO, _Indent(out))
+        recognise(pipe, recognise_enrol(pipe, media / "faces", indented), [media / "scenes"],
+                  indented)
 
     say("[2/6] local Mosquitto broker", out)
     broker = LocalBroker(workdir / "broker").start()
@@ -468,6 +477,25 @@ def run_demo(
         if dlog is not None:
             dlog.close()
         broker.stop()
+
+
+class _Indent:
+    """A text stream that indents what another step prints into ``out``."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self._bol = True
+
+    def write(self, s: str) -> int:
+        for ch in s:
+            if self._bol and ch != "\n":
+                self.out.write("      ")
+            self.out.write(ch)
+            self._bol = ch == "\n"
+        return len(s)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def _vision_or_build(cfg: Config, load_vision: Callable[[Config], Any], out: TextIO) -> Any:

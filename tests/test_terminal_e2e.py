@@ -269,3 +269,21 @@ def test_demo_with_the_liveness_challenge_refuses_the_still_photo(tmp_path: Path
     kinds = [k for _, k, _ in result.events]
     assert "challenge" in kinds and "liveness_failed" in kinds, out.getvalue()
     assert result.matched == [] and "matched" not in kinds
+
+
+@pytest.mark.slow
+def test_readme_demo_command_on_the_sample_media(media_dir: Path, tmp_path: Path) -> None:
+    """`motcua demo` as the README runs it (a process, sample media, real broker)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), MOTCUA_MEDIA=str(media_dir))
+    done = subprocess.run([sys.executable, "-m", "edge", "demo", "--listen", "127.0.0.1:0",
+                           "--workdir", str(tmp_path / "demo")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "open http://127.0.0.1:" in out and "synced: 9 citizens" in out
+    assert "= lin_manuel_miranda" in out  # the Hamilton clip and his photo
+    assert "WRONG MATCHES" not in out
+    assert "not recognised" in out  # shea_whigham is left out of the gallery
+    matched = [line.split("= ", 1)[1].split(" ", 1)[0] for line in out.splitlines()
+               if "MATCHED" in line]
+    assert len(matched) >= 5 and "shea_whigham" not in matched, matched
