@@ -1,0 +1,1 @@
+"""The face pipeline: image reading, detector, crop, embedder (docs/pipeline.md)."""
