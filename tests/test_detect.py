@@ -226,3 +226,24 @@ def test_grey_alpha_and_16_bit_images_read_as_rgb(media_dir: Path, tmp_path: Pat
         cv2.imwrite(str(tmp_path / name), img)
         image = read_image(tmp_path / name)
         assert image.dtype == np.uint8 and image.shape == (*bgr.shape[:2], 3), name
+
+
+@pytest.mark.parametrize(
+    ("ext", "params"),
+    [
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 90]),
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),
+        (".bmp", []),
+        (".png", []),
+    ],
+)
+def test_other_formats_read_and_their_truncation_is_refused(
+    media_dir: Path, ext: str, params: list[int]
+) -> None:
+    """WebP (lossy VP8, lossless VP8L), BMP and PNG: header sizes read right, whole files
+    decode, the first half of each is refused as truncated."""
+    bgr = cv2.imread(str(media_dir / "faces" / "kit_harington" / "2.jpg"))
+    data = cv2.imencode(ext, bgr, params)[1].tobytes()
+    assert decode_image(data, "x").shape == bgr.shape
+    with pytest.raises(ImageError, match="truncated"):
+        decode_image(data[: len(data) // 2], "x")
