@@ -4,7 +4,10 @@ checkpoints, snapshots, content hash, full disk. Synthetic 512-d embeddings."""
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -262,9 +265,7 @@ def test_reenrolled_then_deleted_citizen_leaves_no_vector(tmp_path: Path, crash:
         assert _vector_bytes_in(ckpt, unit_rows(old, DIM, "t")[0])
         s.apply([CitizenDelete(s.last_seq + 1, cid(4))], epoch=1)
         if crash:
-            s._closed = True  # noqa: SLF001 - crash: no checkpoint after the delete
-            s._conn.close()  # noqa: SLF001
-            s._reader.close()  # noqa: SLF001
+            s._abandon()  # noqa: SLF001 - like a crash: no closing checkpoint
     with open_store(tmp_path) as s:
         s.verify_index()
         assert s.citizen(cid(4)) is None
@@ -287,9 +288,7 @@ def test_checkpoint_then_replay_after_it(tmp_path: Path, caplog: pytest.LogCaptu
                 epoch=1)
         want = s.content_hash()
         # simulate a crash: no close(), so no checkpoint covering the last batch
-        s._closed = True  # noqa: SLF001 - drop the handle without the closing checkpoint
-        s._conn.close()  # noqa: SLF001
-        s._reader.close()  # noqa: SLF001
+        s._abandon()  # noqa: SLF001 - like a crash: no closing checkpoint
     caplog.set_level(logging.INFO, logger="motcua.store")
     with open_store(tmp_path) as s:
         assert "loaded index checkpoint" in caplog.text and f"s{seq:012d}" in caplog.text
@@ -419,3 +418,64 @@ def test_closed_store_refuses(tmp_path: Path) -> None:
         s.search(FACES.query(0))
     with pytest.raises(StoreError, match="closed"):
         s.apply([upsert(1, 1)], epoch=1)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real 4 MB tmpfs (needs root, as the test runner has: scripts/install.sh)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_real_full_disk(tiny_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Fill a real 4 MB filesystem: the batch that does not fit is refused whole, the
+    checkpoint that does not fit leaves no file behind, and the store still opens."""
+    store = open_store(tiny_disk / "g", checkpoint_every=1_000_000)
+    acked, before = 0, store.content_hash()
+    with pytest.raises(StoreError, match="disk full"):  # noqa: PT012 - fill until it fails
+        for b in range(200):
+            store.apply([upsert(acked + 1 + j, b * 20 + j, 1) for j in range(20)], epoch=1)
+            acked += 20
+            before = store.content_hash()
+    assert acked > 0 and store.last_seq == acked
+    assert store.content_hash() == before
+    store.verify_index()
+    with pytest.raises(StoreError):
+        store.checkpoint(force=True)
+    assert not [p for p in (tiny_disk / "g" / "checkpoints").iterdir()
+                if p.name.startswith(".tmp")]
+    assert store.search(FACES.query(3))[0].citizen_id == cid(3)
+    store.close()  # its closing checkpoint fails: logged, not raised
+    assert "automatic checkpoint failed" in caplog.text
+    with open_store(tiny_disk / "g") as again:  # opens (rebuilds) on the full disk
+        assert again.last_seq == acked
+        again.verify_index()
+        assert again.content_hash() == before
+
+
+def test_second_process_cannot_open_the_same_store(tmp_path: Path) -> None:
+    with open_store(tmp_path) as s:
+        fill(s, 2)
+        code = (
+            "import sys; from edge.store import GalleryStore\n"
+            "from edge.errors import StoreError\n"
+            "try:\n"
+            f"    GalleryStore.open(sys.argv[1], embedder_id={EMBEDDER!r}, dim={DIM})\n"
+            "except StoreError as e:\n"
+            "    print(e); sys.exit(3)\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 3 and "in use by another process" in out.stdout
+        with pytest.raises(StoreError, match="in use"):  # and not twice in one process
+            open_store(tmp_path)
+    with open_store(tmp_path) as s:  # released on close
+        assert s.last_seq == 2

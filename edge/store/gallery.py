@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import logging
 import math
@@ -51,6 +52,8 @@ from edge.store.rwlock import RWLock
 log = logging.getLogger("motcua.store")
 
 DB_NAME = "gallery.db"
+#: held (flock) while a process has the store open: two writers would corrupt it
+LOCK_NAME = "lock"
 CHECKPOINT_DIR = "checkpoints"
 SCHEMA_VERSION = 1
 #: longest citizen id / dossier code accepted (the district uses UUIDs and short codes)
@@ -155,6 +158,20 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _lock_dir(path: Path) -> int:
+    """Take the store's exclusive lock; StoreError if another process holds it."""
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open {path / LOCK_NAME}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(f"gallery {path} is in use by another process") from None
+    return fd
 
 
 def _sha256_file(path: Path) -> str:
@@ -334,6 +351,7 @@ class GalleryStore:
         self._since_checkpoint = 0
         self._closed = False
         self._broken: str | None = None
+        self._lock_fd = -1
 
     # ================================================================== opening
     @classmethod
@@ -356,22 +374,22 @@ class GalleryStore:
             (path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create store directory {path}: {exc.strerror}") from None
+        lock_fd = _lock_dir(path)
         conn = reader = None
         try:
             conn = cls._connect(path / DB_NAME)
             reader = cls._connect(path / DB_NAME)
             store = cls(path, settings, embedder_id, dim, conn, reader)
+            store._lock_fd = lock_fd
             store._init_db()
             store._load_index()
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             for c in (conn, reader):
                 if c is not None:
                     c.close()
-            raise _sql_error(exc, f"cannot open gallery {path / DB_NAME}") from None
-        except BaseException:
-            for c in (conn, reader):
-                if c is not None:
-                    c.close()
+            os.close(lock_fd)
+            if isinstance(exc, sqlite3.Error):
+                raise _sql_error(exc, f"cannot open gallery {path / DB_NAME}") from None
             raise
         return store
 
@@ -448,12 +466,14 @@ class GalleryStore:
                 why = f"generation {gen}, the gallery is at {self._generation}"
             elif seq > self._last_seq:
                 why = f"covers change {seq}, beyond the gallery's {self._last_seq}"
-            elif not path.is_file():
-                why = "file missing"
-            elif path.stat().st_size != size:
-                why = f"size {path.stat().st_size}, recorded {size}"
-            elif _sha256_file(path) != sha:
-                why = "sha256 does not match the recorded one"
+            else:
+                try:
+                    if path.stat().st_size != size:
+                        why = f"size {path.stat().st_size}, recorded {size}"
+                    elif _sha256_file(path) != sha:
+                        why = "sha256 does not match the recorded one"
+                except OSError as exc:
+                    why = f"unreadable: {exc.strerror or exc}"
             if why is not None:
                 log.warning("skipping index checkpoint %s: %s", name, why)
                 continue
@@ -1139,9 +1159,22 @@ class GalleryStore:
             with self._rw.write():
                 self._closed = True
                 self._index = None
-            for conn in (self._conn, self._reader):
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
+            self._release()
+
+    def _release(self) -> None:
+        for conn in (self._conn, self._reader):
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _abandon(self) -> None:
+        """Drop the store like a crash would: no closing checkpoint (for tests)."""
+        with self._apply_lock, self._rw.write():
+            self._closed = True
+            self._index = None
+            self._release()
 
     def __enter__(self) -> GalleryStore:
         return self
