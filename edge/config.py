@@ -191,6 +191,11 @@ class SessionConfig:
     #: seen 0.15 after long tracking drift), a real 30-degree turn gives 0.15-0.35.
     #: 0 disables it (unit tests of the landmark cue on synthetic landmarks)
     texture_min: float = 0.10
+    #: the texture parallax of a real turn appears in the same frames as the landmark
+    #: parallax; this grace only covers a frame or two of lag. Without the limit, optical
+    #: flow drift on a waved print creeps over texture_min after a few seconds, while a
+    #: landmark network that misreads the tilted print keeps its parallax up
+    texture_grace_s: float = 0.5
     #: time allowed for the gesture after the prompt; a person needs 1-3 s
     challenge_s: float = 6.0
     #: the face after the gesture must still be the same person: cosine similarity of its

@@ -220,3 +220,35 @@ def test_run_loop_on_a_grabbed_corrupt_video_reports_camera_down(
 def test_gallery_is_a_real_store(gallery: GalleryStore) -> None:
     assert gallery.citizen_count == 10
     assert {m.citizen_id for m in gallery.search(np.ones(gallery.dim, np.float32), k=3)}
+
+
+def test_tilted_print_that_fools_the_landmark_cue_is_stopped_by_the_texture_cue(
+        media_dir, ports) -> None:
+    """Held-out seed 4 of Angelina Jolie's photo waved as a print: from frame 90 the tilt
+    makes MTCNN place the nose as if the head turned left (parallax 0.3-0.4 for seconds).
+    The landmark cue alone passes ``turn_left``; the texture of the print still moves by
+    one homography, so both cues together fail it."""
+    from edge.session.events import Challenge
+    from edge.session.liveness import LivenessCheck, Verdict
+
+    imgs = list(moved_print(load_print(media_dir / "faces" / "angelina_jolie" / "1.jpg"),
+                            150, seed=4))[90:]
+    dets = [ports.detect(img) for img in imgs]
+    first = dets[0]
+    k = first.largest()
+
+    def verdict(texture_min: float) -> tuple[Verdict, str]:
+        c = cfg(texture_min=texture_min)
+        chk = LivenessCheck(c, Challenge.TURN_LEFT, first.landmarks[k], 0.0, image=imgs[0],
+                            box=first.boxes[k])
+        v = Verdict.PENDING
+        for i in range(1, len(imgs)):
+            if len(dets[i]):
+                v = chk.update(dets[i].landmarks[dets[i].largest()], i / 15, imgs[i])
+                if v is not Verdict.PENDING:
+                    break
+        return v, chk.reason
+
+    assert verdict(0.0)[0] is Verdict.PASSED  # the landmark cue alone is fooled
+    v, reason = verdict(SessionConfig().texture_min)
+    assert v is Verdict.FAILED and "flat picture" in reason

@@ -57,8 +57,8 @@ class LivenessCheck:
         #: newest and largest texture non-planarity seen (IOD), for tests and tuning
         self.texture_last: float | None = None
         self.texture_best = 0.0
-        #: the landmark cue alone was satisfied at some point (for the failure reason)
-        self.landmarks_passed = False
+        #: when the landmark cue alone was first satisfied (None: not yet)
+        self.landmarks_passed_t: float | None = None
         self.challenge = challenge
         self.reference: F32 | None = np.asarray(reference, np.float32).copy()
         self.t0 = t0
@@ -84,7 +84,7 @@ class LivenessCheck:
             if self.texture_last is not None:
                 self.texture_best = max(self.texture_best, self.texture_last)
         if t - self.t0 > cfg.challenge_s:
-            if self.planar > PLANAR_MOTION or self.landmarks_passed:
+            if self.planar > PLANAR_MOTION or self.landmarks_passed_t is not None:
                 return self._fail("the face moved like a flat picture (no 3-D movement)")
             return self._fail("the requested head movement was not seen")
         self.frames += 1
@@ -110,11 +110,15 @@ class LivenessCheck:
         if wanted >= cfg.parallax_min:
             self.streak += 1
             if self.streak >= cfg.parallax_frames:
-                self.landmarks_passed = True
+                if self.landmarks_passed_t is None:
+                    self.landmarks_passed_t = t
                 if self.texture is None or (self.texture_last is not None
                                             and self.texture_last >= cfg.texture_min):
                     self._forget()
                     return Verdict.PASSED
+                if t - self.landmarks_passed_t > cfg.texture_grace_s:
+                    return self._fail("the face moved like a flat picture (landmarks turned, "
+                                      "texture did not)")
         else:
             self.streak = 0
         return Verdict.PENDING
