@@ -78,7 +78,7 @@ def check_image(image: object, what: str) -> npt.NDArray[np.uint8]:
     if image.ndim == 2:
         import cv2
 
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        image = np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), np.uint8)
     if image.ndim != 3 or image.shape[2] != 3:
         raise CameraError(f"{what}: unexpected frame shape {image.shape}")
-    return image
+    return np.asarray(image, np.uint8)

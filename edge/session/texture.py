@@ -29,12 +29,23 @@ RANSAC_IOD = 0.03
 #: the inner face used for corners: box shrunk by this share per side (no background,
 #: no hair edge, which moves differently from the face even on a real head)
 INNER_X, INNER_Y = 0.15, 0.1
-_LK = dict(winSize=(15, 15), maxLevel=3,
-           criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+#: Lucas-Kanade window and pyramid depth: 15 px windows over 4 levels follow the ~60 px
+#: frame-to-frame moves of a waved print at 15 fps
+LK_WIN = (15, 15)
+LK_LEVELS = 3
+LK_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
+
+
+def _flow(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8], pts: F32
+          ) -> tuple[F32, npt.NDArray[np.uint8]]:
+    nxt, st, _ = cv2.calcOpticalFlowPyrLK(a, b, pts, None, winSize=LK_WIN,  # type: ignore[call-overload]
+                                          maxLevel=LK_LEVELS, criteria=LK_CRITERIA)
+    return np.asarray(nxt, np.float32), np.asarray(st, np.uint8)
 
 
 def grey(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    out = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    return np.asarray(out, np.uint8)
 
 
 class TextureTracker:
@@ -67,8 +78,8 @@ class TextureTracker:
             return None
         g = grey(image)
         cur = self._cur.reshape(-1, 1, 2)
-        nxt, st, _ = cv2.calcOpticalFlowPyrLK(self._prev, g, cur, None, **_LK)
-        back, st2, _ = cv2.calcOpticalFlowPyrLK(g, self._prev, nxt, None, **_LK)
+        nxt, st = _flow(self._prev, g, cur)
+        back, st2 = _flow(g, self._prev, nxt)
         fb = np.linalg.norm((back - cur).reshape(-1, 2), axis=1)
         self._alive &= (st.reshape(-1) == 1) & (st2.reshape(-1) == 1) & (fb < FB_MAX_PX)
         self._cur = nxt.reshape(-1, 2)
