@@ -126,7 +126,13 @@ class TerminalSubscriber:
         channel = self._channels.get(msg.topic)
         if channel is not None:
             self.bytes_received += len(msg.payload)
-            self._inbox.put((channel, bytes(msg.payload)))
+            item = (channel, bytes(msg.payload))
+            while not self.stop_event.is_set():  # back-pressure, but never block a stop
+                try:
+                    self._inbox.put(item, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
 
     # ---- life cycle ---------------------------------------------------------------
 
