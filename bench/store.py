@@ -82,7 +82,7 @@ def build(directory: Path, n: int, per_citizen: int, faces: ClusteredFaces) -> d
     half re-enrolments of existing ones, BATCH per apply) are the steady state and give
     upserts/s through the store: transaction, index, automatic checkpoints, all of it.
     """
-    n_apply = min(10_000, max(n // 10, 2 * BATCH))
+    n_apply = min(10_000, max(n // 10, 2 * BATCH)) // BATCH * BATCH
     n_snap = n - n_apply // 2
     t0 = time.perf_counter()
     snapshot = [_citizen(0, i, faces, per_citizen) for i in range(n_snap)]
@@ -140,6 +140,7 @@ def build(directory: Path, n: int, per_citizen: int, faces: ClusteredFaces) -> d
     store.checkpoint(force=True)
     save_s = time.perf_counter() - t0
     n_final = store.citizen_count
+    vectors = store.index_stats()["live"]
     store.close()
     disk = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
     db = sum(f.stat().st_size for f in directory.glob(DB_NAME + "*"))

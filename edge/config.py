@@ -378,9 +378,13 @@ class StoreSettings:
     #: capacity reserved at creation (slots); resized by growth_factor past it
     initial_capacity: int = 1024
     #: write a checkpoint after this many applied changes (and on close, after a snapshot
-    #: or rebuild). Replaying 2,000 changes on start takes ~1 s; a 100k checkpoint is
-    #: ~220 MB written to an SD card, so not more often than that
+    #: or rebuild), or after checkpoint_share of the gallery if that is more. A 100k
+    #: checkpoint is ~240 MB and took 2.4 s to write (bench/store.py): every 2,000
+    #: changes that doubled the cost of a burst of upserts; replaying 2,000-5,000 changes
+    #: on start costs 1-3 s, small next to a rebuild (~110 s at 100k)
     checkpoint_every: int = 2000
+    #: see checkpoint_every: 5% of the gallery = 5,000 changes at 100k citizens
+    checkpoint_share: float = 0.05
     #: checkpoints kept; the older one is a fallback when the newest is damaged. Older
     #: checkpoints are dropped anyway once a citizen deletion happened after them, so a
     #: deleted citizen's vectors do not survive in a fallback file
@@ -403,6 +407,8 @@ class StoreSettings:
                 raise bad(key, "must be at least 1")
         if not 2 <= self.M <= 100:
             raise bad("M", "must be between 2 and 100")
+        if not 0.0 <= self.checkpoint_share <= 1.0:
+            raise bad("checkpoint_share", "must be between 0 and 1")
         if not 0.0 < self.rebuild_deleted_share < 1.0:
             raise bad("rebuild_deleted_share", "must be between 0 and 1 (exclusive)")
         if not 1.05 <= self.growth_factor <= 4.0:

@@ -479,3 +479,17 @@ def test_second_process_cannot_open_the_same_store(tmp_path: Path) -> None:
             open_store(tmp_path)
     with open_store(tmp_path) as s:  # released on close
         assert s.last_seq == 2
+
+
+def test_checkpoint_policy_every_n_or_share_of_gallery(tmp_path: Path) -> None:
+    with open_store(tmp_path, checkpoint_every=10, checkpoint_share=0.5,
+                    keep_checkpoints=100) as s:
+        fill(s, 20, batch=5, most=1)  # due every 10 changes while the gallery is small
+        fill(s, 100, batch=5, most=1)  # re-enrols 0..19, then grows to 100 citizens
+        seqs = [r[0] for r in s._conn.execute(  # noqa: SLF001
+            "SELECT seq FROM checkpoints ORDER BY seq")]
+    # opening writes one at 0; then every 10 until 20 citizens are there (0.5 x 20 = 10),
+    # and later every 0.5 x citizens changes
+    assert seqs[:3] == [0, 10, 20]
+    gaps = [b - a for a, b in zip(seqs[1:], seqs[2:], strict=False)]
+    assert all(g >= 10 for g in gaps) and max(gaps) >= 25, seqs

@@ -491,7 +491,7 @@ class GalleryStore:
         if self._index is None:  # no usable checkpoint
             self._install_rebuilt(self._rebuild_from_sql())
         self._drop_stray_files()
-        if self._since_checkpoint >= self._settings.checkpoint_every:
+        if self._since_checkpoint >= self._checkpoint_due():
             self._try_auto_checkpoint()
 
     def _reconcile(self, index: HnswIndex) -> None:
@@ -832,15 +832,20 @@ class GalleryStore:
         with self._rw.write():
             self._index = index
             self._generation = generation
-        self._since_checkpoint = self._settings.checkpoint_every
+        self._since_checkpoint = self._checkpoint_due()  # none usable yet
 
     def _after_write(self) -> None:
         idx = self._index
         assert idx is not None
         if idx.needs_rebuild():
             self.rebuild()
-        elif self._since_checkpoint >= self._settings.checkpoint_every:
+        elif self._since_checkpoint >= self._checkpoint_due():
             self._try_auto_checkpoint()
+
+    def _checkpoint_due(self) -> int:
+        """Changes after which the policy writes a checkpoint (see StoreSettings)."""
+        s = self._settings
+        return max(s.checkpoint_every, int(s.checkpoint_share * self.citizen_count))
 
     def _try_auto_checkpoint(self) -> None:
         try:
@@ -848,7 +853,7 @@ class GalleryStore:
         except StoreError as exc:
             # the batch is applied and safe in SQLite; try again a while later
             log.warning("automatic checkpoint failed: %s", exc)
-            self._since_checkpoint = self._settings.checkpoint_every // 2
+            self._since_checkpoint = self._checkpoint_due() // 2
 
     def rebuild(self) -> None:
         """Rebuild the index from SQLite and swap it in (searches use the old meanwhile)."""
@@ -918,7 +923,7 @@ class GalleryStore:
                 self._next_label, self._generation = next_label, generation
                 self._last_delete_seq = last_seq
                 self._broken = None
-            self._since_checkpoint = self._settings.checkpoint_every
+            self._since_checkpoint = self._checkpoint_due()  # none usable yet
             self._try_auto_checkpoint()
 
     # ================================================================== checkpoints
