@@ -123,7 +123,11 @@ class SyncEngine:
         self._request_delay = request_retry_s
         self._replays_without_progress = 0
         self._snapshot: _Snapshot | None = None
-        #: called with (batch, apply end time) after each applied batch (latency figures)
+        if spool_dir is not None and spool_dir.is_dir():
+            # spools of a snapshot that a crash or power cut interrupted: never resumed
+            for stale in spool_dir.glob("snapshot-*.spool"):
+                stale.unlink(missing_ok=True)
+        #: called with each applied batch (latency figures, tests)
         self.on_applied: Callable[[pb.Batch | pb.SnapshotChunk], None] | None = None
 
     # ---- helpers -----------------------------------------------------------------

@@ -237,3 +237,26 @@ def test_replaced_terminal_with_empty_store_converges(rig: Rig) -> None:
     new = rig.terminal("t-a", rig.store("t-a-new"))  # same identity, new empty store
     wait_for(lambda: rig.converged(new), timeout=60, what="replacement converged")
     assert new.engine.store.citizen("c0000001") is None
+
+
+def test_citizen_deleted_before_publishing_is_never_sent(rig: Rig) -> None:
+    # the terminal is in sync; then a citizen is enrolled and deleted before the publisher
+    # runs: the erased entries go out as deletes, the embedding never leaves the district
+    add_citizens(rig.dlog, 5)
+    store = rig.store("t-a")
+    reference_store(rig.dlog, store)
+    rig.dlog.mark_published(rig.dlog.head_seq)
+    first = rig.dlog.head_seq + 1
+    (victim,) = add_citizens(rig.dlog, 1, start=77)
+    emb = victim_embedding(rig, victim)
+    rig.dlog.update_dossier("HS-0000077", status=DossierStatus.PROCESSING)
+    rig.dlog.delete_citizen(victim)
+    t = rig.terminal("t-a", store)
+    seen: list[bytes] = []
+    t.engine.on_applied = lambda batch: seen.append(batch.SerializeToString())
+    rig.start_publisher()
+    wait_for(lambda: rig.converged(t), what="converged")
+    assert store.citizen(victim) is None and store.dossiers(victim) == []
+    assert all(m.citizen_id != victim for m in store.search(emb, 5))
+    assert emb.tobytes() not in b"".join(seen)  # only deletes were sent for the victim
+    assert store.last_seq == first + 3 and sum(t.engine.rejections.values()) == 0
