@@ -35,6 +35,13 @@ def test_optimised_copy_is_made_once_and_gives_the_same_outputs(pnet_copy: Path)
     second = OnnxModel(pnet_copy, rt)
     assert second.loaded_from == made[0] and made[0].stat().st_mtime_ns == stamp
 
+    # a rebuilt pack file (new bytes, new time) gets a new copy; the old one is removed
+    stale = made[0]
+    pnet_copy.write_bytes(pnet_copy.read_bytes())
+    third = OnnxModel(pnet_copy, rt)
+    now = list((pnet_copy.parent.parent / OPTIMIZED_DIR).glob("pack-pnet-*.onnx"))
+    assert now == [third.loaded_from] and third.loaded_from != stale and not stale.exists()
+
     plain = ort.InferenceSession(str(pnet_copy), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(3).uniform(-1, 1, (1, 160, 120, 3)).astype(np.float32)
     want = plain.run(None, {first.input_name: x})

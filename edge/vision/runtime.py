@@ -161,6 +161,10 @@ def optimized_copy(path: Path) -> Path | None:
         )
         if proc.returncode == 0 and target.is_file():
             log.info("optimised %s for this CPU into %s", path.name, target)
+            # copies for an older build of the pack, onnxruntime or CPU are dead weight
+            for stale in target.parent.glob(f"{path.parent.name}-{path.stem}-*.onnx"):
+                if stale != target:
+                    stale.unlink(missing_ok=True)
             return target
         last = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
         log.warning("cannot optimise %s: %s", path.name, last[0])
