@@ -16,8 +16,15 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import DEFAULT_MODEL_DIR, DEFAULT_PACK, Config, DetectorConfig, config_from_dict
-from edge.errors import ConfigError, ImageError
+from edge.config import (
+    DEFAULT_MODEL_DIR,
+    DEFAULT_PACK,
+    Config,
+    DetectorConfig,
+    RuntimeConfig,
+    config_from_dict,
+)
+from edge.errors import ConfigError, ImageError, ModelError
 from edge.vision.images import MAX_PIXELS, decode_image, read_image
 from edge.vision.mtcnn import MtcnnDetector, build_detector
 from edge.vision.pipeline import FacePipeline
@@ -247,3 +254,11 @@ def test_other_formats_read_and_their_truncation_is_refused(
     assert decode_image(data, "x").shape == bgr.shape
     with pytest.raises(ImageError, match="truncated"):
         decode_image(data[: len(data) // 2], "x")
+
+
+def test_wrong_network_for_a_stage_is_refused(face_pipeline: FacePipeline) -> None:
+    """R-Net given as O-Net (no landmark output): a ModelError naming the file."""
+    det = face_pipeline.detector
+    assert isinstance(det, MtcnnDetector)
+    with pytest.raises(ModelError, match="rnet.onnx: outputs end in"):
+        MtcnnDetector(det.pnet.path, det.rnet.path, det.rnet.path, RuntimeConfig())

@@ -14,9 +14,10 @@ Conventions the weights expect (they were converted from the original Caffe/Matl
 models): pixels scaled to [-1, 1] as ``(v - 127.5) / 128``, RGB, and every image
 *transposed* (width first: NWHC instead of NHWC). Only the small network inputs are
 transposed (each pyramid level, each batch of crops), in the same pass that converts
-them to float32; transposing the full frame would cost more than all of them. Each
-pyramid level is resized from the previous one, so only the first reads the full frame.
-Box regressions are offsets relative to the window's width/height;
+them to float32; transposing the full frame would cost more than all of them. A halving
+pyramid of the frame (1, 1/2, 1/4, ...) feeds the first P-Net level and every crop, and
+each further P-Net level is resized from the previous one, so the full frame is read
+once. Box regressions are offsets relative to the window's width/height;
 landmarks are relative to the O-Net input window, five x values then five y values.
 Coordinates here are continuous pixels (a box is [x1, x2) x [y1, y2)).
 """
@@ -129,11 +130,26 @@ class MtcnnDetector:
         self.settings = settings or MtcnnSettings()
 
     def _check_outputs(self) -> None:
-        for model, n in ((self.pnet, 2), (self.rnet, 2), (self.onet, 3)):
-            if len(model.output_names) != n:
+        """Find each output by its last dimension (4: box regression, 2: background/face
+        probabilities, 10: landmarks), so the order the converter wrote them in does not
+        matter; a network without exactly those outputs is refused."""
+        self._order: dict[str, list[int]] = {}
+        for name, model, sizes in (
+            ("pnet", self.pnet, (4, 2)),
+            ("rnet", self.rnet, (4, 2)),
+            ("onet", self.onet, (4, 10, 2)),
+        ):
+            last = [o.shape[-1] for o in model.session.get_outputs()]
+            if sorted(last, key=str) != sorted(sizes, key=str):
                 raise ModelError(
-                    f"{model.path.name}: expected {n} outputs, found {model.output_names}"
+                    f"{model.path.name}: outputs end in {last}, expected {list(sizes)} "
+                    "(box regression, probabilities[, landmarks])"
                 )
+            self._order[name] = [last.index(n) for n in sizes]
+
+    def _run(self, name: str, model: OnnxModel, x: FloatArray) -> list[np.ndarray]:
+        out = model.run(x)
+        return [out[i] for i in self._order[name]]
 
     # -- public ---------------------------------------------------------------------------
 
@@ -186,7 +202,7 @@ class MtcnnDetector:
             if level is None:
                 level = halves.level(max(0, int(math.floor(math.log2(1.0 / scale)))))
             level = np.asarray(cv2.resize(level, (ws, hs), interpolation=cv2.INTER_AREA), np.uint8)
-            reg, prob = self.pnet.run(_network_input(level[None]))
+            reg, prob = self._run("pnet", self.pnet, _network_input(level[None]))
             face = prob[0, :, :, 1]
             ix, iy = np.nonzero(face >= s.pnet_threshold)
             if ix.size == 0:
@@ -216,7 +232,7 @@ class MtcnnDetector:
         self, image: _HalvingPyramid, boxes: FloatArray
     ) -> tuple[FloatArray, FloatArray]:
         s = self.settings
-        reg, prob = self.rnet.run(_network_input(_crops(image, boxes, 24)))
+        reg, prob = self._run("rnet", self.rnet, _network_input(_crops(image, boxes, 24)))
         score = prob[:, 1]
         ok = np.flatnonzero(score > s.rnet_threshold)
         if ok.size == 0:
@@ -230,7 +246,7 @@ class MtcnnDetector:
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         s = self.settings
         boxes = _integer_boxes(boxes)
-        reg, marks, prob = self.onet.run(_network_input(_crops(image, boxes, 48)))
+        reg, marks, prob = self._run("onet", self.onet, _network_input(_crops(image, boxes, 48)))
         score = prob[:, 1]
         ok = np.flatnonzero(score > s.onet_threshold)
         if ok.size == 0:
