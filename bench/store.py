@@ -252,7 +252,7 @@ def child(args: argparse.Namespace) -> None:
         store.rebuild()  # from SQLite, as on a start without a usable checkpoint
         rebuild_s = time.perf_counter() - t0
         progress(f"rebuild from SQLite {rebuild_s:.1f} s")
-    store._try_auto_checkpoint = lambda: None  # type: ignore[method-assign]  # noqa: SLF001
+    store._try_checkpoint_now = lambda: None  # type: ignore[method-assign]  # noqa: SLF001
     store.close()
     print(json.dumps({
         "checkpoint_load_s": load_s, "rss_mb": rss, "rss_peak_mb": rss_peak,

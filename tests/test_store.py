@@ -484,8 +484,11 @@ def test_second_process_cannot_open_the_same_store(tmp_path: Path) -> None:
 def test_checkpoint_policy_every_n_or_share_of_gallery(tmp_path: Path) -> None:
     with open_store(tmp_path, checkpoint_every=10, checkpoint_share=0.5,
                     keep_checkpoints=100) as s:
-        fill(s, 20, batch=5, most=1)  # due every 10 changes while the gallery is small
-        fill(s, 100, batch=5, most=1)  # re-enrols 0..19, then grows to 100 citizens
+        for n in (20, 100):  # 20 citizens; then re-enrol those and grow to 100
+            for start in range(0, n, 5):
+                s.apply([upsert(s.last_seq + 1 + j, start + j, 1) for j in range(5)],
+                        epoch=1)
+                s.wait_for_checkpoint()  # the policy's checkpoints finish in a thread
         seqs = [r[0] for r in s._conn.execute(  # noqa: SLF001
             "SELECT seq FROM checkpoints ORDER BY seq")]
     # opening writes one at 0; then every 10 until 20 citizens are there (0.5 x 20 = 10),

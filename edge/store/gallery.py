@@ -283,6 +283,19 @@ def _prepare(change: object, dim: int, settings: StoreSettings) -> _Prepared:
     raise StoreError(f"not a change: {type(change).__name__}")
 
 
+@dataclasses.dataclass
+class _PendingCheckpoint:
+    """A checkpoint saved to a temp file, not yet fsynced, hashed, renamed, recorded."""
+
+    name: str
+    tmp: Path
+    generation: int
+    seq: int
+    slots: int
+    since: int
+    started: float
+
+
 class _Mapping:
     """In-memory mirror of the embeddings table: label <-> citizen."""
 
@@ -352,6 +365,9 @@ class GalleryStore:
         self._closed = False
         self._broken: str | None = None
         self._lock_fd = -1
+        #: held from saving a checkpoint until it is recorded (taken before _apply_lock)
+        self._ckpt_lock = threading.Lock()
+        self._ckpt_thread: threading.Thread | None = None
 
     # ================================================================== opening
     @classmethod
@@ -492,7 +508,7 @@ class GalleryStore:
             self._install_rebuilt(self._rebuild_from_sql())
         self._drop_stray_files()
         if self._since_checkpoint >= self._checkpoint_due():
-            self._try_auto_checkpoint()
+            self._auto_checkpoint()
 
     def _reconcile(self, index: HnswIndex) -> None:
         """Bring a loaded checkpoint up to SQLite: the replay of the changes after it.
@@ -840,20 +856,21 @@ class GalleryStore:
         if idx.needs_rebuild():
             self.rebuild()
         elif self._since_checkpoint >= self._checkpoint_due():
-            self._try_auto_checkpoint()
+            self._auto_checkpoint()
 
     def _checkpoint_due(self) -> int:
         """Changes after which the policy writes a checkpoint (see StoreSettings)."""
         s = self._settings
         return max(s.checkpoint_every, int(s.checkpoint_share * self.citizen_count))
 
-    def _try_auto_checkpoint(self) -> None:
+    def _try_checkpoint_now(self) -> None:
+        """Synchronous policy checkpoint (open, close); failures are logged only."""
         try:
             self._checkpoint_locked()
         except StoreError as exc:
-            # the batch is applied and safe in SQLite; try again a while later
+            # everything is safe in SQLite; try again a while later
             log.warning("automatic checkpoint failed: %s", exc)
-            self._since_checkpoint = self._checkpoint_due() // 2
+            self._since_checkpoint = max(self._since_checkpoint, self._checkpoint_due() // 2)
 
     def rebuild(self) -> None:
         """Rebuild the index from SQLite and swap it in (searches use the old meanwhile)."""
@@ -862,7 +879,7 @@ class GalleryStore:
             index = self._rebuild_from_sql()
             self._install_rebuilt(index)
             log.info("index rebuilt: %d vectors", index.live)
-            self._try_auto_checkpoint()
+            self._auto_checkpoint()
 
     def replace_all(self, changes: Iterable[Change], *, epoch: int, last_seq: int,
                     embedder_id: str | None = None) -> None:
@@ -924,17 +941,35 @@ class GalleryStore:
                 self._last_delete_seq = last_seq
                 self._broken = None
             self._since_checkpoint = self._checkpoint_due()  # none usable yet
-            self._try_auto_checkpoint()
+            self._auto_checkpoint()
 
     # ================================================================== checkpoints
     def checkpoint(self, *, force: bool = False) -> None:
         """Write an index checkpoint now (unless one covers the current change number
         already and ``force`` is false)."""
-        with self._apply_lock:
-            self._require_open()
-            self._checkpoint_locked(force=force)
+        with self._ckpt_lock:  # waits for a checkpoint in progress
+            with self._apply_lock:
+                self._require_open()
+                pending = self._checkpoint_save(force=force)
+            if pending is not None:
+                self._checkpoint_finish(pending)
+
+    def wait_for_checkpoint(self) -> None:
+        """Block until an automatic checkpoint in progress (if any) is recorded."""
+        with self._ckpt_lock:
+            pass
 
     def _checkpoint_locked(self, *, force: bool = False) -> None:
+        """Write a checkpoint now, in this thread (apply lock held by the caller)."""
+        pending = self._checkpoint_save(force=force)
+        if pending is not None:
+            self._checkpoint_finish(pending)
+
+    def _checkpoint_save(self, *, force: bool = False) -> _PendingCheckpoint | None:
+        """Phase 1, under the apply lock: save the index to a temp file.
+
+        No writer can run meanwhile; searches may (saving only reads the index).
+        """
         idx = self._index
         assert idx is not None
         newest = self._conn.execute(
@@ -943,48 +978,91 @@ class GalleryStore:
         ).fetchone()
         if newest is not None and newest[0] == self._last_seq and not force:
             self._since_checkpoint = 0
-            return
+            return None
         name = f"index-g{self._generation:06d}-s{self._last_seq:012d}.hnsw"
-        final = self._ckpt_dir / name
-        tmp = self._ckpt_dir / f".tmp-{name}-{os.getpid()}"
-        t0 = time.monotonic()
+        tmp = self._ckpt_dir / f".tmp-{name}-{os.getpid()}-{threading.get_ident()}"
+        pending = _PendingCheckpoint(name, tmp, self._generation, self._last_seq, idx.slots,
+                                     self._since_checkpoint, time.monotonic())
         try:
-            # no writer can run (apply lock held); searches may go on: both only read
             idx.save(tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            sha = _sha256_file(tmp)
-            size = tmp.stat().st_size
-            os.replace(tmp, final)
-            _fsync_dir(self._ckpt_dir)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise StoreError(f"cannot write index checkpoint: {exc.strerror or exc}") from None
         except StoreError:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        c = self._conn
-        try:
-            c.execute("BEGIN IMMEDIATE")
-            c.execute("INSERT OR REPLACE INTO checkpoints (name, generation, seq, sha256, "
-                      "size, slots, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      (name, self._generation, self._last_seq, sha, size, idx.slots,
-                       time.time()))
-            c.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            with contextlib.suppress(OSError):
-                final.unlink()
-            raise _sql_error(exc, "cannot record index checkpoint") from None
         self._since_checkpoint = 0
-        log.info("index checkpoint %s written in %.2f s", name, time.monotonic() - t0)
-        self._prune_checkpoints(name)
-        with contextlib.suppress(sqlite3.Error):
-            # keep the WAL small (and free of old page images) now that we are at rest
-            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return pending
+
+    def _checkpoint_finish(self, p: _PendingCheckpoint) -> None:
+        """Phases 2 and 3: fsync, hash and rename (no lock), then record (apply lock)."""
+        final = self._ckpt_dir / p.name
+        try:
+            with open(p.tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            sha = _sha256_file(p.tmp)
+            size = p.tmp.stat().st_size
+            os.replace(p.tmp, final)
+            _fsync_dir(self._ckpt_dir)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                p.tmp.unlink()
+            self._checkpoint_failed(p)
+            raise StoreError(f"cannot write index checkpoint: {exc.strerror or exc}") from None
+        with self._apply_lock:
+            if self._closed:
+                return  # abandoned meanwhile; the unrecorded file is removed on open
+            c = self._conn
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                c.execute("INSERT OR REPLACE INTO checkpoints (name, generation, seq, sha256, "
+                          "size, slots, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          (p.name, p.generation, p.seq, sha, size, p.slots, time.time()))
+                c.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                with contextlib.suppress(OSError):
+                    final.unlink()
+                self._checkpoint_failed(p)
+                raise _sql_error(exc, "cannot record index checkpoint") from None
+            log.info("index checkpoint %s written in %.2f s", p.name,
+                     time.monotonic() - p.started)
+            self._prune_checkpoints(p.name)
+            with contextlib.suppress(sqlite3.Error):
+                # keep the WAL small (and free of old page images) now that we are at rest
+                c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _checkpoint_failed(self, p: _PendingCheckpoint) -> None:
+        # the changes it would have covered still count, so the policy tries again
+        self._since_checkpoint += p.since
+
+    def _auto_checkpoint(self) -> None:
+        """Policy checkpoint from a writer (apply lock held): the index is saved here,
+        the slow part (fsync, hash, rename, record) runs in a worker thread. Skipped if
+        one is still in progress (the change counter keeps growing)."""
+        if not self._ckpt_lock.acquire(blocking=False):
+            return
+        try:
+            pending = self._checkpoint_save()
+        except StoreError as exc:
+            self._ckpt_lock.release()
+            log.warning("automatic checkpoint failed: %s", exc)
+            self._since_checkpoint = max(self._since_checkpoint, self._checkpoint_due() // 2)
+            return
+        if pending is None:
+            self._ckpt_lock.release()
+            return
+
+        def finish() -> None:
+            try:
+                self._checkpoint_finish(pending)
+            except StoreError as exc:
+                log.warning("automatic checkpoint failed: %s", exc)
+            finally:
+                self._ckpt_lock.release()
+
+        self._ckpt_thread = threading.Thread(target=finish, name="store-checkpoint",
+                                             daemon=True)
+        self._ckpt_thread.start()
 
     def _prune_checkpoints(self, newest: str) -> None:
         rows = self._conn.execute(
@@ -1156,11 +1234,11 @@ class GalleryStore:
     # ================================================================== closing
     def close(self) -> None:
         """Checkpoint if anything changed, then close (idempotent)."""
-        with self._apply_lock:
+        with self._ckpt_lock, self._apply_lock:  # after a checkpoint in progress
             if self._closed:
                 return
             if self._broken is None and self._since_checkpoint > 0:
-                self._try_auto_checkpoint()
+                self._try_checkpoint_now()
             with self._rw.write():
                 self._closed = True
                 self._index = None
@@ -1176,7 +1254,7 @@ class GalleryStore:
 
     def _abandon(self) -> None:
         """Drop the store like a crash would: no closing checkpoint (for tests)."""
-        with self._apply_lock, self._rw.write():
+        with self._ckpt_lock, self._apply_lock, self._rw.write():
             self._closed = True
             self._index = None
             self._release()
