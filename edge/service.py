@@ -62,7 +62,8 @@ class SyncLink:
     """How the terminal reaches its district (None of it: run on the local store only)."""
 
     broker: Any  # sync.mqtt.BrokerSettings
-    public_key: Ed25519PublicKey
+    #: the district's key, or several during a key rotation (sync.keys.load_public_keys)
+    public_key: Ed25519PublicKey | list[Ed25519PublicKey]
     prefix: str = ""
 
 

@@ -34,7 +34,7 @@ def sync_link(cfg: Config) -> SyncLink | None:
     s = cfg.sync
     if not s.broker:
         return None
-    from sync.keys import load_public_key
+    from sync.keys import load_public_keys
     from sync.mqtt import BrokerSettings
 
     host, _, port = s.broker.rpartition(":")
@@ -46,7 +46,7 @@ def sync_link(cfg: Config) -> SyncLink | None:
                             ca_file=s.ca_file if s.tls else None,
                             cert_file=s.cert_file, key_file=s.key_file,
                             username=s.username, password=password)
-    return SyncLink(broker=broker, public_key=load_public_key(s.district_key_file),
+    return SyncLink(broker=broker, public_key=load_public_keys(s.district_key_file),
                     prefix=s.prefix)
 
 

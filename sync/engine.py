@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from edge.errors import ChangeOrderError, MessageRejected, StoreError
 from edge.store.changes import Change, CitizenUpsert, DossierUpsert
 from proto import sync_pb2 as pb
 from sync import wire
+from sync.wire import PublicKeys
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class SyncEngine:
         *,
         district_id: str,
         terminal_id: str,
-        public_key: Ed25519PublicKey,
+        public_key: PublicKeys,
         spool_dir: Path | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         gap_timeout_s: float = GAP_TIMEOUT_S,
@@ -125,7 +124,7 @@ class SyncEngine:
         self._snapshot: _Snapshot | None = None
         if spool_dir is not None and spool_dir.is_dir():
             # spools of a snapshot that a crash or power cut interrupted: never resumed
-            for stale in spool_dir.glob("snapshot-*.spool"):
+            for stale in spool_dir.glob(f"snapshot-{terminal_id}-*.spool"):
                 stale.unlink(missing_ok=True)
         #: called with each applied batch (latency figures, tests)
         self.on_applied: Callable[[pb.Batch | pb.SnapshotChunk], None] | None = None
@@ -285,7 +284,9 @@ class SyncEngine:
                 snap.spool.unlink(missing_ok=True)
             if self.spool_dir is not None:
                 self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, name = tempfile.mkstemp(prefix="snapshot-", suffix=".spool", dir=self.spool_dir)
+            fd, name = tempfile.mkstemp(
+                prefix=f"snapshot-{self.terminal_id}-", suffix=".spool", dir=self.spool_dir
+            )
             os.close(fd)
             snap = self._snapshot = _Snapshot(
                 started=self.clock(),

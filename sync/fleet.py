@@ -81,7 +81,8 @@ def collect(
             row.applied_seq = st.applied_seq
             row.gallery_size = st.gallery_size
             row.model, row.version, row.last_error = st.model, st.version, st.last_error
-            row.rejections = sum(st.rejections.values())
+            # duplicates are normal (at-least-once delivery): not shown as refused
+            row.rejections = sum(v for k, v in st.rejections.items() if k != "duplicate")
             row.updated_s_ago = max(0.0, time.time() - st.updated_at_ms / 1000)
 
     client.on_connect = on_connect

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -70,3 +71,28 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError(f"sync.public_key {path}: not an Ed25519 key")
     return key
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def load_public_keys(path: Path) -> list[Ed25519PublicKey]:
+    """All district public keys in a PEM file (one or more blocks, for key rotation:
+    the new key is added to every terminal before the district signs with it)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"sync.district_key_file {path}: {exc.strerror}") from None
+    blocks = _PEM_BLOCK.findall(data)
+    if not blocks:
+        raise ConfigError(f"sync.district_key_file {path}: no PEM public key in it")
+    keys = []
+    for block in blocks:
+        try:
+            key = serialization.load_pem_public_key(block)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"sync.district_key_file {path}: bad PEM public key: {exc}") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise ConfigError(f"sync.district_key_file {path}: not an Ed25519 key")
+        keys.append(key)
+    return keys

@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge import __version__
 from edge.errors import AuthenticationError
 from sync.engine import GAP_TIMEOUT_S, MAX_MESSAGE_BYTES, GalleryTarget, SyncEngine
 from sync.mqtt import BrokerSettings, connect_properties, is_auth_failure, make_client
 from sync.topics import DEFAULT_PREFIX, Topics
+from sync.wire import PublicKeys
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class TerminalSubscriber:
         *,
         district_id: str,
         terminal_id: str,
-        public_key: Ed25519PublicKey,
+        public_key: PublicKeys,
         prefix: str = DEFAULT_PREFIX,
         model: str = "",
         spool_dir: Path | None = None,

@@ -76,8 +76,11 @@ def seal(key: Ed25519PrivateKey, district_id: str, kind: int, body: bytes) -> by
     return env.SerializeToString()
 
 
+PublicKeys = Ed25519PublicKey | list[Ed25519PublicKey] | tuple[Ed25519PublicKey, ...]
+
+
 def open_envelope(
-    payload: bytes, *, district_id: str, public_key: Ed25519PublicKey, max_bytes: int
+    payload: bytes, *, district_id: str, public_key: PublicKeys, max_bytes: int
 ) -> pb.Envelope:
     """Check size, envelope, version, district and signature; return the envelope."""
     if len(payload) > max_bytes:
@@ -99,11 +102,15 @@ def open_envelope(
         pb.PAYLOAD_KIND_SNAPSHOT_CHUNK,
     ):
         raise MessageRejected(MALFORMED, f"unknown payload kind {env.kind}")
-    try:
-        public_key.verify(env.signature, _signed_bytes(env.kind, env.body))
-    except InvalidSignature:
-        raise MessageRejected(SIGNATURE, "bad Ed25519 signature") from None
-    return env
+    signed = _signed_bytes(env.kind, env.body)
+    keys = public_key if isinstance(public_key, list | tuple) else (public_key,)
+    for key in keys:  # several during a key rotation
+        try:
+            key.verify(env.signature, signed)
+        except InvalidSignature:
+            continue
+        return env
+    raise MessageRejected(SIGNATURE, "bad Ed25519 signature")
 
 
 def parse_body(env: pb.Envelope) -> pb.Batch | pb.Manifest | pb.SnapshotChunk:

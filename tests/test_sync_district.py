@@ -337,3 +337,35 @@ def test_publisher_crash_between_batches_resumes_without_gap(
     finally:
         sub.stop()
         store.close()
+
+
+def test_key_rotation_terminal_accepts_every_installed_key(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge.errors import MessageRejected
+    from sync.keys import load_public_keys, public_pem
+    from sync.wire import open_envelope, seal
+
+    old, new, stranger = (Ed25519PrivateKey.generate() for _ in range(3))
+    pub = tmp_path / "district.pub"
+    pub.write_bytes(public_pem(old.public_key()) + public_pem(new.public_key()))
+    keys = load_public_keys(pub)
+    assert len(keys) == 2
+    for key in (old, new):
+        env = open_envelope(
+            seal(key, "q1", pb.PAYLOAD_KIND_MANIFEST, b"\x08\x01"),
+            district_id="q1",
+            public_key=keys,
+            max_bytes=1000,
+        )
+        assert env.body == b"\x08\x01"
+    with pytest.raises(MessageRejected, match="signature"):
+        open_envelope(
+            seal(stranger, "q1", pb.PAYLOAD_KIND_MANIFEST, b"\x08\x01"),
+            district_id="q1",
+            public_key=keys,
+            max_bytes=1000,
+        )
+    (tmp_path / "empty.pub").write_text("")
+    with pytest.raises(ConfigError, match="no PEM public key"):
+        load_public_keys(tmp_path / "empty.pub")

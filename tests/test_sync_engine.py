@@ -122,10 +122,12 @@ def test_new_epoch_asks_for_snapshot_and_bad_snapshot_changes_nothing(tmp_path: 
 
 def test_fresh_terminal_asks_for_snapshot_from_manifest(tmp_path: Path) -> None:
     (tmp_path / "spool").mkdir()
-    stale = tmp_path / "spool" / "snapshot-crashed.spool"
+    stale = tmp_path / "spool" / "snapshot-t1-crashed.spool"
+    other = tmp_path / "spool" / "snapshot-t2-busy.spool"  # another terminal's: kept
+    other.write_bytes(b"x")
     stale.write_bytes(b"half a snapshot from before a power cut")
     dlog, key, store, clock, eng = setup(tmp_path)
-    assert not stale.exists()
+    assert not stale.exists() and other.exists()
     eng.handle("manifest", manifest(key, dlog.head_seq))
     (req,) = eng.tick()
     assert req.kind == pb.SyncRequest.KIND_SNAPSHOT and req.terminal_id == "t1"
