@@ -285,3 +285,19 @@ def test_audit_write_failure_is_counted_and_the_terminal_goes_on(tmp_path, photo
     assert machine.reporter.failures == 1
     assert machine.not_me(m.session_id)  # still works; its audit line is lost and counted
     assert machine.audit.failures == 2 and machine.reporter.failures == 2
+
+
+def test_loop_runs_slowly_while_idle_and_fast_while_a_face_is_present(tmp_path, photo) -> None:
+    from edge.config import CameraConfig
+
+    script = [None] * 3 + [head(photo)] * 5 + [None] * 40
+    term, machine, _, _, _ = setup(tmp_path, photo, script)
+    term.camera_cfg = CameraConfig(idle_fps=4.0, active_fps=15.0)
+    periods = []
+    for i in range(len(script)):
+        term.step(Frame(image=photo, t=i / 15.0, index=i))
+        periods.append(term.frame_period())
+    assert periods[:3] == [0.25] * 3  # nobody: 4 fps
+    assert periods[3:8] == [pytest.approx(1 / 15)] * 5  # a face: 15 fps
+    assert periods[-1] == 0.25  # the face left (track dropped after lost_s): idle again
+    assert machine.state is State.IDLE

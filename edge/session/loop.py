@@ -112,6 +112,11 @@ class Terminal:
         """Someone is in front (full frame rate) or a session runs."""
         return self.machine.busy or bool(self.tracker.tracks)
 
+    def frame_period(self) -> float:
+        """Seconds per processed frame: ``idle_fps`` with nobody in front, else ``active_fps``."""
+        fps = self.camera_cfg.active_fps if self.active else self.camera_cfg.idle_fps
+        return 1.0 / fps
+
     def run(self, stop: threading.Event, heartbeat: Callable[[], None] | None = None) -> None:
         """Process frames until ``stop`` is set or a finite camera source has ended."""
         if self.camera is None:
@@ -125,8 +130,7 @@ class Terminal:
             if st.ended and not self.camera.alive:
                 log.info("camera source ended")
                 break
-            fps = self.camera_cfg.active_fps if self.active else self.camera_cfg.idle_fps
-            stop.wait(max(0.0, 1.0 / fps - (time.monotonic() - began)))
+            stop.wait(max(0.0, self.frame_period() - (time.monotonic() - began)))
 
     # -- status
     def processing_fps(self) -> float:
