@@ -262,3 +262,14 @@ def test_wrong_network_for_a_stage_is_refused(face_pipeline: FacePipeline) -> No
     assert isinstance(det, MtcnnDetector)
     with pytest.raises(ModelError, match="rnet.onnx: outputs end in"):
         MtcnnDetector(det.pnet.path, det.rnet.path, det.rnet.path, RuntimeConfig())
+
+
+def test_exif_orientation_is_applied() -> None:
+    """A JPEG whose EXIF says "rotate 90 degrees" (orientation 6) comes out upright."""
+    image = np.zeros((40, 80, 3), np.uint8)
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0) + bytes(4)
+    app1 = b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08" + ifd
+    tagged = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+    assert decode_image(jpeg).shape == (40, 80, 3)
+    assert decode_image(tagged).shape == (80, 40, 3)
