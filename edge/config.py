@@ -462,11 +462,26 @@ class SyncConfig:
     district_key_file: Path = Path("/etc/motcua/district.pub")
     #: topic prefix shared with the district publisher (sync.topics.DEFAULT_PREFIX)
     prefix: str = "motcua/v1"
+    #: MQTT keepalive; 30 s notices a dead link within ~45 s
+    keepalive_s: int = 30
+    #: how long the broker keeps the session and queues batches while the terminal is
+    #: off; a week covers a holiday (longer gaps are healed by a snapshot anyway)
+    session_expiry_s: int = 7 * 24 * 3600
+    #: reconnect backoff, doubling from min to max; small min for a quick recovery after
+    #: a broker restart, max so a district of terminals does not hammer a sick broker
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
 
     def validate(self, prefix: str) -> None:
         p = f"{prefix}." if prefix else ""
         if self.broker:
             _split_hostport(self.broker, f"{p}broker")
+        if not 5 <= self.keepalive_s <= 3600:
+            raise ConfigError(f"{p}keepalive_s: expected 5..3600 seconds")
+        if self.session_expiry_s < 0:
+            raise ConfigError(f"{p}session_expiry_s: expected >= 0")
+        if not 0 <= self.reconnect_min_s <= self.reconnect_max_s:
+            raise ConfigError(f"{p}reconnect_min_s: expected 0 <= min <= reconnect_max_s")
         if self.tls and self.ca_file is None:
             raise ConfigError(f"{p}ca_file: required when tls = true")
         if (self.cert_file is None) != (self.key_file is None):

@@ -45,7 +45,10 @@ def sync_link(cfg: Config) -> SyncLink | None:
     broker = BrokerSettings(host=host.strip("[]"), port=int(port),
                             ca_file=s.ca_file if s.tls else None,
                             cert_file=s.cert_file, key_file=s.key_file,
-                            username=s.username, password=password)
+                            username=s.username, password=password,
+                            keepalive_s=s.keepalive_s, session_expiry_s=s.session_expiry_s,
+                            reconnect_min_s=s.reconnect_min_s,
+                            reconnect_max_s=s.reconnect_max_s)
     return SyncLink(broker=broker, public_key=load_public_keys(s.district_key_file),
                     prefix=s.prefix)
 

@@ -369,3 +369,47 @@ def test_key_rotation_terminal_accepts_every_installed_key(tmp_path: Path) -> No
     (tmp_path / "empty.pub").write_text("")
     with pytest.raises(ConfigError, match="no PEM public key"):
         load_public_keys(tmp_path / "empty.pub")
+
+
+def test_sync_config_reaches_the_broker_settings(tmp_path: Path) -> None:
+    from edge.config import config_from_dict
+    from edge.terminal_cli import sync_link
+    from sync.keys import public_pem
+
+    (tmp_path / "d.pub").write_bytes(public_pem(new_key_pair().public_key()))
+    (tmp_path / "pw").write_text("s3cret\n")
+    cfg = config_from_dict(
+        {
+            "sync": {
+                "broker": "broker.q1:8883",
+                "username": "t-a",
+                "password_file": str(tmp_path / "pw"),
+                "district_key_file": str(tmp_path / "d.pub"),
+                "keepalive_s": 10,
+                "session_expiry_s": 3600,
+                "reconnect_min_s": 0.5,
+                "reconnect_max_s": 30,
+            }
+        }
+    )
+    link = sync_link(cfg)
+    assert link is not None
+    b = link.broker
+    assert (b.host, b.port, b.username, b.password) == ("broker.q1", 8883, "t-a", "s3cret")
+    assert (b.keepalive_s, b.session_expiry_s, b.reconnect_min_s, b.reconnect_max_s) == (
+        10,
+        3600,
+        0.5,
+        30.0,
+    )
+    assert len(link.public_key) == 1
+    with pytest.raises(ConfigError, match="sync.reconnect_min_s"):
+        config_from_dict({"sync": {"reconnect_min_s": 5, "reconnect_max_s": 1}})
+    with pytest.raises(ConfigError, match="sync.keepalive_s"):
+        config_from_dict({"sync": {"keepalive_s": 1}})
+
+
+def new_key_pair():  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate()
