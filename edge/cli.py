@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "edge.demo_system",
     "edge.ops.doctor",
     "sync.cli",
+    "edge.store.cli",
 )
 
 

@@ -1057,6 +1057,8 @@ class GalleryStore:
                 self._checkpoint_finish(pending)
             except StoreError as exc:
                 log.warning("automatic checkpoint failed: %s", exc)
+            except Exception:  # a bug must not kill silently: log it, the store goes on
+                log.exception("automatic checkpoint crashed")
             finally:
                 self._ckpt_lock.release()
 
