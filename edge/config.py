@@ -39,6 +39,18 @@ class RuntimeConfig:
     #: let idle onnxruntime worker threads spin for the next call; faster by a fraction
     #: of a millisecond per call but burns CPU the camera and display need on a 2-core box
     spin_wait: bool = False
+    #: threads for the face detector's networks, 0 = intra_op_threads. MTCNN's networks
+    #: are small: on a 640x480 frame 1 thread was as fast as 2 for one face (7.1 vs 7.8 ms
+    #: at min face 80, 12.8 vs 13.0 at 40) and slower only for four faces at 40 px (44
+    #: vs 35 ms), so 1 leaves a core to the camera and display at little cost
+    detector_threads: int = 0
+
+    def validate(self, prefix: str) -> None:
+        p = f"{prefix}." if prefix else ""
+        if self.intra_op_threads < 0:
+            raise ConfigError(f"{p}intra_op_threads: must be 0 (automatic) or more")
+        if self.detector_threads < 0:
+            raise ConfigError(f"{p}detector_threads: must be 0 (as intra_op_threads) or more")
 
 
 @dataclasses.dataclass(frozen=True)

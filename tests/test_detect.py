@@ -214,10 +214,16 @@ def test_detector_settings_come_from_pack_and_config(face_pipeline: FacePipeline
     )
     other = build_detector(pack.detector, cfg)
     assert other.min_face == 60 and other.settings.onet_threshold == 0.8
+    one = dataclasses.replace(cfg, runtime=RuntimeConfig(intra_op_threads=2, detector_threads=1))
+    assert (
+        build_detector(pack.detector, one).pnet.session.get_session_options().intra_op_num_threads
+        == 1
+    )
     for doc, key in (
         ({"detector": {"min_face": 8}}, "detector.min_face"),
         ({"detector": {"thresholds": [0.6, 0.7]}}, "detector.thresholds"),
         ({"detector": {"thresholds": [0.6, 0.7, 1.5]}}, "detector.thresholds"),
+        ({"runtime": {"detector_threads": -1}}, "runtime.detector_threads"),
     ):
         with pytest.raises(ConfigError, match=key):
             config_from_dict(doc)

@@ -98,11 +98,14 @@ def build_detector(spec: DetectorSpec, config: Config) -> MtcnnDetector:
         )
     if "scale_factor" in params:
         settings = dataclasses.replace(settings, scale_factor=float(params["scale_factor"]))
+    runtime = config.runtime
+    if runtime.detector_threads:
+        runtime = dataclasses.replace(runtime, intra_op_threads=runtime.detector_threads)
     return MtcnnDetector(
         files["pnet"],
         files["rnet"],
         files["onet"],
-        config.runtime,
+        runtime,
         min_face=config.detector.min_face,
         settings=settings,
     )
