@@ -234,7 +234,7 @@ def child(args: argparse.Namespace) -> None:
             break
     if chosen is None:
         chosen = sweep[-1]
-    store.set_ef(chosen["ef"])
+    store.set_ef(int(chosen["ef"]))
     # the reported timing: search and brute force alternating in blocks of BLOCK
     # queries, so both see the same machine load but the brute force's 200 MB sweep
     # does not evict the index from the caches before every single search

@@ -17,10 +17,12 @@ from store_helpers import DIM, EMBEDDER, FACES, cid, dossier, fill, open_store, 
 from edge.config import ConfigError, StoreSettings, config_from_dict
 from edge.errors import ChangeOrderError, EmbedderMismatchError, StoreError
 from edge.store import (
+    Change,
     CitizenDelete,
     CitizenUpsert,
     DossierDelete,
     DossierStatus,
+    DossierUpsert,
     GalleryStore,
     gallery_hash,
 )
@@ -109,7 +111,7 @@ def test_bad_dossier_refused(tmp_path: Path) -> None:
         for field, value, why in [("received_on", "2/11/2026", "YYYY-MM-DD"),
                                   ("status", "done", "DossierStatus"),
                                   ("code", "", "empty")]:
-            bad = dataclasses.replace(d, **{field: value})
+            bad = dataclasses.replace(d, **{field: value})  # type: ignore[arg-type]
             with pytest.raises(StoreError, match=why):
                 s.apply([dossier(2, "ok", 0), type(dossier(2, "x", 0))(3, bad)], epoch=1)
         assert s.dossiers(cid(0)) == [] and s.last_seq == 1
@@ -347,7 +349,7 @@ def test_replace_all_is_atomic_and_hash_matches_district(tmp_path: Path) -> None
                  dossier(seq + 3, "HS-1", 7)], epoch=1)
         want = a.content_hash()
         last = a.last_seq
-    snapshot = [upsert(0, i) for i in range(40) if i != 6]
+    snapshot: list[Change] = [upsert(0, i) for i in range(40) if i != 6]
     snapshot += [dossier(0, "HS-1", 7), dossier(0, "HS-9", 5)]
     with open_store(b_dir) as b:
         fill(b, 5, epoch=1)  # old content of another epoch
@@ -373,7 +375,7 @@ def test_replace_all_is_atomic_and_hash_matches_district(tmp_path: Path) -> None
     # the district computes the same hash from its own records
     citizens = [(c.citizen_id, c.masked_name, c.pin_hash, c.pin_salt, c.embeddings)
                 for c in snapshot if isinstance(c, CitizenUpsert)]
-    dossiers = [c.dossier for c in snapshot if not isinstance(c, CitizenUpsert)]
+    dossiers = [c.dossier for c in snapshot if isinstance(c, DossierUpsert)]
     assert gallery_hash(embedder_id=EMBEDDER, epoch=1, last_seq=last, citizens=citizens,
                         dossiers=dossiers) == want
     assert gallery_hash(embedder_id=EMBEDDER, epoch=1, last_seq=last + 1, citizens=citizens,

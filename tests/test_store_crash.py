@@ -54,8 +54,9 @@ def _run_and_kill(directory: Path, rng: random.Random) -> tuple[int, str]:
             # anywhere from start-up: may land while opening (load, replay, rebuild)
             time.sleep(rng.uniform(0.2, 1.5))
         else:
-            assert ready.wait(60), "child never became ready: " + (proc.stderr.read()
-                                                                  if proc.poll() else "")
+            if not ready.wait(60):
+                err = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
+                raise AssertionError(f"child never became ready: {err}")
             time.sleep(rng.uniform(0.0, 0.8))
         if proc.poll() is not None:
             raise AssertionError(f"child died by itself: {proc.stderr.read()}")  # type: ignore[union-attr]

@@ -805,9 +805,8 @@ class GalleryStore:
         index.scrub_hidden(st.scrub_hidden)
         threads = self._settings.build_threads if len(st.added) >= PARALLEL_ADD_MIN else 1
         if st.added:
-            labels = np.fromiter(st.added.keys(), dtype=np.int64, count=len(st.added))
-            vecs = np.stack(list(st.added.values()))
-            index.add(labels, vecs, threads=threads)
+            new = np.fromiter(st.added.keys(), dtype=np.int64, count=len(st.added))
+            index.add(new, np.stack(list(st.added.values())), threads=threads)
         for cid, labels in st.overlay.items():
             mapping.set(cid, labels)
 

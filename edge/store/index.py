@@ -166,12 +166,12 @@ class HnswIndex:
 
     # ------------------------------------------------------------------ reads
     def knn(self, queries: npt.NDArray[np.float32], k: int
-            ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]:
+            ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         try:
             labels, dists = self._raw.knn_query(queries, k=k, num_threads=1)
         except RuntimeError as exc:
             raise StoreError(f"index search failed: {exc}") from None
-        return labels, dists
+        return labels.astype(np.int64), dists
 
     def get(self, labels: list[int]) -> npt.NDArray[np.float32]:
         try:
