@@ -294,8 +294,8 @@ def main() -> None:
                  f"{recv_s:.1f} s, store install {install_s:.1f} s), "
                  f"{sub2.bytes_received / 1e6:.0f} MB on the wire")
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        for s in subs:  # the baseline gets the process to itself
-            s.stop()
+        for sb in subs:  # the baseline gets the process to itself
+            sb.stop()
         subs_stopped = list(subs)
         subs.clear()
 
@@ -320,8 +320,8 @@ def main() -> None:
             "snapshot_install_s": round(install_s, 2),
             "snapshot_store_s": round(store_snap_s, 2),
             "snapshot_ratio": round(snapshot_s / store_snap_s, 3),
-            "rejections": sum(sum(s.engine.rejections.values()) - s.engine.duplicates
-                              for s in subs_stopped),
+            "rejections": sum(sum(sb.engine.rejections.values()) - sb.engine.duplicates
+                              for sb in subs_stopped),
             "peak_rss_mb": round(peak_mb, 1),
         })
         print(f"{'figure':28s} value")
@@ -329,8 +329,8 @@ def main() -> None:
             print(f"{k:28s} {v}")
         print(json.dumps(figures))
     finally:
-        for s in subs:
-            s.stop()
+        for sb in subs:
+            sb.stop()
         for st in stores:
             st.close()
         for dd in districts:
