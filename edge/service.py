@@ -223,6 +223,7 @@ class TerminalService:
             model=self.vision.pack,
             spool_dir=spool,
             stop=self.stop_event,
+            outbox_dir=self.state_dir / "outbox",
         )
         self.subscriber.start()
 

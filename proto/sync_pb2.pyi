@@ -261,3 +261,33 @@ class TerminalState(_message.Message):
     updated_at_ms: int
     syncing: bool
     def __init__(self, protocol_version: _Optional[int] = ..., terminal_id: _Optional[str] = ..., district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., applied_seq: _Optional[int] = ..., gallery_size: _Optional[int] = ..., embedder_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., last_error: _Optional[str] = ..., rejections: _Optional[_Mapping[str, int]] = ..., updated_at_ms: _Optional[int] = ..., syncing: _Optional[bool] = ...) -> None: ...
+
+class TerminalReport(_message.Message):
+    __slots__ = ("protocol_version", "terminal_id", "district_id", "kind", "session_id", "time", "citizen_id", "rating", "score")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[TerminalReport.Kind]
+        KIND_NOT_ME: _ClassVar[TerminalReport.Kind]
+        KIND_RATING: _ClassVar[TerminalReport.Kind]
+    KIND_UNSPECIFIED: TerminalReport.Kind
+    KIND_NOT_ME: TerminalReport.Kind
+    KIND_RATING: TerminalReport.Kind
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TERMINAL_ID_FIELD_NUMBER: _ClassVar[int]
+    DISTRICT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    CITIZEN_ID_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    terminal_id: str
+    district_id: str
+    kind: TerminalReport.Kind
+    session_id: str
+    time: str
+    citizen_id: str
+    rating: int
+    score: float
+    def __init__(self, protocol_version: _Optional[int] = ..., terminal_id: _Optional[str] = ..., district_id: _Optional[str] = ..., kind: _Optional[_Union[TerminalReport.Kind, str]] = ..., session_id: _Optional[str] = ..., time: _Optional[str] = ..., citizen_id: _Optional[str] = ..., rating: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...

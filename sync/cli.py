@@ -70,6 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _db(n)
     n.set_defaults(func=cmd_info)
 
+    r = sub.add_parser("reports", help="terminals' \"not me\" reports and ratings, newest first")
+    _db(r)
+    r.add_argument("--limit", type=int, default=50, help="rows to show at most")
+    r.set_defaults(func=cmd_reports)
+
     pub = sub.add_parser("publish", help="publish the log to the broker (runs until stopped)")
     _db(pub)
     pub.add_argument("--key", type=Path, required=True, help="district private key (PEM)")
@@ -240,6 +245,18 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"({info.dim}-d)\nhead {info.head_seq}  published {info.published_seq}  "
         f"citizens {info.citizen_count}  dossiers {info.dossier_count}"
     )
+    return 0
+
+
+def cmd_reports(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise ConfigError("--limit: must be at least 1")
+    rows = _open(args).reports(args.limit)
+    print(f"{'time':<30} {'terminal':<16} {'kind':<7} {'session':<34} {'citizen':<12} rating")
+    for terminal, session, kind, when, citizen, rating, _score in rows:
+        stars = str(rating) if kind == "rating" else "-"
+        print(f"{when:<30} {terminal:<16} {kind:<7} {session:<34} {citizen or '-':<12} {stars}")
+    print(f"{len(rows)} report(s)")
     return 0
 
 

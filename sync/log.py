@@ -64,6 +64,17 @@ CREATE TABLE IF NOT EXISTS dossiers (
     change BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dossiers_citizen ON dossiers (citizen_id);
+CREATE TABLE IF NOT EXISTS reports (   -- terminals' "not me" reports and ratings
+    terminal_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    kind TEXT NOT NULL,                 -- not_me | rating
+    time TEXT NOT NULL,                 -- terminal clock, ISO 8601
+    citizen_id TEXT NOT NULL,
+    rating INTEGER NOT NULL,
+    score REAL NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (terminal_id, session_id, kind)
+);
 """
 
 
@@ -339,6 +350,9 @@ class DistrictLog:
             self._db.execute("DELETE FROM citizens WHERE citizen_id = ?", (citizen_id,))
             self._db.execute("DELETE FROM dossiers WHERE citizen_id = ?", (citizen_id,))
             self._db.execute(
+                "UPDATE reports SET citizen_id = '' WHERE citizen_id = ?", (citizen_id,)
+            )
+            self._db.execute(
                 "UPDATE log SET change = NULL WHERE citizen_id = ? AND seq < ?", (citizen_id, seq)
             )
         return seq
@@ -347,6 +361,28 @@ class DistrictLog:
         """Record that changes up to ``seq`` reached the broker (PUBACK)."""
         with self.transaction():
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'published_seq'", (str(seq),))
+
+    def add_report(
+        self, *, terminal_id: str, session_id: str, kind: str, time: str, citizen_id: str,
+        rating: int, score: float,
+    ) -> bool:
+        """Store a terminal's report once; False if (terminal, session, kind) is known."""
+        with self.transaction():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO reports VALUES (?, ?, ?, ?, ?, ?, ?, strftime('%s','now'))",
+                (terminal_id, session_id, kind, time, citizen_id, rating, score),
+            )
+        return cur.rowcount == 1
+
+    def reports(self, limit: int = 1000) -> list[tuple[str, str, str, str, str, int, float]]:
+        """Newest reports first: (terminal, session, kind, time, citizen, rating, score)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT terminal_id, session_id, kind, time, citizen_id, rating, score "
+                "FROM reports ORDER BY time DESC, terminal_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [tuple(r) for r in rows]  # type: ignore[misc]
 
     # ---- reading ------------------------------------------------------------------
 

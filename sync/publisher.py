@@ -6,6 +6,10 @@ terminals' replay and snapshot requests on their direct topics. Progress
 (``published_seq``) is written to the log after the broker acknowledged a batch, so a
 publisher that crashes resumes with the next unacknowledged batch: at worst one batch
 is sent twice, and terminals ignore duplicates.
+
+Terminals' reports ("not me", ratings) arrive on their report topics (QoS 1) and are
+stored in the log's ``reports`` table before paho sends the PUBACK, once per
+(terminal, session, kind).
 """
 
 from __future__ import annotations
@@ -67,6 +71,10 @@ class PublisherStats:
     snapshot_chunks: int = 0
     bytes_sent: int = 0
     bad_requests: int = 0
+    #: terminal reports stored / duplicates ignored / malformed or forged
+    reports: int = 0
+    duplicate_reports: int = 0
+    bad_reports: int = 0
     #: well-formed requests received, by terminal
     requests: dict[str, int] = field(default_factory=dict)
     last_snapshot_bytes: int = 0
@@ -126,7 +134,7 @@ class Publisher:
                 client.disconnect()
                 self.stop_event.set()
             return
-        client.subscribe(self.topics.all_requests, qos=1)
+        client.subscribe([(self.topics.all_requests, 1), (self.topics.all_reports, 1)])
         self._connected.set()
         self._manifest_due.set()
         self._wake.set()
@@ -136,6 +144,9 @@ class Publisher:
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         terminal = self.topics.terminal_of(msg.topic)
+        if terminal is not None and msg.topic == self.topics.report(terminal):
+            self._on_report(terminal, bytes(msg.payload))
+            return
         req = pb.SyncRequest()
         try:
             req.ParseFromString(msg.payload)
@@ -155,6 +166,46 @@ class Publisher:
             self._requests.put_nowait((terminal, req))
         except queue.Full:
             self.stats.bad_requests += 1
+
+    def _on_report(self, terminal: str, payload: bytes) -> None:
+        """Store one TerminalReport (paho's thread; the PUBACK follows this return)."""
+        rep = pb.TerminalReport()
+        try:
+            rep.ParseFromString(payload)
+        except DecodeError:
+            rep = None  # type: ignore[assignment]
+        kinds = {pb.TerminalReport.KIND_NOT_ME: "not_me", pb.TerminalReport.KIND_RATING: "rating"}
+        if (
+            rep is None
+            or rep.terminal_id != terminal
+            or rep.district_id != self.log.district_id
+            or rep.kind not in kinds
+            or not 0 < len(rep.session_id) <= 128
+            or len(rep.time) > 64
+            or len(rep.citizen_id) > 64
+            or (rep.kind == pb.TerminalReport.KIND_RATING and not 1 <= rep.rating <= 5)
+        ):
+            self.stats.bad_reports += 1
+            log.warning("bad report from %s dropped", terminal)
+            return
+        try:
+            new = self.log.add_report(
+                terminal_id=terminal,
+                session_id=rep.session_id,
+                kind=kinds[rep.kind],
+                time=rep.time,
+                citizen_id=rep.citizen_id,
+                rating=rep.rating if rep.kind == pb.TerminalReport.KIND_RATING else 0,
+                score=rep.score,
+            )
+        except (DistrictError, sqlite3.Error) as exc:  # acked anyway: see docs/sync.md
+            log.error("cannot store report %s/%s: %s", terminal, rep.session_id, exc)
+            self.stats.bad_reports += 1
+            return
+        if new:
+            self.stats.reports += 1
+        else:
+            self.stats.duplicate_reports += 1
 
     # ---- life cycle ----------------------------------------------------------------
 

@@ -7,6 +7,9 @@ topic, with a retained last will "offline"; the TerminalState is retained on the
 topic. paho reconnects with a doubling backoff, except after an authentication refusal,
 which stops the subscriber with ``AuthenticationError``.
 
+Reports in ``outbox_dir`` ("not me", ratings; see sync/outbox.py) are published at QoS 1
+on the terminal's report topic and marked delivered only after the PUBACK.
+
 Threads: paho's network thread only queues messages; ``sync-apply`` verifies and applies
 them, sends requests and state. Both stop on the shared stop event.
 """
@@ -25,6 +28,7 @@ from edge import __version__
 from edge.errors import AuthenticationError
 from sync.engine import GAP_TIMEOUT_S, MAX_MESSAGE_BYTES, GalleryTarget, SyncEngine
 from sync.mqtt import BrokerSettings, connect_properties, is_auth_failure, make_client
+from sync.outbox import OutboxSender
 from sync.topics import DEFAULT_PREFIX, Topics
 from sync.wire import PublicKeys
 
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 STATE_INTERVAL_S = 1.0
 #: messages waiting for the apply thread; past this paho's thread blocks (back-pressure)
 INBOX_MAX = 10_000
+#: look for new outbox reports this often; a report is a human tap, 0.5 s is prompt enough
+OUTBOX_INTERVAL_S = 0.5
 ONLINE = b"online"
 OFFLINE = b"offline"
 
@@ -57,6 +63,7 @@ class TerminalSubscriber:
         gap_timeout_s: float = GAP_TIMEOUT_S,
         request_retry_s: float = 2.0,
         state_interval_s: float = STATE_INTERVAL_S,
+        outbox_dir: Path | None = None,
     ) -> None:
         self.broker = broker
         self.topics = Topics(prefix, district_id)
@@ -89,7 +96,13 @@ class TerminalSubscriber:
             self.topics.manifest: "manifest",
             self.topics.direct(terminal_id): "direct",
         }
+        self.outbox = (
+            OutboxSender(outbox_dir, terminal_id=terminal_id, district_id=district_id)
+            if outbox_dir is not None
+            else None
+        )
         self.client = make_client(f"motcua-{terminal_id}", broker)
+        self.client.on_publish = self._on_publish
         self.client.will_set(self.topics.status(terminal_id), OFFLINE, qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -121,6 +134,13 @@ class TerminalSubscriber:
 
     def _on_disconnect(self, *_a: object) -> None:
         self.connected.clear()
+        if self.outbox is not None:
+            self.outbox.forget_inflight()
+
+    def _on_publish(self, _c: object, _u: object, mid: int, _rc: object, _p: object) -> None:
+        # paho's thread, holding paho's lock: only hand the mid over
+        if self.outbox is not None:
+            self.outbox.acked(mid)
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         channel = self._channels.get(msg.topic)
@@ -171,6 +191,7 @@ class TerminalSubscriber:
 
     def _run(self) -> None:
         last_state = 0.0
+        last_outbox = 0.0
         while not self.stop_event.is_set():
             try:
                 channel, payload = self._inbox.get(timeout=0.05)
@@ -191,12 +212,21 @@ class TerminalSubscriber:
                     self.topics.request(self.terminal_id), req.SerializeToString(), qos=1
                 )
             now = time.monotonic()
+            if self.outbox is not None:
+                self.outbox.settle()
+                if now - last_outbox >= OUTBOX_INTERVAL_S:
+                    last_outbox = now
+                    self.outbox.pump(self._publish_report, now)
             if self._state_dirty and (
                 now - last_state >= self.state_interval_s or self._inbox.empty()
             ):
                 self._state_dirty = False
                 last_state = now
                 self.publish_state()
+
+    def _publish_report(self, payload: bytes) -> int:
+        info = self.client.publish(self.topics.report(self.terminal_id), payload, qos=1)
+        return int(info.mid)
 
     def publish_state(self) -> None:
         st = self.engine.state()

@@ -6,6 +6,7 @@
 {prefix}/{district}/terminal/{terminal}/request  terminal -> district: replay/snapshot
 {prefix}/{district}/terminal/{terminal}/state    terminal, retained TerminalState
 {prefix}/{district}/terminal/{terminal}/status   terminal, retained "online"/"offline" (will)
+{prefix}/{district}/terminal/{terminal}/report   terminal -> district: TerminalReport (QoS 1)
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ class Topics:
 
     def status(self, terminal: str) -> str:
         return f"{self.base}/terminal/{terminal}/status"
+
+    def report(self, terminal: str) -> str:
+        return f"{self.base}/terminal/{terminal}/report"
+
+    @property
+    def all_reports(self) -> str:
+        return f"{self.base}/terminal/+/report"
 
     @property
     def all_requests(self) -> str:

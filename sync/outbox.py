@@ -1,0 +1,155 @@
+"""Terminal side: deliver the session's outbox (``outbox/reports.jsonl``) to the district.
+
+The session appends reports ("not me", ratings) to ``reports.jsonl`` (edge/session/audit.py).
+This module turns each intact line into a ``TerminalReport`` and publishes it at QoS 1;
+only after the broker's PUBACK is the report's key appended (fsynced) to
+``reports.delivered`` beside it. A crash between PUBACK and that write sends the report
+again after the restart: delivery is at least once, and the district keeps one row per
+(terminal, session, kind). The jsonl file itself is never rewritten here (the session
+appends to it concurrently).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from edge.session.audit import JsonLines
+from proto import sync_pb2 as pb
+from sync.wire import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+
+KINDS = {
+    "not_me": pb.TerminalReport.KIND_NOT_ME,
+    "rating": pb.TerminalReport.KIND_RATING,
+}
+#: a report published but not acknowledged for this long is published again (the link
+#: may have dropped; paho's own resend after a reconnect makes at worst a duplicate)
+RESEND_AFTER_S = 30.0
+
+
+def report_key(kind: str, session_id: str) -> str:
+    return f"{kind}\t{session_id}"
+
+
+def to_pb(entry: dict[str, object], *, terminal_id: str, district_id: str) -> pb.TerminalReport:
+    """One outbox line as a TerminalReport; ValueError for a line that is not a report."""
+    kind = KINDS.get(str(entry.get("kind", "")))
+    session = str(entry.get("session") or "")
+    if kind is None or not session:
+        raise ValueError(f"not a report: kind={entry.get('kind')!r} session={session!r}")
+    rating = int(entry.get("stars") or 0)  # type: ignore[call-overload]
+    if kind == pb.TerminalReport.KIND_RATING and not 1 <= rating <= 5:
+        raise ValueError(f"rating of session {session}: stars {rating} not in 1..5")
+    score = entry.get("score")
+    return pb.TerminalReport(
+        protocol_version=PROTOCOL_VERSION,
+        terminal_id=terminal_id,
+        district_id=district_id,
+        kind=kind,
+        session_id=session,
+        time=str(entry.get("time") or ""),
+        citizen_id=str(entry.get("citizen_id") or ""),
+        rating=rating,
+        score=float(score) if isinstance(score, (int, float)) else 0.0,
+    )
+
+
+class OutboxSender:
+    """Finds undelivered outbox lines and tracks their PUBACKs (used by the subscriber).
+
+    ``pump(publish)`` is called from the subscriber's apply thread while connected;
+    ``acked(mid)`` from paho's thread on a PUBACK; ``settle()`` (apply thread) writes
+    the acknowledged keys to ``reports.delivered``.
+    """
+
+    def __init__(self, outbox_dir: Path, *, terminal_id: str, district_id: str) -> None:
+        self.source = JsonLines(outbox_dir / "reports.jsonl")
+        self.delivered_path = outbox_dir / "reports.delivered"
+        self.terminal_id = terminal_id
+        self.district_id = district_id
+        self.delivered: set[str] = set(self._read_delivered())
+        self.sent = 0
+        self.bad_lines = 0
+        self._bad_seen: set[str] = set()
+        self._lock = threading.Lock()
+        self._inflight: dict[int, tuple[str, float]] = {}  # mid -> (key, monotonic sent)
+        self._acked: list[int] = []
+
+    def _read_delivered(self) -> list[str]:
+        try:
+            return self.delivered_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            log.error("cannot read %s: %s", self.delivered_path, exc.strerror or exc)
+            return []
+
+    def pending(self) -> list[tuple[str, pb.TerminalReport]]:
+        """Outbox lines not yet acknowledged by the broker, oldest first."""
+        out = []
+        for entry in self.source.read():
+            key = report_key(str(entry.get("kind", "")), str(entry.get("session") or ""))
+            if key in self.delivered:
+                continue
+            try:
+                msg = to_pb(entry, terminal_id=self.terminal_id, district_id=self.district_id)
+            except (ValueError, TypeError) as exc:
+                if key not in self._bad_seen:  # log once, keep the line (never lose it)
+                    self._bad_seen.add(key)
+                    self.bad_lines += 1
+                    log.error("outbox line skipped: %s", exc)
+                continue
+            out.append((key, msg))
+        return out
+
+    def pump(self, publish: Callable[[bytes], int], now: float) -> int:
+        """Publish every pending report not in flight; returns how many were published."""
+        with self._lock:
+            busy = {k for k, t in self._inflight.values() if now - t < RESEND_AFTER_S}
+        n = 0
+        for key, msg in self.pending():
+            if key in busy:
+                continue
+            mid = publish(msg.SerializeToString())
+            with self._lock:
+                self._inflight[mid] = (key, now)
+            busy.add(key)
+            n += 1
+        return n
+
+    def acked(self, mid: int) -> None:
+        with self._lock:
+            self._acked.append(mid)
+
+    def settle(self) -> int:
+        """Record acknowledged reports as delivered (fsynced); returns how many."""
+        with self._lock:
+            mids, self._acked = self._acked, []
+            keys = [self._inflight.pop(m)[0] for m in mids if m in self._inflight]
+        keys = [k for k in dict.fromkeys(keys) if k not in self.delivered]
+        if not keys:
+            return 0
+        data = "".join(k + "\n" for k in keys).encode("utf-8")
+        try:
+            fd = os.open(self.delivered_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # not marked: sent again later, the district de-duplicates
+            log.error("cannot write %s: %s", self.delivered_path, exc.strerror or exc)
+            return 0
+        self.delivered.update(keys)
+        self.sent += len(keys)
+        return len(keys)
+
+    def forget_inflight(self) -> None:
+        """After a disconnect: publish again what was not acknowledged."""
+        with self._lock:
+            self._inflight.clear()

@@ -1,0 +1,133 @@
+"""Terminal outbox ("not me", ratings) -> real Mosquitto -> district reports table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.cli import main
+from edge.session.audit import OutboxReporter
+from edge.store.gallery import GalleryStore
+from proto import sync_pb2 as pb
+from sync.log import DistrictLog
+from sync.mqtt import BrokerSettings, make_client
+from sync.outbox import OutboxSender, to_pb
+from sync.publisher import Publisher
+from sync.subscriber import TerminalSubscriber
+from tests.broker import MosquittoBroker
+from tests.sync_helpers import DISTRICT, EMBEDDER, new_district, new_key, wait_for
+
+FAST = dict(reconnect_min_s=0.0, reconnect_max_s=0.5, keepalive_s=5)
+
+
+def settings(b: MosquittoBroker) -> BrokerSettings:
+    return BrokerSettings(host=b.host, port=b.port, **FAST)  # type: ignore[arg-type]
+
+
+def start_terminal(tmp: Path, b: MosquittoBroker, key, store: GalleryStore) -> TerminalSubscriber:  # type: ignore[no-untyped-def]
+    return TerminalSubscriber(
+        store,
+        settings(b),
+        district_id=DISTRICT,
+        terminal_id="t1",
+        public_key=key.public_key(),
+        spool_dir=tmp,
+        state_interval_s=0.2,
+        outbox_dir=tmp / "state" / "outbox",
+    ).start()
+
+
+def rows(dlog: DistrictLog) -> list[tuple[str, str, str, str, int]]:
+    return sorted((r[0], r[1], r[2], r[4], r[5]) for r in dlog.reports())
+
+
+def test_not_me_and_rating_arrive_exactly_once_across_terminal_restart(
+    tmp_path: Path, broker: MosquittoBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dlog = new_district(tmp_path / "district.sqlite", dim=16)
+    key = new_key()
+    store = GalleryStore.open(tmp_path / "store", embedder_id=EMBEDDER, dim=16)
+    publisher = Publisher(dlog, key, settings(broker)).start()
+    outbox = OutboxReporter.in_state_dir(tmp_path / "state")
+    # the session's own calls (edge/session/machine.py)
+    outbox.report("not_me", {"terminal": "t1", "session": "s-1", "citizen_id": "c0000007",
+                             "score": 0.71})
+    outbox.report("rating", {"terminal": "t1", "session": "s-2", "stars": 4})
+    term = start_terminal(tmp_path, broker, key, store)
+    try:
+        assert publisher.wait_connected(10)
+        expected = [("t1", "s-1", "not_me", "c0000007", 0), ("t1", "s-2", "rating", "", 4)]
+        wait_for(lambda: rows(dlog) == expected, 15)
+        assert term.outbox is not None
+        wait_for(lambda: term.outbox is not None and term.outbox.sent == 2, 10)
+        delivered = (tmp_path / "state" / "outbox" / "reports.delivered").read_text()
+        assert delivered.splitlines() == ["not_me\ts-1", "rating\ts-2"]
+        # the outbox itself is untouched (the session appends to it concurrently)
+        assert len(outbox.read()) == 2
+
+        # crash after the PUBACKs but before the marks were written: kill the terminal
+        # and lose its delivered file; the restart sends both again, the district
+        # keeps one row each
+        term.stop(graceful=False)
+        (tmp_path / "state" / "outbox" / "reports.delivered").unlink()
+        outbox.report("rating", {"terminal": "t1", "session": "s-3", "stars": 1})
+        term = start_terminal(tmp_path, broker, key, store)
+        wait_for(lambda: term.outbox is not None and term.outbox.sent == 3, 15)
+        wait_for(lambda: publisher.stats.duplicate_reports == 2, 10)
+        assert rows(dlog) == expected + [("t1", "s-3", "rating", "", 1)]
+        assert publisher.stats.reports == 3
+
+        # a plain restart sends nothing again
+        term.stop()
+        term = start_terminal(tmp_path, broker, key, store)
+        wait_for(lambda: term.connected.is_set(), 10)
+        assert term.outbox is not None and term.outbox.pending() == []
+        assert publisher.stats.duplicate_reports == 2
+
+        # forged / malformed reports are counted and dropped, not stored: another
+        # terminal's id in t1's topic, garbage bytes, a 9-star rating
+        bad = make_client("forger", settings(broker))
+        bad.connect(broker.host, broker.port)
+        bad.loop_start()
+        topic = publisher.topics.report("t1")
+        forged = pb.TerminalReport(terminal_id="t2", district_id=DISTRICT, session_id="x",
+                                   kind=pb.TerminalReport.KIND_NOT_ME)
+        nine = pb.TerminalReport(terminal_id="t1", district_id=DISTRICT, session_id="y",
+                                 kind=pb.TerminalReport.KIND_RATING, rating=9)
+        for payload in (forged.SerializeToString(), b"\xff\x00garbage", nine.SerializeToString()):
+            bad.publish(topic, payload, qos=1).wait_for_publish(5)
+        wait_for(lambda: publisher.stats.bad_reports == 3, 10)
+        bad.loop_stop()
+        bad.disconnect()
+        assert len(rows(dlog)) == 3
+
+        # the district command shows the table
+        assert main(["district", "reports", "--db", str(tmp_path / "district.sqlite")]) == 0
+        out = capsys.readouterr().out
+        assert "3 report(s)" in out and "not_me" in out and "c0000007" in out
+    finally:
+        term.stop()
+        publisher.stop()
+        store.close()
+
+
+def test_bad_outbox_lines_are_skipped_and_kept(tmp_path: Path) -> None:
+    """A rating without stars or an unknown kind is not sent; the line stays in the file."""
+    ob = OutboxReporter.in_state_dir(tmp_path)
+    ob.report("rating", {"session": "s-1", "stars": 0})
+    ob.report("bogus", {"session": "s-2"})
+    ob.report("not_me", {"session": "s-3", "citizen_id": "c1"})
+    with open(ob.path, "a") as f:
+        f.write('{"kind": "rating", "sess')  # torn by a power cut
+    sender = OutboxSender(tmp_path / "outbox", terminal_id="t1", district_id=DISTRICT)
+    assert [k for k, _ in sender.pending()] == ["not_me\ts-3"]
+    assert sender.bad_lines == 2
+    with pytest.raises(ValueError):
+        to_pb({"kind": "rating", "session": "s", "stars": 6}, terminal_id="t", district_id="d")
+    sent: list[bytes] = []
+    assert sender.pump(lambda p: sent.append(p) or len(sent), 0.0) == 1
+    assert sender.pump(lambda p: sent.append(p) or len(sent), 1.0) == 0  # in flight
+    sender.acked(1)
+    assert sender.settle() == 1 and sender.pending() == []
+    assert len(ob.read()) == 3
