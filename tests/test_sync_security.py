@@ -253,6 +253,15 @@ def test_acl_keeps_terminals_off_gallery_topics_and_each_other(tmp_path: Path) -
                 ).SerializeToString(),
             ),
             (TOPICS.status("t-b"), b"offline"),
+            (
+                TOPICS.report("t-b"),
+                pb.TerminalReport(
+                    terminal_id="t-b",
+                    district_id=DISTRICT,
+                    kind=pb.TerminalReport.KIND_NOT_ME,
+                    session_id="forged",
+                ).SerializeToString(),
+            ),
         ):
             info = spy.publish(topic, payload, qos=1)
             info.wait_for_publish(5)
@@ -271,6 +280,21 @@ def test_acl_keeps_terminals_off_gallery_topics_and_each_other(tmp_path: Path) -
         ).wait_for_publish(5)
         wait_for(lambda: pub.stats.requests["t-a"] == asked["t-a"] + 1, what="t-a's request")
         assert pub.stats.requests["t-b"] == asked["t-b"] and pub.stats.bad_requests == 0
+        # t-a's own report topic is writable too; t-b's forged report never arrived
+        spy.publish(
+            TOPICS.report("t-a"),
+            pb.TerminalReport(
+                terminal_id="t-a",
+                district_id=DISTRICT,
+                kind=pb.TerminalReport.KIND_RATING,
+                session_id="s-a",
+                rating=5,
+            ).SerializeToString(),
+            qos=1,
+        ).wait_for_publish(5)
+        wait_for(lambda: pub.stats.reports == 1, what="t-a's report")
+        assert [r[:3] for r in dlog.reports()] == [("t-a", "s-a", "rating")]
+        assert pub.stats.bad_reports == 0
         # a replay the district sends to t-b's direct topic: the spy must not see it
         dups = subs[1].engine.duplicates
         pub.send_replay("t-b", from_seq=1)
