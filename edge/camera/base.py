@@ -12,8 +12,11 @@ import dataclasses
 import time
 from typing import Protocol
 
+import cv2
 import numpy as np
 import numpy.typing as npt
+
+from edge.errors import CameraError
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -69,16 +72,29 @@ class Pacer:
 
 def check_image(image: object, what: str) -> npt.NDArray[np.uint8]:
     """A decoded frame as BGR uint8 HxWx3 (grey frames are converted); raises CameraError."""
-    from edge.errors import CameraError
-
     if not isinstance(image, np.ndarray) or image.size == 0:
         raise CameraError(f"{what}: no image data")
     if image.dtype != np.uint8:
         raise CameraError(f"{what}: unexpected pixel type {image.dtype}")
     if image.ndim == 2:
-        import cv2
-
         image = np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), np.uint8)
     if image.ndim != 3 or image.shape[2] != 3:
         raise CameraError(f"{what}: unexpected frame shape {image.shape}")
     return np.asarray(image, np.uint8)
+
+
+def read_capture(cap: cv2.VideoCapture | None, what: str) -> npt.NDArray[np.uint8] | None:
+    """One frame from an OpenCV capture, checked; None when the capture gave no frame.
+
+    A capture that is not open, an OpenCV error and a malformed frame raise CameraError;
+    what "no frame" means (end of file, unplugged camera, dropped stream) is the caller's.
+    """
+    if cap is None:
+        raise CameraError(f"{what}: not open")
+    try:
+        ok, image = cap.read()
+    except cv2.error as exc:
+        raise CameraError(f"{what}: read failed: {exc}") from None
+    if not ok or image is None:
+        return None
+    return check_image(image, what)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import cv2
 
-from edge.camera.base import Frame, Pacer, check_image
+from edge.camera.base import Frame, Pacer, read_capture
 from edge.errors import CameraError
 
 #: frame rate assumed when the container does not say (most webcams record at 30)
@@ -53,13 +53,8 @@ class VideoFileSource:
         return self._fps
 
     def read(self) -> Frame | None:
-        if self._cap is None:
-            raise CameraError(f"{self.name}: not open")
-        try:
-            ok, image = self._cap.read()
-        except cv2.error as exc:
-            raise CameraError(f"{self.name}: decoding failed: {exc}") from None
-        if not ok or image is None:
+        image = read_capture(self._cap, self.name)
+        if image is None:
             if self._in_file == 0:
                 raise CameraError(f"{self.name}: no frame could be decoded (corrupt file?)")
             if self._expected and self._in_file < self._expected - TRUNCATION_SLACK:
@@ -71,7 +66,6 @@ class VideoFileSource:
                 return None
             self.open()  # rewind by reopening: seeking is unreliable on some containers
             return self.read()
-        image = check_image(image, self.name)
         self._in_file += 1
         if self._pacer is not None:
             t = self._pacer.wait()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import cv2
 
-from edge.camera.base import Frame, check_image
+from edge.camera.base import Frame, read_capture
 from edge.errors import CameraError
 
 
@@ -45,16 +45,11 @@ class V4L2Source:
         self._cap = cap
 
     def read(self) -> Frame | None:
-        if self._cap is None:
-            raise CameraError(f"{self.name}: not open")
-        try:
-            ok, image = self._cap.read()
-        except cv2.error as exc:
-            raise CameraError(f"{self.name}: read failed: {exc}") from None
-        if not ok or image is None:
+        image = read_capture(self._cap, self.name)
+        if image is None:
             gone = not self.path.exists()
             raise CameraError(f"{self.name}: {'camera unplugged' if gone else 'read failed'}")
-        frame = Frame(image=check_image(image, self.name), t=time.monotonic(), index=self._index)
+        frame = Frame(image=image, t=time.monotonic(), index=self._index)
         self._index += 1
         return frame
 
