@@ -196,13 +196,15 @@ def unit_rows(arr: npt.ArrayLike, dim: int, what: str) -> npt.NDArray[np.float32
         raise StoreError(f"{what}: expected shape (n, {dim}), got {np.shape(arr)}")
     if a.shape[1] != dim:
         raise StoreError(f"{what}: embedding dimension {a.shape[1]}, the gallery's is {dim}")
-    a = a.astype(np.float32, copy=False)
-    if not np.isfinite(a).all():
+    # one float64 pass: a NaN or infinity anywhere (or a float64 value too large to
+    # square) makes the row's norm non-finite; this runs on every search
+    wide = a.astype(np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+    if not np.isfinite(norms).all():
         raise StoreError(f"{what}: embedding contains NaN or infinity")
-    norms = np.linalg.norm(a.astype(np.float64), axis=1)
     if (norms < 1e-6).any():
         raise StoreError(f"{what}: embedding has zero norm")
-    return np.ascontiguousarray((a / norms[:, None]).astype(np.float32))
+    return (wide / norms[:, None]).astype(np.float32)
 
 
 def _check_text(value: object, what: str, *, limit: int = MAX_TEXT_LEN,
@@ -1120,10 +1122,11 @@ class GalleryStore:
                 labels, dists = self._exact_knn(index, queries, kk)
             if len(queries) == 1:
                 best: dict[str, float] = {}
-                for label, dist in zip(labels[0], dists[0], strict=True):
-                    cid = mapping.label_citizen.get(int(label))
+                owner = mapping.label_citizen.get
+                for label, dist in zip(labels[0].tolist(), dists[0].tolist(), strict=True):
+                    cid = owner(label)
                     if cid is not None and cid not in best:
-                        best[cid] = 1.0 - float(dist)
+                        best[cid] = 1.0 - dist
                 scores = best
             else:
                 cands = {mapping.label_citizen[int(x)] for x in labels.ravel()
