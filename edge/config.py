@@ -397,6 +397,15 @@ class StoreSettings:
     checkpoint_every: int = 2000
     #: see checkpoint_every: 5% of the gallery = 5,000 changes at 100k citizens
     checkpoint_share: float = 0.05
+    #: a due checkpoint waits until no batch has come for this many seconds, so a burst
+    #: (a terminal catching up, a mass enrolment) is not slowed by a ~240 MB write every
+    #: 5% of the gallery: ~20% of a burst's time at 100k (docs/store.md). 1 s is a few
+    #: batch gaps of a live sync; 0 = write it at once, as soon as it is due
+    checkpoint_quiet_s: float = 1.0
+    #: ...but never more than this many times the due number of changes without one: it
+    #: bounds what a crash in a long burst replays at open (1.5 x 5,000 changes at 100k,
+    #: ~2 s of adds here on top of the checkpoint load)
+    checkpoint_max_defer: float = 1.5
     #: checkpoints kept; the older one is a fallback when the newest is damaged. Older
     #: checkpoints are dropped anyway once a citizen deletion happened after them, so a
     #: deleted citizen's vectors do not survive in a fallback file
@@ -421,6 +430,10 @@ class StoreSettings:
             raise bad("M", "must be between 2 and 100")
         if not 0.0 <= self.checkpoint_share <= 1.0:
             raise bad("checkpoint_share", "must be between 0 and 1")
+        if not 0.0 <= self.checkpoint_quiet_s <= 3600.0:
+            raise bad("checkpoint_quiet_s", "must be between 0 and 3600 seconds")
+        if not 1.0 <= self.checkpoint_max_defer <= 10.0:
+            raise bad("checkpoint_max_defer", "must be between 1 and 10")
         if not 0.0 < self.rebuild_deleted_share < 1.0:
             raise bad("rebuild_deleted_share", "must be between 0 and 1 (exclusive)")
         if not 1.05 <= self.growth_factor <= 4.0:

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,10 @@ def test_settings_are_validated_and_in_config() -> None:
     assert config_from_dict({"store": {"ef": 80}}).store.ef == 80
     with pytest.raises(ConfigError, match="store.growth_factor"):
         config_from_dict({"store": {"growth_factor": 1.0}})
+    with pytest.raises(ConfigError, match="store.checkpoint_quiet_s"):
+        config_from_dict({"store": {"checkpoint_quiet_s": -1}})
+    with pytest.raises(ConfigError, match="store.checkpoint_max_defer"):
+        config_from_dict({"store": {"checkpoint_max_defer": 0.5}})
     with pytest.raises(ConfigError, match="store.M"):
         GalleryStore.open(Path("/nonexistent-never-created"), embedder_id="e", dim=4,
                           settings=StoreSettings(M=0))
@@ -485,7 +490,7 @@ def test_second_process_cannot_open_the_same_store(tmp_path: Path) -> None:
 
 def test_checkpoint_policy_every_n_or_share_of_gallery(tmp_path: Path) -> None:
     with open_store(tmp_path, checkpoint_every=10, checkpoint_share=0.5,
-                    keep_checkpoints=100) as s:
+                    keep_checkpoints=100, checkpoint_quiet_s=0) as s:
         for n in (20, 100):  # 20 citizens; then re-enrol those and grow to 100
             for start in range(0, n, 5):
                 s.apply([upsert(s.last_seq + 1 + j, start + j, 1) for j in range(5)],
@@ -498,3 +503,49 @@ def test_checkpoint_policy_every_n_or_share_of_gallery(tmp_path: Path) -> None:
     assert seqs[:3] == [0, 10, 20]
     gaps = [b - a for a, b in zip(seqs[1:], seqs[2:], strict=False)]
     assert all(g >= 10 for g in gaps) and max(gaps) >= 25, seqs
+
+
+def _checkpoint_seqs(s: GalleryStore) -> list[int]:
+    return [r[0] for r in s._conn.execute(  # noqa: SLF001
+        "SELECT seq FROM checkpoints ORDER BY seq")]
+
+
+def test_due_checkpoint_waits_for_a_quiet_sync_but_not_past_the_bound(tmp_path: Path) -> None:
+    """A burst is not interrupted by checkpoints until 1.5x the due count; once no batch
+    has come for checkpoint_quiet_s the due checkpoint is written."""
+    with open_store(tmp_path, checkpoint_every=10, checkpoint_share=0.0, keep_checkpoints=100,
+                    checkpoint_quiet_s=1.0, checkpoint_max_defer=1.5) as s:
+        s.wait_for_checkpoint()  # the new gallery's own, written in a thread
+        assert _checkpoint_seqs(s) == [0]
+        for _ in range(3):  # a burst of 12 changes: due at 10, deferred
+            s.apply([upsert(s.last_seq + 1 + j, s.last_seq + j, 1) for j in range(4)], epoch=1)
+        s.wait_for_checkpoint()
+        assert _checkpoint_seqs(s) == [0]
+        # 16 >= 1.5 x 10: written within the burst
+        s.apply([upsert(s.last_seq + 1 + j, s.last_seq + j, 1) for j in range(4)], epoch=1)
+        s.wait_for_checkpoint()
+        assert _checkpoint_seqs(s) == [0, 16]
+        s.apply([upsert(s.last_seq + 1 + j, s.last_seq + j, 1) for j in range(10)], epoch=1)
+        time.sleep(0.8)  # a batch within the quiet time starts it again
+        s.apply([upsert(s.last_seq + 1 + j, s.last_seq + j, 1) for j in range(2)], epoch=1)
+        time.sleep(0.3)
+        assert _checkpoint_seqs(s) == [0, 16]  # only 0.3 s since the last batch
+        deadline = time.monotonic() + 10
+        while _checkpoint_seqs(s) != [0, 16, 28] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _checkpoint_seqs(s) == [0, 16, 28]
+        # the quiet-time checkpoint is an ordinary one: the store reopens from it
+        want = s.content_hash()
+    with open_store(tmp_path) as s:
+        assert s.content_hash() == want and s.last_seq == 28
+
+
+def test_close_does_not_wait_for_the_quiet_time(tmp_path: Path) -> None:
+    s = open_store(tmp_path, checkpoint_every=10, checkpoint_share=0.0,
+                   checkpoint_quiet_s=600)
+    s.apply([upsert(1 + j, j, 1) for j in range(12)], epoch=1)
+    t0 = time.monotonic()
+    s.close()  # stops the waiting thread and writes the closing checkpoint itself
+    assert time.monotonic() - t0 < 60
+    with open_store(tmp_path) as s:
+        assert _checkpoint_seqs(s)[-1] == 12

@@ -370,6 +370,12 @@ class GalleryStore:
         #: held from saving a checkpoint until it is recorded (taken before _apply_lock)
         self._ckpt_lock = threading.Lock()
         self._ckpt_thread: threading.Thread | None = None
+        #: no checkpoint of the current index generation exists: write one at once
+        self._ckpt_urgent = False
+        #: monotonic time of the last applied batch, for the quiet-time checkpoint
+        self._last_write = 0.0
+        self._quiet_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     # ================================================================== opening
     @classmethod
@@ -850,14 +856,47 @@ class GalleryStore:
             self._index = index
             self._generation = generation
         self._since_checkpoint = self._checkpoint_due()  # none usable yet
+        self._ckpt_urgent = True
 
     def _after_write(self) -> None:
         idx = self._index
         assert idx is not None
+        self._last_write = time.monotonic()
+        due = self._checkpoint_due()
         if idx.needs_rebuild():
             self.rebuild()
-        elif self._since_checkpoint >= self._checkpoint_due():
-            self._auto_checkpoint()
+        elif self._since_checkpoint >= due:
+            s = self._settings
+            if (self._ckpt_urgent or s.checkpoint_quiet_s == 0
+                    or self._since_checkpoint >= s.checkpoint_max_defer * due):
+                self._auto_checkpoint()
+            else:
+                self._start_quiet_checkpoint()
+
+    def _start_quiet_checkpoint(self) -> None:
+        """Have a due checkpoint written once the sync has been quiet for a while."""
+        if self._quiet_thread is not None and self._quiet_thread.is_alive():
+            return  # it sees this batch's time and waits longer
+        self._quiet_thread = threading.Thread(target=self._quiet_checkpoint,
+                                              name="store-checkpoint-quiet", daemon=True)
+        self._quiet_thread.start()
+
+    def _quiet_checkpoint(self) -> None:
+        quiet = self._settings.checkpoint_quiet_s
+        while not self._stopping.wait(max(0.0, self._last_write + quiet - time.monotonic())):
+            if time.monotonic() - self._last_write < quiet:
+                continue  # another batch came meanwhile
+            with self._apply_lock:
+                if self._closed or self._broken is not None:
+                    return
+                if time.monotonic() - self._last_write < quiet:
+                    continue
+                if self._since_checkpoint >= self._checkpoint_due():
+                    try:
+                        self._auto_checkpoint()
+                    except Exception:  # a bug must not kill silently: log it, go on
+                        log.exception("quiet-time checkpoint crashed")
+                return
 
     def _checkpoint_due(self) -> int:
         """Changes after which the policy writes a checkpoint (see StoreSettings)."""
@@ -1027,6 +1066,8 @@ class GalleryStore:
                 raise _sql_error(exc, "cannot record index checkpoint") from None
             log.info("index checkpoint %s written in %.2f s", p.name,
                      time.monotonic() - p.started)
+            if p.generation == self._generation:
+                self._ckpt_urgent = False
             self._prune_checkpoints(p.name)
             with contextlib.suppress(sqlite3.Error):
                 # keep the WAL small (and free of old page images) now that we are at rest
@@ -1238,6 +1279,7 @@ class GalleryStore:
     # ================================================================== closing
     def close(self) -> None:
         """Checkpoint if anything changed, then close (idempotent)."""
+        self._stop_quiet_checkpoint()
         with self._ckpt_lock, self._apply_lock:  # after a checkpoint in progress
             if self._closed:
                 return
@@ -1247,6 +1289,12 @@ class GalleryStore:
                 self._closed = True
                 self._index = None
             self._release()
+
+    def _stop_quiet_checkpoint(self) -> None:
+        self._stopping.set()
+        thread = self._quiet_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def _release(self) -> None:
         for conn in (self._conn, self._reader):
@@ -1258,6 +1306,7 @@ class GalleryStore:
 
     def _abandon(self) -> None:
         """Drop the store like a crash would: no closing checkpoint (for tests)."""
+        self._stop_quiet_checkpoint()
         with self._ckpt_lock, self._apply_lock, self._rw.write():
             self._closed = True
             self._index = None
