@@ -52,7 +52,7 @@ EMBEDDER = "bench-synthetic-512"
 #: upserts per apply(): the size of a sync batch
 BATCH = 200
 #: ef values tried, smallest first
-EF_SWEEP = (16, 24, 32, 40, 48, 56, 64, 80, 96, 128, 192, 256)
+EF_SWEEP = (16, 24, 32, 40, 44, 48, 52, 56, 64, 80, 96, 128, 192, 256)
 #: queries per block when search and brute force alternate (see child())
 BLOCK = 25
 #: the recall the search figures are reported at (the issue's target)
