@@ -24,6 +24,7 @@ Prints a table per size; the last line is one JSON object (figures of the larges
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -104,7 +105,17 @@ def _baseline_index(directory: Path, capacity: int) -> hnswlib.Index:
     return raw
 
 
-def build(directory: Path, n: int, per_citizen: int, faces: ClusteredFaces) -> dict:
+def settings_from(args: argparse.Namespace) -> StoreSettings:
+    """The store's default settings, with the index parameters given on the command line."""
+    s = StoreSettings()
+    changes = {k: getattr(args, k) for k in ("M", "ef_construction") if getattr(args, k)}
+    s = dataclasses.replace(s, **changes)
+    s.validate()
+    return s
+
+
+def build(directory: Path, n: int, per_citizen: int, faces: ClusteredFaces,
+          settings: StoreSettings) -> dict:
     """Install a snapshot of most citizens, then apply the rest as sync batches.
 
     The snapshot is how a new terminal gets its gallery; the batches (half new citizens,
@@ -117,7 +128,7 @@ def build(directory: Path, n: int, per_citizen: int, faces: ClusteredFaces) -> d
     snapshot = [_citizen(0, i, faces, per_citizen) for i in range(n_snap)]
     vectors = sum(len(c.embeddings) for c in snapshot)
     progress(f"generated a snapshot of {n_snap} citizens in {time.perf_counter() - t0:.1f} s")
-    store = GalleryStore.open(directory, embedder_id=EMBEDDER, dim=DIM)
+    store = GalleryStore.open(directory, embedder_id=EMBEDDER, dim=DIM, settings=settings)
     t0 = time.perf_counter()
     store.replace_all(snapshot, epoch=1, last_seq=n_snap)
     snapshot_s = time.perf_counter() - t0
@@ -132,7 +143,7 @@ def build(directory: Path, n: int, per_citizen: int, faces: ClusteredFaces) -> d
     # the snapshot's own checkpoint (replace_all skips it while the open's one of the
     # empty gallery is still being written, as in --quick; the first apply would do it)
     store.checkpoint()
-    s = StoreSettings()
+    s = settings
     raw = _baseline_index(directory, store.index_stats()["slots"] + n_apply * per_citizen)
     raw_next = 1 << 40  # labels beyond any the store hands out
     del snapshot
@@ -191,12 +202,15 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
     directory = workdir / f"g{n}"
     shutil.rmtree(directory, ignore_errors=True)
     faces = ClusteredFaces(DIM, seed=args.seed)
-    figures = build(directory, n, args.per_citizen, faces)
+    figures = build(directory, n, args.per_citizen, faces, settings_from(args))
     cmd = [sys.executable, __file__, "--child", str(directory), "--citizens", str(n),
            "--per-citizen", str(args.per_citizen), "--queries", str(args.queries),
            "--seed", str(args.seed)]
     if args.no_rebuild:
         cmd.append("--no-rebuild")
+    for key in ("M", "ef_construction"):
+        if getattr(args, key):
+            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     figures.update(json.loads(out.strip().splitlines()[-1]))
     if not args.keep:
@@ -208,7 +222,8 @@ def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict:
 def child(args: argparse.Namespace) -> None:
     directory = Path(args.child)
     t0 = time.perf_counter()
-    store = GalleryStore.open(directory, embedder_id=EMBEDDER, dim=DIM)
+    store = GalleryStore.open(directory, embedder_id=EMBEDDER, dim=DIM,
+                              settings=settings_from(args))
     load_s = time.perf_counter() - t0
     faces = ClusteredFaces(DIM, seed=args.seed)
     rng = np.random.default_rng(args.seed + 1)
@@ -341,6 +356,9 @@ def main() -> None:
     ap.add_argument("--no-rebuild", action="store_true", help="skip the rebuild timing")
     ap.add_argument("--workdir", type=Path, help="where to build (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the built stores")
+    ap.add_argument("--M", type=int, help="HNSW links per node (default: the store's)")
+    ap.add_argument("--ef-construction", type=int,
+                    help="HNSW build beam (default: the store's)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -353,7 +371,7 @@ def main() -> None:
         sizes = [args.citizens] if args.citizens else [10_000, 100_000]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="motcua-bench-store-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    s = StoreSettings()
+    s = settings_from(args)
     print(f"store bench: 512-d clustered synthetic faces, up to {args.per_citizen} "
           f"embedding(s)/citizen, M={s.M} ef_construction={s.ef_construction}, "
           f"{os.cpu_count()} cpus, {args.queries} queries")

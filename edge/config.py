@@ -367,11 +367,14 @@ class StoreSettings:
     #: intrinsic dimension: strangers are nearly orthogonal) M=16 needs ef=256 for
     #: recall@1 0.992 at 100k; M=32 reaches 0.998 at ef=64 for +128 B per vector
     M: int = 32
-    #: build-time beam. 100 vs 200 at M=32: recall@1 0.998 vs 1.000 at ef=64, while the
-    #: adds (the sync's cost) are about twice as fast
-    ef_construction: int = 100
-    #: search-time beam; the smallest value with citizen-level recall@1 >= 0.995 at 100k
-    #: in bench/store.py (0.998 at 64, 0.980 at 32)
+    #: build-time beam, a trade of search speed against add speed (bench/store.py at
+    #: 100k, docs/store.md): 125 reaches recall@1 0.995 at ef=32 (search 0.24 ms, 26x a
+    #: one-thread brute force) and applies ~2,500 upserts/s; 100 needs ef=52 (0.31 ms,
+    #: 20x) for ~2,650/s; 150 gains little more search speed and drops to ~2,000/s
+    ef_construction: int = 125
+    #: search-time beam. bench/store.py finds 32 enough for citizen-level recall@1 >= 0.995
+    #: on its synthetic faces at 100k; 64 keeps a margin for real embeddings, which may
+    #: be harder, for ~0.05 ms more per search (nothing next to the ~17 ms of a face)
     ef: int = 64
     #: refill deleted slots on add (hnswlib replace_deleted). Off: in hnswlib 0.8 a
     #: replacing add re-links neighbours of neighbours and measured 8-16x slower than a
