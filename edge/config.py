@@ -267,6 +267,18 @@ class TerminalConfig:
     id: str = "terminal-dev"
     district: str = "district-dev"
     state_dir: Path = Path("/var/lib/motcua")
+    #: audit.jsonl is rotated at this size; a line is ~200 B, so 4 MB is ~20,000
+    #: sessions, a few months of a busy hall
+    audit_max_mb: float = 4.0
+    #: rotated audit files kept (audit.1.jsonl ..); older ones are deleted, which bounds
+    #: how long a matched citizen's pseudonymous id stays on the terminal
+    audit_files: int = 3
+
+    def validate(self, prefix: str = "terminal") -> None:
+        if not 0.01 <= self.audit_max_mb <= 1024:
+            raise ConfigError(f"{prefix}.audit_max_mb: must be between 0.01 and 1024")
+        if not 0 <= self.audit_files <= 100:
+            raise ConfigError(f"{prefix}.audit_files: must be between 0 and 100")
 
 
 def _split_hostport(value: str, key: str) -> tuple[str, int]:

@@ -139,6 +139,12 @@ class TerminalService:
     def state_dir(self) -> Path:
         return self.cfg.terminal.state_dir
 
+    def audit_log(self) -> AuditLog:
+        """The audit log, rotated as ``[terminal]`` says."""
+        t = self.cfg.terminal
+        return AuditLog.in_state_dir(self.state_dir, max_bytes=int(t.audit_max_mb * 1024 * 1024),
+                                     keep=t.audit_files)
+
     # -- life cycle ------------------------------------------------------------------------
 
     def start(self, before_camera: Callable[[], None] | None = None) -> TerminalService:
@@ -171,7 +177,7 @@ class TerminalService:
             gallery=cast(Gallery, self.store),
             threshold=self.vision.threshold,
             bus=self.bus,
-            audit=AuditLog.in_state_dir(self.state_dir),
+            audit=self.audit_log(),
             reporter=OutboxReporter.in_state_dir(self.state_dir),
             terminal_id=self.cfg.terminal.id,
         )
@@ -325,7 +331,7 @@ class TerminalService:
     def _audit_lookup(self, citizen_id: str, score: float | None, outcome: str) -> None:
         import uuid
 
-        AuditLog.in_state_dir(self.state_dir).session(
+        self.audit_log().session(
             terminal=self.cfg.terminal.id, session_id=f"lookup-{uuid.uuid4().hex[:12]}",
             outcome=outcome, citizen_id=citizen_id, score=score)
 

@@ -5,8 +5,16 @@ This module turns each intact line into a ``TerminalReport`` and publishes it at
 only after the broker's PUBACK is the report's key appended (fsynced) to
 ``reports.delivered`` beside it. A crash between PUBACK and that write sends the report
 again after the restart: delivery is at least once, and the district keeps one row per
-(terminal, session, kind). The jsonl file itself is never rewritten here (the session
-appends to it concurrently).
+(terminal, session, kind).
+
+Compaction (``compact()``, every COMPACT_INTERVAL_S): no file is ever rewritten while the
+session may append to it. A ``reports.jsonl`` whose lines are all delivered is renamed to
+``reports-<n>.jsonl`` (the session's next line starts a new file); a renamed file is
+deleted once all its lines are delivered and it has not changed for ROTATED_GRACE_S (a
+line racing the rename is written within milliseconds); then ``reports.delivered`` is
+rewritten atomically with only the keys of lines still on disk. An undelivered report is
+never dropped; a line that is not a valid report does not hold back the renaming, but
+the renamed file that holds it is kept for a technician.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +39,11 @@ KINDS = {
 #: a report published but not acknowledged for this long is published again (the link
 #: may have dropped; paho's own resend after a reconnect makes at worst a duplicate)
 RESEND_AFTER_S = 30.0
+#: how often compact() runs; reports are a few per hour, a minute is plenty
+COMPACT_INTERVAL_S = 60.0
+#: a renamed outbox file is deleted only when unchanged this long (see the module text)
+ROTATED_GRACE_S = 60.0
+ROTATED_PREFIX = "reports-"
 
 
 def report_key(kind: str, session_id: str) -> str:
@@ -68,6 +82,7 @@ class OutboxSender:
     """
 
     def __init__(self, outbox_dir: Path, *, terminal_id: str, district_id: str) -> None:
+        self.outbox_dir = outbox_dir
         self.source = JsonLines(outbox_dir / "reports.jsonl")
         self.delivered_path = outbox_dir / "reports.delivered"
         self.terminal_id = terminal_id
@@ -89,11 +104,31 @@ class OutboxSender:
             log.error("cannot read %s: %s", self.delivered_path, exc.strerror or exc)
             return []
 
+    def _rotated(self) -> list[Path]:
+        """Renamed outbox files, oldest first."""
+        found = []
+        for path in self.outbox_dir.glob(f"{ROTATED_PREFIX}*.jsonl"):
+            number = path.name[len(ROTATED_PREFIX):-len(".jsonl")]
+            if number.isdigit():
+                found.append((int(number), path))
+        return [path for _, path in sorted(found)]
+
+    def _entries(self) -> list[dict[str, object]]:
+        """Every intact outbox line: the renamed files, oldest first, then the current."""
+        out: list[dict[str, object]] = []
+        for path in [*self._rotated(), self.source.path]:
+            out.extend(JsonLines(path).read())
+        return out
+
+    @staticmethod
+    def _key(entry: dict[str, object]) -> str:
+        return report_key(str(entry.get("kind", "")), str(entry.get("session") or ""))
+
     def pending(self) -> list[tuple[str, pb.TerminalReport]]:
         """Outbox lines not yet acknowledged by the broker, oldest first."""
         out = []
-        for entry in self.source.read():
-            key = report_key(str(entry.get("kind", "")), str(entry.get("session") or ""))
+        for entry in self._entries():
+            key = self._key(entry)
             if key in self.delivered:
                 continue
             try:
@@ -153,3 +188,61 @@ class OutboxSender:
         """After a disconnect: publish again what was not acknowledged."""
         with self._lock:
             self._inflight.clear()
+
+    def _is_report(self, entry: dict[str, object]) -> bool:
+        try:
+            to_pb(entry, terminal_id=self.terminal_id, district_id=self.district_id)
+        except (ValueError, TypeError):
+            return False
+        return True
+
+    def compact(self, now: float | None = None) -> int:
+        """Rename a delivered ``reports.jsonl`` aside, delete delivered renamed files and
+        drop their keys from ``reports.delivered``; returns how many files were deleted.
+
+        ``now`` is wall-clock time (file modification times are compared with it).
+        Errors are logged; nothing undelivered is ever removed.
+        """
+        now = time.time() if now is None else now
+        try:
+            current = self.source.read()
+            if current and all(self._key(e) in self.delivered or not self._is_report(e)
+                               for e in current):
+                rotated = self._rotated()
+                last = int(rotated[-1].name[len(ROTATED_PREFIX):-len(".jsonl")]) if rotated else 0
+                target = self.outbox_dir / f"{ROTATED_PREFIX}{last + 1:06d}.jsonl"
+                os.replace(self.source.path, target)
+            deleted = 0
+            for path in self._rotated():
+                if now - path.stat().st_mtime < ROTATED_GRACE_S:
+                    continue
+                entries = JsonLines(path).read()
+                if all(self._key(e) in self.delivered for e in entries):
+                    path.unlink()
+                    deleted += 1
+            if deleted:
+                self._rewrite_delivered()
+        except OSError as exc:
+            log.error("cannot compact the outbox in %s: %s", self.outbox_dir,
+                      exc.strerror or exc)
+            return 0
+        return deleted
+
+    def _rewrite_delivered(self) -> None:
+        """Keep only the delivered keys of lines still on disk (temp file, fsync, rename)."""
+        on_disk = {self._key(e) for e in self._entries()}
+        keep = sorted(k for k in self.delivered if k in on_disk)
+        tmp = self.delivered_path.with_name(self.delivered_path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            os.write(fd, "".join(k + "\n" for k in keep).encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.delivered_path)
+        dir_fd = os.open(self.outbox_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self.delivered = set(keep)

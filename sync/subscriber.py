@@ -28,7 +28,7 @@ from edge import __version__
 from edge.errors import AuthenticationError
 from sync.engine import GAP_TIMEOUT_S, MAX_MESSAGE_BYTES, GalleryTarget, SyncEngine
 from sync.mqtt import BrokerSettings, connect_properties, is_auth_failure, make_client
-from sync.outbox import OutboxSender
+from sync.outbox import COMPACT_INTERVAL_S, OutboxSender
 from sync.topics import DEFAULT_PREFIX, Topics
 from sync.wire import PublicKeys
 
@@ -192,6 +192,7 @@ class TerminalSubscriber:
     def _run(self) -> None:
         last_state = 0.0
         last_outbox = 0.0
+        last_compact = time.monotonic()
         while not self.stop_event.is_set():
             try:
                 channel, payload = self._inbox.get(timeout=0.05)
@@ -217,6 +218,9 @@ class TerminalSubscriber:
                 if now - last_outbox >= OUTBOX_INTERVAL_S:
                     last_outbox = now
                     self.outbox.pump(self._publish_report, now)
+                if now - last_compact >= COMPACT_INTERVAL_S:
+                    last_compact = now
+                    self.outbox.compact()
             if self._state_dirty and (
                 now - last_state >= self.state_interval_s or self._inbox.empty()
             ):

@@ -131,3 +131,67 @@ def test_bad_outbox_lines_are_skipped_and_kept(tmp_path: Path) -> None:
     sender.acked(1)
     assert sender.settle() == 1 and sender.pending() == []
     assert len(ob.read()) == 3
+
+
+def test_outbox_is_compacted_and_no_report_is_lost(tmp_path: Path) -> None:
+    """Delivered reports leave the disk (the outbox would otherwise grow for ever and be
+    re-read twice a second); undelivered ones, late lines and bad lines stay."""
+    import os
+    import time
+
+    ob = OutboxReporter.in_state_dir(tmp_path)
+    outbox = tmp_path / "outbox"
+    for i in range(3):
+        ob.report("rating", {"session": f"s-{i}", "stars": 4})
+    sender = OutboxSender(outbox, terminal_id="t1", district_id=DISTRICT)
+    sent: list[bytes] = []
+
+    def publish(p: bytes) -> int:
+        sent.append(p)
+        return len(sent)
+
+    assert sender.pump(publish, 0.0) == 3
+    sender.acked(1)
+    sender.acked(2)
+    assert sender.settle() == 2
+    later = time.time() + 3600
+    assert sender.compact(later) == 0  # s-2 is not delivered: the file stays as it is
+    assert ob.path.exists() and len(ob.read()) == 3
+    sender.acked(3)
+    assert sender.settle() == 1
+    assert sender.compact() == 0  # all delivered: renamed aside, but too fresh to delete
+    rotated = outbox / "reports-000001.jsonl"
+    assert rotated.exists() and not ob.path.exists()
+    # a line that raced the rename lands in the renamed file: it is still sent
+    with open(rotated, "a", encoding="utf-8") as fh:
+        fh.write('{"kind": "not_me", "session": "late", "citizen_id": "c9"}\n')
+    ob.report("not_me", {"session": "s-new", "citizen_id": "c1"})  # starts a new file
+    assert [k for k, _ in sender.pending()] == ["not_me\tlate", "not_me\ts-new"]
+    assert sender.compact(later) == 0  # "late" is not delivered: nothing deleted
+    sender.pump(publish, 100.0)
+    sender.acked(4)  # "late"
+    assert sender.settle() == 1
+    assert sender.compact(later) == 1  # the renamed file is gone now
+    assert not rotated.exists()
+    # reports.delivered keeps only keys of lines still on disk (s-new is not delivered)
+    assert (outbox / "reports.delivered").read_text() == ""
+    restarted = OutboxSender(outbox, terminal_id="t1", district_id=DISTRICT)
+    assert [k for k, _ in restarted.pending()] == ["not_me\ts-new"]
+    assert sorted(os.listdir(outbox)) == ["reports.delivered", "reports.jsonl"]
+
+
+def test_outbox_compaction_keeps_a_file_with_a_bad_line(tmp_path: Path) -> None:
+    import time
+
+    ob = OutboxReporter.in_state_dir(tmp_path)
+    ob.report("rating", {"session": "s-1", "stars": 0})  # not a valid report
+    ob.report("not_me", {"session": "s-2", "citizen_id": "c1"})
+    sender = OutboxSender(tmp_path / "outbox", terminal_id="t1", district_id=DISTRICT)
+    assert sender.pump(lambda p: 1, 0.0) == 1
+    sender.acked(1)
+    sender.settle()
+    assert sender.compact(time.time() + 3600) == 0
+    kept = tmp_path / "outbox" / "reports-000001.jsonl"
+    assert not ob.path.exists() and len(kept.read_text().splitlines()) == 2
+    assert sender.pending() == [] and sender.compact(time.time() + 7200) == 0
+    assert kept.exists()  # for a technician: it holds a line that could not be sent
