@@ -87,3 +87,17 @@ def connect_properties(settings: BrokerSettings) -> Properties:
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = settings.session_expiry_s
     return props
+
+
+def start_client(client: mqtt.Client, settings: BrokerSettings) -> None:
+    """Connect in the background with a persistent session (MQTT v5, ``clean_start``
+    off, the settings' session expiry) and start paho's network thread; the client's
+    own reconnect delays (make_client) apply after a drop."""
+    client.connect_async(
+        settings.host,
+        settings.port,
+        keepalive=settings.keepalive_s,
+        clean_start=False,
+        properties=connect_properties(settings),
+    )
+    client.loop_start()

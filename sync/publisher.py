@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 from edge.errors import AuthenticationError, DistrictError, SyncError
 from proto import sync_pb2 as pb
 from sync.log import DistrictLog
-from sync.mqtt import BrokerSettings, connect_properties, is_auth_failure, make_client
+from sync.mqtt import BrokerSettings, is_auth_failure, make_client, start_client
 from sync.topics import DEFAULT_PREFIX, Topics
 from sync.wire import PROTOCOL_VERSION, seal
 
@@ -210,14 +210,7 @@ class Publisher:
     # ---- life cycle ----------------------------------------------------------------
 
     def start(self) -> Publisher:
-        self.client.connect_async(
-            self.broker.host,
-            self.broker.port,
-            keepalive=self.broker.keepalive_s,
-            clean_start=False,
-            properties=connect_properties(self.broker),
-        )
-        self.client.loop_start()
+        start_client(self.client, self.broker)
         for name, target in (
             ("district-publish", self._publish_loop),
             ("district-serve", self._serve_loop),

@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 from edge import __version__
 from edge.errors import AuthenticationError
 from sync.engine import GAP_TIMEOUT_S, MAX_MESSAGE_BYTES, GalleryTarget, SyncEngine
-from sync.mqtt import BrokerSettings, connect_properties, is_auth_failure, make_client
+from sync.mqtt import BrokerSettings, is_auth_failure, make_client, start_client
 from sync.outbox import COMPACT_INTERVAL_S, OutboxSender
 from sync.topics import DEFAULT_PREFIX, Topics
 from sync.wire import PublicKeys
@@ -157,14 +157,7 @@ class TerminalSubscriber:
     # ---- life cycle ---------------------------------------------------------------
 
     def start(self) -> TerminalSubscriber:
-        self.client.connect_async(
-            self.broker.host,
-            self.broker.port,
-            keepalive=self.broker.keepalive_s,
-            clean_start=False,
-            properties=connect_properties(self.broker),
-        )
-        self.client.loop_start()
+        start_client(self.client, self.broker)
         self._thread = threading.Thread(target=self._run, name="sync-apply", daemon=True)
         self._thread.start()
         return self
