@@ -70,6 +70,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _db(n)
     n.set_defaults(func=cmd_info)
 
+    c = sub.add_parser("compact", help="remove old published changes from the log "
+                       "(terminals further behind get a snapshot)")
+    _db(c)
+    c.add_argument("--keep", type=int, default=None,
+                   help="newest published changes to keep (default: the publisher's "
+                   "replay window, 20000)")
+    c.set_defaults(func=cmd_compact)
+
+    ne = sub.add_parser("new-epoch", help="make every terminal reinstall the gallery "
+                        "from a snapshot (after restoring this log from a backup)")
+    _db(ne)
+    ne.add_argument("--yes", action="store_true", required=True,
+                    help="confirm: each terminal downloads the whole gallery again")
+    ne.set_defaults(func=cmd_new_epoch)
+
     r = sub.add_parser("reports", help="terminals' \"not me\" reports and ratings, newest first")
     _db(r)
     r.add_argument("--limit", type=int, default=50, help="rows to show at most")
@@ -244,7 +259,31 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"district {info.district_id}  epoch {info.epoch}  embedder {info.embedder_id} "
         f"({info.dim}-d)\nhead {info.head_seq}  published {info.published_seq}  "
         f"citizens {info.citizen_count}  dossiers {info.dossier_count}"
+        + (f"\ncompacted up to change {info.compacted_to}" if info.compacted_to else "")
     )
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from sync.publisher import REPLAY_WINDOW
+
+    keep = REPLAY_WINDOW if args.keep is None else args.keep
+    if keep < 1:
+        raise ConfigError("--keep: must be at least 1")
+    dlog = _open(args)
+    removed = dlog.compact(keep)
+    print(f"{removed} change(s) removed; replays now start at change {dlog.replay_from_seq} "
+          f"(head {dlog.head_seq}, published {dlog.published_seq})")
+    dlog.close()
+    return 0
+
+
+def cmd_new_epoch(args: argparse.Namespace) -> int:
+    dlog = _open(args)
+    epoch = dlog.new_epoch()
+    print(f"district {dlog.district_id} is now at epoch {epoch}: every terminal installs a "
+          "snapshot when it next sees the manifest")
+    dlog.close()
     return 0
 
 

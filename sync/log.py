@@ -119,6 +119,8 @@ class LogInfo:
     published_seq: int
     citizen_count: int
     dossier_count: int
+    #: changes up to here were removed by compact(); replays start after it
+    compacted_to: int = 0
 
 
 class DistrictLog:
@@ -132,7 +134,7 @@ class DistrictLog:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         try:
             self.district_id = meta["district_id"]
-            self.epoch = int(meta["epoch"])
+            int(meta["epoch"])
             self.embedder_id = meta["embedder_id"]
             self.dim = int(meta["dim"])
         except KeyError:
@@ -402,10 +404,53 @@ class DistrictLog:
             q = "SELECT value FROM meta WHERE key = 'published_seq'"
             return int(self._db.execute(q).fetchone()[0])
 
+    def _meta_int(self, key: str, default: int = 0) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else int(row[0])
+
+    @property
+    def epoch(self) -> int:
+        """The log's epoch; read from the file each time, so a publisher running in
+        another process sees ``new_epoch()`` at once."""
+        return self._meta_int("epoch")
+
+    @property
+    def compacted_to(self) -> int:
+        """Changes up to this number were removed by ``compact()`` (0: none)."""
+        return self._meta_int("compacted_to")
+
     @property
     def replay_from_seq(self) -> int:
-        """Oldest change a replay can start from (the whole log is kept in this version)."""
-        return 1
+        """Oldest change a replay can start from (older ones were compacted away)."""
+        return self.compacted_to + 1
+
+    def compact(self, keep: int) -> int:
+        """Remove published changes older than the newest ``keep`` ones; returns how many.
+
+        Terminals further behind than that get a snapshot (the manifest's
+        ``replay_from_seq`` tells them), which is built from the current state, not from
+        the log. Unpublished changes and the newest change are never removed.
+        """
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise DistrictError(f"keep must be a positive number of changes, got {keep!r}")
+        with self.transaction():
+            head = int(self._db.execute("SELECT max(seq) FROM log").fetchone()[0] or 0)
+            cutoff = min(self.published_seq, head) - keep
+            if cutoff <= self.compacted_to:
+                return 0
+            removed = self._db.execute("DELETE FROM log WHERE seq <= ?", (cutoff,)).rowcount
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES "
+                             "('compacted_to', ?)", (str(cutoff),))
+        return int(removed)
+
+    def new_epoch(self) -> int:
+        """Start a new epoch; returns it. Every terminal then installs a snapshot (e.g.
+        after this log was restored from a backup and terminals may be ahead of it)."""
+        with self.transaction():
+            epoch = self.epoch + 1
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (str(epoch),))
+        return epoch
 
     def info(self) -> LogInfo:
         with self._lock:
@@ -420,10 +465,14 @@ class DistrictLog:
             self.published_seq,
             int(nc),
             int(nd),
+            self.compacted_to,
         )
 
     def changes(self, first: int, last: int) -> list[bytes]:
         """Serialized changes first..last (redacted ones as CitizenDelete), consecutive."""
+        if first <= self.compacted_to:
+            raise DistrictError(f"changes up to {self.compacted_to} were compacted away; "
+                                "a snapshot is needed")
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, citizen_id, change FROM log WHERE seq BETWEEN ? AND ? ORDER BY seq",

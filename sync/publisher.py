@@ -324,7 +324,8 @@ class Publisher:
         return out
 
     def _publish_loop(self) -> None:
-        state = {"last_manifest_t": 0.0, "manifest_head": -1}
+        state = {"last_manifest_t": 0.0, "manifest_head": -1, "manifest_epoch": -1,
+                 "manifest_replay_from": -1}
         while not self.stop_event.is_set():
             try:
                 if not self._publish_step(state):
@@ -354,13 +355,18 @@ class Publisher:
             self._wake.set()  # look again at once: more may be waiting
         busy = published < head
         now = time.monotonic()
-        if self._manifest_due.is_set() or (
+        # a new epoch or a compaction (district new-epoch / compact, maybe from another
+        # process) changes what terminals must do: tell them at once
+        epoch, replay_from = self.log.epoch, self.log.replay_from_seq
+        changed = (epoch != st["manifest_epoch"] or replay_from != st["manifest_replay_from"])
+        if self._manifest_due.is_set() or changed or (
             manifest_head != published and (not busy or now - last_manifest_t > MANIFEST_INTERVAL_S)
         ):
             self._manifest_due.clear()
             if not self._send(self.topics.manifest, self._manifest(published), retain=True):
                 return False
             st["manifest_head"], st["last_manifest_t"] = published, now
+            st["manifest_epoch"], st["manifest_replay_from"] = epoch, replay_from
         return True
 
     # ---- replays and snapshots --------------------------------------------------------
@@ -403,7 +409,14 @@ class Publisher:
         first = max(1, from_seq)
         while first <= published and not self.stop_event.is_set():
             last = min(published, first + self.batch_max_changes - 1)
-            for part in self._split(self.log.changes(first, last)):
+            try:
+                changes = self.log.changes(first, last)
+            except DistrictError as exc:  # compacted meanwhile (district compact)
+                log.info("replay for %s from %d not possible (%s): sending a snapshot",
+                         terminal, first, exc)
+                self.send_snapshot(terminal, request_id)
+                return
+            for part in self._split(changes):
                 payload = self._batch(part, pb.BATCH_ORIGIN_REPLAY, request_id)
                 if not self._send(topic, payload):
                     return

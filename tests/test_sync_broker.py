@@ -44,7 +44,7 @@ class Rig:
         self.publisher: Publisher | None = None
         self.terminals: list[TerminalSubscriber] = []
         self.stores: list[GalleryStore] = []
-        self._expected: tuple[int, str] | None = None
+        self._expected: tuple[tuple[int, int], str] | None = None
 
     def store(self, name: str) -> GalleryStore:
         s = GalleryStore.open(self.tmp / "stores" / name, embedder_id=EMBEDDER, dim=self.dlog.dim)
@@ -78,11 +78,12 @@ class Rig:
         return t
 
     def expected_hash(self) -> str:
-        """Content hash of a store built from the district's state (cached per head)."""
-        head = self.dlog.head_seq
-        if self._expected is None or self._expected[0] != head:
-            ref = reference_store(self.dlog, self.store(f"ref-{head}"))
-            self._expected = (head, ref.content_hash())
+        """Content hash of a store built from the district's state (cached per head and
+        epoch: the hash covers the epoch)."""
+        key = (self.dlog.head_seq, self.dlog.epoch)
+        if self._expected is None or self._expected[0] != key:
+            ref = reference_store(self.dlog, self.store(f"ref-{key[0]}-e{key[1]}"))
+            self._expected = (key, ref.content_hash())
         return self._expected[1]
 
     def converged(self, t: TerminalSubscriber) -> bool:
@@ -290,3 +291,54 @@ def test_terminal_killed_mid_snapshot_converges_after_restart(
         assert list((tmp_path).glob("snapshot-*.spool")) == []
     finally:
         rig.close()
+
+
+def test_compacted_log_sends_a_snapshot_to_a_terminal_behind_it(tmp_path: Path) -> None:
+    """`district compact` removes old changes: a terminal behind them converges by
+    snapshot, one within the kept changes by replay, and nothing else changes."""
+    broker = MosquittoBroker(tmp_path / "broker", max_queued_messages=3).start()
+    rig = Rig(tmp_path, broker)
+    try:
+        add_citizens(rig.dlog, 10)
+        rig.start_publisher(batch_max_changes=1)
+        behind, near = rig.store("t-behind"), rig.store("t-near")
+        tb, tn = rig.terminal("t-behind", behind), rig.terminal("t-near", near)
+        wait_for(lambda: rig.converged(tb) and rig.converged(tn), what="initial sync")
+        tb.stop()  # offline from change 20 on
+        for i in range(10):
+            rig.dlog.update_dossier(f"HS-{i:07d}", stage=f"bước {i}")
+        wait_for(lambda: rig.converged(tn), what="t-near up to 30")
+        tn.stop()  # offline from change 30 on
+        for i in range(10):
+            rig.dlog.update_dossier(f"HS-{i:07d}", status=DossierStatus.PROCESSING)
+        wait_for(lambda: rig.dlog.published_seq == rig.dlog.head_seq, what="all published")
+        assert rig.dlog.compact(keep=15) == 25  # changes 1..25 go; 26..40 stay
+        assert rig.dlog.replay_from_seq == 26
+        tb2, tn2 = rig.terminal("t-behind", behind), rig.terminal("t-near", near)
+        wait_for(lambda: rig.converged(tb2) and rig.converged(tn2), timeout=60,
+                 what="convergence after compaction")
+        assert tb2.engine.snapshots_applied == 1  # 21 was compacted away
+        assert tn2.engine.snapshots_applied == 0  # 31.. was still there: a replay
+        # new changes after a compaction are numbered on
+        rig.dlog.update_dossier("HS-0000001", stage="trả kết quả")
+        wait_for(lambda: rig.converged(tb2) and rig.converged(tn2), what="live after compaction")
+        assert rig.dlog.head_seq == 41
+    finally:
+        rig.close()
+        broker.stop()
+
+
+def test_new_epoch_makes_every_terminal_reinstall_the_gallery(rig: Rig) -> None:
+    """After a district log is restored from an older backup, terminals may be ahead of
+    it; `district new-epoch` makes them all take a snapshot of the log as it is."""
+    add_citizens(rig.dlog, 12)
+    rig.start_publisher()
+    t = rig.terminal("t-a")
+    wait_for(lambda: rig.converged(t), what="initial sync")
+    assert t.engine.store.epoch == 1
+    assert rig.dlog.new_epoch() == 2
+    wait_for(lambda: t.engine.store.epoch == 2 and rig.converged(t), timeout=60,
+             what="snapshot of the new epoch")
+    assert t.engine.snapshots_applied == 2
+    rig.dlog.update_dossier("HS-0000003", stage="mới")  # live batches of epoch 2 apply
+    wait_for(lambda: rig.converged(t), what="live batch in the new epoch")

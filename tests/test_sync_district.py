@@ -253,6 +253,36 @@ def test_cli_commands_and_one_line_errors(tmp_path: Path) -> None:
     assert r.returncode == 2 and "HOST:PORT" in r.stderr
 
 
+def test_compact_and_new_epoch_from_the_cli(tmp_path: Path) -> None:
+    db = tmp_path / "d.sqlite"
+    dlog = new_district(db, dim=16)
+    add_citizens(dlog, 10)  # changes 1..20, none published yet
+    assert dlog.compact(5) == 0  # unpublished changes are never removed
+    dlog.mark_published(12)
+    with pytest.raises(DistrictError, match="keep"):
+        dlog.compact(0)
+    dlog.close()
+    out = motcua("district", "compact", "--db", str(db), "--keep", "4").stdout
+    assert "8 change(s) removed; replays now start at change 9" in out
+    assert "compacted up to change 8" in motcua("district", "info", "--db", str(db)).stdout
+    r = motcua("district", "compact", "--db", str(db), "--keep", "0", check=False)
+    assert r.returncode == 2 and "--keep" in r.stderr
+    dlog = DistrictLog.open(db)
+    with pytest.raises(DistrictError, match="compacted away"):
+        dlog.changes(8, 10)
+    assert len(dlog.changes(9, 20)) == 12 and dlog.head_seq == 20
+    # a snapshot still has everything: it is built from the current state, not the log
+    with dlog.snapshot() as (last, n_citizens, n_dossiers, _rows):
+        assert (last, n_citizens, n_dossiers) == (20, 10, 10)
+    dlog.close()
+    r = motcua("district", "new-epoch", "--db", str(db), check=False)
+    assert r.returncode == 2 and "--yes" in r.stderr  # not without confirming
+    assert "epoch 2" in motcua("district", "new-epoch", "--db", str(db), "--yes").stdout
+    dlog = DistrictLog.open(db)
+    assert dlog.epoch == 2 and dlog.head_seq == 20
+    dlog.close()
+
+
 def published(db: Path) -> int:
     """The publisher's progress as recorded in the log (another connection, like an operator)."""
     with sqlite3.connect(db) as conn:
