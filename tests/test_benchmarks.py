@@ -1,0 +1,40 @@
+"""The benchmarks still run (in their --quick form) and print the figures their issues
+ask for as the last line's JSON. The figures themselves are read by people, from full
+runs on a quiet machine (docs/store.md, docs/sync.md, docs/pipeline.md); here only
+sanity bounds are checked, never speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _last_json(script: str, *args: str) -> dict[str, object]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_store_benchmark_quick() -> None:
+    r = _last_json("store.py", "--quick")
+    for key in ("search_ms_p50", "recall_at_1", "brute_force_ratio", "checkpoint_load_s",
+                "upserts_per_s", "rss_mb", "brute_force_ratio_all_cores", "ef"):
+        assert key in r, key
+    assert r["citizens"] == 5000
+    assert float(r["recall_at_1"]) >= 0.99  # type: ignore[arg-type]
+    assert float(r["upserts_per_s"]) > 0 and float(r["rss_mb"]) > 0  # type: ignore[arg-type]
+
+
+def test_sync_benchmark_quick() -> None:  # starts its own Mosquitto
+    r = _last_json("sync.py", "--quick")
+    for key in ("latency_ms_p50", "latency_ms_p99", "upserts_per_s", "snapshot_s",
+                "delete_to_unmatchable_s"):
+        assert key in r, key
+    assert r["rejections"] == 0
