@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 from edge.camera.base import Frame
+from edge.camera.grabber import CameraStatus
 from edge.config import SessionConfig
 from edge.session.audit import AuditLog, OutboxReporter
 from edge.session.events import (
+    CameraState,
     ChallengeIssued,
     Ended,
     EventBus,
@@ -251,6 +253,43 @@ def test_camera_down_ends_running_session(tmp_path, photo) -> None:
     machine.camera_down(1.0)
     assert isinstance(events[-2], Ended) and events[-2].outcome is Outcome.CAMERA_DOWN
     assert not machine.holds_face_data() and machine.session is None
+
+
+class BlinkingCamera:
+    """A grabber stand-in whose camera fails and reconnects between two looks of the loop
+    (a quick reconnect while the loop is busy): status() shows it up, with one more down."""
+
+    def __init__(self, photo: np.ndarray) -> None:
+        self.photo = photo
+        self.index = 0
+        self.downs = 0
+
+    def status(self) -> CameraStatus:
+        return CameraStatus(name="blink", up=True, error="", ended=False,
+                            frames_grabbed=self.index, frames_dropped=0, reconnects=self.downs,
+                            fps=15.0, downs=self.downs, last_error="read failed (USB reset)")
+
+    def latest(self, after: int = -1, timeout: float | None = None) -> Frame:
+        self.index += 1
+        return Frame(image=self.photo, t=self.index / FPS, index=self.index)
+
+
+def test_an_outage_between_two_looks_is_not_lost(tmp_path, photo) -> None:
+    term, machine, events, _, _ = setup(tmp_path, photo, [head(photo)] * 40)
+    cam = BlinkingCamera(photo)
+    term.camera = cam  # type: ignore[assignment]
+    for _ in range(6):
+        term.step()
+    assert machine.state is State.CHALLENGE
+    assert not [e for e in events if isinstance(e, CameraState)]  # up from the start: quiet
+    cam.downs += 1  # went down and came back while the loop was elsewhere
+    term.step()
+    cams = [e for e in events if isinstance(e, CameraState)]
+    assert [(c.up, c.error) for c in cams] == [(False, "read failed (USB reset)"), (True, "")]
+    ended = [e for e in events if isinstance(e, Ended)]
+    assert ended and ended[-1].outcome is Outcome.CAMERA_DOWN  # the session did not survive
+    term.step()
+    assert len([e for e in events if isinstance(e, CameraState)]) == 2  # reported once
 
 
 def test_another_face_in_the_same_place_clears_a_shown_match(tmp_path, photo) -> None:

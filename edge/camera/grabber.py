@@ -37,6 +37,11 @@ class CameraStatus:
     reconnects: int
     #: grab rate over the last ``FPS_WINDOW_S`` seconds
     fps: float
+    #: times the camera went down (entered a failure); with ``last_error`` it lets a
+    #: watcher notice an outage that began and ended between two of its looks
+    downs: int = 0
+    #: the most recent failure, kept after the camera came back
+    last_error: str = ""
 
 
 class Grabber:
@@ -64,6 +69,8 @@ class Grabber:
         self._grabbed = 0
         self._dropped = 0
         self._reconnects = 0
+        self._downs = 0
+        self._last_error = ""
         self._times: list[float] = []
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -102,14 +109,17 @@ class Grabber:
             return CameraStatus(
                 name=self.source.name, up=self._up, error=self._error, ended=self._ended,
                 frames_grabbed=self._grabbed, frames_dropped=self._dropped,
-                reconnects=self._reconnects, fps=fps,
+                reconnects=self._reconnects, fps=fps, downs=self._downs,
+                last_error=self._last_error,
             )
 
     def _set_down(self, error: str) -> None:
         with self._cond:
             was_up = self._up
+            if was_up or not self._error:  # entering a failure, not failing again
+                self._downs += 1
             self._up = False
-            self._error = error
+            self._error = self._last_error = error
             self._cond.notify_all()
         if was_up:
             log.warning("camera down: %s", error)

@@ -64,6 +64,7 @@ class Terminal:
         self.frames_processed = 0
         self._last_index = -1
         self._camera_up: bool | None = None
+        self._camera_downs = 0
         self._proc_times: list[float] = []
         self.started = time.monotonic()
 
@@ -95,16 +96,29 @@ class Terminal:
     def _watch_camera(self) -> None:
         assert self.camera is not None
         st = self.camera.status()
+        missed = st.downs > self._camera_downs
+        self._camera_downs = st.downs
+        if missed and st.up and self._camera_up:
+            # down and back up between two looks (a quick reconnect while this loop was
+            # busy or idling at 4 fps): the outage still ends a session and is reported
+            self._camera_went_down(st.last_error)
+            self.bus.publish(CameraState("", up=True, error=""))
+            return
         if st.up == self._camera_up or (not st.up and not st.error):
             return  # no change, or still opening for the first time
         first = self._camera_up is None
         self._camera_up = st.up
         if first and st.up:
             return
-        self.bus.publish(CameraState("", up=st.up, error=st.error))
-        if not st.up:
-            self.tracker.clear()
-            self.machine.camera_down(time.monotonic())
+        if st.up:
+            self.bus.publish(CameraState("", up=True, error=""))
+        else:
+            self._camera_went_down(st.error)
+
+    def _camera_went_down(self, error: str) -> None:
+        self.bus.publish(CameraState("", up=False, error=error))
+        self.tracker.clear()
+        self.machine.camera_down(time.monotonic())
 
     # -- the loop
     @property
