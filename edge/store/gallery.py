@@ -886,8 +886,9 @@ class GalleryStore:
         while not self._stopping.wait(max(0.0, self._last_write + quiet - time.monotonic())):
             if time.monotonic() - self._last_write < quiet:
                 continue  # another batch came meanwhile
+            self.wait_for_checkpoint()  # one still being finished would make this a no-op
             with self._apply_lock:
-                if self._closed or self._broken is not None:
+                if self._closed or self._broken is not None or self._stopping.is_set():
                     return
                 if time.monotonic() - self._last_write < quiet:
                     continue
