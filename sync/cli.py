@@ -85,6 +85,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     help="confirm: each terminal downloads the whole gallery again")
     ne.set_defaults(func=cmd_new_epoch)
 
+    sc = sub.add_parser("sign-csr", help="check a terminal's certificate request and sign "
+                        "it with the terminals' CA (TLS client certificate)")
+    sc.add_argument("csr", type=Path, help="the request (motcua-device csr)")
+    sc.add_argument("--district", required=True, help="this district's id (the request's O)")
+    sc.add_argument("--ca-cert", type=Path, required=True, help="terminals' CA certificate")
+    sc.add_argument("--ca-key", type=Path, required=True, help="its key (PEM, unencrypted)")
+    sc.add_argument("--days", type=int, default=365, help="validity (default 365, at most 825)")
+    sc.add_argument("--out", type=Path, required=True, help="certificate file to write (new)")
+    sc.set_defaults(func=cmd_sign_csr)
+
     r = sub.add_parser("reports", help="terminals' \"not me\" reports and ratings, newest first")
     _db(r)
     r.add_argument("--limit", type=int, default=50, help="rows to show at most")
@@ -284,6 +294,33 @@ def cmd_new_epoch(args: argparse.Namespace) -> int:
     print(f"district {dlog.district_id} is now at epoch {epoch}: every terminal installs a "
           "snapshot when it next sees the manifest")
     dlog.close()
+    return 0
+
+
+def cmd_sign_csr(args: argparse.Namespace) -> int:
+    from sync.pki import sign_terminal_csr
+
+    if args.out.exists():
+        raise ConfigError(f"--out: {args.out} exists; refusing to overwrite a certificate")
+
+    def read(path: Path, what: str) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+
+    issued = sign_terminal_csr(read(args.csr, "csr"), read(args.ca_cert, "--ca-cert"),
+                               read(args.ca_key, "--ca-key"), district_id=args.district,
+                               days=args.days)
+    try:
+        with open(args.out, "xb") as fh:
+            fh.write(issued.pem)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot write {args.out}: {exc.strerror or exc}") from None
+    print(f"certificate for terminal {issued.terminal_id} of district {args.district} "
+          f"written to {args.out}\nserial {issued.serial:x}  valid until "
+          f"{issued.not_after:%Y-%m-%d %H:%M} UTC  sha256 {issued.sha256}\n"
+          f"install it on the device: sudo motcua-device install-cert {args.out.name}")
     return 0
 
 

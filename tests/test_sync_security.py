@@ -396,3 +396,92 @@ def test_fleet_view_shows_offline_terminal_by_last_will(
         sub.stop()
         pub.stop()
         store.close()
+
+
+def _device_csr(folder: Path, district: str, terminal: str,
+                curve: str = "P-256") -> tuple[Path, Path]:
+    """Key and request made as motcua-device makes them (openssl genpkey + req)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key, csr = folder / f"{terminal}.key", folder / f"{terminal}.csr"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                    f"ec_paramgen_curve:{curve}", "-out", str(key)], check=True,
+                   capture_output=True)
+    subprocess.run(["openssl", "req", "-new", "-key", str(key), "-subj",
+                    f"/O={district}/CN={terminal}", "-out", str(csr)], check=True,
+                   capture_output=True)
+    return key, csr
+
+
+def _key_pem(key: object) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(serialization.Encoding.PEM,  # type: ignore[attr-defined]
+                             serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def test_district_signs_a_terminal_request_and_the_certificate_connects(  # type: ignore[no-untyped-def]
+        tls_broker, tmp_path: Path, capsys) -> None:
+    import base64
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from edge.cli import main
+
+    broker, ca = tls_broker
+    ca_key = tmp_path / "ca.key"
+    ca_key.write_bytes(_key_pem(ca.key))
+    key, csr = _device_csr(tmp_path / "device", "q1", "t-a")
+    out = tmp_path / "t-a.crt"
+    base = ["district", "sign-csr", "--district", "q1", "--ca-cert", str(ca.cert_path),
+            "--ca-key", str(ca_key)]
+    assert main([*base, str(csr), "--out", str(out)]) == 0
+    assert "certificate for terminal t-a" in capsys.readouterr().out
+    cert = x509.load_pem_x509_certificate(out.read_bytes())
+    cert.verify_directly_issued_by(ca.cert)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "t-a"
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    signed = BrokerSettings(host=broker.host, port=broker.port, ca_file=ca.cert_path,
+                            cert_file=out, key_file=key, username="t-a", password="pw-a",
+                            **FAST)  # type: ignore[arg-type]
+    assert try_connect(signed) == "ok"  # the real broker takes it
+
+    def refused(args: list[str], why: str) -> None:
+        target = tmp_path / "refused.crt"
+        assert main([*args, "--out", str(target)]) != 0
+        assert why in capsys.readouterr().err
+        assert not target.exists()  # nothing written
+
+    _, other_district = _device_csr(tmp_path / "d2", "q9", "t-b")
+    refused([*base, str(other_district)], "district 'q9'")
+    _, bad_id = _device_csr(tmp_path / "d3", "q1", "t*b")
+    refused([*base, str(bad_id)], "terminal id")
+    _, small_curve = _device_csr(tmp_path / "d4", "q1", "t-c", curve="P-521")
+    refused([*base, str(small_curve)], "P-256 or P-384")
+    # a request altered in transit: the subject changed after it was signed
+    der = bytearray(x509.load_pem_x509_csr(csr.read_bytes()).public_bytes(
+        serialization.Encoding.DER))
+    at = der.find(b"t-a")
+    der[at:at + 3] = b"t-z"
+    altered = tmp_path / "altered.csr"
+    altered.write_bytes(b"-----BEGIN CERTIFICATE REQUEST-----\n"
+                        + base64.encodebytes(bytes(der))
+                        + b"-----END CERTIFICATE REQUEST-----\n")
+    refused([*base, str(altered)], "signature does not match")
+    junk = tmp_path / "junk.csr"
+    junk.write_text("hello")
+    refused([*base, str(junk)], "not a PEM certificate signing request")
+    stranger = CA(tmp_path / "stranger", "stranger-ca")
+    other_key = tmp_path / "stranger.key"
+    other_key.write_bytes(_key_pem(stranger.key))
+    refused(["district", "sign-csr", "--district", "q1", "--ca-cert", str(ca.cert_path),
+             "--ca-key", str(other_key), str(csr)], "does not belong")
+    leaf_cert, leaf_key = ca.issue("not-a-ca")
+    refused(["district", "sign-csr", "--district", "q1", "--ca-cert", str(leaf_cert),
+             "--ca-key", str(leaf_key), str(csr)], "not a CA")
+    refused([*base, str(csr), "--days", "900"], "1..825")
+    assert main([*base, str(csr), "--out", str(out)]) != 0  # never overwrites
+    assert "exists" in capsys.readouterr().err
