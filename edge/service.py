@@ -27,7 +27,7 @@ from edge.camera.factory import make_source
 from edge.camera.grabber import Grabber
 from edge.config import Config
 from edge.errors import MotcuaError, StoreError
-from edge.session.audit import AuditLog, OutboxReporter
+from edge.session.audit import AuditLog, OutboxReporter, redact_removed_citizens
 from edge.session.events import EventBus, SessionControl
 from edge.session.loop import Terminal
 from edge.session.machine import SessionMachine
@@ -231,7 +231,23 @@ class TerminalService:
             stop=self.stop_event,
             outbox_dir=self.state_dir / "outbox",
         )
+        self.subscriber.engine.on_citizens_removed = self.redact_removed_citizens
         self.subscriber.start()
+
+    def redact_removed_citizens(self) -> int:
+        """Blank, in the audit log and the outbox, the ids of citizens no longer in the
+        gallery (right to be forgotten: a delete from the district, or a snapshot
+        without them); returns how many lines changed."""
+        store = self.store
+        assert store is not None
+        known: dict[str, bool] = {}
+
+        def keep(citizen_id: str) -> bool:
+            if citizen_id not in known:
+                known[citizen_id] = store.citizen(citizen_id) is not None
+            return known[citizen_id]
+
+        return redact_removed_citizens(self.state_dir, keep)
 
     def _loop(self) -> None:
         assert self.terminal is not None

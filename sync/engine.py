@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from edge.errors import ChangeOrderError, MessageRejected, StoreError
-from edge.store.changes import Change, CitizenUpsert, DossierUpsert
+from edge.store.changes import Change, CitizenDelete, CitizenUpsert, DossierUpsert
 from proto import sync_pb2 as pb
 from sync import wire
 from sync.wire import PublicKeys
@@ -128,6 +128,10 @@ class SyncEngine:
                 stale.unlink(missing_ok=True)
         #: called with each applied batch (latency figures, tests)
         self.on_applied: Callable[[pb.Batch | pb.SnapshotChunk], None] | None = None
+        #: called (sync thread) after citizens may have left the gallery: a batch with a
+        #: citizen delete was applied, or a snapshot installed (the terminal redacts
+        #: their ids from its audit log and outbox)
+        self.on_citizens_removed: Callable[[], None] | None = None
 
     # ---- helpers -----------------------------------------------------------------
 
@@ -254,6 +258,8 @@ class SyncEngine:
         self._progress()
         if self.on_applied is not None:
             self.on_applied(b)
+        if any(isinstance(c, CitizenDelete) for c in todo):
+            self._citizens_removed()
 
     def _drain(self) -> None:
         while self._buffer:
@@ -356,6 +362,15 @@ class SyncEngine:
             del self._buffer[first]
         self._drain()
         log.info("snapshot installed: epoch %d, seq %d", snap.epoch, snap.last_seq)
+        self._citizens_removed()
+
+    def _citizens_removed(self) -> None:
+        if self.on_citizens_removed is None:
+            return
+        try:
+            self.on_citizens_removed()
+        except Exception:  # the sync must go on; the redaction is retried at the next one
+            log.exception("redacting removed citizens failed")
 
     # ---- output ----------------------------------------------------------------------
 

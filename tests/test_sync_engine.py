@@ -134,3 +134,23 @@ def test_fresh_terminal_asks_for_snapshot_from_manifest(tmp_path: Path) -> None:
     # an older manifest replayed later does not move the known head back
     eng.handle("manifest", manifest(key, 2))
     assert eng.district_head == dlog.head_seq
+
+
+def test_removed_citizens_hook_runs_after_deletes_and_snapshots(tmp_path: Path) -> None:
+    """The terminal redacts deleted citizens' ids from its audit log through this hook."""
+    dlog, key, store, clock, eng = setup(tmp_path)
+    calls: list[int] = []
+    eng.on_citizens_removed = lambda: calls.append(store.last_seq)
+    eng.handle("batch", craft_batch(key, log_changes(dlog, 1, 10), dim=8))
+    assert calls == []  # upserts only
+    dlog.delete_citizen("c0000001")
+    eng.handle("batch", craft_batch(key, log_changes(dlog, 11, 11), dim=8))
+    assert calls == [11]
+
+    def boom() -> None:
+        raise OSError("disk full")
+
+    eng.on_citizens_removed = boom  # a failing redaction does not stop the sync
+    dlog.delete_citizen("c0000002")
+    eng.handle("batch", craft_batch(key, log_changes(dlog, 12, 12), dim=8))
+    assert store.last_seq == 12 and eng.last_error == ""

@@ -177,7 +177,8 @@ def test_outbox_is_compacted_and_no_report_is_lost(tmp_path: Path) -> None:
     assert (outbox / "reports.delivered").read_text() == ""
     restarted = OutboxSender(outbox, terminal_id="t1", district_id=DISTRICT)
     assert [k for k, _ in restarted.pending()] == ["not_me\ts-new"]
-    assert sorted(os.listdir(outbox)) == ["reports.delivered", "reports.jsonl"]
+    assert sorted(os.listdir(outbox)) == ["reports.delivered", "reports.jsonl",
+                                          "reports.jsonl.lock"]
 
 
 def test_outbox_compaction_keeps_a_file_with_a_bad_line(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,29 +33,60 @@ class Reporter(Protocol):
 
 class JsonLines:
     """Append-only JSON-lines file; a write failure is logged and counted, never raised
-    (a full disk must not stop citizens from using the terminal)."""
+    (a full disk must not stop citizens from using the terminal).
+
+    Appends take an exclusive flock on ``<file>.lock`` (several objects, even processes,
+    write the same file), which also guards rotation and redaction.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.failures = 0
         self._lock = threading.Lock()
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def files(self) -> list[Path]:
+        """Every file of this log, oldest first (here: just the one)."""
+        return [self.path]
+
+    def _before_append(self) -> None:
+        """Hook run under the lock before each append (rotation)."""
+
     def append(self, record: dict[str, Any]) -> bool:
         line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
         with self._lock:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-                try:
-                    os.write(fd, line.encode("utf-8"))
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                with _file_lock(self.lock_path):
+                    self._before_append()
+                    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                    try:
+                        os.write(fd, line.encode("utf-8"))
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
                 return True
             except OSError as exc:
                 self.failures += 1
                 log.error("cannot write %s: %s", self.path, exc.strerror or exc)
                 return False
+
+    def redact_citizens(self, keep: Callable[[str], bool]) -> int:
+        """Blank ``citizen_id`` in every line whose citizen ``keep`` rejects (deleted from
+        the gallery); returns how many lines changed. Each changed file is rewritten
+        whole (temp file, fsync, rename) under the lock, so no append is lost."""
+        changed = 0
+        with self._lock:
+            try:
+                with _file_lock(self.lock_path):
+                    for path in self.files():
+                        changed += _redact_file(path, keep)
+            except OSError as exc:
+                log.error("cannot redact %s: %s", self.path, exc.strerror or exc)
+        return changed
 
     def read(self) -> list[dict[str, Any]]:
         """All intact lines (a torn last line from a power cut is skipped)."""
@@ -74,6 +105,63 @@ class JsonLines:
 
 def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def _redact_file(path: Path, keep: Callable[[str], bool]) -> int:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return 0
+    lines = text.splitlines(keepends=True)
+    changed = 0
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn by a power cut: left as it is
+        cid = record.get("citizen_id") if isinstance(record, dict) else None
+        if isinstance(cid, str) and cid and not keep(cid):
+            record["citizen_id"] = ""
+            record["redacted"] = True
+            lines[i] = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
+            changed += 1
+    if changed:
+        tmp = path.with_name(path.name + ".redact-tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            os.write(fd, "".join(lines).encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return changed
+
+
+def redact_removed_citizens(state_dir: Path, keep: Callable[[str], bool]) -> int:
+    """After citizens left the gallery (a delete, or a snapshot without them): blank
+    their ids in the audit log and the outbox, every file of each; returns lines changed.
+
+    ``keep(citizen_id)`` is True for citizens still in the gallery. Called from the sync
+    thread, which also compacts the outbox, so the outbox's renamed files are not
+    touched by anyone else meanwhile.
+    """
+    outbox = OutboxReporter.in_state_dir(state_dir)
+    renamed = sorted(outbox.path.parent.glob("reports-*.jsonl"))
+    n = AuditLog.in_state_dir(state_dir).redact_citizens(keep)
+    n += outbox.redact_citizens(keep)
+    for path in renamed:
+        try:
+            n += _redact_file(path, keep)
+        except OSError as exc:
+            log.error("cannot redact %s: %s", path, exc.strerror or exc)
+    if n:
+        log.info("redacted %d audit/outbox line(s) of citizens no longer in the gallery", n)
+    return n
 
 
 #: defaults of [terminal] audit_max_mb / audit_files (edge/config.py says why)
@@ -110,16 +198,18 @@ class AuditLog(JsonLines):
         """The n-th old file (1 = the newest of them)."""
         return self.path.with_name(f"{self.path.stem}.{n}{self.path.suffix}")
 
-    def append(self, record: dict[str, Any]) -> bool:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with _file_lock(self.path.with_name(self.path.name + ".lock")):
-                self._rotate_if_full()
-                return super().append(record)
-        except OSError as exc:  # the lock file itself: same rule, never raise
-            self.failures += 1
-            log.error("cannot write %s: %s", self.path, exc.strerror or exc)
-            return False
+    def files(self) -> list[Path]:
+        """The old files that exist (whatever ``keep`` was when they were made), oldest
+        first, then the current one."""
+        old = []
+        for p in self.path.parent.glob(f"{self.path.stem}.*{self.path.suffix}"):
+            n = p.name[len(self.path.stem) + 1:-len(self.path.suffix)]
+            if n.isdigit():
+                old.append((int(n), p))
+        return [p for _, p in sorted(old, reverse=True)] + [self.path]
+
+    def _before_append(self) -> None:
+        self._rotate_if_full()
 
     def _rotate_if_full(self) -> None:
         try:
