@@ -237,6 +237,36 @@ def test_disk_thresholds(tmp_path) -> None:
     assert st is Status.FAIL and "MB free" in text, text
 
 
+# ---------------------------------------------------------------- outbox
+
+
+def test_outbox_waiting_reports(tmp_path) -> None:
+    from edge.session.audit import OutboxReporter
+    from sync.outbox import OutboxSender
+
+    ctx = ctx_for(tmp_path)
+    assert status(ctx, "outbox") == (Status.OK, "no reports written yet")
+    state = tmp_path / "state"
+    ob = OutboxReporter.in_state_dir(state)
+    ob.append({"time": "2026-11-20T08:00:00.000+00:00", "kind": "not_me", "session": "s-1",
+               "citizen_id": "c1"})
+    ob.append({"time": "2026-11-20T09:00:00.000+00:00", "kind": "rating", "session": "s-2",
+               "stars": 0})  # not a valid report
+    ctx.now = lambda: datetime.datetime(2026, 11, 20, 10, tzinfo=datetime.UTC)
+    st, text = status(ctx, "outbox")
+    assert st is Status.OK and "1 report(s) waiting" in text and "not reports" in text, text
+    ctx.now = lambda: datetime.datetime(2026, 11, 22, 8, tzinfo=datetime.UTC)
+    st, text = status(ctx, "outbox")
+    assert st is Status.WARN and "for 48 h" in text, text
+    sender = OutboxSender(state / "outbox", terminal_id="terminal-dev",
+                          district_id="district-dev")
+    sender.pump(lambda _p: 1, 0.0)
+    sender.acked(1)
+    sender.settle()
+    st, text = status(ctx, "outbox")
+    assert st is Status.OK and text.startswith("every report delivered"), text
+
+
 # ---------------------------------------------------------------- grpc
 
 

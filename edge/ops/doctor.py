@@ -83,6 +83,9 @@ CAMERA_FRAMES = 10
 STORE_DB = "gallery.db"
 #: seconds the network checks wait (broker CONNACK, gRPC health, display page)
 NET_TIMEOUT = 5.0
+#: a "not me" report or rating still undelivered after this long means the district is
+#: not hearing from this terminal (the sync sends within seconds while connected)
+OUTBOX_WARN_AGE = datetime.timedelta(hours=24)
 
 
 @dataclasses.dataclass
@@ -367,6 +370,32 @@ def check_disk(ctx: Context) -> Finding:
     return ok(text)
 
 
+def check_outbox(ctx: Context) -> Finding:
+    """Reports ("not me", ratings) waiting for the district, and how old the oldest is."""
+    from sync.outbox import OutboxSender
+
+    terminal = ctx.cfg.terminal
+    outbox_dir = Path(terminal.state_dir) / "outbox"
+    if not outbox_dir.exists():
+        return ok("no reports written yet")
+    sender = OutboxSender(outbox_dir, terminal_id=terminal.id, district_id=terminal.district)
+    pending = sender.pending()
+    bad = f"; {sender.bad_lines} line(s) that are not reports kept in {outbox_dir}" \
+        if sender.bad_lines else ""
+    if not pending:
+        return ok(f"every report delivered to the district{bad}")
+    oldest = min((p.time for _, p in pending if p.time), default="")
+    try:
+        age = ctx.now() - datetime.datetime.fromisoformat(oldest)
+    except ValueError:
+        age = datetime.timedelta(0)
+    text = f"{len(pending)} report(s) waiting for the district, oldest from {oldest or '?'}"
+    if age > OUTBOX_WARN_AGE:
+        return warn(f"{text}: the sync has not delivered them for "
+                    f"{age.total_seconds() / 3600:.0f} h (broker reachable? see `broker`){bad}")
+    return ok(text + bad)
+
+
 def check_grpc(ctx: Context) -> Finding:
     """The terminal answers gRPC health checks with SERVING."""
     import grpc
@@ -423,6 +452,7 @@ CHECKS: dict[str, Callable[[Context], Finding]] = {
     "certificate": check_certificate,
     "clock": check_clock,
     "disk": check_disk,
+    "outbox": check_outbox,
     "grpc": check_grpc,
     "display": check_display,
 }
