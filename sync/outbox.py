@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edge.session.audit import JsonLines
+from edge.session.audit import JsonLines, file_lock
 from proto import sync_pb2 as pb
 from sync.wire import PROTOCOL_VERSION
 
@@ -204,14 +204,18 @@ class OutboxSender:
         Errors are logged; nothing undelivered is ever removed.
         """
         now = time.time() if now is None else now
+        if not self.outbox_dir.is_dir():
+            return 0  # no report written yet
         try:
-            current = self.source.read()
-            if current and all(self._key(e) in self.delivered or not self._is_report(e)
-                               for e in current):
-                rotated = self._rotated()
-                last = int(rotated[-1].name[len(ROTATED_PREFIX):-len(".jsonl")]) if rotated else 0
-                target = self.outbox_dir / f"{ROTATED_PREFIX}{last + 1:06d}.jsonl"
-                os.replace(self.source.path, target)
+            with file_lock(self.source.lock_path):  # the session's appends wait meanwhile
+                current = self.source.read()
+                if current and all(self._key(e) in self.delivered or not self._is_report(e)
+                                   for e in current):
+                    rotated = self._rotated()
+                    last = (int(rotated[-1].name[len(ROTATED_PREFIX):-len(".jsonl")])
+                            if rotated else 0)
+                    target = self.outbox_dir / f"{ROTATED_PREFIX}{last + 1:06d}.jsonl"
+                    os.replace(self.source.path, target)
             deleted = 0
             for path in self._rotated():
                 if now - path.stat().st_mtime < ROTATED_GRACE_S:

@@ -196,3 +196,9 @@ def test_outbox_compaction_keeps_a_file_with_a_bad_line(tmp_path: Path) -> None:
     assert not ob.path.exists() and len(kept.read_text().splitlines()) == 2
     assert sender.pending() == [] and sender.compact(time.time() + 7200) == 0
     assert kept.exists()  # for a technician: it holds a line that could not be sent
+
+
+def test_outbox_compaction_without_an_outbox_is_quiet(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    sender = OutboxSender(tmp_path / "outbox", terminal_id="t1", district_id=DISTRICT)
+    assert sender.compact() == 0 and sender.pending() == []
+    assert not caplog.records and not (tmp_path / "outbox").exists()

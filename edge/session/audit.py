@@ -60,7 +60,7 @@ class JsonLines:
         with self._lock:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                with _file_lock(self.lock_path):
+                with file_lock(self.lock_path):
                     self._before_append()
                     fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
                     try:
@@ -81,7 +81,7 @@ class JsonLines:
         changed = 0
         with self._lock:
             try:
-                with _file_lock(self.lock_path):
+                with file_lock(self.lock_path):
                     for path in self.files():
                         changed += _redact_file(path, keep)
             except OSError as exc:
@@ -170,7 +170,7 @@ AUDIT_FILES = 3
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive flock on ``path`` (several AuditLog objects, even processes, append)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
     try:
