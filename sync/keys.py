@@ -58,19 +58,27 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def _read(path: Path, key: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{key} {path}: {exc.strerror}") from None
+
+
+def _ed25519(pem: bytes, path: Path, key: str) -> Ed25519PublicKey:
+    """One PEM public key block, which must be an Ed25519 key."""
+    try:
+        loaded = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{key} {path}: not a PEM public key: {exc}") from None
+    if not isinstance(loaded, Ed25519PublicKey):
+        raise ConfigError(f"{key} {path}: not an Ed25519 key")
+    return loaded
+
+
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """Load the district public key installed on a terminal."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"sync.public_key {path}: {exc.strerror}") from None
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"sync.public_key {path}: not a PEM public key: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"sync.public_key {path}: not an Ed25519 key")
-    return key
+    return _ed25519(_read(path, "sync.public_key"), path, "sync.public_key")
 
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
@@ -79,20 +87,9 @@ _PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----
 def load_public_keys(path: Path) -> list[Ed25519PublicKey]:
     """All district public keys in a PEM file (one or more blocks, for key rotation:
     the new key is added to every terminal before the district signs with it)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"sync.district_key_file {path}: {exc.strerror}") from None
+    key = "sync.district_key_file"
+    data = _read(path, key)
     blocks = _PEM_BLOCK.findall(data)
     if not blocks:
-        raise ConfigError(f"sync.district_key_file {path}: no PEM public key in it")
-    keys = []
-    for block in blocks:
-        try:
-            key = serialization.load_pem_public_key(block)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"sync.district_key_file {path}: bad PEM public key: {exc}") from None
-        if not isinstance(key, Ed25519PublicKey):
-            raise ConfigError(f"sync.district_key_file {path}: not an Ed25519 key")
-        keys.append(key)
-    return keys
+        raise ConfigError(f"{key} {path}: no PEM public key in it")
+    return [_ed25519(block, path, key) for block in blocks]
