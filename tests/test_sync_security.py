@@ -226,6 +226,9 @@ def test_acl_keeps_terminals_off_gallery_topics_and_each_other(tmp_path: Path) -
     spy = make_client("spy", cfg("t-a"))
     seen: list[str] = []
     spy.on_message = lambda _c, _u, msg: seen.append(msg.topic)
+
+    def send(topic: str, payload: bytes) -> None:
+        spy.publish(topic, payload, qos=1).wait_for_publish(5)
     try:
         for s in stores:
             wait_for(lambda s=s: s.last_seq == dlog.head_seq, what="both terminals synced")
@@ -263,35 +266,19 @@ def test_acl_keeps_terminals_off_gallery_topics_and_each_other(tmp_path: Path) -
                 ).SerializeToString(),
             ),
         ):
-            info = spy.publish(topic, payload, qos=1)
-            info.wait_for_publish(5)
+            send(topic, payload)
         # t-a's own request topic is writable: the district receives that one only
-        spy.publish(
-            TOPICS.request("t-a"),
-            pb.SyncRequest(
-                protocol_version=1,
-                terminal_id="t-a",
-                district_id=DISTRICT,
-                kind=pb.SyncRequest.KIND_REPLAY,
-                epoch=1,
-                from_seq=dlog.head_seq + 1,
-            ).SerializeToString(),
-            qos=1,
-        ).wait_for_publish(5)
+        send(TOPICS.request("t-a"), pb.SyncRequest(
+            protocol_version=1, terminal_id="t-a", district_id=DISTRICT,
+            kind=pb.SyncRequest.KIND_REPLAY, epoch=1, from_seq=dlog.head_seq + 1,
+        ).SerializeToString())
         wait_for(lambda: pub.stats.requests["t-a"] == asked["t-a"] + 1, what="t-a's request")
         assert pub.stats.requests["t-b"] == asked["t-b"] and pub.stats.bad_requests == 0
         # t-a's own report topic is writable too; t-b's forged report never arrived
-        spy.publish(
-            TOPICS.report("t-a"),
-            pb.TerminalReport(
-                terminal_id="t-a",
-                district_id=DISTRICT,
-                kind=pb.TerminalReport.KIND_RATING,
-                session_id="s-a",
-                rating=5,
-            ).SerializeToString(),
-            qos=1,
-        ).wait_for_publish(5)
+        send(TOPICS.report("t-a"), pb.TerminalReport(
+            terminal_id="t-a", district_id=DISTRICT, kind=pb.TerminalReport.KIND_RATING,
+            session_id="s-a", rating=5,
+        ).SerializeToString())
         wait_for(lambda: pub.stats.reports == 1, what="t-a's report")
         assert [r[:3] for r in dlog.reports()] == [("t-a", "s-a", "rating")]
         assert pub.stats.bad_reports == 0
