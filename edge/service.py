@@ -27,7 +27,7 @@ from edge.camera.factory import make_source
 from edge.camera.grabber import Grabber
 from edge.config import Config
 from edge.errors import MotcuaError, StoreError
-from edge.session.audit import AuditLog, OutboxReporter, redact_removed_citizens
+from edge.session.audit import AuditLog, OutboxReporter
 from edge.session.events import EventBus, SessionControl
 from edge.session.loop import Terminal
 from edge.session.machine import SessionMachine
@@ -247,7 +247,13 @@ class TerminalService:
                 known[citizen_id] = store.citizen(citizen_id) is not None
             return known[citizen_id]
 
-        return redact_removed_citizens(self.state_dir, keep)
+        changed = self.audit_log().redact_citizens(keep)
+        if self.subscriber is not None and self.subscriber.outbox is not None:
+            changed += self.subscriber.outbox.redact_citizens(keep)
+        if changed:
+            log.info("redacted %d audit/outbox line(s) of citizens no longer in the gallery",
+                     changed)
+        return changed
 
     def _loop(self) -> None:
         assert self.terminal is not None

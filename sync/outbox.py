@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edge.session.audit import JsonLines, file_lock
+from edge.session.audit import JsonLines, file_lock, redact_file, write_atomic
 from proto import sync_pb2 as pb
 from sync.wire import PROTOCOL_VERSION
 
@@ -236,17 +236,17 @@ class OutboxSender:
         """Keep only the delivered keys of lines still on disk (temp file, fsync, rename)."""
         on_disk = {self._key(e) for e in self._entries()}
         keep = sorted(k for k in self.delivered if k in on_disk)
-        tmp = self.delivered_path.with_name(self.delivered_path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            os.write(fd, "".join(k + "\n" for k in keep).encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.delivered_path)
-        dir_fd = os.open(self.outbox_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self.delivered_path, "".join(k + "\n" for k in keep).encode("utf-8"))
         self.delivered = set(keep)
+
+    def redact_citizens(self, keep: Callable[[str], bool]) -> int:
+        """Blank the ids of citizens ``keep`` rejects in every outbox file; returns how
+        many lines changed. The current file is rewritten under the append flock; the
+        renamed ones belong to this sender (compact() runs in the same thread)."""
+        changed = self.source.redact_citizens(keep)
+        for path in self._rotated():
+            try:
+                changed += redact_file(path, keep)
+            except OSError as exc:
+                log.error("cannot redact %s: %s", path, exc.strerror or exc)
+        return changed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,13 @@ def test_removed_citizens_are_redacted_everywhere_and_no_line_is_lost(tmp_path: 
     """Right to be forgotten on the terminal: after a citizen leaves the gallery, their id
     is blanked in every audit file (rotated ones too) and in the outbox, while appends
     go on; other citizens' lines are untouched."""
-    from edge.session.audit import OutboxReporter, redact_removed_citizens
+    from edge.session.audit import OutboxReporter
+    from sync.outbox import OutboxSender
+
+    def redact(state: Path, keep: Callable[[str], bool]) -> int:  # as the service does
+        sender = OutboxSender(state / "outbox", terminal_id="t", district_id="d")
+        return (AuditLog.in_state_dir(state).redact_citizens(keep)
+                + sender.redact_citizens(keep))
 
     log = AuditLog.in_state_dir(tmp_path, max_bytes=1500, keep=1000)  # none dropped
     outbox = OutboxReporter.in_state_dir(tmp_path)
@@ -103,7 +110,7 @@ def test_removed_citizens_are_redacted_everywhere_and_no_line_is_lost(tmp_path: 
     writer = threading.Thread(target=keep_appending)
     writer.start()
     try:
-        changed = redact_removed_citizens(tmp_path, keep=lambda cid: cid == "c-stays")
+        changed = redact(tmp_path, keep=lambda cid: cid == "c-stays")
     finally:
         stop.set()
         writer.join()
@@ -115,7 +122,7 @@ def test_removed_citizens_are_redacted_everywhere_and_no_line_is_lost(tmp_path: 
         f"s-{i}" for i in range(1, 40, 2))
     assert sum(e["citizen_id"] == "c-stays" for e in lines) == 20
     assert {e["session"] for e in lines} >= {f"s-{i}" for i in range(40)} | set(extra)
-    assert redact_removed_citizens(tmp_path, keep=lambda cid: cid == "c-stays") == 0
+    assert redact(tmp_path, keep=lambda cid: cid == "c-stays") == 0
 
 
 def test_terminal_service_wires_the_redaction_to_its_sync(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@
 citizen id (only when matched), score, outcome. It is rotated by size (``audit.1.jsonl``
 is the newest old one) and only a few old files are kept, so the log neither fills the
 SD card nor keeps citizens' ids for ever. District reports ("not me", ratings) go to
-``outbox/reports.jsonl`` for the sync client to deliver (and compact, sync/outbox.py);
+``outbox/reports.jsonl`` for the sync client to deliver (and compact and redact,
+sync/outbox.py);
 both are appended, flushed and fsynced line by line so a power cut loses at most the
 line being written.
 """
@@ -83,7 +84,7 @@ class JsonLines:
             try:
                 with file_lock(self.lock_path):
                     for path in self.files():
-                        changed += _redact_file(path, keep)
+                        changed += redact_file(path, keep)
             except OSError as exc:
                 log.error("cannot redact %s: %s", self.path, exc.strerror or exc)
         return changed
@@ -107,7 +108,10 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
-def _redact_file(path: Path, keep: Callable[[str], bool]) -> int:
+def redact_file(path: Path, keep: Callable[[str], bool]) -> int:
+    """Blank ``citizen_id`` (and mark ``"redacted"``) in the lines of ``path`` whose
+    citizen ``keep`` rejects; rewrites the file atomically if any; returns how many.
+    The caller holds whatever lock keeps appenders out."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -126,42 +130,26 @@ def _redact_file(path: Path, keep: Callable[[str], bool]) -> int:
             lines[i] = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
             changed += 1
     if changed:
-        tmp = path.with_name(path.name + ".redact-tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            os.write(fd, "".join(lines).encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(path, "".join(lines).encode("utf-8"))
     return changed
 
 
-def redact_removed_citizens(state_dir: Path, keep: Callable[[str], bool]) -> int:
-    """After citizens left the gallery (a delete, or a snapshot without them): blank
-    their ids in the audit log and the outbox, every file of each; returns lines changed.
-
-    ``keep(citizen_id)`` is True for citizens still in the gallery. Called from the sync
-    thread, which also compacts the outbox, so the outbox's renamed files are not
-    touched by anyone else meanwhile.
-    """
-    outbox = OutboxReporter.in_state_dir(state_dir)
-    renamed = sorted(outbox.path.parent.glob("reports-*.jsonl"))
-    n = AuditLog.in_state_dir(state_dir).redact_citizens(keep)
-    n += outbox.redact_citizens(keep)
-    for path in renamed:
-        try:
-            n += _redact_file(path, keep)
-        except OSError as exc:
-            log.error("cannot redact %s: %s", path, exc.strerror or exc)
-    if n:
-        log.info("redacted %d audit/outbox line(s) of citizens no longer in the gallery", n)
-    return n
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a power cut leaves the old or the new file:
+    a temp file beside it, fsync, rename, fsync of the directory."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 #: defaults of [terminal] audit_max_mb / audit_files (edge/config.py says why)
