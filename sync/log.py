@@ -134,7 +134,7 @@ class DistrictLog:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         try:
             self.district_id = meta["district_id"]
-            int(meta["epoch"])
+            int(meta["epoch"])  # there and a number; the `epoch` property reads it fresh
             self.embedder_id = meta["embedder_id"]
             self.dim = int(meta["dim"])
         except KeyError:
