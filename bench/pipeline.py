@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.camera.file import VideoFileSource  # noqa: E402
 from edge.config import load_config  # noqa: E402
-from edge.vision.images import read_image  # noqa: E402
-from edge.vision.pipeline import FacePipeline, load_pipeline  # noqa: E402
-from edge.vision.runtime import OnnxModel  # noqa: E402
+from faces.imagefiles import read_image  # noqa: E402
+from faces.pipeline import FacePipeline, load_pipeline  # noqa: E402
+from faces.runtime import OnnxModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = Path(os.environ.get("MOTCUA_MEDIA", REPO.parent / "shared" / "media"))

@@ -40,15 +40,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge.store.changes import CitizenUpsert  # noqa: E402
+from district.log import DistrictLog  # noqa: E402
+from district.publisher import BATCH_MAX_CHANGES  # noqa: E402
 from edge.store.gallery import GalleryStore  # noqa: E402
 from edge.store.synthetic import ClusteredFaces  # noqa: E402
+from edge.syncclient.subscriber import TerminalSubscriber  # noqa: E402
 from proto import sync_pb2 as pb  # noqa: E402
+from sync.changes import CitizenUpsert  # noqa: E402
 from sync.keys import generate_keypair, load_public_key  # noqa: E402
-from sync.log import DistrictLog  # noqa: E402
 from sync.mqtt import BrokerSettings  # noqa: E402
-from sync.publisher import BATCH_MAX_CHANGES  # noqa: E402
-from sync.subscriber import TerminalSubscriber  # noqa: E402
 from tests.broker import MosquittoBroker  # noqa: E402
 
 DIM = 512
@@ -111,7 +111,7 @@ class District:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.errlog = open(self.db.with_suffix(".log"), "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge", "district", "publish", "--db", str(self.db),
+            [sys.executable, "-m", "motcua", "district", "publish", "--db", str(self.db),
              "--key", str(self.key), "--broker", f"{self.broker.host}:{self.broker.port}"],
             env=env, stdout=subprocess.DEVNULL, stderr=self.errlog,
         )

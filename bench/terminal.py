@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.camera.base import Frame  # noqa: E402
 from edge.camera.factory import make_source  # noqa: E402
-from edge.camera.images import ImageFolderSource  # noqa: E402
+from edge.camera.imagefolder import ImageFolderSource  # noqa: E402
 from edge.config import (  # noqa: E402
     ApiConfig,
     CameraConfig,
@@ -59,7 +59,9 @@ from edge.config import (  # noqa: E402
     SessionConfig,
     TerminalConfig,
 )
-from edge.demo_system import (  # noqa: E402
+from edge.display.app import DisplayApp  # noqa: E402
+from edge.service import TerminalService, Vision, load_vision  # noqa: E402
+from motcua.demo import (  # noqa: E402
     FRAME_H,
     FRAME_W,
     SEQ_FPS,
@@ -69,8 +71,6 @@ from edge.demo_system import (  # noqa: E402
     people_from_media,
     write_sequence,
 )
-from edge.display.app import DisplayApp  # noqa: E402
-from edge.service import TerminalService, Vision, load_vision  # noqa: E402
 
 #: sample people whose camera photo passes the frontal-pose gate (quick mode uses them)
 QUICK_PEOPLE = ("lin_manuel_miranda", "joe_biden", "paul_rudd", "kate_siegel")
@@ -281,7 +281,7 @@ def run(args: argparse.Namespace, work: Path, duration: float, warmup: float,
                                               state_dir=work / "state"))
     t_setup = time.monotonic()
     vision = load_vision(base_cfg)
-    from edge.vision.pipeline import load_pipeline
+    from faces.pipeline import load_pipeline
 
     n_enrolled = enrol_into_store(work / "state" / "store", people, load_pipeline(base_cfg))
     seq = work / "camera"

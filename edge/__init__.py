@@ -1,3 +1,5 @@
-"""Một Cửa terminal: face pipeline, gallery store, lookup sessions, display API."""
+"""Một Cửa terminal: camera, lookup sessions, gallery store, display API, its sync client."""
 
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

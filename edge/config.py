@@ -11,75 +11,27 @@ To add a section: write a dataclass with defaults and add it as a field of ``Con
 from __future__ import annotations
 
 import dataclasses
-import os
-import tomllib
-import types
-import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from edge.errors import ConfigError
-
-#: default place for model packs; a terminal uses /var/lib/motcua/models via its config
-DEFAULT_MODEL_DIR = Path(
-    os.environ.get("MOTCUA_MODEL_DIR", Path.home() / ".cache" / "motcua" / "models")
+from core.errors import ConfigError
+from core.net import is_loopback_host, split_hostport
+from core.tomlconfig import build_section, read_secret, read_toml
+from faces.settings import (
+    DEFAULT_MODEL_DIR,
+    DEFAULT_PACK,
+    DetectorConfig,
+    ModelsConfig,
+    RuntimeConfig,
 )
-#: the model pack used when the config names none
-DEFAULT_PACK = "mtcnn-facenet"
+from sync.mqtt import BrokerConfig
 
-
-@dataclasses.dataclass(frozen=True)
-class RuntimeConfig:
-    """onnxruntime session options (per process)."""
-
-    #: threads inside one operator; 0 lets onnxruntime pick (all cores)
-    intra_op_threads: int = 0
-    #: execution providers in order of preference; unknown ones are skipped with a warning
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    #: let idle onnxruntime worker threads spin for the next call; faster by a fraction
-    #: of a millisecond per call but burns CPU the camera and display need on a 2-core box
-    spin_wait: bool = False
-    #: threads for the face detector's networks, 0 = intra_op_threads. MTCNN's networks
-    #: are small: on a 640x480 frame 1 thread was as fast as 2 for one face (7.1 vs 7.8 ms
-    #: at min face 80, 12.8 vs 13.0 at 40) and slower only for four faces at 40 px (44
-    #: vs 35 ms), so 1 leaves a core to the camera and display at little cost
-    detector_threads: int = 0
-
-    def validate(self, prefix: str) -> None:
-        p = f"{prefix}." if prefix else ""
-        if self.intra_op_threads < 0:
-            raise ConfigError(f"{p}intra_op_threads: must be 0 (automatic) or more")
-        if self.detector_threads < 0:
-            raise ConfigError(f"{p}detector_threads: must be 0 (as intra_op_threads) or more")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelsConfig:
-    """Which model pack to load and where packs are stored."""
-
-    dir: Path = DEFAULT_MODEL_DIR
-    pack: str = DEFAULT_PACK
-
-
-@dataclasses.dataclass(frozen=True)
-class DetectorConfig:
-    """Face detector settings (thresholds come from the pack unless set here)."""
-
-    #: smallest face side in pixels to look for; 40 px is the smallest a 640x480 camera
-    #: gives for a person at arm's length plus a step back
-    min_face: int = 40
-    #: P-Net, R-Net, O-Net score thresholds; empty = the model pack's values
-    thresholds: tuple[float, ...] = ()
-
-    def validate(self, prefix: str) -> None:
-        p = f"{prefix}." if prefix else ""
-        if self.min_face < 12:
-            raise ConfigError(f"{p}min_face: must be at least 12 (the detector's window)")
-        if self.thresholds and (
-            len(self.thresholds) != 3 or not all(0.0 < t < 1.0 for t in self.thresholds)
-        ):
-            raise ConfigError(f"{p}thresholds: expected 3 numbers between 0 and 1")
-
+__all__ = [
+    "DEFAULT_MODEL_DIR", "DEFAULT_PACK", "ApiConfig", "CameraConfig", "Config", "DetectorConfig",
+    "DisplayConfig", "ModelsConfig", "OpsConfig", "RuntimeConfig", "SessionConfig",
+    "StoreSettings", "SyncConfig", "TerminalConfig", "config_from_dict", "is_loopback_host",
+    "load_config", "read_secret",
+]
 
 @dataclasses.dataclass(frozen=True)
 class CameraConfig:
@@ -281,18 +233,6 @@ class TerminalConfig:
             raise ConfigError(f"{prefix}.audit_files: must be between 0 and 100")
 
 
-def _split_hostport(value: str, key: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{key}: expected host:port, got {value!r}")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
 @dataclasses.dataclass(frozen=True)
 class ApiConfig:
     """The gRPC display API the terminal serves (proto/display.proto)."""
@@ -318,7 +258,7 @@ class ApiConfig:
     grace_s: float = 2.0
 
     def validate(self, prefix: str) -> None:
-        host, _port = _split_hostport(self.listen, f"{prefix}.listen")
+        host, _port = split_hostport(self.listen, f"{prefix}.listen")
         tls = (self.tls_cert, self.tls_key, self.tls_client_ca)
         if any(t is not None for t in tls) and not all(t is not None for t in tls):
             raise ConfigError(
@@ -356,8 +296,8 @@ class DisplayConfig:
     reconnect_max_s: float = 5.0
 
     def validate(self, prefix: str) -> None:
-        _split_hostport(self.api, f"{prefix}.api")
-        _split_hostport(self.http_listen, f"{prefix}.http_listen")
+        split_hostport(self.api, f"{prefix}.api")
+        split_hostport(self.http_listen, f"{prefix}.http_listen")
         if self.language not in ("vi", "en"):
             raise ConfigError(f"{prefix}.language: expected 'vi' or 'en', got {self.language!r}")
         tls = (self.tls_cert, self.tls_key, self.tls_ca)
@@ -481,51 +421,17 @@ class OpsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class SyncConfig:
-    """How the terminal reaches its district's MQTT broker (``[sync]``).
-
-    Secrets are files (``password_file``) or an environment variable (``password_env``),
-    never values here. An empty ``broker`` runs the terminal on its local store only.
+class SyncConfig(BrokerConfig):
+    """How the terminal reaches its district's MQTT broker (``[sync]``): the broker
+    settings both applications share (:class:`sync.mqtt.BrokerConfig`) plus the district's
+    public key and the topic prefix. An empty ``broker`` runs the terminal on its local
+    store only.
     """
 
-    #: host:port of the district broker; "" = no sync (a lab or demo terminal)
-    broker: str = ""
-    #: TLS to the broker (needs ca_file; cert_file/key_file for client certificates)
-    tls: bool = False
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    username: str | None = None
-    password_file: Path | None = None
-    password_env: str | None = None
     #: the district's Ed25519 public key (PEM) the technician installed
     district_key_file: Path = Path("/etc/motcua/district.pub")
     #: topic prefix shared with the district publisher (sync.topics.DEFAULT_PREFIX)
     prefix: str = "motcua/v1"
-    #: MQTT keepalive; 30 s notices a dead link within ~45 s
-    keepalive_s: int = 30
-    #: how long the broker keeps the session and queues batches while the terminal is
-    #: off; a week covers a holiday (longer gaps are healed by a snapshot anyway)
-    session_expiry_s: int = 7 * 24 * 3600
-    #: reconnect backoff, doubling from min to max; small min for a quick recovery after
-    #: a broker restart, max so a district of terminals does not hammer a sick broker
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
-
-    def validate(self, prefix: str) -> None:
-        p = f"{prefix}." if prefix else ""
-        if self.broker:
-            _split_hostport(self.broker, f"{p}broker")
-        if not 5 <= self.keepalive_s <= 3600:
-            raise ConfigError(f"{p}keepalive_s: expected 5..3600 seconds")
-        if self.session_expiry_s < 0:
-            raise ConfigError(f"{p}session_expiry_s: expected >= 0")
-        if not 0 <= self.reconnect_min_s <= self.reconnect_max_s:
-            raise ConfigError(f"{p}reconnect_min_s: expected 0 <= min <= reconnect_max_s")
-        if self.tls and self.ca_file is None:
-            raise ConfigError(f"{p}ca_file: required when tls = true")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ConfigError(f"{p}cert_file: cert_file and key_file go together")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -545,97 +451,15 @@ class Config:
     sync: SyncConfig = SyncConfig()
 
 
-T = TypeVar("T")
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {value!r}")
-        return _build(tp, value, key)  # type: ignore[arg-type]
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(value, args[0], key)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item_tp, *_rest) = typing.get_args(tp)
-        return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a path string, got {value!r}")
-        return Path(value).expanduser()
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported setting type {tp!r}")  # a bug in a section
-
-
-def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"{where}: unknown setting")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _convert(value, hints[name], key)
-    obj = cls(**kwargs)
-    check = getattr(obj, "validate", None)
-    if check is not None:
-        check(prefix)
-    return obj
-
-
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Validate a parsed TOML document into a :class:`Config`."""
-    return _build(Config, data)
+    return build_section(Config, data)
 
 
 def load_config(path: Path | None) -> Config:
     """Load and validate the TOML file at ``path`` (defaults only when ``path`` is None)."""
     if path is None:
         return Config()
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return config_from_dict(data)
+    return config_from_dict(read_toml(path))
 
 
-def read_secret(*, file: Path | None = None, env: str | None = None, key: str) -> str:
-    """Read a secret from a file or an environment variable; ``key`` names the setting."""
-    if file is not None:
-        try:
-            return file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"{key}: cannot read secret file {file}: {exc.strerror}") from None
-    if env is not None:
-        value = os.environ.get(env)
-        if value is None:
-            raise ConfigError(f"{key}: environment variable {env} is not set")
-        return value
-    raise ConfigError(f"{key}: neither a secret file nor an environment variable is given")

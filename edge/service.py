@@ -19,6 +19,7 @@ from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from core.errors import MotcuaError, StoreError
 from edge.api.relay import EventRelay
 from edge.api.server import ApiServer, create_server
 from edge.api.state import CitizenRecord, DisplayState
@@ -26,16 +27,15 @@ from edge.camera.base import Source
 from edge.camera.factory import make_source
 from edge.camera.grabber import Grabber
 from edge.config import Config
-from edge.errors import MotcuaError, StoreError
 from edge.session.audit import AuditLog, OutboxReporter
 from edge.session.events import EventBus, SessionControl
 from edge.session.loop import Terminal
 from edge.session.machine import SessionMachine
 from edge.session.ports import FaceDetector, FaceEmbedder, Gallery, GalleryMatch
 from edge.session.tracker import Tracker
-from edge.store.changes import Dossier
 from edge.store.gallery import GalleryStore
 from proto import display_pb2 as pb
+from sync.changes import Dossier
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class TerminalService:
         return self
 
     def _start_sync(self) -> None:
-        from sync.subscriber import TerminalSubscriber
+        from edge.syncclient.subscriber import TerminalSubscriber
         from sync.topics import DEFAULT_PREFIX
 
         assert self.sync_link is not None and self.store is not None
@@ -326,7 +326,7 @@ class TerminalService:
 
         from edge.api.state import match_pb
         from edge.session.machine import decide
-        from edge.vision.images import decode_image
+        from faces.imagefiles import decode_image
 
         store = self.store
         if store is None:
@@ -401,7 +401,7 @@ def _sync_lag(sub: Any) -> tuple[float, int] | None:
 
 def load_vision(cfg: Config) -> Vision:
     """Load the configured model pack (hash-checked) as the terminal's detector/embedder."""
-    from edge.vision.pipeline import BgrPorts, load_pipeline
+    from faces.pipeline import BgrPorts, load_pipeline
 
     pipe = load_pipeline(cfg)
     ports = BgrPorts(pipe, cfg.detector.min_face)

@@ -10,8 +10,8 @@ import sys
 import threading
 from typing import Any
 
-from edge.config import Config, load_config, read_secret
-from edge.errors import CameraError, MotcuaError
+from core.errors import CameraError, MotcuaError
+from edge.config import Config, load_config
 from edge.service import SyncLink, TerminalService, Vision, load_vision
 
 log = logging.getLogger(__name__)
@@ -35,20 +35,9 @@ def sync_link(cfg: Config) -> SyncLink | None:
     if not s.broker:
         return None
     from sync.keys import load_public_keys
-    from sync.mqtt import BrokerSettings
+    from sync.mqtt import broker_settings
 
-    host, _, port = s.broker.rpartition(":")
-    password = None
-    if s.username and (s.password_file is not None or s.password_env is not None):
-        password = read_secret(file=s.password_file, env=s.password_env,
-                               key="sync.password_file")
-    broker = BrokerSettings(host=host.strip("[]"), port=int(port),
-                            ca_file=s.ca_file if s.tls else None,
-                            cert_file=s.cert_file, key_file=s.key_file,
-                            username=s.username, password=password,
-                            keepalive_s=s.keepalive_s, session_expiry_s=s.session_expiry_s,
-                            reconnect_min_s=s.reconnect_min_s,
-                            reconnect_max_s=s.reconnect_max_s)
+    broker = broker_settings(s, "sync")
     return SyncLink(broker=broker, public_key=load_public_keys(s.district_key_file),
                     prefix=s.prefix)
 

@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from edge.errors import ModelError
+from core.errors import ModelError
 from models.build import clean_leftovers, pack_lock, swap_in
 from models.pack import (
     _CHUNK,

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ModelBuildError, ModelError
+from core.errors import ModelBuildError, ModelError
 from models.pack import (
     _CHUNK,
     MANIFEST_NAME,

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from edge.config import load_config
+from models.settings import load_models_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,8 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _where(args: argparse.Namespace) -> tuple[Path, str]:
-    cfg = load_config(Path(args.config) if args.config else None)
-    return (args.model_dir or cfg.models.dir), (args.pack or cfg.models.pack)
+    cfg = load_models_settings(Path(args.config) if args.config else None)
+    return (args.model_dir or cfg.dir), (args.pack or cfg.pack)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -78,8 +78,8 @@ def _export(args: argparse.Namespace) -> int:
 def _install(args: argparse.Namespace) -> int:
     from models.archive import install_pack
 
-    cfg = load_config(Path(args.config) if args.config else None)
-    model_dir = args.model_dir or cfg.models.dir
+    cfg = load_models_settings(Path(args.config) if args.config else None)
+    model_dir = args.model_dir or cfg.dir
     pack = install_pack(args.archive, model_dir, expect=args.pack)
     print(f"{pack.name}: installed into {pack.dir} ({len(pack.files)} files, sha256 ok)")
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from edge.errors import ModelError
+from core.errors import ModelError
 
 #: folder of the manifests shipped with the software
 PACKS_DIR = Path(__file__).resolve().parent / "packs"

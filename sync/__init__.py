@@ -1,1 +1,2 @@
-"""District-to-terminal sync over MQTT: change log, signed batches, snapshots."""
+"""What the district and its terminals share on the wire: envelope and signatures, topics,
+keys, the MQTT client set-up, change records and the PIN scheme."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge.errors import ConfigError
+from core.errors import ConfigError
 
 
 def generate_keypair(private_path: Path, public_path: Path, *, overwrite: bool = False) -> None:

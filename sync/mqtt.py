@@ -16,7 +16,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.errors import SyncError
+from core.errors import ConfigError, SyncError
+from core.net import split_hostport
+from core.tomlconfig import read_secret
 
 #: CONNACK reason codes after which retrying cannot help (MQTT v5 3.2.2.2)
 AUTH_FAILURE_CODES = frozenset({0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
@@ -24,7 +26,7 @@ AUTH_FAILURE_CODES = frozenset({0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
 
 @dataclasses.dataclass(frozen=True)
 class BrokerSettings:
-    """Where and how to connect; secrets already resolved (see edge.config.read_secret)."""
+    """Where and how to connect; secrets already resolved (see :func:`broker_settings`)."""
 
     host: str = "127.0.0.1"
     port: int = 1883
@@ -45,6 +47,70 @@ class BrokerSettings:
     @property
     def tls(self) -> bool:
         return self.ca_file is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerConfig:
+    """How to reach the district's MQTT broker, as both applications configure it (the
+    terminal's ``[sync]``, the district's ``[broker]``, the district commands' options).
+
+    Secrets are files (``password_file``) or an environment variable (``password_env``),
+    never values here. :func:`broker_settings` turns it into :class:`BrokerSettings`.
+    """
+
+    #: host:port of the district broker; "" = none configured
+    broker: str = ""
+    #: TLS to the broker (needs ca_file; cert_file/key_file for client certificates)
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    #: MQTT keepalive; 30 s notices a dead link within ~45 s
+    keepalive_s: int = 30
+    #: how long the broker keeps the session and queues batches while the client is
+    #: off; a week covers a holiday (longer gaps are healed by a snapshot anyway)
+    session_expiry_s: int = 7 * 24 * 3600
+    #: reconnect backoff, doubling from min to max; small min for a quick recovery after
+    #: a broker restart, max so a district of terminals does not hammer a sick broker
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+
+    def validate(self, prefix: str) -> None:
+        p = f"{prefix}." if prefix else ""
+        if self.broker:
+            split_hostport(self.broker, f"{p}broker")
+        if not 5 <= self.keepalive_s <= 3600:
+            raise ConfigError(f"{p}keepalive_s: expected 5..3600 seconds")
+        if self.session_expiry_s < 0:
+            raise ConfigError(f"{p}session_expiry_s: expected >= 0")
+        if not 0 <= self.reconnect_min_s <= self.reconnect_max_s:
+            raise ConfigError(f"{p}reconnect_min_s: expected 0 <= min <= reconnect_max_s")
+        if self.tls and self.ca_file is None:
+            raise ConfigError(f"{p}ca_file: required when tls = true")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError(f"{p}cert_file: cert_file and key_file go together")
+
+
+def broker_settings(cfg: BrokerConfig, key: str = "sync") -> BrokerSettings:
+    """The one mapping from configuration to connection settings: address parsed, the
+    password read from its file or environment variable, TLS only when ``tls`` is on.
+    ``key`` names the configuration table in errors."""
+    host, port = split_hostport(cfg.broker, f"{key}.broker")
+    password = None
+    if cfg.username and (cfg.password_file is not None or cfg.password_env is not None):
+        password = read_secret(file=cfg.password_file, env=cfg.password_env,
+                               key=f"{key}.password_file")
+    return BrokerSettings(host=host, port=port,
+                          ca_file=cfg.ca_file if cfg.tls else None,
+                          cert_file=cfg.cert_file if cfg.tls else None,
+                          key_file=cfg.key_file if cfg.tls else None,
+                          username=cfg.username, password=password,
+                          keepalive_s=cfg.keepalive_s, session_expiry_s=cfg.session_expiry_s,
+                          reconnect_min_s=cfg.reconnect_min_s,
+                          reconnect_max_s=cfg.reconnect_max_s)
 
 
 def is_auth_failure(reason_code: ReasonCode | int) -> bool:

@@ -1,4 +1,4 @@
-"""Wire format: signed envelopes and protobuf <-> edge.store.changes conversion.
+"""Wire format: signed envelopes and protobuf <-> sync.changes conversion.
 
 Every district message is an ``Envelope`` whose signature covers a domain-separation
 context, the payload kind and the body bytes. ``open_envelope`` runs every check that
@@ -13,8 +13,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
-from edge.errors import MessageRejected
-from edge.store.changes import (
+from core.errors import MessageRejected
+from proto import sync_pb2 as pb
+from sync.changes import (
     Change,
     CitizenDelete,
     CitizenUpsert,
@@ -23,7 +24,6 @@ from edge.store.changes import (
     DossierStatus,
     DossierUpsert,
 )
-from proto import sync_pb2 as pb
 
 #: the protocol's major version (Envelope.protocol_version, and "v1" in the topic prefix)
 PROTOCOL_VERSION = pb.PROTOCOL_VERSION

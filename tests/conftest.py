@@ -34,9 +34,9 @@ def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def face_pipeline():  # type: ignore[no-untyped-def]
     """The face pipeline of the built default model pack (hashes checked); absence fails."""
+    from core.errors import ModelError
     from edge.config import Config
-    from edge.errors import ModelError
-    from edge.vision.pipeline import load_pipeline
+    from faces.pipeline import load_pipeline
 
     try:
         return load_pipeline(Config())

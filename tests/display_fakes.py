@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from edge.pin import hash_pin
-from edge.store.changes import Dossier, DossierStatus
+from sync.changes import Dossier, DossierStatus
+from sync.pin import hash_pin
 
 SALT = b"0123456789abcdef"
 PIN = "2468"

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.errors import ChangeOrderError, EmbedderMismatchError, StoreError
-from edge.store.changes import (
+from core.errors import ChangeOrderError, EmbedderMismatchError, StoreError
+from sync.changes import (
     Change,
     CitizenDelete,
     CitizenUpsert,

@@ -18,8 +18,8 @@ from edge.session.loop import Terminal
 from edge.session.machine import SessionMachine
 from edge.session.tracker import Tracker
 from edge.store import CitizenUpsert, GalleryStore
-from edge.vision.images import read_image
-from edge.vision.pipeline import BgrPorts, FacePipeline, load_pipeline
+from faces.imagefiles import read_image
+from faces.pipeline import BgrPorts, FacePipeline, load_pipeline
 
 #: who is enrolled, from ../shared/media/faces (folder: images); everyone but the two
 #: hard-case images, which the pipeline may reject for quality

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.store.changes import Dossier, DossierStatus
-from sync.log import DistrictLog
+from district.log import DistrictLog
+from sync.changes import Dossier, DossierStatus
 
 EMBEDDER = "test-embedder-v1"
 DISTRICT = "q1"

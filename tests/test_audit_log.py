@@ -80,7 +80,7 @@ def test_removed_citizens_are_redacted_everywhere_and_no_line_is_lost(tmp_path: 
     is blanked in every audit file (rotated ones too) and in the outbox, while appends
     go on; other citizens' lines are untouched."""
     from edge.session.audit import OutboxReporter
-    from sync.outbox import OutboxSender
+    from edge.syncclient.outbox import OutboxSender
 
     def redact(state: Path, keep: Callable[[str], bool]) -> int:  # as the service does
         sender = OutboxSender(state / "outbox", terminal_id="t", district_id="d")
@@ -135,7 +135,7 @@ def test_terminal_service_wires_the_redaction_to_its_sync(tmp_path: Path) -> Non
     from edge.config import ApiConfig, Config, TerminalConfig
     from edge.service import SyncLink, TerminalService
     from edge.store import CitizenUpsert, GalleryStore
-    from edge.store.changes import CitizenDelete
+    from sync.changes import CitizenDelete
     from sync.mqtt import BrokerSettings
 
     state = tmp_path / "state"

@@ -19,13 +19,13 @@ import cv2
 import numpy as np
 import pytest
 
+from core.errors import CameraError
 from edge.camera import Grabber, guess_kind, make_source
 from edge.camera.file import VideoFileSource
-from edge.camera.images import ImageFolderSource
+from edge.camera.imagefolder import ImageFolderSource
 from edge.camera.stream import StreamSource
 from edge.camera.v4l2 import V4L2Source
 from edge.config import CameraConfig
-from edge.errors import CameraError
 
 HAMILTON_FRAMES = 275
 

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import ConfigError
 from edge.config import Config, config_from_dict, load_config
-from edge.errors import ConfigError
 
 
 def test_defaults_without_file() -> None:

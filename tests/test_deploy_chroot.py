@@ -98,7 +98,7 @@ def build_wheel(tmp: Path, out: Path, version: str | None = None) -> Path:
         text = (src / "pyproject.toml").read_text()
         (src / "pyproject.toml").write_text(text.replace('version = "0.1.0"',
                                                          f'version = "{version}"', 1))
-    for pkg in ("edge", "sync", "proto", "models"):
+    for pkg in ("core", "faces", "sync", "edge", "district", "motcua", "proto", "models"):
         shutil.copytree(REPO / pkg, src / pkg,
                         ignore=shutil.ignore_patterns("__pycache__", "*.onnx"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet",

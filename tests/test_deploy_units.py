@@ -144,7 +144,7 @@ def make_inputs(d: Path) -> dict[str, Path]:
             tf.addfile(info, io.BytesIO(data))
     (d / "pack.tar.sha256").write_text(hashlib.sha256(files["pack"].read_bytes()).hexdigest())
     with zipfile.ZipFile(files["wheel"], "w") as zf:
-        zf.writestr("edge/cli.py", "")
+        zf.writestr("motcua/cli.py", "")
     return files
 
 
@@ -189,7 +189,7 @@ class FakeServiceManager:
 def fake_release(root: Path, tmp: Path, version: str, healthy: bool):  # type: ignore[no-untyped-def]
     wheel = tmp / f"motcua-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr("edge/cli.py", f"# {version}\n")
+        zf.writestr("motcua/cli.py", f"# {version}\n")
     rel = md.check_wheel(wheel)
     d = root / "opt/motcua/releases" / rel.id
     d.mkdir(parents=True)

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from core.errors import ConfigError, ImageError, ModelError
 from edge.config import (
     DEFAULT_MODEL_DIR,
     DEFAULT_PACK,
@@ -24,11 +25,10 @@ from edge.config import (
     RuntimeConfig,
     config_from_dict,
 )
-from edge.errors import ConfigError, ImageError, ModelError
-from edge.vision.images import MAX_PIXELS, decode_image, read_image
-from edge.vision.mtcnn import MtcnnDetector, build_detector
-from edge.vision.pipeline import FacePipeline
-from edge.vision.types import Detections
+from faces.imagefiles import MAX_PIXELS, decode_image, read_image
+from faces.mtcnn import MtcnnDetector, build_detector
+from faces.pipeline import FacePipeline
+from faces.types import Detections
 from models.pack import load_pack
 
 #: (x, y) centres of the faces in each scene, read off the pictures by eye

@@ -16,11 +16,11 @@ from display_fakes import PIN, FakeControl, FakeDirectory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from core.errors import ConfigError
 from edge.api.masking import mask_code
 from edge.api.server import SERVICE_NAME, ApiServer, create_server
 from edge.api.state import DisplayState
 from edge.config import ApiConfig, config_from_dict
-from edge.errors import ConfigError
 from edge.session import events as ev
 from proto import display_pb2 as pb
 from proto import display_pb2_grpc as pb_grpc
@@ -456,7 +456,7 @@ def test_relay_carries_bus_events_to_the_screens(api) -> None:  # type: ignore[n
 
 
 def test_bad_watch_request_and_store_failure_get_status_codes(api) -> None:  # type: ignore[no-untyped-def]
-    from edge.errors import StoreError
+    from core.errors import StoreError
 
     server, _, channel = api
     s = stub(channel)

@@ -1,6 +1,6 @@
 """``motcua faces`` on real photos, and its error paths (one line on stderr, non-zero exit).
 
-Most cases call ``edge.cli.main`` in-process; one runs the real console entry point in a
+Most cases call ``motcua.cli.main`` in-process; one runs the real console entry point in a
 subprocess to show that no traceback reaches the user.
 """
 
@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.cli import main
+from motcua.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_real_entry_point_prints_no_traceback(tmp_path: Path) -> None:
         (["--config", str(bad_config), "faces", "x.png"], 2, "detector.min_face"),
     ):
         proc = subprocess.run(
-            [sys.executable, "-m", "edge", *args],
+            [sys.executable, "-m", "motcua", *args],
             capture_output=True,
             text=True,
             env=env,

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.errors import ModelError
-from edge.vision.images import read_image
-from edge.vision.pipeline import FacePipeline, build_pipeline
+from core.errors import ModelError
+from faces.imagefiles import read_image
+from faces.pipeline import FacePipeline, build_pipeline
 
 HARD = ("5_small", "6_partial")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"

@@ -304,9 +304,9 @@ def test_real_terminal_matched_and_not_recognised_on_the_page(
     import random
 
     from edge.config import CameraConfig, Config, SessionConfig, TerminalConfig
-    from edge.demo_system import SEQ_FPS, Person, enrol_into_store, write_sequence
     from edge.service import TerminalService, load_vision
-    from edge.vision.pipeline import load_pipeline
+    from faces.pipeline import load_pipeline
+    from motcua.demo import SEQ_FPS, Person, enrol_into_store, write_sequence
 
     faces = media_dir / "faces"
     people = [
@@ -357,12 +357,12 @@ def test_display_command_runs_as_its_own_process_and_reconnects(tmp_path: Path) 
     import sys
     import urllib.request
 
-    from edge.localbroker import free_port
+    from sync.localbroker import free_port
 
     api_port, http_port = free_port(), free_port()
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", "display", "--api", f"127.0.0.1:{api_port}",
+        [sys.executable, "-m", "motcua", "display", "--api", f"127.0.0.1:{api_port}",
          "--listen", f"127.0.0.1:{http_port}"],
         stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(repo)))
 

@@ -23,7 +23,7 @@ def test_ruff() -> None:
 
 
 @pytest.mark.parametrize("targets", [
-    ("edge", "sync", "models", "proto"),
+    ("core", "faces", "sync", "edge", "district", "motcua", "models", "proto"),
     # one by one: bench/sync.py would clash with the sync package in one run
     *((str(p.relative_to(ROOT)),) for p in sorted((ROOT / "bench").glob("*.py"))),
 ], ids=lambda t: "+".join(t))

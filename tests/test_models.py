@@ -23,8 +23,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from core.errors import ModelBuildError, ModelError
 from edge.config import DEFAULT_MODEL_DIR, DEFAULT_PACK
-from edge.errors import ModelBuildError, ModelError
 from models import archive, build
 from models.pack import (
     MANIFEST_NAME,
@@ -57,7 +57,7 @@ def _run_cli(*args: str, env_extra: dict[str, str] | None = None
              ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "motcua", *args], capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=600)
 
 

@@ -242,7 +242,7 @@ def test_disk_thresholds(tmp_path) -> None:
 
 def test_outbox_waiting_reports(tmp_path) -> None:
     from edge.session.audit import OutboxReporter
-    from sync.outbox import OutboxSender
+    from edge.syncclient.outbox import OutboxSender
 
     ctx = ctx_for(tmp_path)
     assert status(ctx, "outbox") == (Status.OK, "no reports written yet")

@@ -106,7 +106,7 @@ def test_service_collector_mirrors_real_store_and_sync_engine(tmp_path) -> None:
     import types
 
     from edge.store import GalleryStore
-    from sync.engine import SyncEngine
+    from edge.syncclient.engine import SyncEngine
     from tests.sync_helpers import (
         DISTRICT,
         EMBEDDER,

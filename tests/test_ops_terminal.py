@@ -79,7 +79,7 @@ metrics_listen = "127.0.0.1:{metrics_port}"
     env = dict(os.environ, PYTHONPATH=str(REPO), NOTIFY_SOCKET=str(sock_path),
                WATCHDOG_USEC="1000000")  # 1 s: the loop must feed every 0.5 s
     env.pop("WATCHDOG_PID", None)
-    proc = subprocess.Popen([sys.executable, "-m", "edge", "--config", str(conf), "terminal",
+    proc = subprocess.Popen([sys.executable, "-m", "motcua", "--config", str(conf), "terminal",
                              "run", "--no-sync"], stderr=subprocess.PIPE, text=True, env=env)
     try:
         first = collect(sock, 90, until="READY=1")

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 
 from edge.session.ports import Detections as SessionDetections
-from edge.vision.images import read_image
-from edge.vision.pipeline import BgrPorts, FacePipeline
+from faces.imagefiles import read_image
+from faces.pipeline import BgrPorts, FacePipeline
 
 
 def test_bgr_ports_match_the_rgb_pipeline(face_pipeline: FacePipeline, media_dir: Path) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import main
-from edge.demo import enrol, recognise
-from edge.vision.pipeline import FacePipeline
+from faces.pipeline import FacePipeline
+from motcua.cli import main
+from motcua.recognise import enrol, recognise
 
 
 def test_who_is_where_on_the_sample_media(face_pipeline: FacePipeline, media_dir: Path) -> None:

@@ -10,10 +10,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from core.errors import ModelError
 from edge.config import RuntimeConfig
-from edge.errors import ModelError
-from edge.vision.pipeline import FacePipeline
-from edge.vision.runtime import OPTIMIZED_DIR, OnnxModel
+from faces.pipeline import FacePipeline
+from faces.runtime import OPTIMIZED_DIR, OnnxModel
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ from edge.session.loop import Terminal
 from edge.session.machine import SessionMachine
 from edge.session.tracker import Tracker
 from edge.store import GalleryStore
-from edge.vision.pipeline import BgrPorts, FacePipeline
+from faces.pipeline import BgrPorts, FacePipeline
 from tests.attack_media import load_print, moved_print, still_print
 from tests.session_real import CachedDetector, enrol_gallery, pipeline, run_frames
 

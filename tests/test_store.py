@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from store_helpers import DIM, EMBEDDER, FACES, cid, dossier, fill, open_store, upsert
 
+from core.errors import ChangeOrderError, EmbedderMismatchError, StoreError
 from edge.config import ConfigError, StoreSettings, config_from_dict
-from edge.errors import ChangeOrderError, EmbedderMismatchError, StoreError
 from edge.store import (
     Change,
     CitizenDelete,
@@ -472,7 +472,7 @@ def test_second_process_cannot_open_the_same_store(tmp_path: Path) -> None:
         fill(s, 2)
         code = (
             "import sys; from edge.store import GalleryStore\n"
-            "from edge.errors import StoreError\n"
+            "from core.errors import StoreError\n"
             "try:\n"
             f"    GalleryStore.open(sys.argv[1], embedder_id={EMBEDDER!r}, dim={DIM})\n"
             "except StoreError as e:\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from store_helpers import EMBEDDER, fill, open_store
 
-from edge.cli import main
+from motcua.cli import main
 
 
 def test_info_verify_checkpoint_rebuild(tmp_path: Path, capsys: pytest.CaptureFixture[str]

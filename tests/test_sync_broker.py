@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.store.changes import DossierStatus
+from district.publisher import Publisher
 from edge.store.gallery import GalleryStore
+from edge.syncclient.subscriber import TerminalSubscriber
+from sync.changes import DossierStatus
 from sync.mqtt import BrokerSettings
-from sync.publisher import Publisher
-from sync.subscriber import TerminalSubscriber
 from tests.broker import MosquittoBroker
 from tests.sync_helpers import (
     DISTRICT,

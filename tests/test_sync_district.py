@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.errors import ConfigError, DistrictError
-from edge.pin import verify_pin
-from edge.store.changes import DossierStatus
+from core.errors import ConfigError, DistrictError
+from district.enrol import PhotoEmbedder, enrol, read_records
+from district.log import DistrictLog
+from district.privacy import mask_name
 from edge.store.gallery import GalleryStore
+from edge.syncclient.subscriber import TerminalSubscriber
 from proto import sync_pb2 as pb
-from sync.enrol import PhotoEmbedder, enrol, read_records
+from sync.changes import DossierStatus
 from sync.keys import generate_keypair, load_private_key, load_public_key
-from sync.log import DistrictLog
 from sync.mqtt import BrokerSettings
-from sync.privacy import mask_name
-from sync.subscriber import TerminalSubscriber
+from sync.pin import verify_pin
 from tests.broker import MosquittoBroker
 from tests.conftest import REPO
 from tests.sync_helpers import (
@@ -40,7 +40,7 @@ from tests.sync_helpers import (
 def motcua(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "edge", *args],
+        [sys.executable, "-m", "motcua", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -315,7 +315,7 @@ def test_publisher_crash_between_batches_resumes_without_gap(
     cmd = [
         sys.executable,
         "-m",
-        "edge",
+        "motcua",
         "district",
         "publish",
         "--db",
@@ -372,7 +372,7 @@ def test_publisher_crash_between_batches_resumes_without_gap(
 def test_key_rotation_terminal_accepts_every_installed_key(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from edge.errors import MessageRejected
+    from core.errors import MessageRejected
     from sync.keys import load_public_keys, public_pem
     from sync.wire import open_envelope, seal
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edge.syncclient.engine import SyncEngine
 from proto import sync_pb2 as pb
-from sync.engine import SyncEngine
 from sync.wire import seal
 from tests.memstore import MemoryStore
 from tests.sync_helpers import (

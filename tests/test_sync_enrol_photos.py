@@ -9,12 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from district.log import DistrictLog
+from district.publisher import Publisher
 from edge.store.gallery import GalleryStore
-from edge.vision.images import read_image
-from sync.log import DistrictLog
+from edge.syncclient.subscriber import TerminalSubscriber
+from faces.imagefiles import read_image
 from sync.mqtt import BrokerSettings
-from sync.publisher import Publisher
-from sync.subscriber import TerminalSubscriber
 from tests.broker import MosquittoBroker
 from tests.conftest import REPO
 from tests.sync_helpers import new_key, wait_for
@@ -65,7 +65,7 @@ def test_enrol_real_photos_sync_and_find(
 
     def motcua(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "edge", "district", *args],
+            [sys.executable, "-m", "motcua", "district", *args],
             env=env,
             capture_output=True,
             text=True,

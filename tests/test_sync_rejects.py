@@ -14,11 +14,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.store.changes import DossierStatus
 from edge.store.gallery import GalleryStore
+from edge.syncclient.subscriber import TerminalSubscriber
 from proto import sync_pb2 as pb
+from sync.changes import DossierStatus
 from sync.mqtt import BrokerSettings
-from sync.subscriber import TerminalSubscriber
 from sync.topics import DEFAULT_PREFIX, Topics
 from sync.wire import seal
 from tests.broker import MosquittoBroker

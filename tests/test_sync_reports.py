@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import main
+from district.log import DistrictLog
+from district.publisher import Publisher
 from edge.session.audit import OutboxReporter
 from edge.store.gallery import GalleryStore
+from edge.syncclient.outbox import OutboxSender, to_pb
+from edge.syncclient.subscriber import TerminalSubscriber
+from motcua.cli import main
 from proto import sync_pb2 as pb
-from sync.log import DistrictLog
 from sync.mqtt import BrokerSettings, make_client
-from sync.outbox import OutboxSender, to_pb
-from sync.publisher import Publisher
-from sync.subscriber import TerminalSubscriber
 from tests.broker import MosquittoBroker
 from tests.sync_helpers import DISTRICT, EMBEDDER, new_district, new_key, wait_for
 

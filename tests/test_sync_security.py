@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from edge.errors import AuthenticationError
+from core.errors import AuthenticationError
+from district.fleet import collect, format_table
+from district.publisher import Publisher
 from edge.store.gallery import GalleryStore
+from edge.syncclient.subscriber import TerminalSubscriber
 from proto import sync_pb2 as pb
-from sync.fleet import collect, format_table
 from sync.mqtt import BrokerSettings, connect_properties, make_client
-from sync.publisher import Publisher
-from sync.subscriber import TerminalSubscriber
 from sync.topics import DEFAULT_PREFIX, Topics
 from tests.broker import MosquittoBroker, TlsFiles
 from tests.certs import CA
@@ -353,7 +353,7 @@ def test_fleet_view_shows_offline_terminal_by_last_will(
             [
                 sys.executable,
                 "-m",
-                "edge",
+                "motcua",
                 "district",
                 "fleet",
                 "--district",
@@ -414,7 +414,7 @@ def test_district_signs_a_terminal_request_and_the_certificate_connects(  # type
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    from edge.cli import main
+    from motcua.cli import main
 
     broker, ca = tls_broker
     ca_key = tmp_path / "ca.key"

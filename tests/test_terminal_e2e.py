@@ -27,18 +27,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge.config import ApiConfig, CameraConfig, Config, SessionConfig, TerminalConfig
 from edge.service import TerminalService, load_vision
-from edge.store.changes import CitizenUpsert, Dossier, DossierStatus, DossierUpsert
 from edge.store.gallery import GalleryStore
 from proto import display_pb2 as pb
 from proto import display_pb2_grpc as pb_grpc
+from sync.changes import CitizenUpsert, Dossier, DossierStatus, DossierUpsert
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def enrol_sample_people(store_dir: Path, media: Path, cfg: Config) -> dict[str, str]:
     """Enrol faces/<person>/1.* of every sample person; returns masked name -> label."""
-    from edge.vision.images import read_image
-    from edge.vision.pipeline import load_pipeline
+    from faces.imagefiles import read_image
+    from faces.pipeline import load_pipeline
 
     pipe = load_pipeline(cfg)
     store = GalleryStore.open(store_dir, embedder_id=pipe.embedder_id, dim=pipe.embedder.dim)
@@ -127,7 +127,7 @@ def test_hamilton_clip_matches_lin_manuel_miranda_and_nobody_else(
 
 def test_terminal_run_command_serves_health_and_stops_cleanly(
         media_dir: Path, tmp_path: Path) -> None:
-    from edge.localbroker import free_port
+    from sync.localbroker import free_port
 
     port = free_port()
     conf = tmp_path / "terminal.toml"
@@ -148,7 +148,7 @@ listen = "127.0.0.1:{port}"
 log_format = "text"
 """)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "edge", "--config", str(conf), "terminal",
+    proc = subprocess.Popen([sys.executable, "-m", "motcua", "--config", str(conf), "terminal",
                              "run", "--no-sync"], stderr=subprocess.PIPE, text=True, env=env)
     try:
         status = None
@@ -181,7 +181,7 @@ def test_terminal_run_refuses_a_network_address_without_tls(tmp_path: Path) -> N
     conf = tmp_path / "t.toml"
     conf.write_text('[api]\nlisten = "0.0.0.0:50051"\n')
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-m", "edge", "--config", str(conf), "terminal",
+    done = subprocess.run([sys.executable, "-m", "motcua", "--config", str(conf), "terminal",
                            "run"], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("motcua: error: api.listen")
@@ -189,7 +189,7 @@ def test_terminal_run_refuses_a_network_address_without_tls(tmp_path: Path) -> N
 
 
 def test_demo_without_sample_media_runs_on_the_astronaut(tmp_path: Path) -> None:
-    from edge.demo_system import run_demo, summarise
+    from motcua.demo import run_demo, summarise
 
     out = io.StringIO()
     seen: dict[str, object] = {}
@@ -261,7 +261,7 @@ def test_lookup_image_for_counter_staff_on_the_real_pipeline(
 
 
 def test_demo_with_the_liveness_challenge_refuses_the_still_photo(tmp_path: Path) -> None:
-    from edge.demo_system import run_demo
+    from motcua.demo import run_demo
 
     out = io.StringIO()
     result = run_demo(media=None, workdir=tmp_path / "demo", liveness="challenge",
@@ -275,7 +275,7 @@ def test_demo_with_the_liveness_challenge_refuses_the_still_photo(tmp_path: Path
 def test_readme_demo_command_on_the_sample_media(media_dir: Path, tmp_path: Path) -> None:
     """`motcua demo` as the README runs it (a process, sample media, real broker)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), MOTCUA_MEDIA=str(media_dir))
-    done = subprocess.run([sys.executable, "-m", "edge", "demo", "--listen", "127.0.0.1:0",
+    done = subprocess.run([sys.executable, "-m", "motcua", "demo", "--listen", "127.0.0.1:0",
                            "--workdir", str(tmp_path / "demo")],
                           capture_output=True, text=True, env=env, timeout=600)
     out = done.stdout

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.camera.file import VideoFileSource
-from edge.vision.images import read_image
-from edge.vision.pipeline import FacePipeline
+from faces.imagefiles import read_image
+from faces.pipeline import FacePipeline
 
 #: consecutive frames (1 s at 29.97 fps) in which he must be recognised without a break
 MIN_RUN = 30

@@ -322,7 +322,7 @@ def check_wheel(path: Path) -> Release:
         raise ProvisionError(f"--release: {path} is not a readable wheel: {exc}") from None
     if bad is not None:
         raise ProvisionError(f"--release: {path}: member {bad} is corrupt")
-    if "edge/cli.py" not in names:
+    if "motcua/cli.py" not in names:
         raise ProvisionError(f"--release: {path} does not contain the motcua package")
     return Release(path, m.group(1), sha256_file(path))
 

@@ -20,10 +20,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core.errors import ConfigError, ImageError, MotcuaError
 from edge import __version__
 from edge.api.state import DisplayState, Refused
 from edge.config import ApiConfig
-from edge.errors import ConfigError, ImageError, MotcuaError
 from edge.session.events import SessionControl
 from proto import display_pb2 as pb
 from proto import display_pb2_grpc as pb_grpc

@@ -19,10 +19,10 @@ from typing import Protocol
 import grpc
 
 from edge.api.masking import mask_code
-from edge.pin import valid_pin, verify_pin
 from edge.session import events as ev
-from edge.store.changes import Dossier, DossierStatus
 from proto import display_pb2 as pb
+from sync.changes import Dossier, DossierStatus
+from sync.pin import valid_pin, verify_pin
 
 log = logging.getLogger(__name__)
 

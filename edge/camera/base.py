@@ -2,7 +2,7 @@
 
 A source is opened, read one frame at a time, and closed. ``read`` returns the next
 frame, or None when a finite source (a video file or image folder that does not loop)
-has ended; it raises :class:`edge.errors.CameraError` when the camera fails, so the
+has ended; it raises :class:`core.errors.CameraError` when the camera fails, so the
 grabber can report it down and reconnect.
 """
 
@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge.errors import CameraError
+from core.errors import CameraError
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

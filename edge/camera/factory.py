@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.errors import CameraError
 from edge.camera.base import Source
 from edge.config import CameraConfig
-from edge.errors import CameraError
 
 
 def guess_kind(source: str) -> str:
@@ -36,7 +36,7 @@ def make_source(cfg: CameraConfig) -> Source:
         return VideoFileSource(Path(cfg.source).expanduser(), loop=cfg.loop,
                                realtime=cfg.realtime)
     if kind == "images":
-        from edge.camera.images import ImageFolderSource
+        from edge.camera.imagefolder import ImageFolderSource
 
         return ImageFolderSource(Path(cfg.source).expanduser(), fps=cfg.images_fps,
                                  loop=cfg.loop, realtime=cfg.realtime)

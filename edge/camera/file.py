@@ -6,8 +6,8 @@ from pathlib import Path
 
 import cv2
 
+from core.errors import CameraError
 from edge.camera.base import Frame, Pacer, read_capture
-from edge.errors import CameraError
 
 #: frame rate assumed when the container does not say (most webcams record at 30)
 DEFAULT_FPS = 30.0

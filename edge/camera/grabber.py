@@ -12,8 +12,8 @@ import logging
 import threading
 import time
 
+from core.errors import CameraError
 from edge.camera.base import Frame, Source
-from edge.errors import CameraError
 
 log = logging.getLogger(__name__)
 

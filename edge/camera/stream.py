@@ -6,8 +6,8 @@ import time
 
 import cv2
 
+from core.errors import CameraError
 from edge.camera.base import Frame, read_capture
-from edge.errors import CameraError
 
 SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import cv2
 
+from core.errors import CameraError
 from edge.camera.base import Frame, read_capture
-from edge.errors import CameraError
 
 
 def device_path(device: int | str) -> Path:

@@ -13,9 +13,9 @@ from typing import Any
 
 import grpc
 
+from core.errors import ConfigError
 from edge.config import DisplayConfig
 from edge.display.view import Screen, detail_view, disconnected_view, event_view
-from edge.errors import ConfigError
 from proto import display_pb2 as pb
 from proto import display_pb2_grpc as pb_grpc
 

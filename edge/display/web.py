@@ -16,9 +16,9 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.errors import ConfigError
 from edge.display.client import CallFailed, TerminalLink
 from edge.display.view import Screen
-from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.errors import MotcuaError
 from edge.config import Config, load_config
-from edge.errors import MotcuaError
 
 
 class Status(enum.Enum):
@@ -372,7 +372,7 @@ def check_disk(ctx: Context) -> Finding:
 
 def check_outbox(ctx: Context) -> Finding:
     """Reports ("not me", ratings) waiting for the district, and how old the oldest is."""
-    from sync.outbox import OutboxSender
+    from edge.syncclient.outbox import OutboxSender
 
     terminal = ctx.cfg.terminal
     outbox_dir = Path(terminal.state_dir) / "outbox"

@@ -5,7 +5,7 @@ citizen id (only when matched), score, outcome. It is rotated by size (``audit.1
 is the newest old one) and only a few old files are kept, so the log neither fills the
 SD card nor keeps citizens' ids for ever. District reports ("not me", ratings) go to
 ``outbox/reports.jsonl`` for the sync client to deliver (and compact and redact,
-sync/outbox.py);
+edge/syncclient/outbox.py);
 both are appended, flushed and fsynced line by line so a power cut loses at most the
 line being written.
 """

@@ -14,10 +14,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from core.errors import CameraError
 from edge.camera.base import Frame
 from edge.camera.grabber import CameraStatus, Grabber
 from edge.config import CameraConfig
-from edge.errors import CameraError
 from edge.session.events import CameraState, EventBus
 from edge.session.machine import SessionMachine
 from edge.session.ports import FaceDetector

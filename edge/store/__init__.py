@@ -1,7 +1,9 @@
 """Terminal gallery store: SQLite (WAL) source of truth plus a derived hnswlib index."""
 
 from edge.config import StoreSettings
-from edge.store.changes import (
+from edge.store.gallery import CitizenRecord, GalleryStore, Match
+from edge.store.hashing import ContentHasher, gallery_hash
+from sync.changes import (
     Change,
     CitizenDelete,
     CitizenUpsert,
@@ -10,8 +12,6 @@ from edge.store.changes import (
     DossierStatus,
     DossierUpsert,
 )
-from edge.store.gallery import CitizenRecord, GalleryStore, Match
-from edge.store.hashing import ContentHasher, gallery_hash
 
 __all__ = [
     "Change",

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.errors import StoreError
 from edge.config import load_config
-from edge.errors import StoreError
 from edge.store.gallery import DB_NAME, GalleryStore
 
 

@@ -34,9 +34,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from core.errors import ChangeOrderError, EmbedderMismatchError, StoreError
 from edge.config import StoreSettings
-from edge.errors import ChangeOrderError, EmbedderMismatchError, StoreError
-from edge.store.changes import (
+from edge.store.hashing import ContentHasher
+from edge.store.index import HnswIndex
+from edge.store.rwlock import RWLock
+from sync.changes import (
     Change,
     CitizenDelete,
     CitizenUpsert,
@@ -45,9 +48,6 @@ from edge.store.changes import (
     DossierStatus,
     DossierUpsert,
 )
-from edge.store.hashing import ContentHasher
-from edge.store.index import HnswIndex
-from edge.store.rwlock import RWLock
 
 log = logging.getLogger("motcua.store")
 

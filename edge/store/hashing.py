@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 import numpy.typing as npt
 
-from edge.store.changes import Dossier
+from sync.changes import Dossier
 
 #: first bytes hashed; bump the version if the layout changes
 HASH_MAGIC = b"motcua-gallery-hash-v1\n"

@@ -17,8 +17,8 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
+from core.errors import StoreError
 from edge.config import StoreSettings
-from edge.errors import StoreError
 
 #: hnswlib space: the store normalises every vector itself, so inner product == cosine
 SPACE = "ip"

@@ -1,0 +1,1 @@
+"""The district server: change log, publisher, enrolment, certificates, fleet, reports."""

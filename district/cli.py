@@ -1,0 +1,373 @@
+"""``motcua district ...``: the district server's commands (keys, enrolment, log, publisher).
+
+motcua district keygen --out DIR            Ed25519 key pair (private 0600, public PEM)
+motcua district init --db LOG --district ID [--pack NAME | --embedder-id X --dim N]
+motcua district enrol --db LOG --records FILE --photos DIR [--pins-out CSV]
+motcua district update --db LOG CODE [--status S] [--stage T] [--appointment DATE]
+motcua district delete --db LOG CITIZEN_ID
+motcua district info --db LOG
+motcua district publish --db LOG --key KEY --broker HOST:PORT [TLS/auth options]
+motcua district fleet --district ID --broker HOST:PORT [TLS/auth options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from core.errors import ConfigError, DistrictError
+from district.config import load_district_config
+from sync.changes import DossierStatus
+from sync.mqtt import BrokerConfig, BrokerSettings
+from sync.mqtt import broker_settings as settings_from_config
+from sync.topics import DEFAULT_PREFIX, Topics
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("district", help="district server: keys, enrolment, publish, fleet")
+    sub = p.add_subparsers(dest="district_command", metavar="ACTION", required=True)
+
+    k = sub.add_parser("keygen", help="create the district's Ed25519 signing key pair")
+    k.add_argument("--out", type=Path, required=True, help="folder for district.key/.pub")
+    k.add_argument("--force", action="store_true", help="overwrite an existing key")
+    k.set_defaults(func=cmd_keygen)
+
+    i = sub.add_parser("init", help="create an empty change log for a district")
+    _db(i)
+    i.add_argument("--district", required=True, help="district id (a topic level)")
+    i.add_argument("--pack", help="model pack whose embedder the log uses (default: config)")
+    i.add_argument("--embedder-id", help="embedder id, instead of --pack")
+    i.add_argument("--dim", type=int, help="embedding dimension, with --embedder-id")
+    i.set_defaults(func=cmd_init)
+
+    e = sub.add_parser("enrol", help="enrol citizens from records + photos")
+    _db(e)
+    e.add_argument("--records", type=Path, required=True, help="CSV or JSON records")
+    e.add_argument("--photos", type=Path, required=True, help="folder of photos")
+    e.add_argument("--pins-out", type=Path, help="CSV for issued PINs (default: beside --db)")
+    e.set_defaults(func=cmd_enrol)
+
+    u = sub.add_parser("update", help="change a dossier's status, stage or appointment")
+    _db(u)
+    u.add_argument("code", help="dossier code")
+    u.add_argument("--status", choices=[s.value for s in DossierStatus])
+    u.add_argument("--stage")
+    u.add_argument("--appointment", help="YYYY-MM-DD, or '' to clear")
+    u.add_argument("--counter")
+    u.set_defaults(func=cmd_update)
+
+    d = sub.add_parser("delete", help="forget a citizen everywhere (right to be forgotten)")
+    _db(d)
+    d.add_argument("citizen_id")
+    d.set_defaults(func=cmd_delete)
+
+    n = sub.add_parser("info", help="show the log's district, epoch, head and counts")
+    _db(n)
+    n.set_defaults(func=cmd_info)
+
+    c = sub.add_parser("compact", help="remove old published changes from the log "
+                       "(terminals further behind get a snapshot)")
+    _db(c)
+    c.add_argument("--keep", type=int, default=None,
+                   help="newest published changes to keep (default: the publisher's "
+                   "replay window, 20000)")
+    c.set_defaults(func=cmd_compact)
+
+    ne = sub.add_parser("new-epoch", help="make every terminal reinstall the gallery "
+                        "from a snapshot (after restoring this log from a backup)")
+    _db(ne)
+    ne.add_argument("--yes", action="store_true", required=True,
+                    help="confirm: each terminal downloads the whole gallery again")
+    ne.set_defaults(func=cmd_new_epoch)
+
+    sc = sub.add_parser("sign-csr", help="check a terminal's certificate request and sign "
+                        "it with the terminals' CA (TLS client certificate)")
+    sc.add_argument("csr", type=Path, help="the request (motcua-device csr)")
+    sc.add_argument("--district", required=True, help="this district's id (the request's O)")
+    sc.add_argument("--ca-cert", type=Path, required=True, help="terminals' CA certificate")
+    sc.add_argument("--ca-key", type=Path, required=True, help="its key (PEM, unencrypted)")
+    sc.add_argument("--days", type=int, default=365, help="validity (default 365, at most 825)")
+    sc.add_argument("--out", type=Path, required=True, help="certificate file to write (new)")
+    sc.set_defaults(func=cmd_sign_csr)
+
+    r = sub.add_parser("reports", help="terminals' \"not me\" reports and ratings, newest first")
+    _db(r)
+    r.add_argument("--limit", type=int, default=50, help="rows to show at most")
+    r.set_defaults(func=cmd_reports)
+
+    pub = sub.add_parser("publish", help="publish the log to the broker (runs until stopped)")
+    _db(pub)
+    pub.add_argument("--key", type=Path, required=True, help="district private key (PEM)")
+    pub.add_argument(
+        "--replay-window",
+        type=int,
+        default=None,
+        help="changes a replay may cover; older gaps get a snapshot",
+    )
+    pub.add_argument(
+        "--batch-max-changes",
+        type=int,
+        default=None,
+        help="most changes in one batch message (default 500)",
+    )
+    _broker_args(pub)
+    pub.set_defaults(func=cmd_publish)
+
+    f = sub.add_parser("fleet", help="table of the district's terminals (retained state)")
+    f.add_argument("--district", required=True)
+    f.add_argument("--timeout", type=float, default=3.0, help="seconds to collect at most")
+    _broker_args(f)
+    f.set_defaults(func=cmd_fleet)
+
+
+def _db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, required=True, help="the district change log (SQLite)")
+
+
+def _broker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", required=True, help="HOST:PORT of the MQTT broker")
+    p.add_argument("--ca-file", type=Path, help="CA of the broker (enables TLS)")
+    p.add_argument("--cert-file", type=Path, help="client certificate (PEM)")
+    p.add_argument("--key-file", type=Path, help="client certificate key (PEM)")
+    p.add_argument("--username")
+    p.add_argument("--password-file", type=Path)
+    p.add_argument("--password-env", help="environment variable holding the password")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix")
+    p.add_argument("--client-id", help="MQTT client id (default motcua-district-<id>)")
+
+
+def broker_settings(args: argparse.Namespace) -> BrokerSettings:
+    """The broker options of a district command, through the same mapping as the files."""
+    cfg = BrokerConfig(broker=args.broker, tls=args.ca_file is not None, ca_file=args.ca_file,
+                       cert_file=args.cert_file, key_file=args.key_file,
+                       username=args.username, password_file=args.password_file,
+                       password_env=args.password_env)
+    try:
+        cfg.validate("options")
+        return settings_from_config(cfg, key="options")
+    except ConfigError as exc:  # name the option: "--cert-file: cert_file and key_file ..."
+        name, _, rest = str(exc).removeprefix("options.").partition(":")
+        rest = rest.replace("host:port", "HOST:PORT")
+        raise ConfigError(f"--{name.replace('_', '-')}:{rest}") from None
+
+
+def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from district.log import DistrictLog
+
+    return DistrictLog.open(args.db)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from sync.keys import generate_keypair
+
+    priv, pub = args.out / "district.key", args.out / "district.pub"
+    generate_keypair(priv, pub, overwrite=args.force)
+    print(f"private key: {priv} (mode 600, keep it on the district server)")
+    print(f"public key:  {pub} (install on every terminal as sync.district_key_file)")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from district.log import DistrictLog
+
+    if args.embedder_id or args.dim:
+        if not (args.embedder_id and args.dim):
+            raise ConfigError("--embedder-id and --dim go together")
+        embedder_id, dim = args.embedder_id, args.dim
+    else:
+        from models.pack import load_manifest
+
+        name = args.pack or load_district_config(_config_path(args)).models.pack
+        m = load_manifest(name)
+        embedder_id, dim = str(m.embedder["id"]), int(m.embedder["dim"])
+    dlog = DistrictLog.create(args.db, district_id=args.district, embedder_id=embedder_id, dim=dim)
+    print(f"district {dlog.district_id}: log {args.db}, embedder {embedder_id} ({dim}-d)")
+    dlog.close()
+    return 0
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    cfg = getattr(args, "config", None)
+    return Path(cfg) if cfg else None
+
+
+def cmd_enrol(args: argparse.Namespace) -> int:
+    from district.enrol import enrol, pipeline_embedder, read_records, write_pins
+
+    dlog = _open(args)
+    records = read_records(args.records)
+    if not args.photos.is_dir():
+        raise DistrictError(f"--photos {args.photos}: not a folder")
+    cfg = load_district_config(_config_path(args))
+    try:
+        from faces.pipeline import load_pipeline
+    except ImportError:
+        raise DistrictError("the face pipeline (faces.pipeline) is not installed") from None
+    embedder = pipeline_embedder(load_pipeline(cfg))
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rembedding photos: {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    result = enrol(dlog, records, args.photos, embedder, progress=progress)
+    print(file=sys.stderr)
+    for line in result.skipped_photos:
+        print(f"skipped {line}", file=sys.stderr)
+    if result.issued_pins:
+        pins = args.pins_out or args.db.with_name(args.db.stem + "-issued-pins.csv")
+        write_pins(pins, result.issued_pins)
+        print(f"issued {len(result.issued_pins)} PINs -> {pins} (mode 600; hand out, then delete)")
+    print(
+        f"enrolled {result.citizens} citizens, {result.dossiers} dossiers, "
+        f"{result.photos} photos as changes {result.first_seq}..{result.last_seq}"
+    )
+    dlog.close()
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    dlog = _open(args)
+    if (
+        args.status is None
+        and args.stage is None
+        and args.appointment is None
+        and args.counter is None
+    ):
+        raise DistrictError("nothing to change: give --status, --stage, --appointment or --counter")
+    seq = dlog.update_dossier(
+        args.code,
+        status=DossierStatus(args.status) if args.status else None,
+        stage=args.stage,
+        appointment_on=args.appointment,
+        counter=args.counter,
+    )
+    print(f"dossier {args.code} updated as change {seq}")
+    dlog.close()
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    dlog = _open(args)
+    seq = dlog.delete_citizen(args.citizen_id)
+    print(f"citizen {args.citizen_id} deleted as change {seq} (earlier entries erased)")
+    dlog.close()
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = _open(args).info()
+    print(
+        f"district {info.district_id}  epoch {info.epoch}  embedder {info.embedder_id} "
+        f"({info.dim}-d)\nhead {info.head_seq}  published {info.published_seq}  "
+        f"citizens {info.citizen_count}  dossiers {info.dossier_count}"
+        + (f"\ncompacted up to change {info.compacted_to}" if info.compacted_to else "")
+    )
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from district.publisher import REPLAY_WINDOW
+
+    keep = REPLAY_WINDOW if args.keep is None else args.keep
+    if keep < 1:
+        raise ConfigError("--keep: must be at least 1")
+    dlog = _open(args)
+    removed = dlog.compact(keep)
+    print(f"{removed} change(s) removed; replays now start at change {dlog.replay_from_seq} "
+          f"(head {dlog.head_seq}, published {dlog.published_seq})")
+    dlog.close()
+    return 0
+
+
+def cmd_new_epoch(args: argparse.Namespace) -> int:
+    dlog = _open(args)
+    epoch = dlog.new_epoch()
+    print(f"district {dlog.district_id} is now at epoch {epoch}: every terminal installs a "
+          "snapshot when it next sees the manifest")
+    dlog.close()
+    return 0
+
+
+def cmd_sign_csr(args: argparse.Namespace) -> int:
+    from district.pki import sign_terminal_csr
+
+    if args.out.exists():
+        raise ConfigError(f"--out: {args.out} exists; refusing to overwrite a certificate")
+
+    def read(path: Path, what: str) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
+
+    issued = sign_terminal_csr(read(args.csr, "csr"), read(args.ca_cert, "--ca-cert"),
+                               read(args.ca_key, "--ca-key"), district_id=args.district,
+                               days=args.days)
+    try:
+        with open(args.out, "xb") as fh:
+            fh.write(issued.pem)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot write {args.out}: {exc.strerror or exc}") from None
+    print(f"certificate for terminal {issued.terminal_id} of district {args.district} "
+          f"written to {args.out}\nserial {issued.serial:x}  valid until "
+          f"{issued.not_after:%Y-%m-%d %H:%M} UTC  sha256 {issued.sha256}\n"
+          f"install it on the device: sudo motcua-device install-cert {args.out.name}")
+    return 0
+
+
+def cmd_reports(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise ConfigError("--limit: must be at least 1")
+    rows = _open(args).reports(args.limit)
+    print(f"{'time':<30} {'terminal':<16} {'kind':<7} {'session':<34} {'citizen':<12} rating")
+    for terminal, session, kind, when, citizen, rating, _score in rows:
+        stars = str(rating) if kind == "rating" else "-"
+        print(f"{when:<30} {terminal:<16} {kind:<7} {session:<34} {citizen or '-':<12} {stars}")
+    print(f"{len(rows)} report(s)")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from district.publisher import BATCH_MAX_CHANGES, REPLAY_WINDOW, Publisher
+    from sync.keys import load_private_key
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    dlog = _open(args)
+    key = load_private_key(args.key)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    pub = Publisher(
+        dlog,
+        key,
+        broker_settings(args),
+        prefix=args.prefix,
+        client_id=args.client_id,
+        stop=stop,
+        replay_window=args.replay_window or REPLAY_WINDOW,
+        batch_max_changes=args.batch_max_changes or BATCH_MAX_CHANGES,
+    )
+    log.info(
+        "publishing district %s from %s (head %d, published %d)",
+        dlog.district_id,
+        args.db,
+        dlog.head_seq,
+        dlog.published_seq,
+    )
+    pub.run()
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from district.fleet import collect, format_table
+
+    head, rows = collect(
+        broker_settings(args), Topics(args.prefix, args.district), timeout_s=args.timeout
+    )
+    print(format_table(head, rows))
+    return 0

@@ -1,0 +1,146 @@
+"""The district's fleet view: every terminal's retained state and status, one table."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+from google.protobuf.message import DecodeError
+
+from core.errors import AuthenticationError, SyncError
+from proto import sync_pb2 as pb
+from sync.mqtt import BrokerSettings, is_auth_failure, make_client
+from sync.topics import Topics
+
+#: stop collecting once no retained message arrived for this long (they come in a burst)
+QUIET_S = 0.3
+
+
+@dataclasses.dataclass
+class FleetRow:
+    terminal_id: str
+    online: bool | None = None
+    applied_seq: int | None = None
+    lag: int | None = None
+    gallery_size: int | None = None
+    model: str = ""
+    version: str = ""
+    last_error: str = ""
+    rejections: int = 0
+    updated_s_ago: float | None = None
+
+
+def collect(
+    broker: BrokerSettings, topics: Topics, *, timeout_s: float = 3.0
+) -> tuple[int | None, list[FleetRow]]:
+    """(district head from the manifest, rows sorted by terminal id)."""
+    rows: dict[str, FleetRow] = {}
+    head: list[int] = []
+    last_msg = [time.monotonic()]
+    done = threading.Event()
+    failure: list[str] = []
+    client = make_client(f"motcua-fleet-{uuid.uuid4().hex[:8]}", broker)
+
+    def on_connect(c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:
+        if getattr(rc, "is_failure", False):
+            failure.append(str(rc))
+            if is_auth_failure(rc):  # type: ignore[arg-type]
+                failure.append("auth")
+            done.set()
+            return
+        c.subscribe([(topics.all_states, 1), (topics.all_statuses, 1), (topics.manifest, 1)])
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        last_msg[0] = time.monotonic()
+        if msg.topic == topics.manifest:
+            env = pb.Envelope()
+            m = pb.Manifest()
+            try:
+                env.ParseFromString(msg.payload)
+                m.ParseFromString(env.body)
+            except DecodeError:
+                return
+            head.append(m.head_seq)
+            return
+        tid = topics.terminal_of(msg.topic)
+        if tid is None:
+            return
+        row = rows.setdefault(tid, FleetRow(tid))
+        if msg.topic.endswith("/status"):
+            row.online = msg.payload == b"online"
+        else:
+            st = pb.TerminalState()
+            try:
+                st.ParseFromString(msg.payload)
+            except DecodeError:
+                row.last_error = "unreadable state message"
+                return
+            row.applied_seq = st.applied_seq
+            row.gallery_size = st.gallery_size
+            row.model, row.version, row.last_error = st.model, st.version, st.last_error
+            # duplicates are normal (at-least-once delivery): not shown as refused
+            row.rejections = sum(v for k, v in st.rejections.items() if k != "duplicate")
+            row.updated_s_ago = max(0.0, time.time() - st.updated_at_ms / 1000)
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    try:
+        client.connect(broker.host, broker.port, keepalive=broker.keepalive_s)
+    except OSError as exc:
+        raise SyncError(f"cannot reach broker {broker.host}:{broker.port}: {exc}") from None
+    client.loop_start()
+    start = time.monotonic()
+    try:
+        while not done.is_set() and time.monotonic() - start < timeout_s:
+            if time.monotonic() - last_msg[0] > QUIET_S and time.monotonic() - start > QUIET_S:
+                break
+            time.sleep(0.05)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if failure:
+        err = f"broker refused the fleet view: {failure[0]}"
+        raise AuthenticationError(err) if "auth" in failure else SyncError(err)
+    district_head = max(head) if head else None
+    for row in rows.values():
+        if district_head is not None and row.applied_seq is not None:
+            row.lag = max(0, district_head - row.applied_seq)
+    return district_head, sorted(rows.values(), key=lambda r: r.terminal_id)
+
+
+def format_table(head: int | None, rows: list[FleetRow]) -> str:
+    cols = [
+        "terminal",
+        "status",
+        "applied",
+        "lag",
+        "gallery",
+        "model",
+        "version",
+        "rejected",
+        "last error",
+    ]
+    lines = [cols]
+    for r in rows:
+        status = {True: "online", False: "offline", None: "?"}[r.online]
+        lines.append(
+            [
+                r.terminal_id,
+                status,
+                "-" if r.applied_seq is None else str(r.applied_seq),
+                "-" if r.lag is None else str(r.lag),
+                "-" if r.gallery_size is None else str(r.gallery_size),
+                r.model or "-",
+                r.version or "-",
+                str(r.rejections),
+                r.last_error or "",
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(cols))]
+    out = [f"district head: {'-' if head is None else head}, terminals: {len(rows)}"]
+    for line in lines:
+        out.append("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+    return "\n".join(out)

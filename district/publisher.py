@@ -1,0 +1,488 @@
+"""District side: publish the change log as signed batches, serve replays and snapshots.
+
+Threads (sharing one stop event): ``district-publish`` sends new log entries as batches
+on the batch topic and keeps the retained manifest current; ``district-serve`` answers
+terminals' replay and snapshot requests on their direct topics. Progress
+(``published_seq``) is written to the log after the broker acknowledged a batch, so a
+publisher that crashes resumes with the next unacknowledged batch: at worst one batch
+is sent twice, and terminals ignore duplicates.
+
+Terminals' reports ("not me", ratings) arrive on their report topics (QoS 1) and are
+stored in the log's ``reports`` table before paho sends the PUBACK, once per
+(terminal, session, kind).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.message import DecodeError
+
+from core.errors import AuthenticationError, DistrictError, SyncError
+from district.log import DistrictLog
+from proto import sync_pb2 as pb
+from sync.mqtt import BrokerSettings, is_auth_failure, make_client, start_client
+from sync.topics import DEFAULT_PREFIX, Topics
+from sync.wire import PROTOCOL_VERSION, seal
+
+log = logging.getLogger(__name__)
+
+#: how often the publisher looks for new log entries written by other processes; 20 ms
+#: keeps publish latency far under the 100 ms p50 target for a cheap indexed query
+POLL_INTERVAL_S = 0.02
+#: most changes in one batch: a batch is one store transaction on the terminal; 500
+#: upserts of 512-d embeddings is ~1 MiB, well under the terminal's 4 MiB message limit
+BATCH_MAX_CHANGES = 500
+#: stop filling a batch past this many bytes of changes
+BATCH_MAX_BYTES = 1 << 20
+#: snapshot chunk size; 1 MiB chunks keep the message count low and memory small
+CHUNK_MAX_BYTES = 1 << 20
+#: re-publish the manifest at least this often while busy, so terminals learn the head
+MANIFEST_INTERVAL_S = 2.0
+#: a terminal gets at most one snapshot per this many seconds (a confused or hostile
+#: terminal cannot make the district stream its whole gallery in a loop)
+SNAPSHOT_MIN_INTERVAL_S = 5.0
+#: replays cover at most the last this-many changes; a terminal further behind gets a
+#: snapshot. 20,000 changes (~40 MB at 512-d) is about what a snapshot of a small district
+#: costs, so a longer replay would not be cheaper
+REPLAY_WINDOW = 20_000
+#: pending requests beyond this are dropped (terminals re-ask)
+REQUEST_QUEUE_MAX = 1000
+#: pause after a failed round (log busy, broker error) before trying again
+RETRY_S = 1.0
+#: give up waiting for one PUBACK after this long and re-check the connection
+PUBACK_WAIT_S = 1.0
+
+
+@dataclass
+class PublisherStats:
+    batches: int = 0
+    changes: int = 0
+    replays: int = 0
+    snapshots: int = 0
+    snapshot_chunks: int = 0
+    bytes_sent: int = 0
+    bad_requests: int = 0
+    #: terminal reports stored / duplicates ignored / malformed or forged
+    reports: int = 0
+    duplicate_reports: int = 0
+    bad_reports: int = 0
+    #: well-formed requests received, by terminal
+    requests: dict[str, int] = field(default_factory=dict)
+    last_snapshot_bytes: int = 0
+    per_terminal_snapshot: dict[str, float] = field(default_factory=dict)
+
+
+class Publisher:
+    """Publishes one district's log; ``start()`` / ``stop()`` or ``run()`` until stopped."""
+
+    def __init__(
+        self,
+        dlog: DistrictLog,
+        key: Ed25519PrivateKey,
+        broker: BrokerSettings,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        client_id: str | None = None,
+        stop: threading.Event | None = None,
+        batch_max_changes: int = BATCH_MAX_CHANGES,
+        chunk_max_bytes: int = CHUNK_MAX_BYTES,
+        snapshot_min_interval_s: float = SNAPSHOT_MIN_INTERVAL_S,
+        replay_window: int = REPLAY_WINDOW,
+    ) -> None:
+        self.log = dlog
+        self.key = key
+        self.broker = broker
+        self.topics = Topics(prefix, dlog.district_id)
+        self.stop_event = stop or threading.Event()
+        self.batch_max_changes = batch_max_changes
+        self.chunk_max_bytes = chunk_max_bytes
+        self.snapshot_min_interval_s = snapshot_min_interval_s
+        self.replay_window = replay_window
+        self.stats = PublisherStats()
+        self._wake = threading.Event()
+        self._connected = threading.Event()
+        self._manifest_due = threading.Event()
+        self._requests: queue.Queue[tuple[str, pb.SyncRequest]] = queue.Queue(REQUEST_QUEUE_MAX)
+        self._auth_error: str | None = None
+        self._threads: list[threading.Thread] = []
+        cid = client_id or f"motcua-district-{dlog.district_id}"
+        self.client = make_client(cid, broker)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        self._acked: set[int] = set()
+        self._acked_cv = threading.Condition()
+
+    # ---- MQTT callbacks (paho's thread) ------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: object, _f: object, rc: object, _p: object
+    ) -> None:
+        if getattr(rc, "is_failure", False):
+            if is_auth_failure(rc):  # type: ignore[arg-type]
+                self._auth_error = f"broker refused the district's credentials: {rc}"
+                client.disconnect()
+                self.stop_event.set()
+            return
+        client.subscribe([(self.topics.all_requests, 1), (self.topics.all_reports, 1)])
+        self._connected.set()
+        self._manifest_due.set()
+        self._wake.set()
+
+    def _on_disconnect(self, *_a: object) -> None:
+        self._connected.clear()
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        terminal = self.topics.terminal_of(msg.topic)
+        if terminal is not None and msg.topic == self.topics.report(terminal):
+            self._on_report(terminal, bytes(msg.payload))
+            return
+        req = pb.SyncRequest()
+        try:
+            req.ParseFromString(msg.payload)
+        except DecodeError:
+            req = None  # type: ignore[assignment]
+        if (
+            terminal is None
+            or req is None
+            or req.terminal_id != terminal
+            or req.district_id != self.log.district_id
+            or req.kind == pb.SyncRequest.KIND_UNSPECIFIED
+        ):
+            self.stats.bad_requests += 1
+            return
+        self.stats.requests[terminal] = self.stats.requests.get(terminal, 0) + 1
+        try:
+            self._requests.put_nowait((terminal, req))
+        except queue.Full:
+            self.stats.bad_requests += 1
+
+    def _on_report(self, terminal: str, payload: bytes) -> None:
+        """Store one TerminalReport (paho's thread; the PUBACK follows this return)."""
+        rep = pb.TerminalReport()
+        try:
+            rep.ParseFromString(payload)
+        except DecodeError:
+            rep = None  # type: ignore[assignment]
+        kinds = {pb.TerminalReport.KIND_NOT_ME: "not_me", pb.TerminalReport.KIND_RATING: "rating"}
+        if (
+            rep is None
+            or rep.terminal_id != terminal
+            or rep.district_id != self.log.district_id
+            or rep.kind not in kinds
+            or not 0 < len(rep.session_id) <= 128
+            or len(rep.time) > 64
+            or len(rep.citizen_id) > 64
+            or (rep.kind == pb.TerminalReport.KIND_RATING and not 1 <= rep.rating <= 5)
+        ):
+            self.stats.bad_reports += 1
+            log.warning("bad report from %s dropped", terminal)
+            return
+        try:
+            new = self.log.add_report(
+                terminal_id=terminal,
+                session_id=rep.session_id,
+                kind=kinds[rep.kind],
+                time=rep.time,
+                citizen_id=rep.citizen_id,
+                rating=rep.rating if rep.kind == pb.TerminalReport.KIND_RATING else 0,
+                score=rep.score,
+            )
+        except (DistrictError, sqlite3.Error) as exc:  # acked anyway: see docs/sync.md
+            log.error("cannot store report %s/%s: %s", terminal, rep.session_id, exc)
+            self.stats.bad_reports += 1
+            return
+        if new:
+            self.stats.reports += 1
+        else:
+            self.stats.duplicate_reports += 1
+
+    # ---- life cycle ----------------------------------------------------------------
+
+    def start(self) -> Publisher:
+        start_client(self.client, self.broker)
+        for name, target in (
+            ("district-publish", self._publish_loop),
+            ("district-serve", self._serve_loop),
+        ):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=30)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def run(self) -> None:
+        """Run until the stop event is set (the CLI's long-running mode)."""
+        self.start()
+        try:
+            while not self.stop_event.wait(0.5):
+                pass
+        finally:
+            self.stop()
+        if self._auth_error:
+            raise AuthenticationError(self._auth_error)
+
+    def notify(self) -> None:
+        """Wake the publisher now (in-process writers; others are found by polling)."""
+        self._wake.set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # ---- publishing ----------------------------------------------------------------
+
+    def _on_publish(self, _c: object, _u: object, mid: int, _rc: object, _p: object) -> None:
+        # runs in paho's thread holding paho's lock: only touch our own condition here
+        with self._acked_cv:
+            self._acked.add(mid)
+            self._acked_cv.notify_all()
+
+    def _send(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Publish QoS 1 and wait for the PUBACK; False if stopped first.
+
+        A message published while the link is down stays queued in paho and is sent
+        again after the reconnect, so it is published exactly once here.
+        """
+        while not self._connected.wait(0.1):
+            if self.stop_event.is_set():
+                return False
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise SyncError(f"publish on {topic} failed: {mqtt.error_string(info.rc)}")
+        with self._acked_cv:
+            while info.mid not in self._acked:
+                if self.stop_event.is_set():
+                    return False
+                self._acked_cv.wait(PUBACK_WAIT_S)
+            self._acked.discard(info.mid)
+        self.stats.bytes_sent += len(payload)
+        return True
+
+    def replay_from_seq(self, head: int) -> int:
+        """Oldest change a replay may start from: the last ``replay_window`` changes."""
+        return max(self.log.replay_from_seq, head - self.replay_window + 1, 1)
+
+    def _manifest(self, head: int) -> bytes:
+        body = pb.Manifest(
+            district_id=self.log.district_id,
+            epoch=self.log.epoch,
+            head_seq=head,
+            embedder_id=self.log.embedder_id,
+            dim=self.log.dim,
+            replay_from_seq=self.replay_from_seq(head),
+            published_at_ms=int(time.time() * 1000),
+        ).SerializeToString()
+        return seal(self.key, self.log.district_id, pb.PAYLOAD_KIND_MANIFEST, body)
+
+    def _batch(self, changes: list[bytes], origin: int, request_id: str = "") -> bytes:
+        first = pb.Change.FromString(changes[0]).seq
+        batch = pb.Batch(
+            district_id=self.log.district_id,
+            epoch=self.log.epoch,
+            first_seq=first,
+            last_seq=first + len(changes) - 1,
+            embedder_id=self.log.embedder_id,
+            dim=self.log.dim,
+            origin=origin,  # type: ignore[arg-type]
+            published_at_ms=int(time.time() * 1000),
+            request_id=request_id,
+        )
+        for blob in changes:
+            batch.changes.add().MergeFromString(blob)
+        body = batch.SerializeToString()
+        return seal(self.key, self.log.district_id, pb.PAYLOAD_KIND_BATCH, body)
+
+    def _split(self, changes: list[bytes]) -> list[list[bytes]]:
+        out: list[list[bytes]] = []
+        cur: list[bytes] = []
+        size = 0
+        for blob in changes:
+            if cur and (len(cur) >= self.batch_max_changes or size + len(blob) > BATCH_MAX_BYTES):
+                out.append(cur)
+                cur, size = [], 0
+            cur.append(blob)
+            size += len(blob)
+        if cur:
+            out.append(cur)
+        return out
+
+    def _publish_loop(self) -> None:
+        state = {"last_manifest_t": 0.0, "manifest_head": -1, "manifest_epoch": -1,
+                 "manifest_replay_from": -1}
+        while not self.stop_event.is_set():
+            try:
+                if not self._publish_step(state):
+                    return
+            except (DistrictError, SyncError, sqlite3.Error) as exc:  # busy log, broker: retry
+                log.error("publish: %s", exc)
+                self.stop_event.wait(RETRY_S)
+
+    def _publish_step(self, st: dict[str, float]) -> bool:
+        """One round: send what is new, keep the manifest current; False when stopped."""
+        last_manifest_t, manifest_head = st["last_manifest_t"], st["manifest_head"]
+        self._wake.wait(POLL_INTERVAL_S)
+        self._wake.clear()
+        if not self._connected.is_set():
+            return True
+        published = self.log.published_seq
+        head = self.log.head_seq
+        if published < head:
+            last = min(head, published + self.batch_max_changes)
+            for part in self._split(self.log.changes(published + 1, last)):
+                if not self._send(self.topics.batch, self._batch(part, pb.BATCH_ORIGIN_LIVE)):
+                    return False
+                published += len(part)
+                self.log.mark_published(published)
+                self.stats.batches += 1
+                self.stats.changes += len(part)
+            self._wake.set()  # look again at once: more may be waiting
+        busy = published < head
+        now = time.monotonic()
+        # a new epoch or a compaction (district new-epoch / compact, maybe from another
+        # process) changes what terminals must do: tell them at once
+        epoch, replay_from = self.log.epoch, self.log.replay_from_seq
+        changed = (epoch != st["manifest_epoch"] or replay_from != st["manifest_replay_from"])
+        if self._manifest_due.is_set() or changed or (
+            manifest_head != published and (not busy or now - last_manifest_t > MANIFEST_INTERVAL_S)
+        ):
+            self._manifest_due.clear()
+            if not self._send(self.topics.manifest, self._manifest(published), retain=True):
+                return False
+            st["manifest_head"], st["last_manifest_t"] = published, now
+            st["manifest_epoch"], st["manifest_replay_from"] = epoch, replay_from
+        return True
+
+    # ---- replays and snapshots --------------------------------------------------------
+
+    def _serve_loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                terminal, req = self._requests.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            try:
+                self._serve(terminal, req)
+            except Exception as exc:  # keep serving other terminals; log the failure
+                log.exception("serving %s for %s failed: %s", req.kind, terminal, exc)
+
+    def _serve(self, terminal: str, req: pb.SyncRequest) -> None:
+        published = self.log.published_seq
+        if (
+            req.kind == pb.SyncRequest.KIND_REPLAY
+            and req.epoch == self.log.epoch
+            and self.replay_from_seq(published) <= req.from_seq
+        ):
+            self.send_replay(terminal, req.from_seq, req.request_id)
+            return
+        # a snapshot: asked for, or the replay is not available (other epoch, too old)
+        now = time.monotonic()
+        prev = self.stats.per_terminal_snapshot.get(terminal)
+        if prev is not None and now - prev < self.snapshot_min_interval_s:
+            return
+        self.stats.per_terminal_snapshot[terminal] = now
+        self.send_snapshot(terminal, req.request_id)
+
+    def send_replay(self, terminal: str, from_seq: int, request_id: str = "") -> None:
+        """Send published changes from ``from_seq`` on to one terminal's direct topic."""
+        topic = self.topics.direct(terminal)
+        published = self.log.published_seq
+        if from_seq > published:
+            return  # nothing published yet beyond what it has; live batches follow
+        self.stats.replays += 1
+        first = max(1, from_seq)
+        while first <= published and not self.stop_event.is_set():
+            last = min(published, first + self.batch_max_changes - 1)
+            try:
+                changes = self.log.changes(first, last)
+            except DistrictError as exc:  # compacted meanwhile (district compact)
+                log.info("replay for %s from %d not possible (%s): sending a snapshot",
+                         terminal, first, exc)
+                self.send_snapshot(terminal, request_id)
+                return
+            for part in self._split(changes):
+                payload = self._batch(part, pb.BATCH_ORIGIN_REPLAY, request_id)
+                if not self._send(topic, payload):
+                    return
+            first = last + 1
+
+    def send_snapshot(self, terminal: str, request_id: str = "") -> None:
+        """Stream the current state to one terminal's direct topic in signed chunks."""
+        topic = self.topics.direct(terminal)
+        snap_id = uuid.uuid4().hex
+        sent_bytes = 0
+        with self.log.snapshot() as (last_seq, n_citizens, n_dossiers, rows):
+
+            def chunk(index: int) -> pb.SnapshotChunk:
+                return pb.SnapshotChunk(
+                    district_id=self.log.district_id,
+                    epoch=self.log.epoch,
+                    embedder_id=self.log.embedder_id,
+                    dim=self.log.dim,
+                    snapshot_id=snap_id,
+                    last_seq=last_seq,
+                    index=index,
+                    request_id=request_id,
+                    citizen_count=n_citizens,
+                    dossier_count=n_dossiers,
+                )
+
+            index = 0
+            pending: list[bytes] = []
+            size = 0
+
+            def flush(last: bool) -> bool:
+                nonlocal index, sent_bytes
+                c = chunk(index)
+                c.last = last
+                for blob in pending:
+                    c.changes.add().MergeFromString(blob)
+                payload = seal(
+                    self.key,
+                    self.log.district_id,
+                    pb.PAYLOAD_KIND_SNAPSHOT_CHUNK,
+                    c.SerializeToString(),
+                )
+                if not self._send(topic, payload):
+                    return False
+                sent_bytes += len(payload)
+                self.stats.snapshot_chunks += 1
+                index += 1
+                pending.clear()
+                return True
+
+            for blob in rows:
+                if pending and size + len(blob) > self.chunk_max_bytes:
+                    if not flush(False):
+                        return
+                    size = 0
+                pending.append(blob)
+                size += len(blob)
+            if not flush(True):
+                return
+        self.stats.snapshots += 1
+        self.stats.last_snapshot_bytes = sent_bytes
+        log.info("snapshot %s to %s: %d chunks, %d bytes", snap_id, terminal, index, sent_bytes)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+__all__ = ["Publisher", "PublisherStats", "PROTOCOL_VERSION", "new_request_id"]

@@ -1,0 +1,437 @@
+"""Terminal side protocol logic, without the network: verify, order, apply, ask.
+
+``SyncEngine.handle(channel, payload)`` takes one MQTT message (channel = "batch",
+"manifest" or "direct"); ``SyncEngine.tick()`` returns the SyncRequests to send (replay
+or snapshot). Every message is checked (size, envelope, version, district, signature,
+body, embedder id, epoch) BEFORE the store is touched; rejections are counted by reason.
+Batches are applied strictly in order; duplicates are ignored; a batch from the future
+is buffered for ``gap_timeout_s`` and then a replay is requested; when the district
+cannot replay (other epoch, older than its log), a snapshot is requested.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from core.errors import ChangeOrderError, MessageRejected, StoreError
+from proto import sync_pb2 as pb
+from sync import wire
+from sync.changes import Change, CitizenDelete, CitizenUpsert, DossierUpsert
+from sync.wire import PublicKeys
+
+log = logging.getLogger(__name__)
+
+#: wait this long for a missing batch to arrive by itself (reordering, a slow broker)
+#: before asking for a replay; 1 s is ~4000x a local QoS 1 hop, short for a person
+GAP_TIMEOUT_S = 1.0
+#: a request with no progress since is sent again after this long (doubling, up to max)
+REQUEST_RETRY_S = 2.0
+REQUEST_RETRY_MAX_S = 60.0
+#: after this many replay requests without progress, ask for a snapshot instead
+REPLAYS_BEFORE_SNAPSHOT = 3
+#: out-of-order batches kept while waiting (more are dropped: the replay brings them)
+BUFFER_MAX_BATCHES = 256
+#: the terminal refuses messages above this size (a 1 MiB batch/chunk is the norm)
+MAX_MESSAGE_BYTES = 4 << 20
+
+
+class GalleryTarget(Protocol):
+    """What the sync needs of the terminal store (edge.store.GalleryStore)."""
+
+    @property
+    def last_seq(self) -> int: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def embedder_id(self) -> str: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def citizen_count(self) -> int: ...
+
+    def apply(self, changes: list[Change], *, epoch: int) -> None: ...
+
+    def replace_all(self, changes: Iterable[Change], *, epoch: int, last_seq: int) -> None: ...
+
+
+@dataclass
+class _Snapshot:
+    snapshot_id: str
+    epoch: int
+    last_seq: int
+    spool: Path
+    chunks: dict[int, tuple[int, int]]  # index -> (offset, length) in the spool file
+    last_index: int | None = None
+    citizen_count: int = 0
+    dossier_count: int = 0
+    last_progress: float = 0.0
+    started: float = 0.0
+
+
+class SyncEngine:
+    """Applies verified district messages to a store; no threads, no network."""
+
+    def __init__(
+        self,
+        store: GalleryTarget,
+        *,
+        district_id: str,
+        terminal_id: str,
+        public_key: PublicKeys,
+        spool_dir: Path | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        gap_timeout_s: float = GAP_TIMEOUT_S,
+        request_retry_s: float = REQUEST_RETRY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.district_id = district_id
+        self.terminal_id = terminal_id
+        self.public_key = public_key
+        self.spool_dir = spool_dir
+        self.max_message_bytes = max_message_bytes
+        self.gap_timeout_s = gap_timeout_s
+        self.request_retry_s = request_retry_s
+        self.clock = clock
+        self.rejections: collections.Counter[str] = collections.Counter()
+        self.applied_batches = 0
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.snapshots_applied = 0
+        self.last_snapshot_timing = (0.0, 0.0)
+        #: requests sent, by kind ("replay" / "snapshot")
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.last_error = ""
+        #: the district's head and epoch as the last manifest said
+        self.district_head = 0
+        self.district_epoch = 0
+        self.replay_from_seq = 1
+        self._buffer: dict[int, tuple[pb.Batch, list[Change]]] = {}  # first_seq -> batch
+        self._need_snapshot = False
+        self._stalled_since: float | None = None
+        self._request_sent_at: float | None = None
+        self._request_delay = request_retry_s
+        self._replays_without_progress = 0
+        self._snapshot: _Snapshot | None = None
+        if spool_dir is not None and spool_dir.is_dir():
+            # spools of a snapshot that a crash or power cut interrupted: never resumed
+            for stale in spool_dir.glob(f"snapshot-{terminal_id}-*.spool"):
+                stale.unlink(missing_ok=True)
+        #: called with each applied batch (latency figures, tests)
+        self.on_applied: Callable[[pb.Batch | pb.SnapshotChunk], None] | None = None
+        #: called (sync thread) after citizens may have left the gallery: a batch with a
+        #: citizen delete was applied, or a snapshot installed (the terminal redacts
+        #: their ids from its audit log and outbox)
+        self.on_citizens_removed: Callable[[], None] | None = None
+
+    # ---- helpers -----------------------------------------------------------------
+
+    @property
+    def applied_seq(self) -> int:
+        return int(self.store.last_seq)
+
+    def _fresh(self) -> bool:
+        """An empty store that never applied anything takes any epoch from seq 1."""
+        return self.store.last_seq == 0
+
+    def _reject(self, exc: MessageRejected) -> None:
+        self.rejections[exc.reason] += 1
+        self.last_error = str(exc)[:200]
+        log.warning("sync message rejected: %s", exc)
+
+    def _progress(self) -> None:
+        self._stalled_since = None
+        self._request_sent_at = None
+        self._request_delay = self.request_retry_s
+        self._replays_without_progress = 0
+
+    # ---- input ---------------------------------------------------------------------
+
+    def handle(self, channel: str, payload: bytes) -> None:
+        """Process one message; never raises for bad input (it is counted instead)."""
+        try:
+            env = wire.open_envelope(
+                payload,
+                district_id=self.district_id,
+                public_key=self.public_key,
+                max_bytes=self.max_message_bytes,
+            )
+            body = wire.parse_body(env)
+            if isinstance(body, pb.Manifest):
+                if channel != "manifest":
+                    raise MessageRejected(wire.MALFORMED, f"manifest on the {channel} topic")
+                self._on_manifest(body)
+            elif isinstance(body, pb.Batch):
+                if channel not in ("batch", "direct"):
+                    raise MessageRejected(wire.MALFORMED, f"batch on the {channel} topic")
+                self._on_batch(body)
+            else:
+                if channel != "direct":
+                    raise MessageRejected(wire.MALFORMED, f"snapshot chunk on the {channel} topic")
+                self._on_chunk(body)
+        except MessageRejected as exc:
+            self._reject(exc)
+
+    def _check_space(self, embedder_id: str, dim: int) -> None:
+        if embedder_id != self.store.embedder_id or dim != self.store.dim:
+            raise MessageRejected(
+                wire.EMBEDDER,
+                f"district embedder {embedder_id!r}/{dim}, terminal "
+                f"{self.store.embedder_id!r}/{self.store.dim}",
+            )
+
+    def _on_manifest(self, m: pb.Manifest) -> None:
+        self._check_space(m.embedder_id, m.dim)
+        if m.epoch < self.district_epoch or (
+            m.epoch == self.district_epoch and m.head_seq < self.district_head
+        ):
+            return  # an older manifest (replayed or reordered): keep what we know
+        self.district_epoch = m.epoch
+        self.district_head = m.head_seq
+        self.replay_from_seq = max(1, m.replay_from_seq)
+        if self._fresh():
+            # a new or replaced terminal: one snapshot beats replaying the whole history
+            self._need_snapshot = m.head_seq > 0
+        elif m.epoch != self.store.epoch or self.applied_seq + 1 < self.replay_from_seq:
+            self._need_snapshot = True
+
+    def _decode_changes(self, changes: Iterable[pb.Change], dim: int) -> list[Change]:
+        return [wire.change_from_pb(c, dim) for c in changes]
+
+    def _on_batch(self, b: pb.Batch) -> None:
+        self._check_space(b.embedder_id, b.dim)
+        n = len(b.changes)
+        if n == 0 or b.first_seq == 0 or b.last_seq != b.first_seq + n - 1:
+            raise MessageRejected(wire.MALFORMED, "batch numbers do not match its changes")
+        for i, c in enumerate(b.changes):
+            if c.seq != b.first_seq + i:
+                raise MessageRejected(wire.MALFORMED, "batch changes are not consecutive")
+        if self._fresh():
+            if b.epoch < self.district_epoch:
+                raise MessageRejected(wire.EPOCH, f"batch of old epoch {b.epoch}")
+        elif b.epoch != self.store.epoch:
+            if b.epoch > self.store.epoch:
+                self._need_snapshot = True  # the district started a new epoch
+            raise MessageRejected(wire.EPOCH, f"batch epoch {b.epoch}, store {self.store.epoch}")
+        if b.last_seq <= self.applied_seq:
+            self.duplicates += 1
+            self.rejections[wire.DUPLICATE] += 1
+            return
+        changes = self._decode_changes(b.changes, b.dim)
+        if b.first_seq > self.applied_seq + 1:
+            self.out_of_order += 1
+            if len(self._buffer) < BUFFER_MAX_BATCHES:
+                self._buffer[b.first_seq] = (b, changes)
+            if self._stalled_since is None:
+                self._stalled_since = self.clock()
+            return
+        self._apply(b, changes)
+        self._drain()
+
+    def _apply(self, b: pb.Batch, changes: list[Change]) -> None:
+        skip = self.applied_seq + 1 - b.first_seq  # overlap with what we have
+        todo = changes[skip:]
+        if not todo:
+            return
+        epoch = b.epoch
+        try:
+            self.store.apply(todo, epoch=epoch)
+        except ChangeOrderError as exc:  # the store moved under us: re-sync
+            self._reject(MessageRejected(wire.INVALID, f"store order: {exc}"))
+            self._need_snapshot = True
+            return
+        except StoreError as exc:
+            self._reject(MessageRejected(wire.INVALID, str(exc)))
+            self._need_snapshot = True
+            return
+        self.applied_batches += 1
+        self.last_error = ""
+        self._progress()
+        if self.on_applied is not None:
+            self.on_applied(b)
+        if any(isinstance(c, CitizenDelete) for c in todo):
+            self._citizens_removed()
+
+    def _drain(self) -> None:
+        while self._buffer:
+            for first in sorted(self._buffer):
+                if first <= self.applied_seq + 1:
+                    b, changes = self._buffer.pop(first)
+                    if b.last_seq > self.applied_seq and b.epoch == self.store.epoch:
+                        self._apply(b, changes)
+                    break
+            else:
+                return
+
+    # ---- snapshots -----------------------------------------------------------------
+
+    def _on_chunk(self, c: pb.SnapshotChunk) -> None:
+        self._check_space(c.embedder_id, c.dim)
+        snap = self._snapshot
+        if snap is None or snap.snapshot_id != c.snapshot_id:
+            useful = (
+                c.epoch > self.store.epoch
+                or (c.epoch == self.store.epoch and c.last_seq > self.applied_seq)
+                or self._need_snapshot
+            )
+            if c.index != 0 or not useful or c.epoch < self.district_epoch:
+                what = f"snapshot {c.snapshot_id[:8]} chunk {c.index}"
+                raise MessageRejected(wire.UNEXPECTED, what)
+            if snap is not None:
+                snap.spool.unlink(missing_ok=True)
+            if self.spool_dir is not None:
+                self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, name = tempfile.mkstemp(
+                prefix=f"snapshot-{self.terminal_id}-", suffix=".spool", dir=self.spool_dir
+            )
+            os.close(fd)
+            snap = self._snapshot = _Snapshot(
+                started=self.clock(),
+                snapshot_id=c.snapshot_id,
+                epoch=c.epoch,
+                last_seq=c.last_seq,
+                spool=Path(name),
+                chunks={},
+                citizen_count=c.citizen_count,
+                dossier_count=c.dossier_count,
+            )
+        if c.epoch != snap.epoch or c.last_seq != snap.last_seq or c.index in snap.chunks:
+            raise MessageRejected(wire.MALFORMED, "snapshot chunk inconsistent or repeated")
+        # decode now so that a bad chunk is rejected on arrival, keep only the bytes
+        self._decode_changes(c.changes, c.dim)
+        data = c.SerializeToString()
+        with open(snap.spool, "ab") as fh:
+            offset = fh.tell()
+            fh.write(data)
+        snap.chunks[c.index] = (offset, len(data))
+        snap.last_progress = self.clock()
+        self._progress()
+        if c.last:
+            snap.last_index = c.index
+        if snap.last_index is not None and len(snap.chunks) == snap.last_index + 1:
+            self._install(snap, c.dim)
+
+    def _snapshot_changes(self, snap: _Snapshot, dim: int) -> Iterator[Change]:
+        citizens = dossiers = 0
+        with open(snap.spool, "rb") as fh:
+            for index in range(snap.last_index + 1 if snap.last_index is not None else 0):
+                offset, length = snap.chunks[index]
+                fh.seek(offset)
+                chunk = pb.SnapshotChunk.FromString(fh.read(length))
+                for change in self._decode_changes(chunk.changes, dim):
+                    if isinstance(change, CitizenUpsert):
+                        citizens += 1
+                    elif isinstance(change, DossierUpsert):
+                        dossiers += 1
+                    else:
+                        raise MessageRejected(wire.MALFORMED, "a delete inside a snapshot")
+                    yield change
+        if citizens != snap.citizen_count or dossiers != snap.dossier_count:
+            raise MessageRejected(wire.MALFORMED, "snapshot counts do not match its chunks")
+
+    def _install(self, snap: _Snapshot, dim: int) -> None:
+        self._snapshot = None
+        received = self.clock()
+        try:
+            self.store.replace_all(
+                self._snapshot_changes(snap, dim), epoch=snap.epoch, last_seq=snap.last_seq
+            )
+        except MessageRejected:
+            raise
+        except StoreError as exc:
+            raise MessageRejected(wire.INVALID, f"snapshot refused by the store: {exc}") from None
+        finally:
+            snap.spool.unlink(missing_ok=True)
+        self.snapshots_applied += 1
+        #: (seconds receiving the chunks, seconds installing them) of the last snapshot
+        self.last_snapshot_timing = (received - snap.started, self.clock() - received)
+        self._need_snapshot = False
+        self.last_error = ""
+        self._progress()
+        # buffered batches past the snapshot still apply; older ones are dropped
+        for first in [f for f, (b, _) in self._buffer.items() if b.last_seq <= self.applied_seq]:
+            del self._buffer[first]
+        self._drain()
+        log.info("snapshot installed: epoch %d, seq %d", snap.epoch, snap.last_seq)
+        self._citizens_removed()
+
+    def _citizens_removed(self) -> None:
+        if self.on_citizens_removed is None:
+            return
+        try:
+            self.on_citizens_removed()
+        except Exception:  # the sync must go on; the redaction is retried at the next one
+            log.exception("redacting removed citizens failed")
+
+    # ---- output ----------------------------------------------------------------------
+
+    def target_seq(self) -> int:
+        """The highest change number we know exists (manifest or buffered batches)."""
+        head = self.district_head if self.district_epoch in (self.store.epoch, 0) else 0
+        if self._fresh():
+            head = self.district_head
+        buffered = max((b.last_seq for b, _ in self._buffer.values()), default=0)
+        return max(head, buffered)
+
+    def tick(self) -> list[pb.SyncRequest]:
+        """Requests to send now (at most one)."""
+        now = self.clock()
+        snap = self._snapshot
+        if snap is not None and now - snap.last_progress < self.request_retry_s:
+            return []  # a snapshot is streaming in
+        behind = self.applied_seq < self.target_seq()
+        if not behind and not self._need_snapshot:
+            self._stalled_since = None
+            return []
+        if self._stalled_since is None:
+            self._stalled_since = now
+            if not self._need_snapshot:
+                return []
+        if not self._need_snapshot and now - self._stalled_since < self.gap_timeout_s:
+            return []
+        if self._request_sent_at is not None and now - self._request_sent_at < self._request_delay:
+            return []
+        if self._request_sent_at is not None:
+            self._request_delay = min(self._request_delay * 2, REQUEST_RETRY_MAX_S)
+        self._request_sent_at = now
+        want_snapshot = self._need_snapshot or (
+            self._replays_without_progress >= REPLAYS_BEFORE_SNAPSHOT
+        )
+        if not want_snapshot:
+            self._replays_without_progress += 1
+        self.requests["snapshot" if want_snapshot else "replay"] += 1
+        req = pb.SyncRequest(
+            protocol_version=wire.PROTOCOL_VERSION,
+            terminal_id=self.terminal_id,
+            district_id=self.district_id,
+            kind=pb.SyncRequest.KIND_SNAPSHOT if want_snapshot else pb.SyncRequest.KIND_REPLAY,
+            epoch=self.store.epoch if not self._fresh() else self.district_epoch,
+            from_seq=self.applied_seq + 1,
+            request_id=uuid.uuid4().hex[:16],
+            reason="need snapshot" if want_snapshot else "gap",
+        )
+        return [req]
+
+    def state(self) -> pb.TerminalState:
+        return pb.TerminalState(
+            protocol_version=wire.PROTOCOL_VERSION,
+            terminal_id=self.terminal_id,
+            district_id=self.district_id,
+            epoch=self.store.epoch,
+            applied_seq=self.applied_seq,
+            gallery_size=self.store.citizen_count,
+            embedder_id=self.store.embedder_id,
+            last_error=self.last_error,
+            rejections=dict(self.rejections),
+            updated_at_ms=int(time.time() * 1000),
+            syncing=self._snapshot is not None or self.applied_seq < self.target_seq(),
+        )

@@ -1,0 +1,33 @@
+"""Where model packs live and which one to use (the ``[models]`` table of a config)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from core.tomlconfig import build_section, read_toml
+
+#: default place for model packs; a terminal uses /var/lib/motcua/models via its config
+DEFAULT_MODEL_DIR = Path(
+    os.environ.get("MOTCUA_MODEL_DIR", Path.home() / ".cache" / "motcua" / "models")
+)
+#: the model pack used when the config names none
+DEFAULT_PACK = "mtcnn-facenet"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelsConfig:
+    """Which model pack to load and where packs are stored."""
+
+    dir: Path = DEFAULT_MODEL_DIR
+    pack: str = DEFAULT_PACK
+
+
+
+
+def load_models_settings(path: Path | None) -> ModelsConfig:
+    """The ``[models]`` table of a terminal's or district's configuration file."""
+    if path is None:
+        return ModelsConfig()
+    return build_section(ModelsConfig, read_toml(path).get("models", {}), "models")
