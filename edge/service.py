@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -28,10 +28,11 @@ from edge.camera.factory import make_source
 from edge.camera.grabber import Grabber
 from edge.config import Config
 from edge.session.audit import AuditLog, OutboxReporter
+from edge.session.decision import Matcher, operating_point
 from edge.session.events import EventBus, SessionControl
-from edge.session.loop import Terminal
+from edge.session.loop import FrameLoop
 from edge.session.machine import SessionMachine
-from edge.session.ports import FaceDetector, FaceEmbedder, Gallery, GalleryMatch
+from edge.session.ports import FaceDetector, FaceEmbedder
 from edge.session.tracker import Tracker
 from edge.store.gallery import GalleryStore
 from proto import display_pb2 as pb
@@ -127,9 +128,11 @@ class TerminalService:
             lookup=lookup or self.lookup_image,
         )
         self.store: GalleryStore | None = None
+        #: the one decision path (sessions and LookupImage), set once the store is open
+        self.matcher: Matcher | None = None
         self.subscriber: Any = None
         self.grabber: Grabber | None = None
-        self.terminal: Terminal | None = None
+        self.frame_loop: FrameLoop | None = None
         self.relay: EventRelay | None = None
         self._loop_thread: threading.Thread | None = None
         self._loop_error: BaseException | None = None
@@ -171,11 +174,14 @@ class TerminalService:
         self.api.set_serving()
         if self.sync_link is not None:
             self._start_sync()
+        self.matcher = Matcher(self.store,
+                               operating_point(self.cfg.session, self.vision.threshold),
+                               self.cfg.session.top_k)
+        log.info("decision: %s", self.matcher.point.describe())
         machine = SessionMachine(
             self.cfg.session,
             embedder=self.vision.embedder,
-            gallery=cast(Gallery, self.store),
-            threshold=self.vision.threshold,
+            matcher=self.matcher,
             bus=self.bus,
             audit=self.audit_log(),
             reporter=OutboxReporter.in_state_dir(self.state_dir),
@@ -196,7 +202,7 @@ class TerminalService:
             if self.stop_event.wait(0.02):
                 break
         s = self.cfg.session
-        self.terminal = Terminal(
+        self.frame_loop = FrameLoop(
             detector=self.vision.detector,
             machine=machine,
             tracker=Tracker(iou_min=s.track_iou, centre_max=s.track_centre, lost_s=s.lost_s),
@@ -256,7 +262,7 @@ class TerminalService:
         return changed
 
     def _loop(self) -> None:
-        assert self.terminal is not None
+        assert self.frame_loop is not None
         hook = self.heartbeat
 
         def beat() -> None:
@@ -264,7 +270,7 @@ class TerminalService:
                 hook()
 
         try:
-            self.terminal.run(self.stop_event, heartbeat=beat)
+            self.frame_loop.run(self.stop_event, heartbeat=beat)
         except MotcuaError as exc:
             self._loop_error = exc
             log.error("terminal loop stopped: %s", exc)
@@ -325,11 +331,9 @@ class TerminalService:
         import numpy as np
 
         from edge.api.state import match_pb
-        from edge.session.machine import decide
         from faces.imagefiles import decode_image
 
-        store = self.store
-        if store is None:
+        if self.store is None or self.matcher is None:
             raise StoreError("the gallery is not loaded yet")
         bgr = np.ascontiguousarray(decode_image(data, "image")[:, :, ::-1])
         dets = self.vision.detector.detect(bgr)
@@ -340,9 +344,7 @@ class TerminalService:
         i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
         one = type(dets)(dets.boxes[i:i + 1], dets.scores[i:i + 1], dets.landmarks[i:i + 1])
         emb = self.vision.embedder.embed(bgr, one)
-        s = self.cfg.session
-        d = decide(cast(Sequence[GalleryMatch], store.search(emb[0], k=s.top_k)),
-                   s.threshold or self.vision.threshold, s.margin)
+        d = self.matcher.match(emb[0])
         match = match_pb(self.directory, d.citizen_id, 0) if d.citizen_id else None
         self._audit_lookup(d.citizen_id if match else "", d.score,
                            "lookup_matched" if match else "lookup_not_recognised")
@@ -372,9 +374,9 @@ class TerminalService:
         if store is not None:
             out.gallery_size = store.citizen_count
             out.last_change_seq = store.last_seq
-        if self.terminal is not None:
-            out.camera_fps = self.terminal.processing_fps()
-            cam = self.terminal.camera_status()
+        if self.frame_loop is not None:
+            out.camera_fps = self.frame_loop.processing_fps()
+            cam = self.frame_loop.camera_status()
             if cam is not None:
                 out.camera_up = cam.up
                 out.camera_source = cam.name
@@ -405,7 +407,7 @@ def load_vision(cfg: Config) -> Vision:
 
     pipe = load_pipeline(cfg)
     ports = BgrPorts(pipe, cfg.detector.min_face)
-    return Vision(detector=cast(FaceDetector, ports), embedder=cast(FaceEmbedder, ports),
+    return Vision(detector=ports, embedder=ports,
                   pack=cfg.models.pack,
                   embedder_id=pipe.embedder_id, dim=int(pipe.embedder.dim),
                   threshold=pipe.match_threshold)

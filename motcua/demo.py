@@ -40,6 +40,7 @@ from edge.config import (
     TerminalConfig,
 )
 from edge.session import events as ev
+from edge.session.decision import operating_point
 from sync.changes import Dossier, DossierStatus
 from sync.pin import hash_pin, new_salt
 
@@ -326,8 +327,8 @@ def run_demo(
     cfg0 = dataclasses.replace(base, terminal=TerminalConfig(
         id="hall-01", district=DISTRICT, state_dir=workdir / "terminal"))
     vision = _vision_or_build(cfg0, load_vision, out)
-    say(f"      {vision.pack}: embedder {vision.embedder_id}, dim {vision.dim}, "
-        f"threshold {vision.threshold:.2f}", out)
+    say(f"      {vision.pack}: embedder {vision.embedder_id}, dim {vision.dim}; decision: "
+        f"{operating_point(cfg0.session, vision.threshold).describe()}", out)
     from faces.imagefiles import read_image
     from faces.pipeline import load_pipeline
 

@@ -14,7 +14,7 @@ import numpy as np
 from edge.camera.base import Frame
 from edge.config import Config, SessionConfig
 from edge.session.events import EventBus, Matched, SessionEvent
-from edge.session.loop import Terminal
+from edge.session.loop import FrameLoop
 from edge.session.machine import SessionMachine
 from edge.session.tracker import Tracker
 from edge.store import CitizenUpsert, GalleryStore
@@ -94,7 +94,7 @@ def run_frames(frames: Iterable[Frame], ports: BgrPorts, gallery: GalleryStore,
     bus.add_listener(events.append)
     machine = SessionMachine(cfg, embedder=ports, gallery=gallery, threshold=threshold,
                              bus=bus, rng=random.Random(seed), terminal_id="test")
-    term = Terminal(detector=detector or ports, machine=machine,
+    term = FrameLoop(detector=detector or ports, machine=machine,
                     tracker=Tracker(iou_min=cfg.track_iou, centre_max=cfg.track_centre,
                                     lost_s=cfg.lost_s), bus=bus)
     for f in frames:

@@ -34,7 +34,7 @@ from edge.session.events import (
     SessionEvent,
     TimedOut,
 )
-from edge.session.loop import Terminal
+from edge.session.loop import FrameLoop
 from edge.session.machine import SessionMachine, State
 from edge.session.ports import Detections
 from edge.session.tracker import Tracker
@@ -118,12 +118,12 @@ def setup(tmp_path: Path, photo: np.ndarray, script: list, *, vector=ALICE,
                              gallery=ListGallery({"alice": ALICE, "bob": BOB}), threshold=0.6,
                              bus=bus, audit=audit, reporter=reporter, terminal_id="t1",
                              rng=random.Random(0))
-    term = Terminal(detector=ScriptedDetector(script), machine=machine,
+    term = FrameLoop(detector=ScriptedDetector(script), machine=machine,
                     tracker=Tracker(lost_s=cfg.lost_s), bus=bus)
     return term, machine, events, audit, reporter
 
 
-def play(term: Terminal, photo: np.ndarray, n: int, start: int = 0) -> None:
+def play(term: FrameLoop, photo: np.ndarray, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
         term.step(Frame(image=photo, t=i / FPS, index=i))
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from edge.config import SessionConfig
+from edge.session.decision import decide
 from edge.session.events import Challenge, Hint
 from edge.session.geometry import nose_parallax, pose
 from edge.session.liveness import LivenessCheck, Verdict
-from edge.session.machine import decide
 from edge.session.ports import Detections
 from edge.session.quality import QualityGate, sharpness_and_brightness
 from edge.session.tracker import Tracker, iou

@@ -37,7 +37,7 @@ from edge.session.events import (
     Matched,
     SessionEvent,
 )
-from edge.session.loop import Terminal
+from edge.session.loop import FrameLoop
 from edge.session.machine import SessionMachine
 from edge.session.tracker import Tracker
 from edge.store import GalleryStore
@@ -194,7 +194,7 @@ def test_run_loop_on_a_grabbed_corrupt_video_reports_camera_down(
                              threshold=pipe.match_threshold, bus=bus, audit=audit)
     grabber = Grabber(VideoFileSource(bad, realtime=True), stop, reconnect_initial_s=0.0,
                       reconnect_max_s=0.0).start()
-    term = Terminal(detector=ports, machine=machine, tracker=Tracker(), bus=bus,
+    term = FrameLoop(detector=ports, machine=machine, tracker=Tracker(), bus=bus,
                     camera=grabber, camera_cfg=CameraConfig(idle_fps=15, active_fps=15))
     beats = []
 

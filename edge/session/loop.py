@@ -42,7 +42,7 @@ class StepResult:
     seconds: float
 
 
-class Terminal:
+class FrameLoop:
     """Ties the grabber, detector, tracker and session machine together."""
 
     def __init__(

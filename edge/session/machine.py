@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from edge.config import SessionConfig
 from edge.session.audit import AuditLog, Reporter
+from edge.session.decision import Matcher, operating_point
 from edge.session.events import (
     Challenge,
     ChallengeIssued,
@@ -41,7 +42,7 @@ from edge.session.events import (
     TimedOut,
 )
 from edge.session.liveness import LivenessCheck, Verdict
-from edge.session.ports import Detections, FaceEmbedder, Gallery, GalleryMatch
+from edge.session.ports import Detections, FaceEmbedder, Gallery
 from edge.session.quality import QualityGate
 from edge.session.tracker import Track
 
@@ -54,31 +55,6 @@ class State(enum.Enum):
     QUALITY = "quality"
     CHALLENGE = "challenge"
     SHOWING = "showing"
-
-
-@dataclasses.dataclass(frozen=True)
-class Decision:
-    """What the gallery said about a live face."""
-
-    citizen_id: str  # empty when not recognised
-    score: float  # best citizen's score
-    margin: float  # lead over the next citizen (score when there is none)
-
-
-def decide(matches: Sequence[GalleryMatch], threshold: float, margin: float) -> Decision:
-    """Best citizen if above ``threshold`` and ahead of the next *citizen* by ``margin``."""
-    best: dict[str, float] = {}
-    for m in matches:
-        if m.score > best.get(m.citizen_id, -2.0):
-            best[m.citizen_id] = float(m.score)
-    ranked = sorted(best.items(), key=lambda kv: kv[1], reverse=True)
-    if not ranked:
-        return Decision("", 0.0, 0.0)
-    cid, score = ranked[0]
-    lead = score - ranked[1][1] if len(ranked) > 1 else score
-    if score >= threshold and lead >= margin:
-        return Decision(cid, score, lead)
-    return Decision("", score, lead)
 
 
 @dataclasses.dataclass(eq=False)
@@ -116,8 +92,9 @@ class SessionMachine:
         cfg: SessionConfig,
         *,
         embedder: FaceEmbedder,
-        gallery: Gallery,
-        threshold: float,
+        gallery: Gallery | None = None,
+        threshold: float = 0.0,
+        matcher: Matcher | None = None,
         bus: EventBus,
         audit: AuditLog | None = None,
         reporter: Reporter | None = None,
@@ -126,8 +103,12 @@ class SessionMachine:
     ) -> None:
         self.cfg = cfg
         self.embedder = embedder
-        self.gallery = gallery
-        self.threshold = cfg.threshold or threshold
+        if matcher is None:
+            if gallery is None:
+                raise ValueError("SessionMachine needs a gallery or a matcher")
+            matcher = Matcher(gallery, operating_point(cfg, threshold), cfg.top_k)
+        #: the one decision path (edge.session.decision), shared with LookupImage
+        self.matcher = matcher
         self.bus = bus
         self.audit = audit
         self.reporter = reporter
@@ -315,8 +296,7 @@ class SessionMachine:
 
     def _decide(self, s: _Session, t: float) -> None:
         query = _mean_unit(s.embeddings)
-        matches = self.gallery.search(query, self.cfg.top_k)
-        d = decide(matches, self.threshold, self.cfg.margin)
+        d = self.matcher.match(query)
         s.score = d.score
         if d.citizen_id:
             s.citizen_id = d.citizen_id

@@ -6,38 +6,17 @@ can put simple stand-ins at this boundary.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from faces.types import Detections
+
+__all__ = ["Detections", "F32", "FaceDetector", "FaceEmbedder", "Gallery", "GalleryMatch"]
+
 F32 = npt.NDArray[np.float32]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Detections:
-    """Faces found in one frame, in image pixels.
-
-    ``boxes`` (n, 4) as x1, y1, x2, y2; ``scores`` (n,); ``landmarks`` (n, 5, 2) in the
-    order left eye, right eye, nose, left mouth corner, right mouth corner, where "left"
-    is the image's left (the person's right).
-    """
-
-    boxes: F32
-    scores: F32
-    landmarks: F32
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
-
-    @staticmethod
-    def empty() -> Detections:
-        return Detections(
-            np.zeros((0, 4), np.float32), np.zeros((0,), np.float32),
-            np.zeros((0, 5, 2), np.float32),
-        )
 
 
 class FaceDetector(Protocol):
@@ -53,8 +32,11 @@ class FaceEmbedder(Protocol):
 
 
 class GalleryMatch(Protocol):
-    citizen_id: str
-    score: float
+    @property
+    def citizen_id(self) -> str: ...
+
+    @property
+    def score(self) -> float: ...
 
 
 class Gallery(Protocol):
