@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from core.errors import ConfigError
+from core.files import write_atomic
 
 
 def generate_keypair(private_path: Path, public_path: Path, *, overwrite: bool = False) -> None:
@@ -23,12 +23,7 @@ def generate_keypair(private_path: Path, public_path: Path, *, overwrite: bool =
         serialization.NoEncryption(),
     )
     private_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = private_path.with_name(private_path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, private_path)
+    write_atomic(private_path, pem, mode=0o600)
     public_path.parent.mkdir(parents=True, exist_ok=True)
     public_path.write_bytes(public_pem(key.public_key()))
     public_path.chmod(0o644)

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+from core.files import append_synced, file_lock, read_json_lines, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,7 @@ class JsonLines:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 with file_lock(self.lock_path):
                     self._before_append()
-                    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-                    try:
-                        os.write(fd, line.encode("utf-8"))
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    append_synced(self.path, line.encode("utf-8"))
                 return True
             except OSError as exc:
                 self.failures += 1
@@ -91,17 +87,7 @@ class JsonLines:
 
     def read(self) -> list[dict[str, Any]]:
         """All intact lines (a torn last line from a power cut is skipped)."""
-        out = []
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except OSError:  # missing, or the state dir is unusable
-            return []
-        for line in text.splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        return [r for r in read_json_lines(self.path) if isinstance(r, dict)]
 
 
 def now_iso() -> str:
@@ -134,38 +120,9 @@ def redact_file(path: Path, keep: Callable[[str], bool]) -> int:
     return changed
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a power cut leaves the old or the new file:
-    a temp file beside it, fsync, rename, fsync of the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 #: defaults of [terminal] audit_max_mb / audit_files (edge/config.py says why)
 AUDIT_MAX_BYTES = 4 * 1024 * 1024
 AUDIT_FILES = 3
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive flock on ``path`` (several AuditLog objects, even processes, append)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 class AuditLog(JsonLines):

@@ -26,7 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edge.session.audit import JsonLines, file_lock, redact_file, write_atomic
+from core.files import file_lock, write_atomic
+from edge.session.audit import JsonLines, redact_file
 from proto import sync_pb2 as pb
 from sync.wire import PROTOCOL_VERSION
 
