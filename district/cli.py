@@ -21,7 +21,15 @@ from pathlib import Path
 
 from core.errors import ConfigError, DistrictError
 from district.config import load_district_config
+from district.enrol import enrol, pipeline_embedder, read_records, write_pins
+from district.fleet import collect, format_table
+from district.log import DistrictLog
+from district.pki import sign_terminal_csr
+from district.publisher import BATCH_MAX_CHANGES, REPLAY_WINDOW, Publisher
+from faces.pipeline import load_pipeline
+from models.pack import load_manifest
 from sync.changes import DossierStatus
+from sync.keys import generate_keypair, load_private_key
 from sync.mqtt import BrokerConfig, BrokerSettings
 from sync.mqtt import broker_settings as settings_from_config
 from sync.topics import DEFAULT_PREFIX, Topics
@@ -158,13 +166,11 @@ def broker_settings(args: argparse.Namespace) -> BrokerSettings:
 
 
 def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from district.log import DistrictLog
 
     return DistrictLog.open(args.db)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from sync.keys import generate_keypair
 
     priv, pub = args.out / "district.key", args.out / "district.pub"
     generate_keypair(priv, pub, overwrite=args.force)
@@ -174,14 +180,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from district.log import DistrictLog
 
     if args.embedder_id or args.dim:
         if not (args.embedder_id and args.dim):
             raise ConfigError("--embedder-id and --dim go together")
         embedder_id, dim = args.embedder_id, args.dim
     else:
-        from models.pack import load_manifest
 
         name = args.pack or load_district_config(_config_path(args)).models.pack
         m = load_manifest(name)
@@ -198,17 +202,12 @@ def _config_path(args: argparse.Namespace) -> Path | None:
 
 
 def cmd_enrol(args: argparse.Namespace) -> int:
-    from district.enrol import enrol, pipeline_embedder, read_records, write_pins
 
     dlog = _open(args)
     records = read_records(args.records)
     if not args.photos.is_dir():
         raise DistrictError(f"--photos {args.photos}: not a folder")
     cfg = load_district_config(_config_path(args))
-    try:
-        from faces.pipeline import load_pipeline
-    except ImportError:
-        raise DistrictError("the face pipeline (faces.pipeline) is not installed") from None
     embedder = pipeline_embedder(load_pipeline(cfg))
 
     def progress(done: int, total: int) -> None:
@@ -271,7 +270,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    from district.publisher import REPLAY_WINDOW
 
     keep = REPLAY_WINDOW if args.keep is None else args.keep
     if keep < 1:
@@ -294,7 +292,6 @@ def cmd_new_epoch(args: argparse.Namespace) -> int:
 
 
 def cmd_sign_csr(args: argparse.Namespace) -> int:
-    from district.pki import sign_terminal_csr
 
     if args.out.exists():
         raise ConfigError(f"--out: {args.out} exists; refusing to overwrite a certificate")
@@ -333,8 +330,6 @@ def cmd_reports(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from district.publisher import BATCH_MAX_CHANGES, REPLAY_WINDOW, Publisher
-    from sync.keys import load_private_key
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     dlog = _open(args)
@@ -364,7 +359,6 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    from district.fleet import collect, format_table
 
     head, rows = collect(
         broker_settings(args), Topics(args.prefix, args.district), timeout_s=args.timeout

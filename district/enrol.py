@@ -28,6 +28,7 @@ import numpy.typing as npt
 from core.errors import DistrictError, ImageError
 from district.log import DistrictLog
 from district.privacy import check_phone, hash_pin, issue_pin, mask_name
+from faces.imagefiles import read_image
 from sync.changes import Dossier, DossierStatus
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,6 @@ def photo_paths(rec: Record, photos_dir: Path) -> list[Path]:
 def _embed_all(
     records: list[Record], photos_dir: Path, embedder: PhotoEmbedder, skipped: list[str]
 ) -> Iterator[tuple[Record, npt.NDArray[np.float32]]]:
-    from faces.imagefiles import read_image
 
     for i, rec in enumerate(records):
         rows = []

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from core.errors import MotcuaError, StoreError
 from edge.api.relay import EventRelay
 from edge.api.server import ApiServer, create_server
-from edge.api.state import CitizenRecord, DisplayState
+from edge.api.state import CitizenRecord, DisplayState, match_pb
 from edge.camera.base import Source
 from edge.camera.factory import make_source
 from edge.camera.grabber import Grabber
@@ -35,8 +35,12 @@ from edge.session.machine import SessionMachine
 from edge.session.ports import FaceDetector, FaceEmbedder
 from edge.session.tracker import Tracker
 from edge.store.gallery import GalleryStore
+from edge.syncclient.subscriber import TerminalSubscriber
+from faces.imagefiles import decode_image
+from faces.pipeline import BgrPorts, load_pipeline
 from proto import display_pb2 as pb
 from sync.changes import Dossier
+from sync.topics import DEFAULT_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +220,6 @@ class TerminalService:
         return self
 
     def _start_sync(self) -> None:
-        from edge.syncclient.subscriber import TerminalSubscriber
-        from sync.topics import DEFAULT_PREFIX
 
         assert self.sync_link is not None and self.store is not None
         spool = self.state_dir / "sync-spool"
@@ -330,8 +332,6 @@ class TerminalService:
         """
         import numpy as np
 
-        from edge.api.state import match_pb
-        from faces.imagefiles import decode_image
 
         if self.store is None or self.matcher is None:
             raise StoreError("the gallery is not loaded yet")
@@ -403,7 +403,6 @@ def _sync_lag(sub: Any) -> tuple[float, int] | None:
 
 def load_vision(cfg: Config) -> Vision:
     """Load the configured model pack (hash-checked) as the terminal's detector/embedder."""
-    from faces.pipeline import BgrPorts, load_pipeline
 
     pipe = load_pipeline(cfg)
     ports = BgrPorts(pipe, cfg.detector.min_face)

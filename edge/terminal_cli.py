@@ -11,8 +11,15 @@ import threading
 from typing import Any
 
 from core.errors import CameraError, MotcuaError
+from edge import __version__
 from edge.config import Config, load_config
+from edge.ops import metrics
+from edge.ops.logging import setup_logging
+from edge.ops.metrics import TimedDetector, TimedEmbedder
+from edge.ops.sdnotify import Notifier, WatchdogHook
 from edge.service import SyncLink, TerminalService, Vision, load_vision
+from sync.keys import load_public_keys
+from sync.mqtt import broker_settings
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +41,6 @@ def sync_link(cfg: Config) -> SyncLink | None:
     s = cfg.sync
     if not s.broker:
         return None
-    from sync.keys import load_public_keys
-    from sync.mqtt import broker_settings
 
     broker = broker_settings(s, "sync")
     return SyncLink(broker=broker, public_key=load_public_keys(s.district_key_file),
@@ -45,8 +50,6 @@ def sync_link(cfg: Config) -> SyncLink | None:
 def start_metrics(cfg: Config, service: TerminalService) -> Any:
     """Serve the terminal's Prometheus metrics on ``[ops] metrics_listen`` ("" = off).
     A port already taken is logged, not fatal: the terminal matters more than its metrics."""
-    from edge import __version__
-    from edge.ops import metrics
 
     metrics.REGISTRY.add_collector(metrics.service_collector(service))
     metrics.TERMINAL.build_info.set(1, version=__version__)
@@ -64,9 +67,6 @@ def start_metrics(cfg: Config, service: TerminalService) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.ops.logging import setup_logging
-    from edge.ops.metrics import TimedDetector, TimedEmbedder
-    from edge.ops.sdnotify import Notifier, WatchdogHook
 
     cfg = load_config(args.config)
     setup_logging(cfg.ops.log_level.upper(), cfg.ops.log_format)

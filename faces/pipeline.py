@@ -30,6 +30,7 @@ from faces.types import (
     Image,
     cosine_similarity,
 )
+from models.pack import load_pack
 
 if TYPE_CHECKING:
     from models.pack import ModelPack
@@ -136,6 +137,5 @@ def build_pipeline(pack: ModelPack, config: PipelineSettings) -> FacePipeline:
 
 def load_pipeline(config: PipelineSettings) -> FacePipeline:
     """Load the configured pack (``[models]``), check its hashes, build the pipeline."""
-    from models.pack import load_pack
 
     return build_pipeline(load_pack(config.models.dir, config.models.pack), config)

