@@ -8,11 +8,14 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from core.errors import CameraError, MotcuaError
 from edge.config import Config, load_config
 from edge.service import SyncLink, TerminalService, Vision, load_vision
+
+if TYPE_CHECKING:
+    from edge.ops.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +45,18 @@ def sync_link(cfg: Config) -> SyncLink | None:
                     prefix=s.prefix)
 
 
-def start_metrics(cfg: Config, service: TerminalService) -> Any:
+def start_metrics(cfg: Config, service: TerminalService) -> MetricsServer | None:
     """Serve the terminal's Prometheus metrics on ``[ops] metrics_listen`` ("" = off).
     A port already taken is logged, not fatal: the terminal matters more than its metrics."""
+    from core.net import split_hostport
     from edge import __version__
     from edge.ops import metrics
 
-    metrics.REGISTRY.add_collector(metrics.service_collector(service))
-    metrics.TERMINAL.build_info.set(1, version=__version__)
+    metrics.watch_service(service.stats)
+    metrics.TERMINAL.build_info.labels(version=__version__).set(1)
     if not cfg.ops.metrics_listen:
         return None
-    host, port = metrics.parse_listen(cfg.ops.metrics_listen)
+    host, port = split_hostport(cfg.ops.metrics_listen, "ops.metrics_listen")
     try:
         server = metrics.MetricsServer(metrics.REGISTRY, host, port).start()
     except OSError as exc:
