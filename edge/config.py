@@ -409,11 +409,8 @@ class OpsConfig:
 
     def validate(self, prefix: str) -> None:
         p = f"{prefix}." if prefix else ""
-        if self.metrics_listen:
-            host, sep, port = self.metrics_listen.rpartition(":")
-            if not sep or not host or not port.isdigit() or int(port) > 65535:
-                raise ConfigError(f"{p}metrics_listen: expected host:port or \"\", got "
-                                  f"{self.metrics_listen!r}")
+        if self.metrics_listen:  # "" = off
+            split_hostport(self.metrics_listen, f"{p}metrics_listen")
         if self.log_format not in ("auto", "json", "text"):
             raise ConfigError(f"{p}log_format: expected auto, json or text")
         if self.log_level not in ("debug", "info", "warning", "error"):

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -30,7 +30,7 @@ from edge.config import Config
 from edge.session.audit import AuditLog, OutboxReporter
 from edge.session.decision import Matcher, operating_point
 from edge.session.events import EventBus, SessionControl
-from edge.session.loop import FrameLoop
+from edge.session.loop import FrameLoop, LoopStats
 from edge.session.machine import SessionMachine
 from edge.session.ports import FaceDetector, FaceEmbedder
 from edge.session.tracker import Tracker
@@ -41,6 +41,10 @@ from faces.pipeline import BgrPorts, load_pipeline
 from proto import display_pb2 as pb
 from sync.changes import Dossier
 from sync.topics import DEFAULT_PREFIX
+
+if TYPE_CHECKING:
+    from edge.syncclient.engine import SyncEngine, SyncStats
+    from edge.syncclient.subscriber import TerminalSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,37 @@ class SyncLink:
     #: the district's key, or several during a key rotation (sync.keys.load_public_keys)
     public_key: Ed25519PublicKey | list[Ed25519PublicKey]
     prefix: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreStats:
+    """A snapshot of the store's figures (metrics)."""
+
+    citizens: int
+    applied_seq: int
+    #: the store's directory (its size on disk is summed by the metrics exporter)
+    path: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceStats:
+    """What the terminal's parts report, read at one instant; None for a part that is
+    not running (before ``start()``, after ``stop()``, sync switched off)."""
+
+    loop: LoopStats | None = None
+    store: StoreStats | None = None
+    sync: SyncStats | None = None
+
+
+def collect_stats(*, frame_loop: FrameLoop | None, store: GalleryStore | None,
+                  engine: SyncEngine | None) -> ServiceStats:
+    """The figures of whichever parts are given, through their public read-only API."""
+    return ServiceStats(
+        loop=frame_loop.stats() if frame_loop is not None else None,
+        store=StoreStats(citizens=store.citizen_count, applied_seq=store.last_seq,
+                         path=store.path) if store is not None else None,
+        sync=engine.stats() if engine is not None else None,
+    )
 
 
 class _StoreDirectory:
@@ -134,7 +169,7 @@ class TerminalService:
         self.store: GalleryStore | None = None
         #: the one decision path (sessions and LookupImage), set once the store is open
         self.matcher: Matcher | None = None
-        self.subscriber: Any = None
+        self.subscriber: TerminalSubscriber | None = None
         self.grabber: Grabber | None = None
         self.frame_loop: FrameLoop | None = None
         self.relay: EventRelay | None = None
@@ -361,6 +396,13 @@ class TerminalService:
 
     # -- technician status -----------------------------------------------------------------
 
+    def stats(self) -> ServiceStats:
+        """The running parts' figures (the metrics exporter reads these at scrape time;
+        any thread)."""
+        sub = self.subscriber
+        return collect_stats(frame_loop=self.frame_loop, store=self.store,
+                             engine=sub.engine if sub is not None else None)
+
     def status(self) -> pb.TerminalStatus:
         out = pb.TerminalStatus(
             terminal_id=self.cfg.terminal.id,
@@ -383,22 +425,9 @@ class TerminalService:
         sub = self.subscriber
         if sub is not None:
             out.sync_connected = sub.connected.is_set()
-            lag = _sync_lag(sub)
-            if lag is not None:
-                out.sync_lag_s, out.sync_lag_changes = lag
+            st = sub.engine.stats()
+            out.sync_lag_s, out.sync_lag_changes = st.behind_s, st.lag_changes
         return out
-
-
-def _sync_lag(sub: Any) -> tuple[float, int] | None:
-    """(seconds behind, changes behind) of the district's head, when the engine tells."""
-    engine = getattr(sub, "engine", None)
-    if engine is None:
-        return None
-    behind = max(0, int(getattr(engine, "district_head", 0)) - int(engine.applied_seq))
-    stalled = getattr(engine, "_stalled_since", None)
-    clock = getattr(engine, "clock", time.monotonic)
-    seconds = max(0.0, clock() - stalled) if isinstance(stalled, int | float) else 0.0
-    return seconds, behind
 
 
 def load_vision(cfg: Config) -> Vision:

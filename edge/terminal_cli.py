@@ -8,9 +8,10 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from core.errors import CameraError, MotcuaError
+from core.net import split_hostport
 from edge import __version__
 from edge.config import Config, load_config
 from edge.ops import metrics
@@ -20,6 +21,9 @@ from edge.ops.sdnotify import Notifier, WatchdogHook
 from edge.service import SyncLink, TerminalService, Vision, load_vision
 from sync.keys import load_public_keys
 from sync.mqtt import broker_settings
+
+if TYPE_CHECKING:
+    from edge.ops.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +51,15 @@ def sync_link(cfg: Config) -> SyncLink | None:
                     prefix=s.prefix)
 
 
-def start_metrics(cfg: Config, service: TerminalService) -> Any:
+def start_metrics(cfg: Config, service: TerminalService) -> MetricsServer | None:
     """Serve the terminal's Prometheus metrics on ``[ops] metrics_listen`` ("" = off).
     A port already taken is logged, not fatal: the terminal matters more than its metrics."""
 
-    metrics.REGISTRY.add_collector(metrics.service_collector(service))
-    metrics.TERMINAL.build_info.set(1, version=__version__)
+    metrics.watch_service(service.stats)
+    metrics.TERMINAL.build_info.labels(version=__version__).set(1)
     if not cfg.ops.metrics_listen:
         return None
-    host, port = metrics.parse_listen(cfg.ops.metrics_listen)
+    host, port = split_hostport(cfg.ops.metrics_listen, "ops.metrics_listen")
     try:
         server = metrics.MetricsServer(metrics.REGISTRY, host, port).start()
     except OSError as exc:

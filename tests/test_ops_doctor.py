@@ -152,6 +152,82 @@ def test_broker_credentials(tmp_path) -> None:
     assert st is Status.WARN and "local store only" in text, text   # [sync] broker = ""
 
 
+def broker_config(tmp_path: Path, broker: object, **sync: object):  # type: ignore[no-untyped-def]
+    """A real terminal Config whose [sync] points at ``broker`` (plus ``sync`` keys)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key_file = tmp_path / "district.pub"
+    key_file.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return config_from_dict({
+        "terminal": {"id": "q1-hall-01", "state_dir": str(tmp_path / "state")},
+        "sync": {"broker": f"{broker.host}:{broker.port}",  # type: ignore[attr-defined]
+                 "district_key_file": str(key_file),
+                 **{k: str(v) if isinstance(v, Path) else v for k, v in sync.items()}}})
+
+
+def service_connects(cfg) -> str:  # type: ignore[no-untyped-def]
+    """'ok' or why not: the service's own broker link (terminal_cli.sync_link) and
+    client (sync.mqtt), connected as the service connects."""
+    from edge.terminal_cli import sync_link
+    from sync.mqtt import make_client, start_client
+
+    link = sync_link(cfg)
+    assert link is not None
+    client = make_client("svc-probe", link.broker)
+    done, result = threading.Event(), []
+
+    def on_connect(_c: object, _u: object, _f: object, rc: object, _p: object = None) -> None:
+        result.append("refused" if getattr(rc, "is_failure", True) else "ok")
+        done.set()
+
+    client.on_connect = on_connect
+    start_client(client, link.broker)
+    try:
+        done.wait(5.0)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return result[0] if result else "no CONNACK"
+
+
+def test_doctor_connects_like_the_service_when_ca_file_is_set_but_tls_is_off(
+        tmp_path, broker) -> None:
+    """``ca_file`` set with ``tls = false``: the service connects in the clear
+    (broker_settings turns TLS on only for ``tls = true``), so the doctor must too. It
+    used to switch TLS on for any ``ca_file`` and fail a broker the service reaches."""
+    from tests.certs import CA
+
+    ca = CA(tmp_path / "pki", "district-ca")
+    cfg = broker_config(tmp_path, broker, tls=False, ca_file=ca.cert_path)
+    assert service_connects(cfg) == "ok"
+    st, text = status(Context(cfg, timeout=3.0), "broker")
+    assert st is Status.OK, text
+    assert "TLS" not in text, text
+
+
+def test_doctor_uses_tls_exactly_when_the_service_does(tmp_path) -> None:
+    """Against a TLS listener (client certificates required): ``tls = true`` works for
+    both; the same files with ``tls = false`` fail for both."""
+    from tests.broker import MosquittoBroker, TlsFiles
+    from tests.certs import CA
+
+    ca = CA(tmp_path / "pki", "district-ca")
+    server_cert, server_key = ca.issue("broker", server=True)
+    cert, key = ca.issue("q1-hall-01")
+    with MosquittoBroker(tmp_path / "b", tls=TlsFiles(ca.cert_path, server_cert,
+                                                      server_key)) as b:
+        files = {"ca_file": ca.cert_path, "cert_file": cert, "key_file": key}
+        on = broker_config(tmp_path, b, tls=True, **files)
+        assert service_connects(on) == "ok"
+        st, text = status(Context(on, timeout=3.0), "broker")
+        assert st is Status.OK and "(TLS)" in text, text
+        off = broker_config(tmp_path, b, tls=False, **files)
+        assert service_connects(off) != "ok"
+        st, text = status(Context(off, timeout=3.0), "broker")
+        assert st is Status.FAIL, text
+
+
 # ---------------------------------------------------------------- certificate
 
 

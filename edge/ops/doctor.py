@@ -29,9 +29,10 @@ from typing import Any
 
 from core.errors import MotcuaError
 from edge.camera.factory import make_source
-from edge.config import Config, load_config, read_secret
+from edge.config import Config, load_config
 from edge.syncclient.outbox import OutboxSender
 from models.pack import load_pack
+from sync.mqtt import broker_settings, make_client
 
 
 class Status(enum.Enum):
@@ -184,19 +185,19 @@ def check_store(ctx: Context) -> Finding:
 
 
 def check_broker(ctx: Context) -> Finding:
-    """The district broker is reachable and accepts our credentials."""
-    sync = getattr(ctx.cfg, "sync", None)
-    if sync is None or not getattr(sync, "broker", "x"):
+    """The district broker is reachable and accepts our credentials, over exactly the
+    connection the service makes (``sync.mqtt.broker_settings`` and ``make_client``:
+    same address, credentials and TLS, which is on only when ``tls = true``)."""
+
+    sync = ctx.cfg.sync
+    if not sync.broker:
         return warn("no broker in [sync]: this terminal runs on its local store only")
-    host, port = _broker_address(sync)
     try:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-    except ImportError:  # pragma: no cover - paho is a dependency
-        return fail("paho-mqtt is not installed in this release")
-    client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                         client_id=f"doctor-{ctx.cfg.terminal.id}-{os.getpid()}",
-                         protocol=mqtt.MQTTv5)
+        settings = broker_settings(sync, "sync")
+        client = make_client(f"doctor-{ctx.cfg.terminal.id}-{os.getpid()}", settings)
+    except MotcuaError as exc:
+        return fail(f"credentials unusable: {exc}")
+    where = f"{settings.host}:{settings.port}" + (" (TLS)" if settings.tls else "")
     done = threading.Event()
     result: dict[str, Any] = {}
 
@@ -206,54 +207,27 @@ def check_broker(ctx: Context) -> Finding:
 
     client.on_connect = on_connect
     try:
-        _apply_broker_credentials(client, sync)
-    except (MotcuaError, OSError, ValueError) as exc:
-        return fail(f"credentials unusable: {exc}")
-    try:
-        client.connect(host, port, keepalive=10)
+        # unlike the service (sync.mqtt.start_client): a clean session that ends with the
+        # connection, under the doctor's own client id, so a run neither takes over the
+        # terminal's session nor leaves a week-long one on the broker
+        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
     except (OSError, ValueError) as exc:
         hint = "certificate or clock problem" if "certificate" in str(exc).lower() else (
             "network, firewall or broker down")
-        return fail(f"{host}:{port} unreachable: {exc} ({hint})")
+        return fail(f"{where} unreachable: {exc} ({hint})")
     client.loop_start()
     try:
         if not done.wait(ctx.timeout):
-            return fail(f"{host}:{port} did not answer the MQTT connect within "
+            return fail(f"{where} did not answer the MQTT connect within "
                         f"{ctx.timeout:.0f} s")
     finally:
         client.disconnect()
         client.loop_stop()
     reason = result["reason"]
-    if getattr(reason, "is_failure", False):
-        return fail(f"{host}:{port} refused the connection: {reason} (check the user name "
+    if reason.is_failure:
+        return fail(f"{where} refused the connection: {reason} (check the user name "
                     "and password, or the device certificate)")
-    return ok(f"{host}:{port} accepted our credentials")
-
-
-def _broker_address(sync: Any) -> tuple[str, int]:
-    broker = getattr(sync, "broker", None)
-    if isinstance(broker, str):
-        host, _, port = broker.rpartition(":")
-        return host.strip("[]"), int(port)
-    return str(sync.host), int(sync.port)
-
-
-def _apply_broker_credentials(client: Any, sync: Any) -> None:
-
-    user = getattr(sync, "username", None)
-    if user:
-        pw_file = getattr(sync, "password_file", None)
-        pw_env = getattr(sync, "password_env", None)
-        client.username_pw_set(user, read_secret(file=pw_file, env=pw_env,
-                                                 key="sync.password_file"))
-    if getattr(sync, "tls", False) or getattr(sync, "ca_file", None):
-        import ssl
-
-        ctx = ssl.create_default_context(cafile=getattr(sync, "ca_file", None))
-        cert, key = getattr(sync, "cert_file", None), getattr(sync, "key_file", None)
-        if cert and key and Path(cert).is_file():
-            ctx.load_cert_chain(cert, key)
-        client.tls_set_context(ctx)
+    return ok(f"{where} accepted our credentials")
 
 
 def check_certificate(ctx: Context) -> Finding:

@@ -42,6 +42,18 @@ class StepResult:
     seconds: float
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopStats:
+    """A snapshot of the processing loop's figures (metrics)."""
+
+    #: frames processed since start
+    frames: int
+    #: frames per second over the last 2 s
+    fps: float
+    #: sessions ended, by outcome
+    outcomes: dict[str, int]
+
+
 class FrameLoop:
     """Ties the grabber, detector, tracker and session machine together."""
 
@@ -153,6 +165,11 @@ class FrameLoop:
         if len(recent) < 2:
             return 0.0
         return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+    def stats(self) -> LoopStats:
+        """Frames, frame rate and session outcomes so far (a snapshot)."""
+        return LoopStats(frames=self.frames_processed, fps=self.processing_fps(),
+                         outcomes=self.machine.outcome_counts())
 
     def camera_status(self) -> CameraStatus | None:
         return self.camera.status() if self.camera is not None else None

@@ -132,6 +132,11 @@ class SessionMachine:
         """A session is running (the loop runs at full frame rate)."""
         return self.state is not State.IDLE
 
+    def outcome_counts(self) -> dict[str, int]:
+        """Sessions ended so far, by outcome (a copy)."""
+        with self._lock:
+            return dict(self.outcomes)
+
     def step(self, t: float, image: npt.NDArray[np.uint8], subject: Track | None,
              alive: Sequence[int] = ()) -> None:
         """Advance with one processed frame; ``alive`` = ids of all live tracks."""

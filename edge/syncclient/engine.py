@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Protocol
 
 from core.errors import ChangeOrderError, MessageRejected, StoreError
@@ -77,6 +78,22 @@ class _Snapshot:
     started: float = 0.0
 
 
+@dataclass(frozen=True)
+class SyncStats:
+    """A read-only snapshot of a :class:`SyncEngine`'s figures (metrics, status)."""
+
+    #: last change number applied to the store
+    applied_seq: int
+    #: the district's head change number, as its last manifest said (0: none seen yet)
+    district_head: int
+    #: changes the store is behind that head (never negative)
+    lag_changes: int
+    #: seconds since the engine first saw it was behind (0 when it is not)
+    behind_s: float
+    #: messages rejected so far, by reason
+    rejections: MappingProxyType[str, int]
+
+
 class SyncEngine:
     """Applies verified district messages to a store; no threads, no network."""
 
@@ -131,13 +148,30 @@ class SyncEngine:
         #: called (sync thread) after citizens may have left the gallery: a batch with a
         #: citizen delete was applied, or a snapshot installed (the terminal redacts
         #: their ids from its audit log and outbox)
-        self.on_citizens_removed: Callable[[], None] | None = None
+        self.on_citizens_removed: Callable[[], object] | None = None
 
     # ---- helpers -----------------------------------------------------------------
 
     @property
     def applied_seq(self) -> int:
         return int(self.store.last_seq)
+
+    @property
+    def lag(self) -> int:
+        """Changes the store is behind the district's announced head (never negative)."""
+        return max(0, self.district_head - self.applied_seq)
+
+    def stats(self) -> SyncStats:
+        """The engine's figures now, copied: safe to read from another thread (the copy of
+        the rejection counts is one dict copy, atomic under the GIL)."""
+        stalled = self._stalled_since
+        return SyncStats(
+            applied_seq=self.applied_seq,
+            district_head=self.district_head,
+            lag_changes=self.lag,
+            behind_s=max(0.0, self.clock() - stalled) if stalled is not None else 0.0,
+            rejections=MappingProxyType(dict(self.rejections)),
+        )
 
     def _fresh(self) -> bool:
         """An empty store that never applied anything takes any epoch from seq 1."""
