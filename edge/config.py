@@ -252,6 +252,16 @@ class ApiConfig:
     max_watchers: int = 16
     #: largest LookupImage upload; 4 MiB holds any phone JPEG resized for counter use
     max_image_bytes: int = 4 * 1024 * 1024
+    #: LookupImage calls per peer (client certificate, or IP address without TLS): a
+    #: sustained rate per minute and a burst. A counter clerk looks up one citizen every
+    #: minute or so; 6/min with a burst of 3 lets a clerk retry a bad photo at once, while
+    #: a script trying photos against the gallery gets 8,640 a day, not millions
+    lookup_per_minute: float = 6.0
+    lookup_burst: int = 3
+    #: largest LookupImage picture, in pixels, read from the image header before anything
+    #: is decoded: 12.5 MP holds a 4032x3024 phone photo; decoding it costs ~75 MB. (The
+    #: shared image reader caps every path at faces.imagefiles.MAX_PIXELS anyway)
+    max_image_pixels: int = 12_500_000
     #: counter the screen sends citizens to when they are not recognised
     help_counter: str = "1"
     #: seconds a shutdown waits for running calls before cancelling them
@@ -275,6 +285,14 @@ class ApiConfig:
             raise ConfigError(f"{prefix}.max_watchers: expected 1..256, got {self.max_watchers}")
         if self.max_image_bytes < 1024:
             raise ConfigError(f"{prefix}.max_image_bytes: too small ({self.max_image_bytes})")
+        if not 10_000 <= self.max_image_pixels <= 24_000_000:
+            raise ConfigError(f"{prefix}.max_image_pixels: expected 10000..24000000 (the shared "
+                              f"image reader's cap), got {self.max_image_pixels}")
+        if not 0 < self.lookup_per_minute <= 600:
+            raise ConfigError(f"{prefix}.lookup_per_minute: expected 0 < rate <= 600, got "
+                              f"{self.lookup_per_minute}")
+        if not 1 <= self.lookup_burst <= 100:
+            raise ConfigError(f"{prefix}.lookup_burst: expected 1..100, got {self.lookup_burst}")
 
 
 @dataclasses.dataclass(frozen=True)

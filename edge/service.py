@@ -160,14 +160,7 @@ class TerminalService:
         except OSError as exc:
             raise StoreError(f"cannot create terminal.state_dir {self.state_dir}: "
                              f"{exc.strerror}") from None
-        t0 = time.monotonic()
-        self.store = GalleryStore.open(
-            self.state_dir / "store", embedder_id=self.vision.embedder_id, dim=self.vision.dim,
-            settings=self.cfg.store,
-        )
-        self.directory.store = self.store
-        log.info("store loaded in %.2f s: %d citizens, change %d", time.monotonic() - t0,
-                 self.store.citizen_count, self.store.last_seq)
+        self.open_store()
         self.api.set_serving()
         if self.sync_link is not None:
             self._start_sync()
@@ -208,6 +201,19 @@ class TerminalService:
                                              daemon=True)
         self._loop_thread.start()
         return self
+
+    def open_store(self) -> GalleryStore:
+        """Open the gallery store in the state dir and show it to the display API."""
+        t0 = time.monotonic()
+        store = GalleryStore.open(
+            self.state_dir / "store", embedder_id=self.vision.embedder_id, dim=self.vision.dim,
+            settings=self.cfg.store,
+        )
+        self.store = store
+        self.directory.store = store
+        log.info("store loaded in %.2f s: %d citizens, change %d", time.monotonic() - t0,
+                 store.citizen_count, store.last_seq)
+        return store
 
     def _start_sync(self) -> None:
         from edge.syncclient.subscriber import TerminalSubscriber
@@ -331,7 +337,9 @@ class TerminalService:
         store = self.store
         if store is None:
             raise StoreError("the gallery is not loaded yet")
-        bgr = np.ascontiguousarray(decode_image(data, "image")[:, :, ::-1])
+        rgb = decode_image(data, "image", max_pixels=self.cfg.api.max_image_pixels)
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        del rgb
         dets = self.vision.detector.detect(bgr)
         if len(dets) == 0:
             self._audit_lookup("", None, "lookup_no_face")
@@ -346,8 +354,8 @@ class TerminalService:
         match = match_pb(self.directory, d.citizen_id, 0) if d.citizen_id else None
         self._audit_lookup(d.citizen_id if match else "", d.score,
                            "lookup_matched" if match else "lookup_not_recognised")
-        if match is None:
-            return pb.LookupImageResponse(matched=False, score=d.score)
+        if match is None:  # no score: it would tell a prober how close the photo came
+            return pb.LookupImageResponse(matched=False)
         return pb.LookupImageResponse(matched=True, match=match, score=d.score)
 
     def _audit_lookup(self, citizen_id: str, score: float | None, outcome: str) -> None:

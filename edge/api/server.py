@@ -22,9 +22,11 @@ from grpc_reflection.v1alpha import reflection
 
 from core.errors import ConfigError, ImageError, MotcuaError
 from edge import __version__
+from edge.api.limits import RateLimiter, peer_key
 from edge.api.state import DisplayState, Refused
 from edge.config import ApiConfig
 from edge.session.events import SessionControl
+from faces.imagefiles import check_image
 from proto import display_pb2 as pb
 from proto import display_pb2_grpc as pb_grpc
 
@@ -37,6 +39,12 @@ UNARY_THREADS = 8
 STREAM_POLL_S = 0.5
 #: a PIN check runs scrypt (~40 ms on a Pi): a call with less time left than this fails fast
 PIN_MIN_TIME_S = 0.05
+
+#: LookupImage calls decoding at once: one keeps the peak memory at one picture's worth
+#: (api.max_image_pixels) and leaves the other core to the camera loop
+LOOKUP_CONCURRENCY = 1
+#: how long a LookupImage waits for the running one (a lookup takes ~0.1-0.5 s on a Pi)
+LOOKUP_WAIT_S = 5.0
 
 StatusFn = Callable[[], pb.TerminalStatus]
 LookupFn = Callable[[bytes], pb.LookupImageResponse]
@@ -76,6 +84,9 @@ class DisplayServicer(pb_grpc.DisplayServicer):
         self.lookup_fn = lookup
         self.started = started if started is not None else time.monotonic()
         self.stopping = threading.Event()
+        self.lookup_limit = RateLimiter(config.lookup_per_minute, config.lookup_burst)
+        #: one decode + detect + embed at a time: each holds up to ~75 MB and a core
+        self._lookup_slot = threading.Semaphore(LOOKUP_CONCURRENCY)
 
     def WatchSession(  # noqa: N802 (gRPC method name)
         self, request: pb.WatchSessionRequest, context: grpc.ServicerContext
@@ -177,8 +188,23 @@ class DisplayServicer(pb_grpc.DisplayServicer):
         if lookup is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "no face pipeline attached")
             raise AssertionError("unreachable")
+        wait = self.lookup_limit.take(peer_key(context))
+        if wait > 0:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many lookups from this client (api.lookup_per_minute = "
+                f"{self.config.lookup_per_minute:g}, api.lookup_burst = "
+                f"{self.config.lookup_burst}); retry in {wait:.0f} s",
+            )
         try:
-            return lookup(request.image)
+            # the header is checked before anything is decoded or queued
+            check_image(request.image, "image", max_pixels=self.config.max_image_pixels)
+            if not self._lookup_slot.acquire(timeout=LOOKUP_WAIT_S):
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "another lookup is running")
+            try:
+                return lookup(request.image)
+            finally:
+                self._lookup_slot.release()
         except ImageError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except MotcuaError as exc:
