@@ -248,6 +248,15 @@ class ApiConfig:
     lookup_image: bool = False
     #: wrong PINs allowed per matched session before it locks; 3 like a bank card
     pin_tries: int = 3
+    #: wrong PINs in a row allowed per *citizen*, across sessions and restarts (kept in
+    #: <state_dir>/attempts.sqlite), before the citizen's PIN locks for pin_lockout_s.
+    #: Each further lock without a right PIN in between is twice as long, up to
+    #: pin_lockout_max_s. 5 leaves a citizen who mistypes room for one more session;
+    #: with 15 min doubling to 24 h a guesser gets ~40 tries the first day, then 5 a day
+    #: (a 4-digit PIN: 1 chance in 2,000 a day)
+    pin_max_failures: int = 5
+    pin_lockout_s: float = 900.0
+    pin_lockout_max_s: float = 86400.0
     #: screens watching at once; a hall has 1-2, 16 leaves room for technicians' tools
     max_watchers: int = 16
     #: largest LookupImage upload; 4 MiB holds any phone JPEG resized for counter use
@@ -281,6 +290,15 @@ class ApiConfig:
             )
         if not 1 <= self.pin_tries <= 10:
             raise ConfigError(f"{prefix}.pin_tries: expected 1..10, got {self.pin_tries}")
+        if not 1 <= self.pin_max_failures <= 100:
+            raise ConfigError(
+                f"{prefix}.pin_max_failures: expected 1..100, got {self.pin_max_failures}")
+        if not 1 <= self.pin_lockout_s <= self.pin_lockout_max_s:
+            raise ConfigError(f"{prefix}.pin_lockout_s: expected 1 s .. pin_lockout_max_s, got "
+                              f"{self.pin_lockout_s}")
+        if self.pin_lockout_max_s > 365 * 86400:
+            raise ConfigError(f"{prefix}.pin_lockout_max_s: at most a year, got "
+                              f"{self.pin_lockout_max_s}")
         if not 1 <= self.max_watchers <= 256:
             raise ConfigError(f"{prefix}.max_watchers: expected 1..256, got {self.max_watchers}")
         if self.max_image_bytes < 1024:

@@ -20,6 +20,7 @@ from typing import Any, cast
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from core.errors import MotcuaError, StoreError
+from edge.api.attempts import AttemptLimiter, AttemptPolicy, Verdict
 from edge.api.relay import EventRelay
 from edge.api.server import ApiServer, create_server
 from edge.api.state import CitizenRecord, DisplayState
@@ -127,6 +128,7 @@ class TerminalService:
             lookup=lookup or self.lookup_image,
         )
         self.store: GalleryStore | None = None
+        self.pin_limiter: AttemptLimiter | None = None
         self.subscriber: Any = None
         self.grabber: Grabber | None = None
         self.terminal: Terminal | None = None
@@ -155,11 +157,7 @@ class TerminalService:
         """
         self.relay = EventRelay(self.bus, self.display_state, self.stop_event).start()
         self.api.start()
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create terminal.state_dir {self.state_dir}: "
-                             f"{exc.strerror}") from None
+        self.prepare_state()
         self.open_store()
         self.api.set_serving()
         if self.sync_link is not None:
@@ -201,6 +199,32 @@ class TerminalService:
                                              daemon=True)
         self._loop_thread.start()
         return self
+
+    def prepare_state(self) -> None:
+        """Create the state dir and open what lives there besides the store: the per-citizen
+        counter of wrong PINs (``attempts.sqlite``), which the display API uses from now."""
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create terminal.state_dir {self.state_dir}: "
+                             f"{exc.strerror}") from None
+        a = self.cfg.api
+        self.pin_limiter = AttemptLimiter(
+            self.state_dir / "attempts.sqlite",
+            AttemptPolicy(max_failures=a.pin_max_failures, lockout_s=a.pin_lockout_s,
+                          lockout_max_s=a.pin_lockout_max_s),
+            on_lock=self._audit_pin_lock,
+        )
+        self.display_state.pin_limiter = self.pin_limiter
+
+    def _audit_pin_lock(self, citizen_id: str, verdict: Verdict) -> None:
+        import datetime
+
+        until = datetime.datetime.fromtimestamp(verdict.locked_until, datetime.UTC)
+        self.audit_log().lockout(terminal=self.cfg.terminal.id, kind="pin",
+                                 citizen_id=citizen_id,
+                                 locked_until=until.isoformat(timespec="seconds"),
+                                 session_id=self.display_state.matched_session)
 
     def open_store(self) -> GalleryStore:
         """Open the gallery store in the state dir and show it to the display API."""
@@ -254,6 +278,8 @@ class TerminalService:
             return known[citizen_id]
 
         changed = self.audit_log().redact_citizens(keep)
+        if self.pin_limiter is not None:
+            self.pin_limiter.forget(keep)
         if self.subscriber is not None and self.subscriber.outbox is not None:
             changed += self.subscriber.outbox.redact_citizens(keep)
         if changed:
@@ -319,6 +345,9 @@ class TerminalService:
             self.store.close()
             self.store = None
             self.directory.store = None
+        if self.pin_limiter is not None:
+            self.pin_limiter.close()
+            self.pin_limiter = None
 
     # -- counter staff: one-shot lookup (api.lookup_image) --------------------------------
 

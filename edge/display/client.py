@@ -131,6 +131,7 @@ class TerminalLink:
             "ok": r.ok,
             "tries_left": r.tries_left,
             "locked": r.locked,
+            "locked_until_unix_ms": r.locked_until_unix_ms,
             "dossiers": [detail_view(d) for d in r.dossiers],
         }
 
