@@ -259,6 +259,17 @@ class ApiConfig:
     pin_lockout_max_s: float = 86400.0
     #: screens watching at once; a hall has 1-2, 16 leaves room for technicians' tools
     max_watchers: int = 16
+    #: ... of which one caller may hold this many (the caller: its client certificate's
+    #: common name under TLS, else its IP address, so every local process counts as one):
+    #: 4 is a technician's tools; a process hogging slots gets no more
+    max_watchers_per_peer: int = 4
+    #: slots kept for the kiosk display itself, outside max_watchers. The display proves
+    #: it is the display with the token in <state_dir>/display.token (made by the
+    #: terminal, readable only by its user) or, under TLS, a client certificate whose
+    #: common name is in display_clients. When they are all taken, the display's oldest
+    #: stream is dropped for its new one (a restarted display supersedes its stale stream)
+    display_watchers: int = 2
+    display_clients: tuple[str, ...] = ()
     #: largest LookupImage upload; 4 MiB holds any phone JPEG resized for counter use
     max_image_bytes: int = 4 * 1024 * 1024
     #: LookupImage calls per peer (client certificate, or IP address without TLS): a
@@ -301,6 +312,12 @@ class ApiConfig:
                               f"{self.pin_lockout_max_s}")
         if not 1 <= self.max_watchers <= 256:
             raise ConfigError(f"{prefix}.max_watchers: expected 1..256, got {self.max_watchers}")
+        if not 1 <= self.max_watchers_per_peer <= self.max_watchers:
+            raise ConfigError(f"{prefix}.max_watchers_per_peer: expected 1..max_watchers, got "
+                              f"{self.max_watchers_per_peer}")
+        if not 1 <= self.display_watchers <= 16:
+            raise ConfigError(f"{prefix}.display_watchers: expected 1..16, got "
+                              f"{self.display_watchers}")
         if self.max_image_bytes < 1024:
             raise ConfigError(f"{prefix}.max_image_bytes: too small ({self.max_image_bytes})")
         if not 10_000 <= self.max_image_pixels <= 24_000_000:
@@ -330,10 +347,20 @@ class DisplayConfig:
     #: longest wait between reconnection tries; 5 s brings the screen back soon after a
     #: terminal restart without hammering a dead one
     reconnect_max_s: float = 5.0
+    #: the token the terminal writes to prove this is the kiosk display (its reserved
+    #: watcher slots, api.display_watchers): <terminal.state_dir>/display.token. Read at
+    #: each connection; missing: the display connects as an ordinary watcher
+    api_token_file: Path | None = Path("/var/lib/motcua/display.token")
 
     def validate(self, prefix: str) -> None:
         split_hostport(self.api, f"{prefix}.api")
-        split_hostport(self.http_listen, f"{prefix}.http_listen")
+        host, _port = split_hostport(self.http_listen, f"{prefix}.http_listen")
+        if not is_loopback_host(host):
+            raise ConfigError(
+                f"{prefix}.http_listen: {self.http_listen} is not loopback; the kiosk page "
+                "has no TLS and no authentication (the kiosk browser runs on the same box), "
+                "so it may only listen on 127.0.0.1, ::1 or localhost"
+            )
         if self.language not in ("vi", "en"):
             raise ConfigError(f"{prefix}.language: expected 'vi' or 'en', got {self.language!r}")
         tls = (self.tls_cert, self.tls_key, self.tls_ca)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -122,6 +123,8 @@ class TerminalService:
             pin_tries=cfg.api.pin_tries,
             help_counter=cfg.api.help_counter,
             max_watchers=cfg.api.max_watchers,
+            max_watchers_per_peer=cfg.api.max_watchers_per_peer,
+            display_watchers=cfg.api.display_watchers,
         )
         self.api: ApiServer = create_server(
             cfg.api, self.display_state, control=self.control, status=self.status,
@@ -216,6 +219,7 @@ class TerminalService:
             on_lock=self._audit_pin_lock,
         )
         self.display_state.pin_limiter = self.pin_limiter
+        self.api.servicer.display_token = display_token(self.state_dir / "display.token")
 
     def _audit_pin_lock(self, citizen_id: str, verdict: Verdict) -> None:
         import datetime
@@ -422,6 +426,38 @@ class TerminalService:
             if lag is not None:
                 out.sync_lag_s, out.sync_lag_changes = lag
         return out
+
+
+#: bytes of randomness in the display token (256 bits: not guessable)
+DISPLAY_TOKEN_BYTES = 32
+
+
+def display_token(path: Path) -> bytes:
+    """The kiosk display's token in ``path``, made (mode 0600, only the terminal's user
+    and the display running as that user can read it) when missing or too short."""
+    import secrets
+
+    try:
+        token = path.read_bytes().strip()
+        if len(token) >= DISPLAY_TOKEN_BYTES:
+            return token
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}") from None
+    token = secrets.token_hex(DISPLAY_TOKEN_BYTES).encode()
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, token + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror}") from None
+    return token
 
 
 def _sync_lag(sub: Any) -> tuple[float, int] | None:

@@ -149,6 +149,12 @@ def test_each_session_state_in_vietnamese(browser: webdriver.Chrome, rig: Rig) -
     shows_state(browser, "challenge")
     assert "Xin quay đầu sang trái" in text(browser)
     assert "Xác minh người thật" in text(browser)
+    # the progress bar is drawn under the page's strict CSP (no inline style attribute)
+    bar = browser.find_element(By.CSS_SELECTOR, ".progress .bar")
+    assert bar.get_attribute("style") == "width: 40%;"
+    assert bar.size["width"] > 0
+    logs = browser.get_log("browser")
+    assert not [e for e in logs if "Content Security Policy" in e["message"]], logs
     shot(browser, "03_challenge")
 
     rig.state.on_event(ev.Matched("s1", citizen_id="c1", score=0.8, margin=0.3))
@@ -316,7 +322,8 @@ def test_page_server_rejects_bad_taps(rig: Rig) -> None:
 
     def post(path: str, body: bytes) -> tuple[int, dict[str, object]]:
         conn = http.client.HTTPConnection(str(host), int(port), timeout=5)
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        conn.request("POST", path, body=body, headers={
+            "Content-Type": "application/json", "Origin": f"http://{host}:{port}"})
         resp = conn.getresponse()
         data = json.loads(resp.read())
         conn.close()

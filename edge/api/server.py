@@ -9,6 +9,7 @@ the gallery store is loaded.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
 import threading
 import time
@@ -45,6 +46,9 @@ PIN_MIN_TIME_S = 0.05
 LOOKUP_CONCURRENCY = 1
 #: how long a LookupImage waits for the running one (a lookup takes ~0.1-0.5 s on a Pi)
 LOOKUP_WAIT_S = 5.0
+
+#: gRPC metadata key carrying the display token (edge/display/client.py sends it)
+DISPLAY_TOKEN_HEADER = "x-motcua-display-token"
 
 StatusFn = Callable[[], pb.TerminalStatus]
 LookupFn = Callable[[bytes], pb.LookupImageResponse]
@@ -85,6 +89,9 @@ class DisplayServicer(pb_grpc.DisplayServicer):
         self.started = started if started is not None else time.monotonic()
         self.stopping = threading.Event()
         self.lookup_limit = RateLimiter(config.lookup_per_minute, config.lookup_burst)
+        #: the secret the kiosk display sends (metadata DISPLAY_TOKEN_HEADER) to get its
+        #: reserved watcher slots; None: only api.display_clients certificates get them
+        self.display_token: bytes | None = None
         #: one decode + detect + embed at a time: each holds up to ~75 MB and a core
         self._lookup_slot = threading.Semaphore(LOOKUP_CONCURRENCY)
 
@@ -93,8 +100,10 @@ class DisplayServicer(pb_grpc.DisplayServicer):
     ) -> Iterator[pb.SessionEvent]:
         if len(request.client_name) > 200:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_name longer than 200")
+        peer = peer_key(context)
         try:
-            watcher = self.state.watch(request.client_name)
+            watcher = self.state.watch(request.client_name, peer=peer,
+                                       display=self._is_display(context, peer))
         except Refused as exc:
             _abort(context, exc)
             return
@@ -109,6 +118,19 @@ class DisplayServicer(pb_grpc.DisplayServicer):
         finally:
             watcher.close()
             log.info("display watcher %r gone", request.client_name)
+
+    def _is_display(self, context: grpc.ServicerContext, peer: str) -> bool:
+        """The kiosk display: the right token, or a certificate named in display_clients."""
+        if peer.startswith("cn:") and peer[3:] in self.config.display_clients:
+            return True
+        token = self.display_token
+        if not token:
+            return False
+        for key, value in context.invocation_metadata():
+            if key == DISPLAY_TOKEN_HEADER:
+                sent = value.encode() if isinstance(value, str) else value
+                return hmac.compare_digest(sent, token)
+        return False
 
     def SubmitPin(  # noqa: N802
         self, request: pb.SubmitPinRequest, context: grpc.ServicerContext
@@ -263,7 +285,7 @@ def create_server(
     lookup: LookupFn | None = None,
 ) -> ApiServer:
     """Build and bind the display API server (health NOT_SERVING); call ``start()`` next."""
-    workers = config.max_watchers + UNARY_THREADS
+    workers = config.max_watchers + config.display_watchers + UNARY_THREADS
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="display-api"),
         # more calls than threads queue; past twice that they are refused (RESOURCE_EXHAUSTED)

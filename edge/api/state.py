@@ -134,8 +134,12 @@ class _MatchedSession:
 class Watcher:
     """One screen's bounded queue of display messages."""
 
-    def __init__(self, state: DisplayState, name: str, first: pb.SessionEvent) -> None:
+    def __init__(self, state: DisplayState, name: str, first: pb.SessionEvent,
+                 peer: str = "", display: bool = False) -> None:
         self.name = name
+        self.peer = peer
+        #: the kiosk display itself (proved by token or certificate): a reserved slot
+        self.display = display
         self._state = state
         self._items: collections.deque[pb.SessionEvent] = collections.deque(
             [first], maxlen=WATCHER_QUEUE
@@ -178,6 +182,8 @@ class DisplayState:
         help_counter: str = "1",
         max_watchers: int = 16,
         pin_limiter: AttemptLimiter | None = None,
+        max_watchers_per_peer: int | None = None,
+        display_watchers: int = 2,
     ) -> None:
         self._directory = directory
         self._pin_tries = pin_tries
@@ -186,6 +192,8 @@ class DisplayState:
         self.pin_limiter = pin_limiter if pin_limiter is not None else AttemptLimiter(None)
         self._help_counter = help_counter
         self._max_watchers = max_watchers
+        self._per_peer = max_watchers_per_peer or max_watchers
+        self._display_watchers = display_watchers
         self._lock = threading.Lock()
         self._watchers: list[Watcher] = []
         self._seq = 0
@@ -218,21 +226,45 @@ class DisplayState:
         with self._lock:
             return len(self._watchers)
 
-    def watch(self, name: str = "") -> Watcher:
-        """A new watcher whose first message is the current screen state."""
+    def watch(self, name: str = "", peer: str = "", display: bool = False) -> Watcher:
+        """A new watcher whose first message is the current screen state.
+
+        ``peer`` is who is calling (for api.max_watchers_per_peer); ``display`` marks the
+        kiosk display, which has its own slots (api.display_watchers): when they are
+        taken its oldest stream is dropped, so the display is always served.
+        """
+        evicted: Watcher | None = None
         with self._lock:
             if self._closed:
                 raise Refused(grpc.StatusCode.UNAVAILABLE, "the terminal is shutting down")
-            if len(self._watchers) >= self._max_watchers:
-                raise Refused(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"too many screens watching (api.max_watchers = {self._max_watchers})",
-                )
+            if display:
+                mine = [w for w in self._watchers if w.display]
+                if len(mine) >= self._display_watchers:
+                    evicted = mine[0]
+                    self._watchers.remove(evicted)
+            else:
+                others = [w for w in self._watchers if not w.display]
+                if len(others) >= self._max_watchers:
+                    raise Refused(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"too many screens watching (api.max_watchers = {self._max_watchers})",
+                    )
+                if sum(w.peer == peer for w in others) >= self._per_peer:
+                    raise Refused(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "too many streams from this client "
+                        f"(api.max_watchers_per_peer = {self._per_peer})",
+                    )
             first = pb.SessionEvent()
             first.CopyFrom(self._current)
-            w = Watcher(self, name, first)
+            w = Watcher(self, name, first, peer=peer, display=display)
             self._watchers.append(w)
-        log.info("display watcher %r connected (%d watching)", name, len(self._watchers))
+            count = len(self._watchers)
+        if evicted is not None:
+            log.warning("display watcher %r replaced by a new display stream", evicted.name)
+            evicted.close()
+        log.info("display watcher %r from %s connected (%d watching%s)", name, peer or "?",
+                 count, ", the display" if display else "")
         return w
 
     def _drop(self, w: Watcher) -> None:

@@ -135,6 +135,8 @@ function el(tag, attrs, ...children) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") node.className = v;
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    // CSSOM, not a style attribute: the page's CSP allows no inline style
+    else if (k === "style") Object.assign(node.style, v);
     else node.setAttribute(k, v);
   }
   for (const c of children.flat()) {
@@ -228,7 +230,7 @@ function viewFor(s) {
         el("p", { class: "sub" }, t("challenge_title")),
         el("div", { class: "arrow" }, arrows[c.kind] || "•"),
         el("h1", { class: "prompt" }, lang === "vi" ? c.prompt_vi : c.prompt_en),
-        el("div", { class: "progress" }, el("div", { class: "bar", style: `width:${pct}%` })));
+        el("div", { class: "progress" }, el("div", { class: "bar", style: { width: `${pct}%` } })));
     }
     case "matched": {
       const m = s.match || { dossiers: [] };
