@@ -248,10 +248,40 @@ class ApiConfig:
     lookup_image: bool = False
     #: wrong PINs allowed per matched session before it locks; 3 like a bank card
     pin_tries: int = 3
+    #: wrong PINs in a row allowed per *citizen*, across sessions and restarts (kept in
+    #: <state_dir>/attempts.sqlite), before the citizen's PIN locks for pin_lockout_s.
+    #: Each further lock without a right PIN in between is twice as long, up to
+    #: pin_lockout_max_s. 5 leaves a citizen who mistypes room for one more session;
+    #: with 15 min doubling to 24 h a guesser gets ~40 tries the first day, then 5 a day
+    #: (a 4-digit PIN: 1 chance in 2,000 a day)
+    pin_max_failures: int = 5
+    pin_lockout_s: float = 900.0
+    pin_lockout_max_s: float = 86400.0
     #: screens watching at once; a hall has 1-2, 16 leaves room for technicians' tools
     max_watchers: int = 16
+    #: ... of which one caller may hold this many (the caller: its client certificate's
+    #: common name under TLS, else its IP address, so every local process counts as one):
+    #: 4 is a technician's tools; a process hogging slots gets no more
+    max_watchers_per_peer: int = 4
+    #: slots kept for the kiosk display itself, outside max_watchers. The display proves
+    #: it is the display with the token in <state_dir>/display.token (made by the
+    #: terminal, readable only by its user) or, under TLS, a client certificate whose
+    #: common name is in display_clients. When they are all taken, the display's oldest
+    #: stream is dropped for its new one (a restarted display supersedes its stale stream)
+    display_watchers: int = 2
+    display_clients: tuple[str, ...] = ()
     #: largest LookupImage upload; 4 MiB holds any phone JPEG resized for counter use
     max_image_bytes: int = 4 * 1024 * 1024
+    #: LookupImage calls per peer (client certificate, or IP address without TLS): a
+    #: sustained rate per minute and a burst. A counter clerk looks up one citizen every
+    #: minute or so; 6/min with a burst of 3 lets a clerk retry a bad photo at once, while
+    #: a script trying photos against the gallery gets 8,640 a day, not millions
+    lookup_per_minute: float = 6.0
+    lookup_burst: int = 3
+    #: largest LookupImage picture, in pixels, read from the image header before anything
+    #: is decoded: 12.5 MP holds a 4032x3024 phone photo; decoding it costs ~75 MB. (The
+    #: shared image reader caps every path at faces.imagefiles.MAX_PIXELS anyway)
+    max_image_pixels: int = 12_500_000
     #: counter the screen sends citizens to when they are not recognised
     help_counter: str = "1"
     #: seconds a shutdown waits for running calls before cancelling them
@@ -271,10 +301,33 @@ class ApiConfig:
             )
         if not 1 <= self.pin_tries <= 10:
             raise ConfigError(f"{prefix}.pin_tries: expected 1..10, got {self.pin_tries}")
+        if not 1 <= self.pin_max_failures <= 100:
+            raise ConfigError(
+                f"{prefix}.pin_max_failures: expected 1..100, got {self.pin_max_failures}")
+        if not 1 <= self.pin_lockout_s <= self.pin_lockout_max_s:
+            raise ConfigError(f"{prefix}.pin_lockout_s: expected 1 s .. pin_lockout_max_s, got "
+                              f"{self.pin_lockout_s}")
+        if self.pin_lockout_max_s > 365 * 86400:
+            raise ConfigError(f"{prefix}.pin_lockout_max_s: at most a year, got "
+                              f"{self.pin_lockout_max_s}")
         if not 1 <= self.max_watchers <= 256:
             raise ConfigError(f"{prefix}.max_watchers: expected 1..256, got {self.max_watchers}")
+        if not 1 <= self.max_watchers_per_peer <= self.max_watchers:
+            raise ConfigError(f"{prefix}.max_watchers_per_peer: expected 1..max_watchers, got "
+                              f"{self.max_watchers_per_peer}")
+        if not 1 <= self.display_watchers <= 16:
+            raise ConfigError(f"{prefix}.display_watchers: expected 1..16, got "
+                              f"{self.display_watchers}")
         if self.max_image_bytes < 1024:
             raise ConfigError(f"{prefix}.max_image_bytes: too small ({self.max_image_bytes})")
+        if not 10_000 <= self.max_image_pixels <= 24_000_000:
+            raise ConfigError(f"{prefix}.max_image_pixels: expected 10000..24000000 (the shared "
+                              f"image reader's cap), got {self.max_image_pixels}")
+        if not 0 < self.lookup_per_minute <= 600:
+            raise ConfigError(f"{prefix}.lookup_per_minute: expected 0 < rate <= 600, got "
+                              f"{self.lookup_per_minute}")
+        if not 1 <= self.lookup_burst <= 100:
+            raise ConfigError(f"{prefix}.lookup_burst: expected 1..100, got {self.lookup_burst}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,10 +347,20 @@ class DisplayConfig:
     #: longest wait between reconnection tries; 5 s brings the screen back soon after a
     #: terminal restart without hammering a dead one
     reconnect_max_s: float = 5.0
+    #: the token the terminal writes to prove this is the kiosk display (its reserved
+    #: watcher slots, api.display_watchers): <terminal.state_dir>/display.token. Read at
+    #: each connection; missing: the display connects as an ordinary watcher
+    api_token_file: Path | None = Path("/var/lib/motcua/display.token")
 
     def validate(self, prefix: str) -> None:
         split_hostport(self.api, f"{prefix}.api")
-        split_hostport(self.http_listen, f"{prefix}.http_listen")
+        host, _port = split_hostport(self.http_listen, f"{prefix}.http_listen")
+        if not is_loopback_host(host):
+            raise ConfigError(
+                f"{prefix}.http_listen: {self.http_listen} is not loopback; the kiosk page "
+                "has no TLS and no authentication (the kiosk browser runs on the same box), "
+                "so it may only listen on 127.0.0.1, ::1 or localhost"
+            )
         if self.language not in ("vi", "en"):
             raise ConfigError(f"{prefix}.language: expected 'vi' or 'en', got {self.language!r}")
         tls = (self.tls_cert, self.tls_key, self.tls_ca)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from core.errors import MotcuaError, StoreError
+from core.files import write_atomic
+from edge.api.attempts import AttemptLimiter, AttemptPolicy, Verdict
 from edge.api.relay import EventRelay
 from edge.api.server import ApiServer, create_server
 from edge.api.state import CitizenRecord, DisplayState, match_pb
@@ -161,6 +164,8 @@ class TerminalService:
             pin_tries=cfg.api.pin_tries,
             help_counter=cfg.api.help_counter,
             max_watchers=cfg.api.max_watchers,
+            max_watchers_per_peer=cfg.api.max_watchers_per_peer,
+            display_watchers=cfg.api.display_watchers,
         )
         self.api: ApiServer = create_server(
             cfg.api, self.display_state, control=self.control, status=self.status,
@@ -170,6 +175,7 @@ class TerminalService:
         #: the one decision path (sessions and LookupImage), set once the store is open
         self.matcher: Matcher | None = None
         self.subscriber: TerminalSubscriber | None = None
+        self.pin_limiter: AttemptLimiter | None = None
         self.grabber: Grabber | None = None
         self.frame_loop: FrameLoop | None = None
         self.relay: EventRelay | None = None
@@ -197,30 +203,15 @@ class TerminalService:
         """
         self.relay = EventRelay(self.bus, self.display_state, self.stop_event).start()
         self.api.start()
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create terminal.state_dir {self.state_dir}: "
-                             f"{exc.strerror}") from None
-        t0 = time.monotonic()
-        self.store = GalleryStore.open(
-            self.state_dir / "store", embedder_id=self.vision.embedder_id, dim=self.vision.dim,
-            settings=self.cfg.store,
-        )
-        self.directory.store = self.store
-        log.info("store loaded in %.2f s: %d citizens, change %d", time.monotonic() - t0,
-                 self.store.citizen_count, self.store.last_seq)
+        self.prepare_state()
+        matcher = self.open_store()[1]
         self.api.set_serving()
         if self.sync_link is not None:
             self._start_sync()
-        self.matcher = Matcher(self.store,
-                               operating_point(self.cfg.session, self.vision.threshold),
-                               self.cfg.session.top_k)
-        log.info("decision: %s", self.matcher.point.describe())
         machine = SessionMachine(
             self.cfg.session,
             embedder=self.vision.embedder,
-            matcher=self.matcher,
+            matcher=matcher,
             bus=self.bus,
             audit=self.audit_log(),
             reporter=OutboxReporter.in_state_dir(self.state_dir),
@@ -253,6 +244,50 @@ class TerminalService:
                                              daemon=True)
         self._loop_thread.start()
         return self
+
+    def prepare_state(self) -> None:
+        """Create the state dir and open what lives there besides the store: the per-citizen
+        counter of wrong PINs (``attempts.sqlite``), which the display API uses from now."""
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create terminal.state_dir {self.state_dir}: "
+                             f"{exc.strerror}") from None
+        a = self.cfg.api
+        self.pin_limiter = AttemptLimiter(
+            self.state_dir / "attempts.sqlite",
+            AttemptPolicy(max_failures=a.pin_max_failures, lockout_s=a.pin_lockout_s,
+                          lockout_max_s=a.pin_lockout_max_s),
+            on_lock=self._audit_pin_lock,
+        )
+        self.display_state.pin_limiter = self.pin_limiter
+        self.api.servicer.display_token = display_token(self.state_dir / "display.token")
+
+    def _audit_pin_lock(self, citizen_id: str, verdict: Verdict) -> None:
+        import datetime
+
+        until = datetime.datetime.fromtimestamp(verdict.locked_until, datetime.UTC)
+        self.audit_log().lockout(terminal=self.cfg.terminal.id, kind="pin",
+                                 citizen_id=citizen_id,
+                                 locked_until=until.isoformat(timespec="seconds"),
+                                 session_id=self.display_state.matched_session)
+
+    def open_store(self) -> tuple[GalleryStore, Matcher]:
+        """Open the gallery store in the state dir, show it to the display API and set up
+        the one decision path on it (sessions and LookupImage)."""
+        t0 = time.monotonic()
+        store = GalleryStore.open(
+            self.state_dir / "store", embedder_id=self.vision.embedder_id, dim=self.vision.dim,
+            settings=self.cfg.store,
+        )
+        self.store = store
+        self.directory.store = store
+        log.info("store loaded in %.2f s: %d citizens, change %d", time.monotonic() - t0,
+                 store.citizen_count, store.last_seq)
+        self.matcher = Matcher(store, operating_point(self.cfg.session, self.vision.threshold),
+                               self.cfg.session.top_k)
+        log.info("decision: %s", self.matcher.point.describe())
+        return store, self.matcher
 
     def _start_sync(self) -> None:
 
@@ -291,6 +326,8 @@ class TerminalService:
             return known[citizen_id]
 
         changed = self.audit_log().redact_citizens(keep)
+        if self.pin_limiter is not None:
+            self.pin_limiter.forget(keep)
         if self.subscriber is not None and self.subscriber.outbox is not None:
             changed += self.subscriber.outbox.redact_citizens(keep)
         if changed:
@@ -356,6 +393,9 @@ class TerminalService:
             self.store.close()
             self.store = None
             self.directory.store = None
+        if self.pin_limiter is not None:
+            self.pin_limiter.close()
+            self.pin_limiter = None
 
     # -- counter staff: one-shot lookup (api.lookup_image) --------------------------------
 
@@ -370,7 +410,9 @@ class TerminalService:
 
         if self.store is None or self.matcher is None:
             raise StoreError("the gallery is not loaded yet")
-        bgr = np.ascontiguousarray(decode_image(data, "image")[:, :, ::-1])
+        rgb = decode_image(data, "image", max_pixels=self.cfg.api.max_image_pixels)
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        del rgb
         dets = self.vision.detector.detect(bgr)
         if len(dets) == 0:
             self._audit_lookup("", None, "lookup_no_face")
@@ -383,8 +425,8 @@ class TerminalService:
         match = match_pb(self.directory, d.citizen_id, 0) if d.citizen_id else None
         self._audit_lookup(d.citizen_id if match else "", d.score,
                            "lookup_matched" if match else "lookup_not_recognised")
-        if match is None:
-            return pb.LookupImageResponse(matched=False, score=d.score)
+        if match is None:  # no score: it would tell a prober how close the photo came
+            return pb.LookupImageResponse(matched=False)
         return pb.LookupImageResponse(matched=True, match=match, score=d.score)
 
     def _audit_lookup(self, citizen_id: str, score: float | None, outcome: str) -> None:
@@ -428,6 +470,29 @@ class TerminalService:
             st = sub.engine.stats()
             out.sync_lag_s, out.sync_lag_changes = st.behind_s, st.lag_changes
         return out
+
+
+#: bytes of randomness in the display token (256 bits: not guessable)
+DISPLAY_TOKEN_BYTES = 32
+
+
+def display_token(path: Path) -> bytes:
+    """The kiosk display's token in ``path``, made (mode 0600, only the terminal's user
+    and the display running as that user can read it) when missing or too short."""
+    try:
+        token = path.read_bytes().strip()
+        if len(token) >= DISPLAY_TOKEN_BYTES:
+            return token
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}") from None
+    token = secrets.token_hex(DISPLAY_TOKEN_BYTES).encode()
+    try:
+        write_atomic(path, token + b"\n", mode=0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror}") from None
+    return token
 
 
 def load_vision(cfg: Config) -> Vision:

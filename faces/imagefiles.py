@@ -22,16 +22,18 @@ from faces.types import Image
 #: largest file read, in bytes: a 40 MP JPEG at high quality is ~25 MB; anything larger
 #: is not a photo taken at a counter
 MAX_FILE_BYTES = 64 * 1024 * 1024
-#: largest picture decoded, in pixels (40 MP = 120 MB as RGB): above typical phone and
-#: counter cameras, below what would push a 1 GB Raspberry Pi into swap
-MAX_PIXELS = 40_000_000
+#: largest picture decoded, in pixels: 24 MP is a 6000x4000 camera (what a counter's
+#: DSLR gives; phones give 12 MP). Decoding costs 3 bytes a pixel, twice (OpenCV's BGR and
+#: our RGB copy): 144 MB at the cap. 40 MP (240 MB) let a 105 KB one-colour PNG of
+#: 6000x6000 through, several at once push a 1 GB Raspberry Pi into swap
+MAX_PIXELS = 24_000_000
 #: largest side in pixels; guards against 1 x 40M strips that pass the pixel cap
 MAX_SIDE = 16384
 
 _FORMATS = "JPEG, PNG, BMP or WebP"
 
 
-def read_image(path: str | Path) -> Image:
+def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> Image:
     """Read an image file as RGB uint8 (h, w, 3); raises ImageError naming the file."""
     p = Path(path)
     try:
@@ -51,11 +53,14 @@ def read_image(path: str | Path) -> Image:
         raise ImageError(f"{p}: is a directory") from None
     except OSError as exc:
         raise ImageError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    return decode_image(data, name=str(p))
+    return decode_image(data, name=str(p), max_pixels=max_pixels)
 
 
-def decode_image(data: bytes, name: str = "image") -> Image:
-    """Decode encoded image bytes as RGB uint8 (h, w, 3) after the header checks."""
+def check_image(data: bytes, name: str = "image", *,
+                max_pixels: int = MAX_PIXELS) -> tuple[str, int, int]:
+    """(format, width, height) of encoded image bytes from their header alone; ImageError
+    for anything :func:`decode_image` would refuse before decoding (not an image, an empty
+    or too large picture: more than ``max_pixels``, capped at MAX_PIXELS, or MAX_SIDE)."""
     if not data:
         raise ImageError(f"{name}: empty file")
     fmt = sniff_format(data)
@@ -64,11 +69,19 @@ def decode_image(data: bytes, name: str = "image") -> Image:
     width, height = header_size(data, fmt, name)
     if width <= 0 or height <= 0:
         raise ImageError(f"{name}: {fmt} header gives an empty picture ({width}x{height})")
-    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+    cap = min(max_pixels, MAX_PIXELS)
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > cap:
         raise ImageError(
-            f"{name}: picture too large ({width}x{height}; at most {MAX_PIXELS} pixels "
+            f"{name}: picture too large ({width}x{height}; at most {cap} pixels "
             f"and {MAX_SIDE} per side)"
         )
+    return fmt, width, height
+
+
+def decode_image(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIXELS) -> Image:
+    """Decode encoded image bytes as RGB uint8 (h, w, 3) after the header checks
+    (:func:`check_image`; ``max_pixels`` can only lower the MAX_PIXELS cap)."""
+    fmt, _, _ = check_image(data, name, max_pixels=max_pixels)
     _check_complete(data, fmt, name)
     try:
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

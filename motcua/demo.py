@@ -453,7 +453,9 @@ def run_demo(
 
         say("[5/6] kiosk page", out)
         display = DisplayApp(DisplayConfig(api=f"127.0.0.1:{service.api.port}",
-                                           http_listen=http_listen), name="demo-kiosk")
+                                           http_listen=http_listen,
+                                           api_token_file=service.state_dir / "display.token"),
+                             name="demo-kiosk")
         display.start()
         say(f"      open {display.url} in a browser (kiosk: chromium --kiosk {display.url})",
             out)

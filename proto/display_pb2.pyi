@@ -97,16 +97,18 @@ class DossierSummary(_message.Message):
     def __init__(self, masked_code: _Optional[str] = ..., status: _Optional[_Union[DossierStatus, str]] = ..., status_label_vi: _Optional[str] = ..., status_label_en: _Optional[str] = ..., stage: _Optional[str] = ..., received_on: _Optional[str] = ..., appointment_on: _Optional[str] = ...) -> None: ...
 
 class Match(_message.Message):
-    __slots__ = ("masked_name", "dossiers", "pin_available", "pin_tries_left")
+    __slots__ = ("masked_name", "dossiers", "pin_available", "pin_tries_left", "pin_locked_until_unix_ms")
     MASKED_NAME_FIELD_NUMBER: _ClassVar[int]
     DOSSIERS_FIELD_NUMBER: _ClassVar[int]
     PIN_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     PIN_TRIES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    PIN_LOCKED_UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     masked_name: str
     dossiers: _containers.RepeatedCompositeFieldContainer[DossierSummary]
     pin_available: bool
     pin_tries_left: int
-    def __init__(self, masked_name: _Optional[str] = ..., dossiers: _Optional[_Iterable[_Union[DossierSummary, _Mapping]]] = ..., pin_available: _Optional[bool] = ..., pin_tries_left: _Optional[int] = ...) -> None: ...
+    pin_locked_until_unix_ms: int
+    def __init__(self, masked_name: _Optional[str] = ..., dossiers: _Optional[_Iterable[_Union[DossierSummary, _Mapping]]] = ..., pin_available: _Optional[bool] = ..., pin_tries_left: _Optional[int] = ..., pin_locked_until_unix_ms: _Optional[int] = ...) -> None: ...
 
 class SessionEvent(_message.Message):
     __slots__ = ("seq", "session_id", "state", "time_unix_ms", "challenge", "match", "help_counter", "reason", "can_rate", "face_seen_unix_ms", "hint", "rated", "camera_up")
@@ -169,16 +171,18 @@ class DossierDetail(_message.Message):
     def __init__(self, code: _Optional[str] = ..., procedure: _Optional[str] = ..., status: _Optional[_Union[DossierStatus, str]] = ..., status_label_vi: _Optional[str] = ..., status_label_en: _Optional[str] = ..., stage: _Optional[str] = ..., received_on: _Optional[str] = ..., appointment_on: _Optional[str] = ..., counter: _Optional[str] = ...) -> None: ...
 
 class SubmitPinResponse(_message.Message):
-    __slots__ = ("ok", "tries_left", "locked", "dossiers")
+    __slots__ = ("ok", "tries_left", "locked", "dossiers", "locked_until_unix_ms")
     OK_FIELD_NUMBER: _ClassVar[int]
     TRIES_LEFT_FIELD_NUMBER: _ClassVar[int]
     LOCKED_FIELD_NUMBER: _ClassVar[int]
     DOSSIERS_FIELD_NUMBER: _ClassVar[int]
+    LOCKED_UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     tries_left: int
     locked: bool
     dossiers: _containers.RepeatedCompositeFieldContainer[DossierDetail]
-    def __init__(self, ok: _Optional[bool] = ..., tries_left: _Optional[int] = ..., locked: _Optional[bool] = ..., dossiers: _Optional[_Iterable[_Union[DossierDetail, _Mapping]]] = ...) -> None: ...
+    locked_until_unix_ms: int
+    def __init__(self, ok: _Optional[bool] = ..., tries_left: _Optional[int] = ..., locked: _Optional[bool] = ..., dossiers: _Optional[_Iterable[_Union[DossierDetail, _Mapping]]] = ..., locked_until_unix_ms: _Optional[int] = ...) -> None: ...
 
 class NotMeRequest(_message.Message):
     __slots__ = ("session_id",)

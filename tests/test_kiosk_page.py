@@ -149,6 +149,12 @@ def test_each_session_state_in_vietnamese(browser: webdriver.Chrome, rig: Rig) -
     shows_state(browser, "challenge")
     assert "Xin quay đầu sang trái" in text(browser)
     assert "Xác minh người thật" in text(browser)
+    # the progress bar is drawn under the page's strict CSP (no inline style attribute)
+    bar = browser.find_element(By.CSS_SELECTOR, ".progress .bar")
+    assert bar.get_attribute("style") == "width: 40%;"
+    assert bar.size["width"] > 0
+    logs = browser.get_log("browser")
+    assert not [e for e in logs if "Content Security Policy" in e["message"]], logs
     shot(browser, "03_challenge")
 
     rig.state.on_event(ev.Matched("s1", citizen_id="c1", score=0.8, margin=0.3))
@@ -270,6 +276,44 @@ def test_display_survives_the_terminal_restarting(browser: webdriver.Chrome, rig
     assert "Nguyễn T. T***" in text(browser)
 
 
+def test_a_citizen_locked_out_of_the_pin_is_told_until_when(
+        browser: webdriver.Chrome, rig: Rig) -> None:
+    """Wrong PINs over two sessions reach api.pin_max_failures (5): the page says the PIN
+    is locked and until when, and the next match offers no PIN pad."""
+    browser.get(rig.display.url)
+    shows_state(browser, "idle")
+
+    def enter(pin: str) -> None:
+        for digit in pin:
+            browser.find_element(By.CSS_SELECTOR, f'.key[data-key="{digit}"]').click()
+        browser.find_element(By.CSS_SELECTOR, '.key[data-key="ok"]').click()
+
+    def wrong_pins(sid: str, messages: list[str]) -> None:
+        rig.state.on_event(ev.Matched(sid, citizen_id="c1", score=0.8, margin=0.3))
+        shows_state(browser, "matched", sid)
+        browser.find_element(By.ID, "btn-pin").click()
+        wait_for(browser, lambda d: d.find_element(By.ID, "pinpad").is_displayed(), "PIN pad")
+        for i, want in enumerate(messages):
+            enter(f"{1000 + i}")
+            wait_for(browser, lambda d, w=want: w in d.find_element(By.ID, "pin-msg").text, want)
+            if i < len(messages) - 1:  # the next wait must see the next answer
+                browser.execute_script("document.getElementById('pin-msg').textContent = ''")
+
+    # the session's 3 tries
+    wrong_pins("k1", ["Còn 2 lần thử", "Còn 1 lần thử", "Đã nhập sai quá số lần cho phép."])
+    browser.find_element(By.ID, "pin-close").click()
+    rig.state.on_event(ev.Ended("k1", outcome=ev.Outcome.MATCHED))
+    # the next session has what is left of the citizen's 5
+    wrong_pins("k2", ["Còn 1 lần thử", "Mã PIN tạm khoá đến"])
+    shot(browser, "09_pin_locked")
+    browser.find_element(By.ID, "pin-close").click()
+    rig.state.on_event(ev.Ended("k2", outcome=ev.Outcome.MATCHED))
+    rig.state.on_event(ev.Matched("k3", citizen_id="c1", score=0.8, margin=0.3))
+    shows_state(browser, "matched", "k3")
+    assert "Mã PIN tạm khoá đến" in browser.find_element(By.ID, "pin-locked").text
+    assert not browser.find_elements(By.ID, "btn-pin")
+
+
 def test_page_server_rejects_bad_taps(rig: Rig) -> None:
     import http.client
     import json
@@ -278,7 +322,8 @@ def test_page_server_rejects_bad_taps(rig: Rig) -> None:
 
     def post(path: str, body: bytes) -> tuple[int, dict[str, object]]:
         conn = http.client.HTTPConnection(str(host), int(port), timeout=5)
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        conn.request("POST", path, body=body, headers={
+            "Content-Type": "application/json", "Origin": f"http://{host}:{port}"})
         resp = conn.getresponse()
         data = json.loads(resp.read())
         conn.close()

@@ -9,6 +9,7 @@ the gallery store is loaded.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
 import threading
 import time
@@ -22,9 +23,11 @@ from grpc_reflection.v1alpha import reflection
 
 from core.errors import ConfigError, ImageError, MotcuaError
 from edge import __version__
+from edge.api.limits import RateLimiter, peer_key
 from edge.api.state import DisplayState, Refused
 from edge.config import ApiConfig
 from edge.session.events import SessionControl
+from faces.imagefiles import check_image
 from proto import display_pb2 as pb
 from proto import display_pb2_grpc as pb_grpc
 
@@ -37,6 +40,15 @@ UNARY_THREADS = 8
 STREAM_POLL_S = 0.5
 #: a PIN check runs scrypt (~40 ms on a Pi): a call with less time left than this fails fast
 PIN_MIN_TIME_S = 0.05
+
+#: LookupImage calls decoding at once: one keeps the peak memory at one picture's worth
+#: (api.max_image_pixels) and leaves the other core to the camera loop
+LOOKUP_CONCURRENCY = 1
+#: how long a LookupImage waits for the running one (a lookup takes ~0.1-0.5 s on a Pi)
+LOOKUP_WAIT_S = 5.0
+
+#: gRPC metadata key carrying the display token (edge/display/client.py sends it)
+DISPLAY_TOKEN_HEADER = "x-motcua-display-token"
 
 StatusFn = Callable[[], pb.TerminalStatus]
 LookupFn = Callable[[bytes], pb.LookupImageResponse]
@@ -76,14 +88,22 @@ class DisplayServicer(pb_grpc.DisplayServicer):
         self.lookup_fn = lookup
         self.started = started if started is not None else time.monotonic()
         self.stopping = threading.Event()
+        self.lookup_limit = RateLimiter(config.lookup_per_minute, config.lookup_burst)
+        #: the secret the kiosk display sends (metadata DISPLAY_TOKEN_HEADER) to get its
+        #: reserved watcher slots; None: only api.display_clients certificates get them
+        self.display_token: bytes | None = None
+        #: one decode + detect + embed at a time: each holds up to ~75 MB and a core
+        self._lookup_slot = threading.Semaphore(LOOKUP_CONCURRENCY)
 
     def WatchSession(  # noqa: N802 (gRPC method name)
         self, request: pb.WatchSessionRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.SessionEvent]:
         if len(request.client_name) > 200:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_name longer than 200")
+        peer = peer_key(context)
         try:
-            watcher = self.state.watch(request.client_name)
+            watcher = self.state.watch(request.client_name, peer=peer,
+                                       display=self._is_display(context, peer))
         except Refused as exc:
             _abort(context, exc)
             return
@@ -98,6 +118,19 @@ class DisplayServicer(pb_grpc.DisplayServicer):
         finally:
             watcher.close()
             log.info("display watcher %r gone", request.client_name)
+
+    def _is_display(self, context: grpc.ServicerContext, peer: str) -> bool:
+        """The kiosk display: the right token, or a certificate named in display_clients."""
+        if peer.startswith("cn:") and peer[3:] in self.config.display_clients:
+            return True
+        token = self.display_token
+        if not token:
+            return False
+        for key, value in context.invocation_metadata():
+            if key == DISPLAY_TOKEN_HEADER:
+                sent = value.encode() if isinstance(value, str) else value
+                return hmac.compare_digest(sent, token)
+        return False
 
     def SubmitPin(  # noqa: N802
         self, request: pb.SubmitPinRequest, context: grpc.ServicerContext
@@ -177,8 +210,23 @@ class DisplayServicer(pb_grpc.DisplayServicer):
         if lookup is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "no face pipeline attached")
             raise AssertionError("unreachable")
+        wait = self.lookup_limit.take(peer_key(context))
+        if wait > 0:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many lookups from this client (api.lookup_per_minute = "
+                f"{self.config.lookup_per_minute:g}, api.lookup_burst = "
+                f"{self.config.lookup_burst}); retry in {wait:.0f} s",
+            )
         try:
-            return lookup(request.image)
+            # the header is checked before anything is decoded or queued
+            check_image(request.image, "image", max_pixels=self.config.max_image_pixels)
+            if not self._lookup_slot.acquire(timeout=LOOKUP_WAIT_S):
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "another lookup is running")
+            try:
+                return lookup(request.image)
+            finally:
+                self._lookup_slot.release()
         except ImageError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except MotcuaError as exc:
@@ -237,7 +285,7 @@ def create_server(
     lookup: LookupFn | None = None,
 ) -> ApiServer:
     """Build and bind the display API server (health NOT_SERVING); call ``start()`` next."""
-    workers = config.max_watchers + UNARY_THREADS
+    workers = config.max_watchers + config.display_watchers + UNARY_THREADS
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="display-api"),
         # more calls than threads queue; past twice that they are refused (RESOURCE_EXHAUSTED)

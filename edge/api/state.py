@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Protocol
 
 import grpc
 
+from edge.api.attempts import AttemptLimiter, Verdict
 from edge.api.masking import mask_code
 from edge.session import events as ev
 from proto import display_pb2 as pb
@@ -90,17 +92,27 @@ def detail_pb(d: Dossier) -> pb.DossierDetail:
     )
 
 
-def match_pb(directory: CitizenDirectory, citizen_id: str, tries_left: int) -> pb.Match | None:
-    """The masked view of a citizen, or None when the store no longer has them."""
+def match_pb(directory: CitizenDirectory, citizen_id: str, tries_left: int,
+             pin: Verdict | None = None) -> pb.Match | None:
+    """The masked view of a citizen, or None when the store no longer has them. ``pin``
+    is the citizen's PIN budget across sessions (None: only the session's counts)."""
     rec = directory.citizen(citizen_id)
     if rec is None:
         return None
+    if pin is not None:
+        tries_left = min(tries_left, pin.failures_left)
     return pb.Match(
         masked_name=rec.masked_name,
         dossiers=[summary_pb(d) for d in directory.dossiers(citizen_id)],
         pin_available=bool(rec.pin_hash),
         pin_tries_left=tries_left,
+        pin_locked_until_unix_ms=int(pin.locked_until * 1000) if pin else 0,
     )
+
+
+def _clock_time(unix_s: float) -> str:
+    """A lock's end as the terminal's local "HH:MM dd/mm/yyyy" (what staff read)."""
+    return datetime.datetime.fromtimestamp(unix_s).strftime("%H:%M %d/%m/%Y")
 
 
 _CHALLENGE = {
@@ -122,8 +134,12 @@ class _MatchedSession:
 class Watcher:
     """One screen's bounded queue of display messages."""
 
-    def __init__(self, state: DisplayState, name: str, first: pb.SessionEvent) -> None:
+    def __init__(self, state: DisplayState, name: str, first: pb.SessionEvent,
+                 peer: str = "", display: bool = False) -> None:
         self.name = name
+        self.peer = peer
+        #: the kiosk display itself (proved by token or certificate): a reserved slot
+        self.display = display
         self._state = state
         self._items: collections.deque[pb.SessionEvent] = collections.deque(
             [first], maxlen=WATCHER_QUEUE
@@ -165,11 +181,19 @@ class DisplayState:
         pin_tries: int = 3,
         help_counter: str = "1",
         max_watchers: int = 16,
+        pin_limiter: AttemptLimiter | None = None,
+        max_watchers_per_peer: int | None = None,
+        display_watchers: int = 2,
     ) -> None:
         self._directory = directory
         self._pin_tries = pin_tries
+        #: wrong PINs per citizen across sessions (the terminal passes one kept in its
+        #: state dir; the in-memory default still spans sessions, not restarts)
+        self.pin_limiter = pin_limiter if pin_limiter is not None else AttemptLimiter(None)
         self._help_counter = help_counter
         self._max_watchers = max_watchers
+        self._per_peer = max_watchers_per_peer or max_watchers
+        self._display_watchers = display_watchers
         self._lock = threading.Lock()
         self._watchers: list[Watcher] = []
         self._seq = 0
@@ -202,21 +226,45 @@ class DisplayState:
         with self._lock:
             return len(self._watchers)
 
-    def watch(self, name: str = "") -> Watcher:
-        """A new watcher whose first message is the current screen state."""
+    def watch(self, name: str = "", peer: str = "", display: bool = False) -> Watcher:
+        """A new watcher whose first message is the current screen state.
+
+        ``peer`` is who is calling (for api.max_watchers_per_peer); ``display`` marks the
+        kiosk display, which has its own slots (api.display_watchers): when they are
+        taken its oldest stream is dropped, so the display is always served.
+        """
+        evicted: Watcher | None = None
         with self._lock:
             if self._closed:
                 raise Refused(grpc.StatusCode.UNAVAILABLE, "the terminal is shutting down")
-            if len(self._watchers) >= self._max_watchers:
-                raise Refused(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"too many screens watching (api.max_watchers = {self._max_watchers})",
-                )
+            if display:
+                mine = [w for w in self._watchers if w.display]
+                if len(mine) >= self._display_watchers:
+                    evicted = mine[0]
+                    self._watchers.remove(evicted)
+            else:
+                others = [w for w in self._watchers if not w.display]
+                if len(others) >= self._max_watchers:
+                    raise Refused(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"too many screens watching (api.max_watchers = {self._max_watchers})",
+                    )
+                if sum(w.peer == peer for w in others) >= self._per_peer:
+                    raise Refused(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "too many streams from this client "
+                        f"(api.max_watchers_per_peer = {self._per_peer})",
+                    )
             first = pb.SessionEvent()
             first.CopyFrom(self._current)
-            w = Watcher(self, name, first)
+            w = Watcher(self, name, first, peer=peer, display=display)
             self._watchers.append(w)
-        log.info("display watcher %r connected (%d watching)", name, len(self._watchers))
+            count = len(self._watchers)
+        if evicted is not None:
+            log.warning("display watcher %r replaced by a new display stream", evicted.name)
+            evicted.close()
+        log.info("display watcher %r from %s connected (%d watching%s)", name, peer or "?",
+                 count, ", the display" if display else "")
         return w
 
     def _drop(self, w: Watcher) -> None:
@@ -285,7 +333,8 @@ class DisplayState:
                 )
             )
         elif isinstance(event, ev.Matched):
-            match = match_pb(self._directory, event.citizen_id, self._pin_tries)
+            match = match_pb(self._directory, event.citizen_id, self._pin_tries,
+                             self.pin_limiter.check(event.citizen_id))
             if match is None:  # deleted between the search and now: do not show anyone
                 msg.state = pb.SESSION_STATE_NOT_RECOGNISED
                 msg.help_counter = self._help_counter
@@ -353,13 +402,22 @@ class DisplayState:
             rec = self._directory.citizen(m.citizen_id)
             if rec is None or not rec.pin_hash:
                 raise Refused(grpc.StatusCode.FAILED_PRECONDITION, "this citizen has no PIN")
-            if verify_pin(pin, rec.pin_hash, rec.pin_salt):
+            v = self.pin_limiter.attempt(
+                m.citizen_id, lambda: verify_pin(pin, rec.pin_hash, rec.pin_salt))
+            if not v.allowed and not v.just_locked:
+                raise Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "too many wrong PINs for this citizen: locked until "
+                    f"{_clock_time(v.locked_until)} (api.pin_lockout_s)",
+                )
+            if v.ok:
                 dossiers = [detail_pb(d) for d in self._directory.dossiers(m.citizen_id)]
                 return pb.SubmitPinResponse(ok=True, tries_left=m.tries_left, dossiers=dossiers)
-            m.tries_left -= 1
+            m.tries_left = min(m.tries_left - 1, v.failures_left)
             log.info("wrong PIN for session %s (%d tries left)", session_id, m.tries_left)
             return pb.SubmitPinResponse(
-                ok=False, tries_left=m.tries_left, locked=m.tries_left == 0
+                ok=False, tries_left=m.tries_left, locked=m.tries_left == 0,
+                locked_until_unix_ms=int(v.locked_until * 1000),
             )
 
     def check_session(self, session_id: str) -> None:

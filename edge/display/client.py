@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from core.errors import ConfigError
+from edge.api.server import DISPLAY_TOKEN_HEADER
 from edge.config import DisplayConfig
 from edge.display.view import Screen, detail_view, disconnected_view, event_view
 from proto import display_pb2 as pb
@@ -86,7 +87,8 @@ class TerminalLink:
         while not self.stop_event.is_set():
             try:
                 stream = self.stub.WatchSession(
-                    pb.WatchSessionRequest(client_name=self.name), wait_for_ready=False
+                    pb.WatchSessionRequest(client_name=self.name), wait_for_ready=False,
+                    metadata=self._metadata(),
                 )
                 with self._lock:
                     self._stream = stream
@@ -117,6 +119,17 @@ class TerminalLink:
             self.stop_event.wait(backoff)
             backoff = min(backoff * 2, self.cfg.reconnect_max_s)
 
+    def _metadata(self) -> list[tuple[str, str]]:
+        """The display token (read each time: the terminal may make it after we start)."""
+        path = self.cfg.api_token_file
+        if path is None:
+            return []
+        try:
+            token = path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return []  # an ordinary watcher, without the reserved slots
+        return [(DISPLAY_TOKEN_HEADER, token)] if token else []
+
     # -- taps ------------------------------------------------------------------------------
 
     def _call(self, method: Any, request: Any) -> Any:
@@ -131,6 +144,7 @@ class TerminalLink:
             "ok": r.ok,
             "tries_left": r.tries_left,
             "locked": r.locked,
+            "locked_until_unix_ms": r.locked_until_unix_ms,
             "dossiers": [detail_view(d) for d in r.dossiers],
         }
 

@@ -89,6 +89,7 @@ def event_view(msg: pb.SessionEvent) -> dict[str, Any]:
             "dossiers": [summary_view(d) for d in m.dossiers],
             "pin_available": m.pin_available,
             "pin_tries_left": m.pin_tries_left,
+            "pin_locked_until_unix_ms": m.pin_locked_until_unix_ms,
         }
     return out
 

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core.errors import ConfigError
+from core.net import is_loopback_host
 from edge.display.client import CallFailed, TerminalLink
 from edge.display.view import Screen
 
@@ -27,6 +28,22 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 15.0
 #: largest POST body accepted; taps are a few dozen bytes
 MAX_BODY = 4096
+
+#: sent with every response. The page loads only its own script and style files (no
+#: inline script or style, no eval), talks only to this server, may not be framed, and
+#: leaks no Referer; nosniff keeps a JSON answer from being run as a script
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
 
 _STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -54,9 +71,23 @@ class KioskServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
+        return f"http://{self.authority}/"
+
+    @property
+    def authority(self) -> str:
+        """``host:port`` this server answers to (the bound address, IPv6 in brackets)."""
         host, port = self.server_address[:2]
         name = host.decode() if isinstance(host, bytes) else str(host)
-        return f"http://{name}:{port}/"
+        return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+
+    def allowed_hosts(self) -> set[str]:
+        """Host header values accepted: the listen address, and for a loopback one its
+        loopback names on the same port. Anything else is a DNS-rebinding page."""
+        port = self.server_address[1]
+        hosts = {self.authority}
+        if is_loopback_host(self.authority.rpartition(":")[0].strip("[]")):
+            hosts |= {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
+        return hosts
 
 
 class KioskHandler(BaseHTTPRequestHandler):
@@ -72,6 +103,8 @@ class KioskHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        for k, v in SECURITY_HEADERS.items():
+            self.send_header(k, v)
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -80,7 +113,26 @@ class KioskHandler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json")
 
+    def _host_ok(self) -> bool:
+        """Refuse (403) requests whose Host is not this server: a foreign page that
+        rebinds its own name to 127.0.0.1 would otherwise read and post as the kiosk."""
+        if self.headers.get("Host", "") in self.server.allowed_hosts():
+            return True
+        self._json(HTTPStatus.FORBIDDEN, {"error": "wrong Host"})
+        return False
+
+    def _origin_ok(self) -> bool:
+        """A POST must come from the page itself: Origin present and equal to this
+        server (browsers send it on every POST; a missing one is not a browser tap)."""
+        origin = self.headers.get("Origin", "")
+        if origin in {f"http://{h}" for h in self.server.allowed_hosts()}:
+            return True
+        self._json(HTTPStatus.FORBIDDEN, {"error": "cross-origin request refused"})
+        return False
+
     def do_GET(self) -> None:  # noqa: N802
+        if not self._host_ok():
+            return
         path = urlsplit(self.path).path
         if path in _STATIC:
             name, ctype = _STATIC[path]
@@ -102,6 +154,8 @@ class KioskHandler(BaseHTTPRequestHandler):
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-store")
+        for k, v in SECURITY_HEADERS.items():
+            self.send_header(k, v)
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
@@ -127,9 +181,18 @@ class KioskHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def do_POST(self) -> None:  # noqa: N802
+        if not self._host_ok() or not self._origin_ok():
+            return
         path = urlsplit(self.path).path
         if path not in ("/api/pin", "/api/notme", "/api/rate"):
             self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+            return
+        # only JSON: a text/plain or form POST is what a foreign page can send without a
+        # CORS preflight
+        ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                       {"error": "Content-Type must be application/json"})
             return
         try:
             length = int(self.headers.get("Content-Length", "0"))

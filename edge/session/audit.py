@@ -186,6 +186,16 @@ class AuditLog(JsonLines):
         })
 
 
+    def lockout(self, *, terminal: str, kind: str, citizen_id: str, locked_until: str,
+                session_id: str = "") -> bool:
+        """A citizen's secret (``kind``: "pin") locked after too many wrong answers."""
+        return self.append({
+            "time": now_iso(), "terminal": terminal, "session": session_id,
+            "outcome": f"{kind}_locked", "citizen_id": citizen_id,
+            "locked_until": locked_until,
+        })
+
+
 class OutboxReporter(JsonLines):
     """``<state_dir>/outbox/reports.jsonl``: reports waiting for the sync client."""
 

@@ -49,6 +49,7 @@ const T = {
     details_title: "Chi tiết hồ sơ",
     pin_wrong: (n) => `Mã PIN không đúng. Còn ${n} lần thử.`,
     pin_locked: "Đã nhập sai quá số lần cho phép.",
+    pin_locked_until: (hm) => `Mã PIN tạm khoá đến ${hm} do nhập sai nhiều lần. Xin vui lòng đến quầy hướng dẫn nếu cần hỗ trợ.`,
     pin_error: "Không gửi được. Xin thử lại.",
     procedure: "Thủ tục",
     counter: "Quầy trả kết quả",
@@ -102,6 +103,7 @@ const T = {
     details_title: "Dossier details",
     pin_wrong: (n) => `Wrong PIN. ${n} tries left.`,
     pin_locked: "Too many wrong PINs.",
+    pin_locked_until: (hm) => `PIN entry is locked until ${hm} after too many wrong PINs. Please ask at the help desk if you need help.`,
     pin_error: "Could not send. Please try again.",
     procedure: "Procedure",
     counter: "Collect at counter",
@@ -133,6 +135,8 @@ function el(tag, attrs, ...children) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") node.className = v;
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    // CSSOM, not a style attribute: the page's CSP allows no inline style
+    else if (k === "style") Object.assign(node.style, v);
     else node.setAttribute(k, v);
   }
   for (const c of children.flat()) {
@@ -140,6 +144,18 @@ function el(tag, attrs, ...children) {
     node.append(typeof c === "string" ? document.createTextNode(c) : c);
   }
   return node;
+}
+
+// a lock's end as "HH:MM" (today) or "HH:MM dd/mm" (a later day), local time
+function fmtLockEnd(ms) {
+  const d = new Date(ms);
+  const pad = (n) => String(n).padStart(2, "0");
+  const hm = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  return d.toDateString() === new Date().toDateString() ? hm : `${hm} ${pad(d.getDate())}/${pad(d.getMonth() + 1)}`;
+}
+
+function pinLockedUntil(m) {
+  return m && m.pin_locked_until_unix_ms > Date.now() ? m.pin_locked_until_unix_ms : 0;
 }
 
 function fmtDate(iso) {
@@ -214,7 +230,7 @@ function viewFor(s) {
         el("p", { class: "sub" }, t("challenge_title")),
         el("div", { class: "arrow" }, arrows[c.kind] || "•"),
         el("h1", { class: "prompt" }, lang === "vi" ? c.prompt_vi : c.prompt_en),
-        el("div", { class: "progress" }, el("div", { class: "bar", style: `width:${pct}%` })));
+        el("div", { class: "progress" }, el("div", { class: "bar", style: { width: `${pct}%` } })));
     }
     case "matched": {
       const m = s.match || { dossiers: [] };
@@ -225,11 +241,12 @@ function viewFor(s) {
           ? el("div", { class: "cards" }, m.dossiers.map(dossierCard))
           : el("p", { class: "sub" }, t("no_dossiers")),
         el("div", { class: "actions" },
-          m.pin_available ? el("button", { type: "button", id: "btn-pin", class: "btn primary", onclick: () => openPin(s) }, t("details")) : null,
+          m.pin_available && !pinLockedUntil(m) ? el("button", { type: "button", id: "btn-pin", class: "btn primary", onclick: () => openPin(s) }, t("details")) : null,
           el("button", {
             type: "button", id: "btn-notme", class: "btn warn",
             onclick: () => post("/api/notme", { session_id: s.session_id }),
           }, t("not_me"))),
+        pinLockedUntil(m) ? el("p", { id: "pin-locked", class: "sub locked" }, t("pin_locked_until", fmtLockEnd(m.pin_locked_until_unix_ms))) : null,
         ratingBlock(s));
     }
     case "not_recognised":
@@ -331,7 +348,9 @@ function pressKey(k) {
         showDetails(r.body.dossiers);
         return;
       } else if (r.status === 200) {
-        msg.textContent = r.body.locked ? t("pin_locked") : t("pin_wrong", r.body.tries_left);
+        msg.textContent = r.body.locked_until_unix_ms
+          ? t("pin_locked_until", fmtLockEnd(r.body.locked_until_unix_ms))
+          : r.body.locked ? t("pin_locked") : t("pin_wrong", r.body.tries_left);
       } else if (r.body.code === "RESOURCE_EXHAUSTED") {
         msg.textContent = t("pin_locked");
       } else {
