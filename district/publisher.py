@@ -7,9 +7,12 @@ terminals' replay and snapshot requests on their direct topics. Progress
 publisher that crashes resumes with the next unacknowledged batch: at worst one batch
 is sent twice, and terminals ignore duplicates.
 
-Terminals' reports ("not me", ratings) arrive on their report topics (QoS 1) and are
-stored in the log's ``reports`` table before paho sends the PUBACK, once per
-(terminal, session, kind).
+Terminals' reports ("not me", ratings) arrive on their report topics (QoS 1). paho's
+network thread only checks them and applies the per-terminal limits (district/reports.py);
+the ``district-reports`` thread stores them in the log's ``reports`` table, once per
+(terminal, session, kind), and only then is the PUBACK sent (manual acknowledgement).
+The network thread never waits for SQLite, so a report flood cannot stall the PUBACKs
+of the district's own batches.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import sqlite3
 import threading
 import time
+import typing
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ from google.protobuf.message import DecodeError
 
 from core.errors import AuthenticationError, DistrictError, SyncError
 from district.log import DistrictLog
+from district.reports import ReportGate, ReportWriter, check_report
 from proto import sync_pb2 as pb
 from sync.mqtt import BrokerSettings, is_auth_failure, make_client, start_client
 from sync.topics import DEFAULT_PREFIX, Topics, check_id
@@ -86,10 +91,13 @@ class PublisherStats:
     snapshot_chunks: int = 0
     bytes_sent: int = 0
     bad_requests: int = 0
-    #: terminal reports stored / duplicates ignored / malformed or forged
-    reports: int = 0
-    duplicate_reports: int = 0
+    #: terminal reports malformed or forged (checked on arrival)
     bad_reports: int = 0
+    #: reports refused by the per-terminal rate limit / the per-citizen "not me" window
+    limited_reports: int = 0
+    citizen_dup_reports: int = 0
+    #: reports dropped because the writer's queue was full
+    dropped_reports: int = 0
     #: well-formed requests received, by terminal
     requests: dict[str, int] = field(default_factory=dict)
     #: requests merged into one already pending from the same terminal
@@ -241,6 +249,12 @@ class Publisher:
         self.client.on_publish = self._on_publish
         self._acked: set[int] = set()
         self._acked_cv = threading.Condition()
+        # reports: PUBACK after the writer stored them; a connection's number tells a
+        # stale mid (the link dropped meanwhile: the broker sends it again) from a live one
+        self.client.manual_ack_set(True)
+        self._link = 0
+        self.report_gate = ReportGate()
+        self.report_writer = ReportWriter(dlog, self._report_stored, self.stop_event)
 
     # ---- MQTT callbacks (paho's thread) ------------------------------------------
 
@@ -253,6 +267,7 @@ class Publisher:
                 client.disconnect()
                 self.stop_event.set()
             return
+        self._link += 1
         client.subscribe([(self.topics.all_requests, 1), (self.topics.all_reports, 1)])
         self._connected.set()
         self._manifest_due.set()
@@ -261,13 +276,15 @@ class Publisher:
     def _on_disconnect(self, *_a: object) -> None:
         self._connected.clear()
 
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         terminal = self.topics.terminal_of(msg.topic)
         if terminal is not None and not _is_id(terminal):
             terminal = None  # not a terminal id we could have issued: never shown or stored
         if terminal is not None and msg.topic == self.topics.report(terminal):
-            self._on_report(terminal, bytes(msg.payload))
+            if not self._on_report(terminal, bytes(msg.payload), (self._link, msg.mid, msg.qos)):
+                client.ack(msg.mid, msg.qos)
             return
+        client.ack(msg.mid, msg.qos)  # requests: handled below, nothing to make durable
         req = pb.SyncRequest()
         try:
             req.ParseFromString(msg.payload)
@@ -289,49 +306,39 @@ class Publisher:
         elif outcome == "dropped":
             self.stats.dropped_requests += 1
 
-    def _on_report(self, terminal: str, payload: bytes) -> None:
-        """Store one TerminalReport (paho's thread; the PUBACK follows this return)."""
+    def _on_report(self, terminal: str, payload: bytes, token: tuple[int, int, int]) -> bool:
+        """Check one TerminalReport and queue it for the writer (paho's thread, no
+        SQLite); True when queued (the writer acknowledges it once stored)."""
         rep = pb.TerminalReport()
         try:
             rep.ParseFromString(payload)
-        except DecodeError:
-            rep = None  # type: ignore[assignment]
-        kinds = {pb.TerminalReport.KIND_NOT_ME: "not_me", pb.TerminalReport.KIND_RATING: "rating"}
-        if (
-            rep is None
-            or rep.terminal_id != terminal
-            or rep.district_id != self.log.district_id
-            or rep.kind not in kinds
-            or not 0 < len(rep.session_id) <= 128
-            or len(rep.time) > 64
-            or len(rep.citizen_id) > 64
-            or (rep.kind == pb.TerminalReport.KIND_RATING and not 1 <= rep.rating <= 5)
-        ):
+            report = check_report(rep, terminal=terminal, district=self.log.district_id)
+        except (DecodeError, ValueError) as exc:
             self.stats.bad_reports += 1
-            log.warning("bad report from %s dropped", terminal)
-            return
-        try:
-            new = self.log.add_report(
-                terminal_id=terminal,
-                session_id=rep.session_id,
-                kind=kinds[rep.kind],
-                time=rep.time,
-                citizen_id=rep.citizen_id,
-                rating=rep.rating if rep.kind == pb.TerminalReport.KIND_RATING else 0,
-                score=rep.score,
-            )
-        except (DistrictError, sqlite3.Error) as exc:  # acked anyway: see docs/sync.md
-            log.error("cannot store report %s/%s: %s", terminal, rep.session_id, exc)
-            self.stats.bad_reports += 1
-            return
-        if new:
-            self.stats.reports += 1
-        else:
-            self.stats.duplicate_reports += 1
+            log.warning("bad report from %s dropped: %s", terminal, exc)
+            return False
+        verdict = self.report_gate.admit(report)
+        if verdict == "rate":
+            self.stats.limited_reports += 1
+            return False
+        if verdict == "citizen":
+            self.stats.citizen_dup_reports += 1
+            return False
+        if not self.report_writer.offer(report, token):
+            self.stats.dropped_reports += 1
+            return False
+        return True
+
+    def _report_stored(self, token: object) -> None:
+        """The writer stored a report (district-reports thread): acknowledge it now."""
+        link, mid, qos = typing.cast(tuple[int, int, int], token)
+        if link == self._link and self._connected.is_set():
+            self.client.ack(mid, qos)
 
     # ---- life cycle ----------------------------------------------------------------
 
     def start(self) -> Publisher:
+        self.report_writer.start()
         start_client(self.client, self.broker)
         for name, target in (
             ("district-publish", self._publish_loop),
@@ -347,6 +354,7 @@ class Publisher:
         self._wake.set()
         for t in self._threads:
             t.join(timeout=30)
+        self.report_writer.join(timeout=30)
         self.client.disconnect()
         self.client.loop_stop()
 

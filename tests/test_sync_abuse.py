@@ -127,3 +127,105 @@ def test_replay_flood_is_bounded_per_terminal_and_others_are_served(
             c.loop_stop()
         counter.close()
         pub.stop()
+
+
+def _report(i: int, **kw: object) -> bytes:
+    fields: dict[str, object] = dict(
+        protocol_version=1, terminal_id="t-evil", district_id=DISTRICT,
+        kind=pb.TerminalReport.KIND_NOT_ME, session_id=f"s-{i}",
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        citizen_id=f"c{i:07d}", score=0.5)
+    fields.update(kw)
+    return pb.TerminalReport(**fields).SerializeToString()  # type: ignore[arg-type]
+
+
+def test_report_flood_is_limited_checked_and_never_stalls_the_network_thread(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    import sqlite3
+
+    from district.reports import ReportGate
+
+    dlog = new_district(tmp_path / "d.sqlite", dim=16)
+    add_citizens(dlog, 30)
+    pub = Publisher(dlog, new_key(), settings(broker))
+    pub.report_gate = ReportGate(per_s=1.0, burst=20)  # small, to see the limit at once
+    pub.start()
+    topics = pub.topics
+    counter = Counter(broker, [topics.direct("t-good")])
+    evil = make_client("evil", settings(broker))
+    evil.connect(broker.host, broker.port)
+    evil.loop_start()
+    # another process holds the log's write lock (a long district command, a slow disk):
+    # storing reports must wait, answering another terminal must not
+    other = sqlite3.connect(tmp_path / "d.sqlite", isolation_level=None)
+    try:
+        assert pub.wait_connected(10)
+        wait_for(lambda: pub.log.published_seq == dlog.head_seq, 30, "published")
+        other.execute("BEGIN IMMEDIATE")
+        t0 = time.monotonic()
+        infos = [evil.publish(topics.report("t-evil"), _report(900 + i), qos=1) for i in range(3)]
+        time.sleep(0)  # (no wait: the reports are in flight while t-good asks)
+        good = pb.SyncRequest(protocol_version=1, terminal_id="t-good", district_id=DISTRICT,
+                              kind=pb.SyncRequest.KIND_REPLAY, epoch=dlog.epoch, from_seq=1)
+        evil.publish(topics.request("t-good"), good.SerializeToString(), qos=1)
+        wait_for(lambda: counter.bytes[topics.direct("t-good")] > 0, 8,
+                 "t-good's replay while reports wait for the log")
+        assert time.monotonic() - t0 < 8
+        other.execute("ROLLBACK")
+        for info in infos:
+            info.wait_for_publish(15)  # PUBACKs follow the store
+        wait_for(lambda: len(dlog.reports()) == 3, 15, "the 3 reports stored")
+
+        # a flood: 300 reports about different citizens, 50 about one citizen, and
+        # every kind of bad field
+        before_bad = pub.stats.bad_reports
+        bad = [
+            _report(1000, score=1e308),  # inf as float32
+            _report(1001, score=float("nan")),
+            _report(1002, score=-7.0),
+            _report(1003, time="yesterday"),
+            _report(1004, time="2001-01-01T00:00:00Z"),
+            _report(1005, time="2099-01-01T00:00:00+00:00"),
+            _report(1006, time="2026-01-01T00:00:00"),  # no time zone
+            _report(1007, session_id="\x1b[2J" + "x" * 10),
+            _report(1008, session_id="s" * 129),
+            _report(1009, citizen_id="c\u202e1"),
+            _report(1010, citizen_id=""),
+            _report(1011, kind=pb.TerminalReport.KIND_RATING, rating=9, citizen_id="",
+                    score=0.0),
+            _report(1012, kind=pb.TerminalReport.KIND_RATING, rating=3, score=0.9),
+            _report(1013, kind=7),
+            _report(1014, protocol_version=99),
+            _report(1015, rating=2),  # a not_me with stars
+        ]
+        for payload in bad:
+            evil.publish(topics.report("t-evil"), payload, qos=1)
+        wait_for(lambda: pub.stats.bad_reports == before_bad + len(bad), 15, "bad reports")
+        t1 = time.monotonic()
+        last = None
+        for i in range(50):
+            last = evil.publish(topics.report("t-evil"),
+                                _report(2000 + i, citizen_id="c0000001"), qos=1)
+        for i in range(300):
+            last = evil.publish(topics.report("t-evil"), _report(3000 + i), qos=1)
+        assert last is not None
+        last.wait_for_publish(30)
+        st, w = pub.stats, pub.report_writer
+        wait_for(lambda: st.limited_reports + st.citizen_dup_reports + w.stored - 3 == 350,
+                 15, "the flood handled")
+        elapsed = time.monotonic() - t1
+        rows = [r for r in dlog.reports(10_000) if r[0] == "t-evil"]
+        flood = [r for r in rows if int(r[1][2:]) >= 2000]
+        # the budget: 20 - 3 left at the start, +1/s
+        assert len(flood) <= 17 + int(elapsed) + 1
+        assert pub.stats.limited_reports >= 300 - len(flood)
+        assert sum(1 for r in flood if r[4] == "c0000001") == 1
+        assert pub.stats.citizen_dup_reports >= 49 - 1
+        assert all(-1.01 <= r[6] <= 1.01 for r in rows)  # no inf, no nan
+    finally:
+        other.close()
+        evil.disconnect()
+        evil.loop_stop()
+        counter.close()
+        pub.stop()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -276,10 +277,11 @@ def test_acl_keeps_terminals_off_gallery_topics_and_each_other(tmp_path: Path) -
         assert pub.stats.requests["t-b"] == asked["t-b"] and pub.stats.bad_requests == 0
         # t-a's own report topic is writable too; t-b's forged report never arrived
         send(TOPICS.report("t-a"), pb.TerminalReport(
-            terminal_id="t-a", district_id=DISTRICT, kind=pb.TerminalReport.KIND_RATING,
-            session_id="s-a", rating=5,
+            protocol_version=1, terminal_id="t-a", district_id=DISTRICT,
+            kind=pb.TerminalReport.KIND_RATING, session_id="s-a", rating=5,
+            time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         ).SerializeToString())
-        wait_for(lambda: pub.stats.reports == 1, what="t-a's report")
+        wait_for(lambda: pub.report_writer.stored == 1, what="t-a's report")
         assert [r[:3] for r in dlog.reports()] == [("t-a", "s-a", "rating")]
         assert pub.stats.bad_reports == 0
         # a replay the district sends to t-b's direct topic: the spy must not see it
