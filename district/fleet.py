@@ -42,6 +42,8 @@ def collect(
     last_msg = [time.monotonic()]
     done = threading.Event()
     failure: list[str] = []
+    # a throw-away id: with the shipped broker config the broker uses the login instead,
+    # so the fleet view needs its own login (fleet-<district>, motcua-sync.acl)
     client = make_client(f"motcua-fleet-{uuid.uuid4().hex[:8]}", broker)
 
     def on_connect(c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:

@@ -35,7 +35,13 @@ from core.errors import AuthenticationError, DistrictError, SyncError
 from district.log import DistrictLog
 from district.reports import ReportGate, ReportWriter, check_report
 from proto import sync_pb2 as pb
-from sync.mqtt import BrokerSettings, is_auth_failure, make_client, start_client
+from sync.mqtt import (
+    BrokerSettings,
+    is_auth_failure,
+    make_client,
+    session_client_id,
+    start_client,
+)
 from sync.topics import DEFAULT_PREFIX, Topics, check_id
 from sync.wire import PROTOCOL_VERSION, seal
 
@@ -241,7 +247,7 @@ class Publisher:
         self.requests = RequestQueue(REQUEST_TERMINALS_MAX)
         self._auth_error: str | None = None
         self._threads: list[threading.Thread] = []
-        cid = client_id or f"motcua-district-{dlog.district_id}"
+        cid = client_id or session_client_id(broker, f"motcua-district-{dlog.district_id}")
         self.client = make_client(cid, broker)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect

@@ -474,3 +474,60 @@ def test_district_signs_a_terminal_request_and_the_certificate_connects(  # type
     refused([*base, str(csr), "--days", "900"], "1..825")
     assert main([*base, str(csr), "--out", str(out)]) != 0  # never overwrites
     assert "exists" in capsys.readouterr().err
+
+
+SHIPPED_CONF = REPO / "deploy" / "mosquitto" / "motcua-sync.conf"
+
+
+def test_a_terminal_login_cannot_take_over_another_terminals_session(tmp_path: Path) -> None:
+    """Broker started with the shipped config and ACL: t1's credentials connecting with
+    t2's client ids neither close nor wipe t2's session, and the fleet view stays calm."""
+    users = {"district-q1": "d", "fleet-q1": "f", "t1": "p1", "t2": "p2"}
+    broker = MosquittoBroker(tmp_path / "broker", users=users, acl=ACL.read_text(),
+                             include=SHIPPED_CONF).start()
+
+    def cfg(user: str) -> BrokerSettings:
+        return BrokerSettings(host=broker.host, port=broker.port, username=user,
+                              password=users[user], **FAST)  # type: ignore[arg-type]
+
+    dlog = new_district(tmp_path / "d.sqlite", dim=16)
+    add_citizens(dlog, 5)
+    key = new_key()
+    pub = Publisher(dlog, key, cfg("district-q1")).start()
+    store = GalleryStore.open(tmp_path / "t2", embedder_id=EMBEDDER, dim=16)
+    t2 = TerminalSubscriber(store, cfg("t2"), district_id=DISTRICT, terminal_id="t2",
+                            public_key=key.public_key(), spool_dir=tmp_path,
+                            state_interval_s=0.1).start()
+    intruders = []
+    try:
+        wait_for(lambda: store.last_seq == dlog.head_seq, what="t2 synced")
+        assert t2.connects == 1
+        for cid in ("motcua-t2", "t2"):  # the old and the new id scheme
+            c = make_client(cid, cfg("t1"))
+            ok = threading.Event()
+            c.on_connect = lambda *_a, ok=ok: ok.set()
+            # clean start: on a broker that honours the id, this wipes t2's session
+            c.connect(broker.host, broker.port, clean_start=True)
+            c.loop_start()
+            intruders.append(c)
+            assert ok.wait(10)
+            c.disconnect()  # one at a time (the two share t1's login: they would swap)
+            c.loop_stop()
+        # the district publishes after both intruders got their CONNACK: a takeover would
+        # have closed t2's connection before that, so t2 would reconnect first
+        seq = dlog.update_dossier("HS-0000001", stage="Phòng Tư pháp")
+        wait_for(lambda: store.last_seq == seq, what="t2 applied the next change")
+        assert t2.connects == 1  # never dropped, never reconnected
+        assert "Client t2 already connected" not in broker.log_path.read_text()
+        head, rows = collect(cfg("fleet-q1"), TOPICS, timeout_s=3)
+        (row,) = [r for r in rows if r.terminal_id == "t2"]
+        assert row.online is True and head == seq
+        assert pub.wait_connected(1)  # the fleet view has its own login: no takeover
+    finally:
+        for c in intruders:
+            c.disconnect()
+            c.loop_stop()
+        t2.stop()
+        pub.stop()
+        store.close()
+        broker.stop()
