@@ -531,3 +531,63 @@ def test_a_terminal_login_cannot_take_over_another_terminals_session(tmp_path: P
         pub.stop()
         store.close()
         broker.stop()
+
+
+NASTY = ("\x1b[2J\x1b[H\x1b]0;owned\x07\x1b[31mFAKE ROW t-z online 0 0\x1b[0m\r\n"
+         "\u202eevil\u2066\x9b1;1H\x00\x7f\u200b" + "A" * 5000)
+
+
+def _assert_printable(out: str) -> None:
+    import unicodedata
+
+    for line in out.splitlines():
+        assert len(line) < 1000, f"unbounded line ({len(line)} chars)"
+        bad = [c for c in line if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
+        assert not bad, f"control/format characters reach the screen: {bad!r}"
+
+
+def test_fleet_view_and_reports_show_terminal_text_without_escapes(
+    tmp_path: Path, broker: MosquittoBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A terminal's state message full of escape sequences, bidi overrides and 5,000
+    characters goes through the real broker; the fleet table (library and command) and
+    the reports command print it inert and bounded."""
+    from motcua.cli import main
+
+    s = BrokerSettings(host=broker.host, port=broker.port, **FAST)  # type: ignore[arg-type]
+    c = make_client("evil-terminal", s)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        st = pb.TerminalState(protocol_version=1, terminal_id="t-x", district_id=DISTRICT,
+                              applied_seq=1, gallery_size=1, model=NASTY, version=NASTY,
+                              last_error=NASTY)
+        c.publish(TOPICS.state("t-x"), st.SerializeToString(), qos=1,
+                  retain=True).wait_for_publish(5)
+        c.publish(TOPICS.status("t-x"), b"online", qos=1, retain=True).wait_for_publish(5)
+        # a terminal id that is itself an escape sequence (a broker without the ACL)
+        c.publish(TOPICS.state("\x1b[2Jt-y"), st.SerializeToString(), qos=1,
+                  retain=True).wait_for_publish(5)
+        head, rows = collect(s, TOPICS, timeout_s=3)
+        assert {r.terminal_id for r in rows} >= {"t-x"}
+        table = format_table(head, rows)
+        _assert_printable(table)
+        assert "FAKE ROW" in table and "evil" in table  # shown, but inert
+        assert len(table.splitlines()) == 2 + len(rows)  # no injected rows
+        out = subprocess.run(
+            [sys.executable, "-m", "motcua", "district", "fleet", "--district", DISTRICT,
+             "--broker", f"{broker.host}:{broker.port}"],
+            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+            timeout=60, check=True).stdout
+        _assert_printable(out)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    # reports stored before the field checks existed (or by a bug) are shown inert too
+    dlog = new_district(tmp_path / "d.sqlite", dim=16)
+    dlog.add_report(terminal_id="t-x", session_id=NASTY, kind="not_me", time=NASTY,
+                    citizen_id=NASTY, rating=0, score=0.5)
+    dlog.close()
+    capsys.readouterr()
+    assert main(["district", "reports", "--db", str(tmp_path / "d.sqlite")]) == 0
+    _assert_printable(capsys.readouterr().out)
