@@ -17,7 +17,6 @@ how many of the forged reports were stored.
 
     PYTHONPATH=. python bench/abuse.py replay [--citizens N] [--requests N]
     PYTHONPATH=. python bench/abuse.py reports [--rate R] [--flood S] [--score X]
-    (add --shipped-broker-conf to start Mosquitto with deploy/mosquitto/motcua-sync.conf)
 
 The last printed line is one JSON object of the figures.
 """
@@ -46,8 +45,6 @@ from sync.mqtt import BrokerSettings, connect_properties, make_client  # noqa: E
 from tests.broker import MosquittoBroker  # noqa: E402
 from tests.sync_helpers import DISTRICT, EMBEDDER, add_citizens, new_district, new_key  # noqa: E402
 
-SHIPPED_CONF = REPO / "deploy" / "mosquitto" / "motcua-sync.conf"
-
 
 def progress(msg: str) -> None:
     print(f"  .. {msg}", file=sys.stderr, flush=True)
@@ -64,11 +61,10 @@ def pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(values), q)), 4) if values else float("nan")
 
 
-def start_broker(work: Path, shipped: bool) -> MosquittoBroker:
-    extra = SHIPPED_CONF if shipped else None
-    if extra is None:
-        return MosquittoBroker(work / "broker").start()
-    return MosquittoBroker(work / "broker", include=extra).start()  # type: ignore[call-arg]
+def start_broker(work: Path) -> MosquittoBroker:
+    """Default broker settings (anonymous, no queue bounds): the figures show what the
+    district itself sends, with or without the shipped broker limits."""
+    return MosquittoBroker(work / "broker").start()
 
 
 def settings(b: MosquittoBroker) -> BrokerSettings:
@@ -90,7 +86,7 @@ def connected_client(b: MosquittoBroker, cid: str, *, persistent: bool = False):
 
 
 def replay_flood(work: Path, args: argparse.Namespace) -> dict[str, object]:
-    broker = start_broker(work, args.shipped_broker_conf)
+    broker = start_broker(work)
     dlog = new_district(work / "d.sqlite", dim=512)
     for start in range(0, args.citizens, 500):
         add_citizens(dlog, min(500, args.citizens - start), start=start)
@@ -168,7 +164,7 @@ def replay_flood(work: Path, args: argparse.Namespace) -> dict[str, object]:
 
 
 def report_flood(work: Path, args: argparse.Namespace) -> dict[str, object]:
-    broker = start_broker(work, args.shipped_broker_conf)
+    broker = start_broker(work)
     dlog = new_district(work / "d.sqlite", dim=64)
     add_citizens(dlog, 200)
     key = new_key()
@@ -288,7 +284,6 @@ def main() -> None:
                          "the field checks and meets the rate limit and the writer)")
     ap.add_argument("--cap", type=float, default=60.0,
                     help="stop waiting for the victim terminal after this many seconds")
-    ap.add_argument("--shipped-broker-conf", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="motcua-abuse-") as tmp:
         fig = (replay_flood if args.mode == "replay" else report_flood)(Path(tmp), args)
