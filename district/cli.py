@@ -26,6 +26,7 @@ from district.fleet import collect, format_table
 from district.log import DistrictLog
 from district.pki import sign_terminal_csr
 from district.publisher import BATCH_MAX_CHANGES, REPLAY_WINDOW, Publisher
+from district.untrusted import shown
 from faces.pipeline import load_pipeline
 from models.pack import load_manifest
 from sync.changes import DossierStatus
@@ -320,11 +321,14 @@ def cmd_sign_csr(args: argparse.Namespace) -> int:
 def cmd_reports(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise ConfigError("--limit: must be at least 1")
+
     rows = _open(args).reports(args.limit)
     print(f"{'time':<30} {'terminal':<16} {'kind':<7} {'session':<34} {'citizen':<12} rating")
     for terminal, session, kind, when, citizen, rating, _score in rows:
+        # every field came from a terminal: shown() makes it inert and bounded
         stars = str(rating) if kind == "rating" else "-"
-        print(f"{when:<30} {terminal:<16} {kind:<7} {session:<34} {citizen or '-':<12} {stars}")
+        print(f"{shown(when, 40):<30} {shown(terminal, 64):<16} {shown(kind, 8):<7} "
+              f"{shown(session, 128):<34} {shown(citizen, 64) or '-':<12} {stars}")
     print(f"{len(rows)} report(s)")
     return 0
 

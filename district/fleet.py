@@ -11,6 +11,7 @@ import paho.mqtt.client as mqtt
 from google.protobuf.message import DecodeError
 
 from core.errors import AuthenticationError, SyncError
+from district.untrusted import shown
 from proto import sync_pb2 as pb
 from sync.mqtt import BrokerSettings, is_auth_failure, make_client
 from sync.topics import Topics
@@ -42,6 +43,8 @@ def collect(
     last_msg = [time.monotonic()]
     done = threading.Event()
     failure: list[str] = []
+    # a throw-away id: with the shipped broker config the broker uses the login instead,
+    # so the fleet view needs its own login (fleet-<district>, motcua-sync.acl)
     client = make_client(f"motcua-fleet-{uuid.uuid4().hex[:8]}", broker)
 
     def on_connect(c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:
@@ -112,6 +115,7 @@ def collect(
 
 
 def format_table(head: int | None, rows: list[FleetRow]) -> str:
+    """The fleet as a text table; every text a terminal sent goes through ``shown``."""
     cols = [
         "terminal",
         "status",
@@ -128,15 +132,15 @@ def format_table(head: int | None, rows: list[FleetRow]) -> str:
         status = {True: "online", False: "offline", None: "?"}[r.online]
         lines.append(
             [
-                r.terminal_id,
+                shown(r.terminal_id),
                 status,
                 "-" if r.applied_seq is None else str(r.applied_seq),
                 "-" if r.lag is None else str(r.lag),
                 "-" if r.gallery_size is None else str(r.gallery_size),
-                r.model or "-",
-                r.version or "-",
+                shown(r.model) or "-",
+                shown(r.version) or "-",
                 str(r.rejections),
-                r.last_error or "",
+                shown(r.last_error),
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(cols))]

@@ -376,6 +376,18 @@ class DistrictLog:
             )
         return cur.rowcount == 1
 
+    def add_reports(self, rows: list[tuple[str, str, str, str, str, int, float]]) -> int:
+        """Store many reports (terminal, session, kind, time, citizen, rating, score) in
+        one transaction; returns how many were new."""
+        new = 0
+        with self.transaction():
+            for row in rows:
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO reports VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, strftime('%s','now'))", row)
+                new += cur.rowcount
+        return new
+
     def reports(self, limit: int = 1000) -> list[tuple[str, str, str, str, str, int, float]]:
         """Newest reports first: (terminal, session, kind, time, citizen, rating, score)."""
         with self._lock:

@@ -7,19 +7,24 @@ terminals' replay and snapshot requests on their direct topics. Progress
 publisher that crashes resumes with the next unacknowledged batch: at worst one batch
 is sent twice, and terminals ignore duplicates.
 
-Terminals' reports ("not me", ratings) arrive on their report topics (QoS 1) and are
-stored in the log's ``reports`` table before paho sends the PUBACK, once per
-(terminal, session, kind).
+Terminals' reports ("not me", ratings) arrive on their report topics (QoS 1). paho's
+network thread only checks them and applies the per-terminal limits (district/reports.py);
+the ``district-reports`` thread stores them in the log's ``reports`` table, once per
+(terminal, session, kind), and only then is the PUBACK sent (manual acknowledgement).
+The network thread never waits for SQLite, so a report flood cannot stall the PUBACKs
+of the district's own batches.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import sqlite3
 import threading
 import time
+import typing
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
@@ -28,9 +33,16 @@ from google.protobuf.message import DecodeError
 
 from core.errors import AuthenticationError, DistrictError, SyncError
 from district.log import DistrictLog
+from district.reports import ReportGate, ReportWriter, check_report
 from proto import sync_pb2 as pb
-from sync.mqtt import BrokerSettings, is_auth_failure, make_client, start_client
-from sync.topics import DEFAULT_PREFIX, Topics
+from sync.mqtt import (
+    BrokerSettings,
+    is_auth_failure,
+    make_client,
+    session_client_id,
+    start_client,
+)
+from sync.topics import DEFAULT_PREFIX, Topics, check_id
 from sync.wire import PROTOCOL_VERSION, seal
 
 log = logging.getLogger(__name__)
@@ -54,8 +66,22 @@ SNAPSHOT_MIN_INTERVAL_S = 5.0
 #: snapshot. 20,000 changes (~40 MB at 512-d) is about what a snapshot of a small district
 #: costs, so a longer replay would not be cheaper
 REPLAY_WINDOW = 20_000
-#: pending requests beyond this are dropped (terminals re-ask)
-REQUEST_QUEUE_MAX = 1000
+#: what the district sends one terminal on its direct topic (replays and snapshots) is
+#: paid from a per-terminal token bucket in bytes, refilled at this rate. 1 MiB/s lets a
+#: terminal catch up a day of changes (a few MB) in seconds, while 150 forged requests
+#: buy one terminal's credentials ~1 MiB/s instead of ~80 MB/s (bench/abuse.py)
+REQUEST_BYTES_PER_S = 1 << 20
+#: the bucket's size: a terminal back from a week off replays its ~20 MB gap at once
+#: after 16 MiB then the rate; a snapshot may take the bucket into debt (it cannot be cut
+#: short), and the terminal gets nothing more on its direct topic until it is repaid
+REQUEST_BURST_BYTES = 16 << 20
+#: one replay answer stops after this many bytes (the batch that crosses it is the last);
+#: the terminal applies it and asks again from where it got to, behind the other
+#: terminals in the round-robin. 8 MiB is ~3,500 512-d upserts
+REPLAY_MAX_BYTES = 8 << 20
+#: terminals with a request pending (one each: a newer request replaces the older one);
+#: a district has hundreds of terminals, so 10,000 is never reached by honest ones
+REQUEST_TERMINALS_MAX = 10_000
 #: pause after a failed round (log busy, broker error) before trying again
 RETRY_S = 1.0
 #: give up waiting for one PUBACK after this long and re-check the connection
@@ -71,14 +97,114 @@ class PublisherStats:
     snapshot_chunks: int = 0
     bytes_sent: int = 0
     bad_requests: int = 0
-    #: terminal reports stored / duplicates ignored / malformed or forged
-    reports: int = 0
-    duplicate_reports: int = 0
+    #: terminal reports malformed or forged (checked on arrival)
     bad_reports: int = 0
+    #: reports refused by the per-terminal rate limit / the per-citizen "not me" window
+    limited_reports: int = 0
+    citizen_dup_reports: int = 0
+    #: reports dropped because the writer's queue was full
+    dropped_reports: int = 0
     #: well-formed requests received, by terminal
     requests: dict[str, int] = field(default_factory=dict)
+    #: requests merged into one already pending from the same terminal
+    coalesced_requests: int = 0
+    #: requests dropped because REQUEST_TERMINALS_MAX terminals were already waiting
+    dropped_requests: int = 0
+    #: replays cut short by REPLAY_MAX_BYTES or the terminal's byte budget
+    replays_truncated: int = 0
+    #: bytes sent on each terminal's direct topic (replays and snapshots)
+    direct_bytes: dict[str, int] = field(default_factory=dict)
     last_snapshot_bytes: int = 0
     per_terminal_snapshot: dict[str, float] = field(default_factory=dict)
+
+
+class ByteBucket:
+    """A token bucket in bytes: ``rate`` per second up to ``burst``; charges may take it
+    into debt (a snapshot cannot be cut short), and nothing is sent while it is <= 0."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self._t = now
+
+    def level(self, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + (now - self._t) * self.rate)
+        self._t = now
+        return self.tokens
+
+    def wait_s(self, now: float) -> float:
+        """Seconds until the bucket holds something again (0 when it does)."""
+        level = self.level(now)
+        return 0.0 if level > 0 else (-level + 1) / self.rate
+
+    def charge(self, n: int) -> None:
+        self.tokens -= n
+
+
+class RequestQueue:
+    """Pending replay/snapshot requests: at most one per terminal (a newer one replaces
+    the pending one in its place), served round-robin in order of arrival, skipping
+    terminals whose byte budget is spent. One terminal cannot push others out: it holds
+    one slot whatever it sends. A request equal to the one being answered is dropped
+    (the answer is on its way). ``put`` never blocks (paho's network thread)."""
+
+    def __init__(self, max_terminals: int) -> None:
+        self.max_terminals = max_terminals
+        self._pending: collections.OrderedDict[str, pb.SyncRequest] = collections.OrderedDict()
+        self._cv = threading.Condition()
+        self.busy = False
+        self._serving: tuple[str, int, int, int] | None = None
+
+    @staticmethod
+    def _key(terminal: str, req: pb.SyncRequest) -> tuple[str, int, int, int]:
+        return terminal, req.kind, req.epoch, req.from_seq
+
+    def put(self, terminal: str, req: pb.SyncRequest) -> str:
+        """'queued', 'coalesced' (merged with a pending or the running one) or 'dropped'."""
+        with self._cv:
+            if self._serving == self._key(terminal, req):
+                return "coalesced"
+            if terminal in self._pending:
+                self._pending[terminal] = req
+                return "coalesced"
+            if len(self._pending) >= self.max_terminals:
+                return "dropped"
+            self._pending[terminal] = req
+            self._cv.notify()
+            return "queued"
+
+    def take(
+        self, wait_s: Callable[[str], float], timeout: float
+    ) -> tuple[str, pb.SyncRequest] | None:
+        """The first pending request whose terminal may be served now (``wait_s`` of it is
+        0), or None after ``timeout`` (or sooner, when a budget refills)."""
+        with self._cv:
+            soonest = timeout
+            for terminal in self._pending:
+                w = wait_s(terminal)
+                if w <= 0:
+                    self.busy = True
+                    req = self._pending.pop(terminal)
+                    self._serving = self._key(terminal, req)
+                    return terminal, req
+                soonest = min(soonest, w)
+            self.busy = False
+            self._cv.wait(soonest)
+            return None
+
+    def done(self) -> None:
+        with self._cv:
+            self.busy = False
+            self._serving = None
+
+    def idle(self) -> bool:
+        """Nothing pending and nothing being served (tests, benchmarks)."""
+        with self._cv:
+            return not self._pending and not self.busy
+
+    def __len__(self) -> int:
+        with self._cv:
+            return len(self._pending)
 
 
 class Publisher:
@@ -97,6 +223,9 @@ class Publisher:
         chunk_max_bytes: int = CHUNK_MAX_BYTES,
         snapshot_min_interval_s: float = SNAPSHOT_MIN_INTERVAL_S,
         replay_window: int = REPLAY_WINDOW,
+        request_bytes_per_s: float = REQUEST_BYTES_PER_S,
+        request_burst_bytes: float = REQUEST_BURST_BYTES,
+        replay_max_bytes: int = REPLAY_MAX_BYTES,
     ) -> None:
         self.log = dlog
         self.key = key
@@ -107,14 +236,18 @@ class Publisher:
         self.chunk_max_bytes = chunk_max_bytes
         self.snapshot_min_interval_s = snapshot_min_interval_s
         self.replay_window = replay_window
+        self.request_bytes_per_s = request_bytes_per_s
+        self.request_burst_bytes = request_burst_bytes
+        self.replay_max_bytes = replay_max_bytes
+        self._buckets: dict[str, ByteBucket] = {}
         self.stats = PublisherStats()
         self._wake = threading.Event()
         self._connected = threading.Event()
         self._manifest_due = threading.Event()
-        self._requests: queue.Queue[tuple[str, pb.SyncRequest]] = queue.Queue(REQUEST_QUEUE_MAX)
+        self.requests = RequestQueue(REQUEST_TERMINALS_MAX)
         self._auth_error: str | None = None
         self._threads: list[threading.Thread] = []
-        cid = client_id or f"motcua-district-{dlog.district_id}"
+        cid = client_id or session_client_id(broker, f"motcua-district-{dlog.district_id}")
         self.client = make_client(cid, broker)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -122,6 +255,12 @@ class Publisher:
         self.client.on_publish = self._on_publish
         self._acked: set[int] = set()
         self._acked_cv = threading.Condition()
+        # reports: PUBACK after the writer stored them; a connection's number tells a
+        # stale mid (the link dropped meanwhile: the broker sends it again) from a live one
+        self.client.manual_ack_set(True)
+        self._link = 0
+        self.report_gate = ReportGate()
+        self.report_writer = ReportWriter(dlog, self._report_stored, self.stop_event)
 
     # ---- MQTT callbacks (paho's thread) ------------------------------------------
 
@@ -134,6 +273,7 @@ class Publisher:
                 client.disconnect()
                 self.stop_event.set()
             return
+        self._link += 1
         client.subscribe([(self.topics.all_requests, 1), (self.topics.all_reports, 1)])
         self._connected.set()
         self._manifest_due.set()
@@ -142,11 +282,15 @@ class Publisher:
     def _on_disconnect(self, *_a: object) -> None:
         self._connected.clear()
 
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         terminal = self.topics.terminal_of(msg.topic)
+        if terminal is not None and not _is_id(terminal):
+            terminal = None  # not a terminal id we could have issued: never shown or stored
         if terminal is not None and msg.topic == self.topics.report(terminal):
-            self._on_report(terminal, bytes(msg.payload))
+            if not self._on_report(terminal, bytes(msg.payload), (self._link, msg.mid, msg.qos)):
+                client.ack(msg.mid, msg.qos)
             return
+        client.ack(msg.mid, msg.qos)  # requests: handled below, nothing to make durable
         req = pb.SyncRequest()
         try:
             req.ParseFromString(msg.payload)
@@ -162,54 +306,45 @@ class Publisher:
             self.stats.bad_requests += 1
             return
         self.stats.requests[terminal] = self.stats.requests.get(terminal, 0) + 1
-        try:
-            self._requests.put_nowait((terminal, req))
-        except queue.Full:
-            self.stats.bad_requests += 1
+        outcome = self.requests.put(terminal, req)
+        if outcome == "coalesced":
+            self.stats.coalesced_requests += 1
+        elif outcome == "dropped":
+            self.stats.dropped_requests += 1
 
-    def _on_report(self, terminal: str, payload: bytes) -> None:
-        """Store one TerminalReport (paho's thread; the PUBACK follows this return)."""
+    def _on_report(self, terminal: str, payload: bytes, token: tuple[int, int, int]) -> bool:
+        """Check one TerminalReport and queue it for the writer (paho's thread, no
+        SQLite); True when queued (the writer acknowledges it once stored)."""
         rep = pb.TerminalReport()
         try:
             rep.ParseFromString(payload)
-        except DecodeError:
-            rep = None  # type: ignore[assignment]
-        kinds = {pb.TerminalReport.KIND_NOT_ME: "not_me", pb.TerminalReport.KIND_RATING: "rating"}
-        if (
-            rep is None
-            or rep.terminal_id != terminal
-            or rep.district_id != self.log.district_id
-            or rep.kind not in kinds
-            or not 0 < len(rep.session_id) <= 128
-            or len(rep.time) > 64
-            or len(rep.citizen_id) > 64
-            or (rep.kind == pb.TerminalReport.KIND_RATING and not 1 <= rep.rating <= 5)
-        ):
+            report = check_report(rep, terminal=terminal, district=self.log.district_id)
+        except (DecodeError, ValueError) as exc:
             self.stats.bad_reports += 1
-            log.warning("bad report from %s dropped", terminal)
-            return
-        try:
-            new = self.log.add_report(
-                terminal_id=terminal,
-                session_id=rep.session_id,
-                kind=kinds[rep.kind],
-                time=rep.time,
-                citizen_id=rep.citizen_id,
-                rating=rep.rating if rep.kind == pb.TerminalReport.KIND_RATING else 0,
-                score=rep.score,
-            )
-        except (DistrictError, sqlite3.Error) as exc:  # acked anyway: see docs/sync.md
-            log.error("cannot store report %s/%s: %s", terminal, rep.session_id, exc)
-            self.stats.bad_reports += 1
-            return
-        if new:
-            self.stats.reports += 1
-        else:
-            self.stats.duplicate_reports += 1
+            log.warning("bad report from %s dropped: %s", terminal, exc)
+            return False
+        verdict = self.report_gate.admit(report)
+        if verdict == "rate":
+            self.stats.limited_reports += 1
+            return False
+        if verdict == "citizen":
+            self.stats.citizen_dup_reports += 1
+            return False
+        if not self.report_writer.offer(report, token):
+            self.stats.dropped_reports += 1
+            return False
+        return True
+
+    def _report_stored(self, token: object) -> None:
+        """The writer stored a report (district-reports thread): acknowledge it now."""
+        link, mid, qos = typing.cast(tuple[int, int, int], token)
+        if link == self._link and self._connected.is_set():
+            self.client.ack(mid, qos)
 
     # ---- life cycle ----------------------------------------------------------------
 
     def start(self) -> Publisher:
+        self.report_writer.start()
         start_client(self.client, self.broker)
         for name, target in (
             ("district-publish", self._publish_loop),
@@ -225,6 +360,7 @@ class Publisher:
         self._wake.set()
         for t in self._threads:
             t.join(timeout=30)
+        self.report_writer.join(timeout=30)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -371,16 +507,42 @@ class Publisher:
 
     # ---- replays and snapshots --------------------------------------------------------
 
+    def _bucket(self, terminal: str) -> ByteBucket:
+        b = self._buckets.get(terminal)
+        if b is None:
+            now = time.monotonic()
+            if len(self._buckets) >= REQUEST_TERMINALS_MAX:
+                # a full bucket is the same as a fresh one: forget those
+                for t in [t for t, v in self._buckets.items() if v.level(now) >= v.burst]:
+                    del self._buckets[t]
+            b = self._buckets[terminal] = ByteBucket(
+                self.request_bytes_per_s, self.request_burst_bytes, now)
+        return b
+
+    def _wait_s(self, terminal: str) -> float:
+        b = self._buckets.get(terminal)
+        return 0.0 if b is None else b.wait_s(time.monotonic())
+
     def _serve_loop(self) -> None:
         while not self.stop_event.is_set():
-            try:
-                terminal, req = self._requests.get(timeout=0.1)
-            except queue.Empty:
+            item = self.requests.take(self._wait_s, 0.1)
+            if item is None:
                 continue
+            terminal, req = item
             try:
                 self._serve(terminal, req)
             except Exception as exc:  # keep serving other terminals; log the failure
                 log.exception("serving %s for %s failed: %s", req.kind, terminal, exc)
+            finally:
+                self.requests.done()
+
+    def _send_direct(self, terminal: str, payload: bytes) -> bool:
+        """Send on one terminal's direct topic and charge its byte budget."""
+        if not self._send(self.topics.direct(terminal), payload):
+            return False
+        self._bucket(terminal).charge(len(payload))
+        self.stats.direct_bytes[terminal] = self.stats.direct_bytes.get(terminal, 0) + len(payload)
+        return True
 
     def _serve(self, terminal: str, req: pb.SyncRequest) -> None:
         published = self.log.published_seq
@@ -400,13 +562,14 @@ class Publisher:
         self.send_snapshot(terminal, req.request_id)
 
     def send_replay(self, terminal: str, from_seq: int, request_id: str = "") -> None:
-        """Send published changes from ``from_seq`` on to one terminal's direct topic."""
-        topic = self.topics.direct(terminal)
+        """Send published changes from ``from_seq`` on to one terminal's direct topic,
+        at most ``replay_max_bytes`` and while its byte budget lasts (it asks again)."""
         published = self.log.published_seq
         if from_seq > published:
             return  # nothing published yet beyond what it has; live batches follow
         self.stats.replays += 1
         first = max(1, from_seq)
+        sent = 0
         while first <= published and not self.stop_event.is_set():
             last = min(published, first + self.batch_max_changes - 1)
             try:
@@ -418,13 +581,18 @@ class Publisher:
                 return
             for part in self._split(changes):
                 payload = self._batch(part, pb.BATCH_ORIGIN_REPLAY, request_id)
-                if not self._send(topic, payload):
+                if not self._send_direct(terminal, payload):
                     return
-            first = last + 1
+                sent += len(payload)
+                if sent >= self.replay_max_bytes or self._wait_s(terminal) > 0:
+                    if first + len(part) <= published:
+                        self.stats.replays_truncated += 1
+                        log.info("replay for %s cut at %d bytes (budget)", terminal, sent)
+                    return
+                first += len(part)
 
     def send_snapshot(self, terminal: str, request_id: str = "") -> None:
         """Stream the current state to one terminal's direct topic in signed chunks."""
-        topic = self.topics.direct(terminal)
         snap_id = uuid.uuid4().hex
         sent_bytes = 0
         with self.log.snapshot() as (last_seq, n_citizens, n_dossiers, rows):
@@ -459,7 +627,7 @@ class Publisher:
                     pb.PAYLOAD_KIND_SNAPSHOT_CHUNK,
                     c.SerializeToString(),
                 )
-                if not self._send(topic, payload):
+                if not self._send_direct(terminal, payload):
                     return False
                 sent_bytes += len(payload)
                 self.stats.snapshot_chunks += 1
@@ -479,6 +647,14 @@ class Publisher:
         self.stats.snapshots += 1
         self.stats.last_snapshot_bytes = sent_bytes
         log.info("snapshot %s to %s: %d chunks, %d bytes", snap_id, terminal, index, sent_bytes)
+
+
+def _is_id(value: str) -> bool:
+    try:
+        check_id(value, "terminal id")
+    except ValueError:
+        return False
+    return True
 
 
 def new_request_id() -> str:

@@ -118,6 +118,13 @@ def is_auth_failure(reason_code: ReasonCode | int) -> bool:
     return value in AUTH_FAILURE_CODES
 
 
+def session_client_id(settings: BrokerSettings, default: str) -> str:
+    """The client id to connect with: the user name when there is one (the shipped broker
+    config replaces any id by the user name, ``use_username_as_clientid``, so that one
+    login can only reach its own session), else ``default`` (brokers without logins)."""
+    return settings.username or default
+
+
 def make_client(client_id: str, settings: BrokerSettings) -> mqtt.Client:
     """A configured, unconnected v5 client (TLS and credentials applied)."""
     client = mqtt.Client(

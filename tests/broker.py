@@ -4,7 +4,8 @@
 starts ``mosquitto -c``, waits until the port accepts connections, and can be stopped,
 killed (SIGKILL, like a power cut) and restarted on the same port with the same
 persistence file. Optional: password file, ACL file, TLS listener with client
-certificates, a low ``max_queued_messages`` to make queue overflow quick to reach.
+certificates, a low ``max_queued_messages`` to make queue overflow quick to reach, and
+extra config lines from a file (``include``: the shipped broker settings).
 """
 
 from __future__ import annotations
@@ -39,6 +40,21 @@ class TlsFiles:
     keyfile: Path
 
 
+def _split_include(path: Path | None) -> tuple[list[str], list[str]]:
+    if path is None:
+        return [], []
+    general: list[str] = []
+    per_listener: list[str] = []
+    target = general
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("# ---- listener"):
+            target = per_listener
+        elif line and not line.startswith("#") and line != "per_listener_settings false":
+            target.append(line)
+    return general, per_listener
+
+
 class MosquittoBroker:
     """One Mosquitto process with its own config and persistence under ``workdir``."""
 
@@ -51,6 +67,7 @@ class MosquittoBroker:
         acl: str | None = None,
         tls: TlsFiles | None = None,
         autosave_interval: int = 1,
+        include: Path | None = None,
     ) -> None:
         if shutil.which("mosquitto") is None:
             raise RuntimeError("mosquitto is not installed (scripts/debian-packages.txt)")
@@ -95,7 +112,12 @@ class MosquittoBroker:
             aclfile.write_text(acl)
             aclfile.chmod(0o600)
             lines.append(f"acl_file {aclfile}")
+        # e.g. the shipped deploy/mosquitto/motcua-sync.conf: its general part here, its
+        # per-listener part (after the "# ---- listener" line) after our listener line
+        general, per_listener = _split_include(include)
+        lines += general
         lines.append(f"listener {self.port} {self.host}")
+        lines += per_listener
         if tls is not None:
             lines += [
                 f"cafile {tls.cafile}",

@@ -74,16 +74,16 @@ def test_not_me_and_rating_arrive_exactly_once_across_terminal_restart(
         outbox.report("rating", {"terminal": "t1", "session": "s-3", "stars": 1})
         term = start_terminal(tmp_path, broker, key, store)
         wait_for(lambda: term.outbox is not None and term.outbox.sent == 3, 15)
-        wait_for(lambda: publisher.stats.duplicate_reports == 2, 10)
+        wait_for(lambda: publisher.report_writer.duplicates == 2, 10)
         assert rows(dlog) == expected + [("t1", "s-3", "rating", "", 1)]
-        assert publisher.stats.reports == 3
+        assert publisher.report_writer.stored == 3
 
         # a plain restart sends nothing again
         term.stop()
         term = start_terminal(tmp_path, broker, key, store)
         wait_for(lambda: term.connected.is_set(), 10)
         assert term.outbox is not None and term.outbox.pending() == []
-        assert publisher.stats.duplicate_reports == 2
+        assert publisher.report_writer.duplicates == 2
 
         # forged / malformed reports are counted and dropped, not stored: another
         # terminal's id in t1's topic, garbage bytes, a 9-star rating

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -276,10 +277,11 @@ def test_acl_keeps_terminals_off_gallery_topics_and_each_other(tmp_path: Path) -
         assert pub.stats.requests["t-b"] == asked["t-b"] and pub.stats.bad_requests == 0
         # t-a's own report topic is writable too; t-b's forged report never arrived
         send(TOPICS.report("t-a"), pb.TerminalReport(
-            terminal_id="t-a", district_id=DISTRICT, kind=pb.TerminalReport.KIND_RATING,
-            session_id="s-a", rating=5,
+            protocol_version=1, terminal_id="t-a", district_id=DISTRICT,
+            kind=pb.TerminalReport.KIND_RATING, session_id="s-a", rating=5,
+            time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         ).SerializeToString())
-        wait_for(lambda: pub.stats.reports == 1, what="t-a's report")
+        wait_for(lambda: pub.report_writer.stored == 1, what="t-a's report")
         assert [r[:3] for r in dlog.reports()] == [("t-a", "s-a", "rating")]
         assert pub.stats.bad_reports == 0
         # a replay the district sends to t-b's direct topic: the spy must not see it
@@ -472,3 +474,120 @@ def test_district_signs_a_terminal_request_and_the_certificate_connects(  # type
     refused([*base, str(csr), "--days", "900"], "1..825")
     assert main([*base, str(csr), "--out", str(out)]) != 0  # never overwrites
     assert "exists" in capsys.readouterr().err
+
+
+SHIPPED_CONF = REPO / "deploy" / "mosquitto" / "motcua-sync.conf"
+
+
+def test_a_terminal_login_cannot_take_over_another_terminals_session(tmp_path: Path) -> None:
+    """Broker started with the shipped config and ACL: t1's credentials connecting with
+    t2's client ids neither close nor wipe t2's session, and the fleet view stays calm."""
+    users = {"district-q1": "d", "fleet-q1": "f", "t1": "p1", "t2": "p2"}
+    broker = MosquittoBroker(tmp_path / "broker", users=users, acl=ACL.read_text(),
+                             include=SHIPPED_CONF).start()
+
+    def cfg(user: str) -> BrokerSettings:
+        return BrokerSettings(host=broker.host, port=broker.port, username=user,
+                              password=users[user], **FAST)  # type: ignore[arg-type]
+
+    dlog = new_district(tmp_path / "d.sqlite", dim=16)
+    add_citizens(dlog, 5)
+    key = new_key()
+    pub = Publisher(dlog, key, cfg("district-q1")).start()
+    store = GalleryStore.open(tmp_path / "t2", embedder_id=EMBEDDER, dim=16)
+    t2 = TerminalSubscriber(store, cfg("t2"), district_id=DISTRICT, terminal_id="t2",
+                            public_key=key.public_key(), spool_dir=tmp_path,
+                            state_interval_s=0.1).start()
+    intruders = []
+    try:
+        wait_for(lambda: store.last_seq == dlog.head_seq, what="t2 synced")
+        assert t2.connects == 1
+        for cid in ("motcua-t2", "t2"):  # the old and the new id scheme
+            c = make_client(cid, cfg("t1"))
+            ok = threading.Event()
+            c.on_connect = lambda *_a, ok=ok: ok.set()
+            # clean start: on a broker that honours the id, this wipes t2's session
+            c.connect(broker.host, broker.port, clean_start=True)
+            c.loop_start()
+            intruders.append(c)
+            assert ok.wait(10)
+            c.disconnect()  # one at a time (the two share t1's login: they would swap)
+            c.loop_stop()
+        # the district publishes after both intruders got their CONNACK: a takeover would
+        # have closed t2's connection before that, so t2 would reconnect first
+        seq = dlog.update_dossier("HS-0000001", stage="Phòng Tư pháp")
+        wait_for(lambda: store.last_seq == seq, what="t2 applied the next change")
+        assert t2.connects == 1  # never dropped, never reconnected
+        assert "Client t2 already connected" not in broker.log_path.read_text()
+        head, rows = collect(cfg("fleet-q1"), TOPICS, timeout_s=3)
+        (row,) = [r for r in rows if r.terminal_id == "t2"]
+        assert row.online is True and head == seq
+        assert pub.wait_connected(1)  # the fleet view has its own login: no takeover
+    finally:
+        for c in intruders:
+            c.disconnect()
+            c.loop_stop()
+        t2.stop()
+        pub.stop()
+        store.close()
+        broker.stop()
+
+
+NASTY = ("\x1b[2J\x1b[H\x1b]0;owned\x07\x1b[31mFAKE ROW t-z online 0 0\x1b[0m\r\n"
+         "\u202eevil\u2066\x9b1;1H\x00\x7f\u200b" + "A" * 5000)
+
+
+def _assert_printable(out: str) -> None:
+    import unicodedata
+
+    for line in out.splitlines():
+        assert len(line) < 1000, f"unbounded line ({len(line)} chars)"
+        bad = [c for c in line if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
+        assert not bad, f"control/format characters reach the screen: {bad!r}"
+
+
+def test_fleet_view_and_reports_show_terminal_text_without_escapes(
+    tmp_path: Path, broker: MosquittoBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A terminal's state message full of escape sequences, bidi overrides and 5,000
+    characters goes through the real broker; the fleet table (library and command) and
+    the reports command print it inert and bounded."""
+    from motcua.cli import main
+
+    s = BrokerSettings(host=broker.host, port=broker.port, **FAST)  # type: ignore[arg-type]
+    c = make_client("evil-terminal", s)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        st = pb.TerminalState(protocol_version=1, terminal_id="t-x", district_id=DISTRICT,
+                              applied_seq=1, gallery_size=1, model=NASTY, version=NASTY,
+                              last_error=NASTY)
+        c.publish(TOPICS.state("t-x"), st.SerializeToString(), qos=1,
+                  retain=True).wait_for_publish(5)
+        c.publish(TOPICS.status("t-x"), b"online", qos=1, retain=True).wait_for_publish(5)
+        # a terminal id that is itself an escape sequence (a broker without the ACL)
+        c.publish(TOPICS.state("\x1b[2Jt-y"), st.SerializeToString(), qos=1,
+                  retain=True).wait_for_publish(5)
+        head, rows = collect(s, TOPICS, timeout_s=3)
+        assert {r.terminal_id for r in rows} >= {"t-x"}
+        table = format_table(head, rows)
+        _assert_printable(table)
+        assert "FAKE ROW" in table and "evil" in table  # shown, but inert
+        assert len(table.splitlines()) == 2 + len(rows)  # no injected rows
+        out = subprocess.run(
+            [sys.executable, "-m", "motcua", "district", "fleet", "--district", DISTRICT,
+             "--broker", f"{broker.host}:{broker.port}"],
+            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+            timeout=60, check=True).stdout
+        _assert_printable(out)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    # reports stored before the field checks existed (or by a bug) are shown inert too
+    dlog = new_district(tmp_path / "d.sqlite", dim=16)
+    dlog.add_report(terminal_id="t-x", session_id=NASTY, kind="not_me", time=NASTY,
+                    citizen_id=NASTY, rating=0, score=0.5)
+    dlog.close()
+    capsys.readouterr()
+    assert main(["district", "reports", "--db", str(tmp_path / "d.sqlite")]) == 0
+    _assert_printable(capsys.readouterr().out)

@@ -28,7 +28,13 @@ from core.errors import AuthenticationError
 from edge import __version__
 from edge.syncclient.engine import GAP_TIMEOUT_S, MAX_MESSAGE_BYTES, GalleryTarget, SyncEngine
 from edge.syncclient.outbox import COMPACT_INTERVAL_S, OutboxSender
-from sync.mqtt import BrokerSettings, is_auth_failure, make_client, start_client
+from sync.mqtt import (
+    BrokerSettings,
+    is_auth_failure,
+    make_client,
+    session_client_id,
+    start_client,
+)
 from sync.topics import DEFAULT_PREFIX, Topics
 from sync.wire import PublicKeys
 
@@ -101,7 +107,8 @@ class TerminalSubscriber:
             if outbox_dir is not None
             else None
         )
-        self.client = make_client(f"motcua-{terminal_id}", broker)
+        # the login when there is one: the broker binds the client id to it
+        self.client = make_client(session_client_id(broker, f"motcua-{terminal_id}"), broker)
         self.client.on_publish = self._on_publish
         self.client.will_set(self.topics.status(terminal_id), OFFLINE, qos=1, retain=True)
         self.client.on_connect = self._on_connect
