@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from core.errors import ChangeOrderError, MessageRejected, StoreError
+from edge.syncclient import persist
 from proto import sync_pb2 as pb
 from sync import wire
 from sync.changes import Change, CitizenDelete, CitizenUpsert, DossierUpsert
@@ -88,6 +89,7 @@ class SyncEngine:
         terminal_id: str,
         public_key: PublicKeys,
         spool_dir: Path | None = None,
+        state_path: Path | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         gap_timeout_s: float = GAP_TIMEOUT_S,
         request_retry_s: float = REQUEST_RETRY_S,
@@ -122,6 +124,14 @@ class SyncEngine:
         self._request_delay = request_retry_s
         self._replays_without_progress = 0
         self._snapshot: _Snapshot | None = None
+        #: persisted across restarts (edge/syncclient/persist.py): the rollback floor;
+        #: default beside the spools, None (tests of the engine alone) = memory only
+        if state_path is None and spool_dir is not None:
+            state_path = persist.state_file(spool_dir, terminal_id)
+        self.state_path = state_path
+        self.persisted = persist.load(state_path) if state_path is not None else persist.SyncState()
+        if (store.epoch, store.last_seq) > self.persisted.floor:
+            self.persisted.floor_epoch, self.persisted.floor_seq = store.epoch, store.last_seq
         if spool_dir is not None and spool_dir.is_dir():
             # spools of a snapshot that a crash or power cut interrupted: never resumed
             for stale in spool_dir.glob(f"snapshot-{terminal_id}-*.spool"):
@@ -142,6 +152,39 @@ class SyncEngine:
     def _fresh(self) -> bool:
         """An empty store that never applied anything takes any epoch from seq 1."""
         return self.store.last_seq == 0
+
+    @property
+    def floor(self) -> tuple[int, int]:
+        """The highest (epoch, change number) accepted, persisted across restarts."""
+        store = (self.store.epoch, self.store.last_seq)
+        return max(self.persisted.floor, store)
+
+    def _raise_floor(self, epoch: int, seq: int, *, durable: bool) -> None:
+        """Move the floor up to (epoch, seq); ``durable`` writes the file now (epoch rises
+        and installed snapshots; the store's own transaction covers applied batches)."""
+        if (epoch, seq) <= self.persisted.floor:
+            return
+        self.persisted.floor_epoch, self.persisted.floor_seq = epoch, seq
+        if durable:
+            self._save()
+
+    def _save(self) -> None:
+        if self.state_path is None:
+            return
+        try:
+            persist.save(self.state_path, self.persisted)
+        except OSError as exc:  # a full disk: the store still holds its own floor
+            log.error("cannot write %s: %s", self.state_path, exc)
+            self.last_error = f"cannot write the sync state: {exc.strerror or exc}"[:200]
+
+    def _below_floor(self, epoch: int, seq: int | None, what: str) -> None:
+        """Refuse a signed message that would take the terminal back (reason rollback)."""
+        f_epoch, f_seq = self.floor
+        if epoch < f_epoch or (seq is not None and epoch == f_epoch and seq < f_seq):
+            where = f"epoch {epoch}" + (f" change {seq}" if seq is not None else "")
+            raise MessageRejected(
+                wire.ROLLBACK, f"{what} at {where}, terminal already at epoch {f_epoch} "
+                               f"change {f_seq}")
 
     def _reject(self, exc: MessageRejected) -> None:
         self.rejections[exc.reason] += 1
@@ -191,12 +234,16 @@ class SyncEngine:
 
     def _on_manifest(self, m: pb.Manifest) -> None:
         self._check_space(m.embedder_id, m.dim)
+        self._below_floor(m.epoch, None, "manifest")
         if m.epoch < self.district_epoch or (
             m.epoch == self.district_epoch and m.head_seq < self.district_head
         ):
             return  # an older manifest (replayed or reordered): keep what we know
         self.district_epoch = m.epoch
         self.district_head = m.head_seq
+        # a signed manifest of a newer epoch: never accept the older one again, even
+        # if the terminal restarts before the new epoch's snapshot is installed
+        self._raise_floor(m.epoch, 0, durable=True)
         self.replay_from_seq = max(1, m.replay_from_seq)
         if self._fresh():
             # a new or replaced terminal: one snapshot beats replaying the whole history
@@ -215,6 +262,7 @@ class SyncEngine:
         for i, c in enumerate(b.changes):
             if c.seq != b.first_seq + i:
                 raise MessageRejected(wire.MALFORMED, "batch changes are not consecutive")
+        self._below_floor(b.epoch, None, "batch")
         if self._fresh():
             if b.epoch < self.district_epoch:
                 raise MessageRejected(wire.EPOCH, f"batch of old epoch {b.epoch}")
@@ -276,6 +324,7 @@ class SyncEngine:
 
     def _on_chunk(self, c: pb.SnapshotChunk) -> None:
         self._check_space(c.embedder_id, c.dim)
+        self._below_floor(c.epoch, c.last_seq, "snapshot")
         snap = self._snapshot
         if snap is None or snap.snapshot_id != c.snapshot_id:
             useful = (
@@ -342,6 +391,8 @@ class SyncEngine:
         self._snapshot = None
         received = self.clock()
         try:
+            # the floor may have risen while the chunks came in (a newer manifest)
+            self._below_floor(snap.epoch, snap.last_seq, "snapshot")
             self.store.replace_all(
                 self._snapshot_changes(snap, dim), epoch=snap.epoch, last_seq=snap.last_seq
             )
@@ -352,6 +403,7 @@ class SyncEngine:
         finally:
             snap.spool.unlink(missing_ok=True)
         self.snapshots_applied += 1
+        self._raise_floor(snap.epoch, snap.last_seq, durable=True)
         #: (seconds receiving the chunks, seconds installing them) of the last snapshot
         self.last_snapshot_timing = (received - snap.started, self.clock() - received)
         self._need_snapshot = False
