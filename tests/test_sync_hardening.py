@@ -164,3 +164,76 @@ def test_epoch_announced_by_a_manifest_survives_a_restart(tmp_path: Path) -> Non
         assert req.kind == pb.SyncRequest.KIND_SNAPSHOT
         eng.handle("direct", signed_snapshot(key, dlog, epoch=2, sid="new"))
         assert (store.epoch, eng.snapshots_applied) == (2, 1)
+
+
+class FullDiskStore(GalleryStore):
+    """The real store whose snapshot install fails as SQLite does on a full disk (the
+    fault injected at the store boundary; everything else is the real store)."""
+
+    def replace_all(self, changes, *, epoch, last_seq, embedder_id=None):  # type: ignore[no-untyped-def]
+        from core.errors import StoreError
+
+        for _ in changes:  # the engine's spool is read, as a real install would
+            pass
+        raise StoreError("database or disk is full")
+
+
+#: fixed observation window for counting snapshot requests: unfixed, the terminal asked
+#: again ~every snapshot_min_interval (0.5 s here), i.e. ~10 requests in this window
+WINDOW_S = 6.0
+
+
+def test_failing_snapshot_install_backs_off_pauses_and_says_why(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Item 6: a terminal whose store cannot install a snapshot stops asking after
+    `snapshot_max_failures` (3 here) instead of one every few seconds for ever; the
+    reason is in its retained state (fleet view) and in the doctor; a new district
+    change allows exactly one more try."""
+    from edge.ops import doctor
+    from edge.syncclient.subscriber import TerminalSubscriber
+    from tests.test_ops_doctor import ctx_for
+    from tests.test_sync_broker import settings
+
+    rig = Rig(tmp_path, broker)
+    requests = Spy(broker, "spy-requests", TOPICS.request("t-a"))
+    states = Spy(broker, "spy-state", TOPICS.state("t-a"))
+    try:
+        add_citizens(rig.dlog, 20)
+        rig.start_publisher()
+        store = FullDiskStore.open(tmp_path / "state" / "store", embedder_id=EMBEDDER,
+                                   dim=rig.dlog.dim)
+        rig.stores.append(store)
+        t = TerminalSubscriber(
+            store, settings(broker), district_id=DISTRICT, terminal_id="t-a",
+            public_key=rig.key.public_key(), spool_dir=tmp_path / "state" / "sync-spool",
+            gap_timeout_s=0.3, request_retry_s=0.5, state_interval_s=0.2,
+            snapshot_retry_s=0.6, snapshot_retry_max_s=1.2, snapshot_max_failures=3,
+        ).start()
+        rig.terminals.append(t)
+        stop = threading.Event()
+        stop.wait(WINDOW_S)  # the measurement window (not a synchronisation)
+        sent = len(requests.on(TOPICS.request("t-a")))
+        assert sent == 3, f"{sent} snapshot requests in {WINDOW_S} s"
+        assert t.engine.rejections["snapshot_failed"] == 3
+
+        def retained_error() -> str:
+            got = states.on(TOPICS.state("t-a"))
+            return pb.TerminalState.FromString(got[-1]).last_error if got else ""
+
+        wait_for(lambda: "disk is full" in retained_error(), what="reason in the state")
+        assert "paused" in retained_error()
+        cfg = ctx_for(tmp_path, {"terminal": {"state_dir": str(tmp_path / "state"),
+                                              "id": "t-a"}})
+        ((_, finding),) = doctor.run_checks(cfg, ["sync"])
+        assert finding.status is doctor.Status.FAIL
+        assert "3 snapshot(s)" in finding.explanation and "disk is full" in finding.explanation
+        # something changes at the district: a new manifest allows one more try only
+        rig.dlog.update_dossier("HS-0000003", stage="mới")
+        wait_for(lambda: t.engine.rejections["snapshot_failed"] == 4, what="one more try")
+        stop.wait(2.0)  # and nothing after it (second, shorter window)
+        assert len(requests.on(TOPICS.request("t-a"))) == 4
+    finally:
+        requests.close()
+        states.close()
+        rig.close()

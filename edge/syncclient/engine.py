@@ -12,13 +12,13 @@ cannot replay (other epoch, older than its log), a snapshot is requested.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -39,6 +39,21 @@ REQUEST_RETRY_S = 2.0
 REQUEST_RETRY_MAX_S = 60.0
 #: after this many replay requests without progress, ask for a snapshot instead
 REPLAYS_BEFORE_SNAPSHOT = 3
+#: after a snapshot that could not be received or installed (disk full, a store error,
+#: a bad snapshot), wait this long before asking again, doubling per failure up to the
+#: max. Chunks arriving do NOT reset it, only an installed snapshot does: a 100k-citizen
+#: snapshot is ~214 MB on the wire, so the first retry after 30 s and at most one per
+#: 30 min thereafter keep a broken terminal from pulling gigabytes an hour
+SNAPSHOT_RETRY_S = 30.0
+SNAPSHOT_RETRY_MAX_S = 30 * 60.0
+#: after this many failed snapshots in a row the terminal stops asking until something
+#: changes: a new manifest (the district moved on: one more try), a restart (a
+#: technician freed space), or SNAPSHOT_PAUSE_S (a full disk may clear by itself when
+#: logs rotate). 5 failures = ~1 GB of a 100k district's snapshots, ~8 min of backoff
+SNAPSHOT_MAX_FAILURES = 5
+SNAPSHOT_PAUSE_S = 6 * 3600.0
+#: counted in ``rejections`` (and so in the fleet view) for each failed snapshot
+SNAPSHOT_FAILED = "snapshot_failed"
 #: out-of-order batches kept while waiting (more are dropped: the replay brings them)
 BUFFER_MAX_BATCHES = 256
 #: the terminal refuses messages above this size (a 1 MiB batch/chunk is the norm)
@@ -64,7 +79,7 @@ class GalleryTarget(Protocol):
     def replace_all(self, changes: Iterable[Change], *, epoch: int, last_seq: int) -> None: ...
 
 
-@dataclass
+@dataclasses.dataclass
 class _Snapshot:
     snapshot_id: str
     epoch: int
@@ -93,7 +108,12 @@ class SyncEngine:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         gap_timeout_s: float = GAP_TIMEOUT_S,
         request_retry_s: float = REQUEST_RETRY_S,
+        snapshot_retry_s: float = SNAPSHOT_RETRY_S,
+        snapshot_retry_max_s: float = SNAPSHOT_RETRY_MAX_S,
+        snapshot_max_failures: int = SNAPSHOT_MAX_FAILURES,
+        snapshot_pause_s: float = SNAPSHOT_PAUSE_S,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.district_id = district_id
@@ -103,7 +123,12 @@ class SyncEngine:
         self.max_message_bytes = max_message_bytes
         self.gap_timeout_s = gap_timeout_s
         self.request_retry_s = request_retry_s
+        self.snapshot_retry_s = snapshot_retry_s
+        self.snapshot_retry_max_s = snapshot_retry_max_s
+        self.snapshot_max_failures = snapshot_max_failures
+        self.snapshot_pause_s = snapshot_pause_s
         self.clock = clock
+        self.wall_clock = wall_clock
         self.rejections: collections.Counter[str] = collections.Counter()
         self.applied_batches = 0
         self.duplicates = 0
@@ -132,6 +157,18 @@ class SyncEngine:
         self.persisted = persist.load(state_path) if state_path is not None else persist.SyncState()
         if (store.epoch, store.last_seq) > self.persisted.floor:
             self.persisted.floor_epoch, self.persisted.floor_seq = store.epoch, store.last_seq
+        #: no snapshot request before this (monotonic clock); set by failed snapshots
+        self._snapshot_next_try = 0.0
+        #: the manifest (epoch, head) known when the pull was paused: a newer one lifts it
+        self._paused_at_manifest: tuple[int, int] | None = None
+        if self.persisted.snapshot_failures:
+            # a restart is "something changed" (a technician freed space): try again
+            log.info("previous run: %d failed snapshot(s) (%s); trying again",
+                     self.persisted.snapshot_failures, self.persisted.snapshot_error)
+            self.persisted = dataclasses.replace(
+                self.persisted, snapshot_failures=0, snapshot_error="", snapshot_retry_at=0.0,
+                snapshot_paused=False)
+            self._save()
         if spool_dir is not None and spool_dir.is_dir():
             # spools of a snapshot that a crash or power cut interrupted: never resumed
             for stale in spool_dir.glob(f"snapshot-{terminal_id}-*.spool"):
@@ -244,6 +281,15 @@ class SyncEngine:
         # a signed manifest of a newer epoch: never accept the older one again, even
         # if the terminal restarts before the new epoch's snapshot is installed
         self._raise_floor(m.epoch, 0, durable=True)
+        paused_at = self._paused_at_manifest
+        if paused_at is not None and (m.epoch, m.head_seq) > paused_at:
+            # the district moved on since the pull stopped: one more try (failures are
+            # kept, so another failure pauses again at once)
+            self._paused_at_manifest = None
+            self._snapshot_next_try = 0.0
+            self.persisted.snapshot_paused = False
+            self.persisted.snapshot_retry_at = 0.0
+            self._save()
         self.replay_from_seq = max(1, m.replay_from_seq)
         if self._fresh():
             # a new or replaced terminal: one snapshot beats replaying the whole history
@@ -358,9 +404,15 @@ class SyncEngine:
         # decode now so that a bad chunk is rejected on arrival, keep only the bytes
         self._decode_changes(c.changes, c.dim)
         data = c.SerializeToString()
-        with open(snap.spool, "ab") as fh:
-            offset = fh.tell()
-            fh.write(data)
+        try:
+            with open(snap.spool, "ab") as fh:
+                offset = fh.tell()
+                fh.write(data)
+        except OSError as exc:  # a full disk: the snapshot cannot be received
+            self._snapshot = None
+            snap.spool.unlink(missing_ok=True)
+            self._snapshot_failed(f"cannot spool the snapshot: {exc.strerror or exc}")
+            return
         snap.chunks[c.index] = (offset, len(data))
         snap.last_progress = self.clock()
         self._progress()
@@ -396,13 +448,24 @@ class SyncEngine:
             self.store.replace_all(
                 self._snapshot_changes(snap, dim), epoch=snap.epoch, last_seq=snap.last_seq
             )
-        except MessageRejected:
+        except MessageRejected as exc:
+            self._snapshot_failed(str(exc))
             raise
         except StoreError as exc:
+            self._snapshot_failed(f"the store refused it: {exc}")
             raise MessageRejected(wire.INVALID, f"snapshot refused by the store: {exc}") from None
+        except OSError as exc:
+            self._snapshot_failed(f"cannot read the spool: {exc.strerror or exc}")
+            raise
         finally:
             snap.spool.unlink(missing_ok=True)
         self.snapshots_applied += 1
+        self._snapshot_next_try = 0.0
+        self._paused_at_manifest = None
+        self.persisted.snapshot_failures = 0
+        self.persisted.snapshot_error = ""
+        self.persisted.snapshot_retry_at = 0.0
+        self.persisted.snapshot_paused = False
         self._raise_floor(snap.epoch, snap.last_seq, durable=True)
         #: (seconds receiving the chunks, seconds installing them) of the last snapshot
         self.last_snapshot_timing = (received - snap.started, self.clock() - received)
@@ -415,6 +478,38 @@ class SyncEngine:
         self._drain()
         log.info("snapshot installed: epoch %d, seq %d", snap.epoch, snap.last_seq)
         self._citizens_removed()
+
+    def _snapshot_failed(self, reason: str) -> None:
+        """Back off (not reset by chunks, only by an installed snapshot); after
+        ``snapshot_max_failures`` stop asking until a newer manifest, a restart or
+        ``snapshot_pause_s``. The reason goes to the retained state and the doctor."""
+        p = self.persisted
+        p.snapshot_failures += 1
+        p.snapshot_error = reason[:160]
+        self.rejections[SNAPSHOT_FAILED] += 1
+        delay = min(self.snapshot_retry_s * 2 ** (p.snapshot_failures - 1),
+                    self.snapshot_retry_max_s)
+        if p.snapshot_failures >= self.snapshot_max_failures:
+            p.snapshot_paused = True
+            delay = self.snapshot_pause_s
+            self._paused_at_manifest = (self.district_epoch, self.district_head)
+        self._snapshot_next_try = self.clock() + delay
+        p.snapshot_retry_at = self.wall_clock() + delay
+        self._need_snapshot = True
+        log.error("snapshot failed (%d in a row): %s; next request in %.0f s%s",
+                  p.snapshot_failures, reason, delay, " (paused)" if p.snapshot_paused else "")
+        self._save()
+
+    def snapshot_status(self) -> str:
+        """'' or why the gallery is not being updated by snapshot (fleet view, doctor)."""
+        p = self.persisted
+        if not p.snapshot_failures:
+            return ""
+        wait = max(0.0, self._snapshot_next_try - self.clock())
+        when = ("paused until a new district change or a restart, or "
+                if p.snapshot_paused else "next try ")
+        return (f"snapshot failed {p.snapshot_failures}x: {p.snapshot_error}; "
+                f"{when}in {wait:.0f} s")[:200]
 
     def _citizens_removed(self) -> None:
         if self.on_citizens_removed is None:
@@ -450,14 +545,16 @@ class SyncEngine:
                 return []
         if not self._need_snapshot and now - self._stalled_since < self.gap_timeout_s:
             return []
+        want_snapshot = self._need_snapshot or (
+            self._replays_without_progress >= REPLAYS_BEFORE_SNAPSHOT
+        )
+        if want_snapshot and now < self._snapshot_next_try:
+            return []  # backing off after failed snapshots (or paused)
         if self._request_sent_at is not None and now - self._request_sent_at < self._request_delay:
             return []
         if self._request_sent_at is not None:
             self._request_delay = min(self._request_delay * 2, REQUEST_RETRY_MAX_S)
         self._request_sent_at = now
-        want_snapshot = self._need_snapshot or (
-            self._replays_without_progress >= REPLAYS_BEFORE_SNAPSHOT
-        )
         if not want_snapshot:
             self._replays_without_progress += 1
         self.requests["snapshot" if want_snapshot else "replay"] += 1
@@ -482,7 +579,7 @@ class SyncEngine:
             applied_seq=self.applied_seq,
             gallery_size=self.store.citizen_count,
             embedder_id=self.store.embedder_id,
-            last_error=self.last_error,
+            last_error=self.snapshot_status() or self.last_error,
             rejections=dict(self.rejections),
             updated_at_ms=int(time.time() * 1000),
             syncing=self._snapshot is not None or self.applied_seq < self.target_seq(),

@@ -26,7 +26,16 @@ import paho.mqtt.client as mqtt
 
 from core.errors import AuthenticationError
 from edge import __version__
-from edge.syncclient.engine import GAP_TIMEOUT_S, MAX_MESSAGE_BYTES, GalleryTarget, SyncEngine
+from edge.syncclient.engine import (
+    GAP_TIMEOUT_S,
+    MAX_MESSAGE_BYTES,
+    SNAPSHOT_MAX_FAILURES,
+    SNAPSHOT_PAUSE_S,
+    SNAPSHOT_RETRY_MAX_S,
+    SNAPSHOT_RETRY_S,
+    GalleryTarget,
+    SyncEngine,
+)
 from edge.syncclient.outbox import COMPACT_INTERVAL_S, OutboxSender
 from sync.mqtt import BrokerSettings, is_auth_failure, make_client, start_client
 from sync.topics import DEFAULT_PREFIX, Topics
@@ -62,6 +71,10 @@ class TerminalSubscriber:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         gap_timeout_s: float = GAP_TIMEOUT_S,
         request_retry_s: float = 2.0,
+        snapshot_retry_s: float = SNAPSHOT_RETRY_S,
+        snapshot_retry_max_s: float = SNAPSHOT_RETRY_MAX_S,
+        snapshot_max_failures: int = SNAPSHOT_MAX_FAILURES,
+        snapshot_pause_s: float = SNAPSHOT_PAUSE_S,
         state_interval_s: float = STATE_INTERVAL_S,
         outbox_dir: Path | None = None,
     ) -> None:
@@ -80,6 +93,10 @@ class TerminalSubscriber:
             max_message_bytes=max_message_bytes,
             gap_timeout_s=gap_timeout_s,
             request_retry_s=request_retry_s,
+            snapshot_retry_s=snapshot_retry_s,
+            snapshot_retry_max_s=snapshot_retry_max_s,
+            snapshot_max_failures=snapshot_max_failures,
+            snapshot_pause_s=snapshot_pause_s,
         )
         self.connected = threading.Event()
         self.connects = 0
