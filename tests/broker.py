@@ -51,6 +51,7 @@ class MosquittoBroker:
         acl: str | None = None,
         tls: TlsFiles | None = None,
         autosave_interval: int = 1,
+        include: Path | None = None,
     ) -> None:
         if shutil.which("mosquitto") is None:
             raise RuntimeError("mosquitto is not installed (scripts/debian-packages.txt)")
@@ -75,6 +76,9 @@ class MosquittoBroker:
             "log_type information",
             "connection_messages true",
         ]
+        if include is not None:  # e.g. the shipped deploy/mosquitto/motcua.conf
+            lines += [ln for ln in include.read_text().splitlines()
+                      if ln.strip() and not ln.lstrip().startswith("#")]
         if max_queued_messages is not None:
             lines.append(f"max_queued_messages {max_queued_messages}")
         if users is not None:

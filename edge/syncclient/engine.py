@@ -54,8 +54,16 @@ SNAPSHOT_MAX_FAILURES = 5
 SNAPSHOT_PAUSE_S = 6 * 3600.0
 #: counted in ``rejections`` (and so in the fleet view) for each failed snapshot
 SNAPSHOT_FAILED = "snapshot_failed"
-#: out-of-order batches kept while waiting (more are dropped: the replay brings them)
+#: out-of-order batches kept while waiting (more are dropped: the replay brings them),
+#: bounded in count and in payload bytes. Sized for a 2 GB board: HNSW index of 100k x
+#: 512-d (~250 MB), face models (~300 MB), Chromium kiosk (~300-400 MB) and the OS leave
+#: well under 1 GB; the sync gets ~140 MB worst case: this buffer 32 MiB of payloads
+#: (+~32 MiB decoded embeddings), the subscriber's inbox 64 MiB (INBOX_MAX_BYTES), one
+#: packet in paho (<= 4 MiB + 64 KiB, sync.mqtt.MAX_PACKET_BYTES) and its copy. Before,
+#: 256 batches x 4 MiB = 1 GiB could be held here alone. 32 MiB is 32 full 1 MiB
+#: batches or thousands of ordinary ones: gaps are filled by a replay anyway
 BUFFER_MAX_BATCHES = 256
+BUFFER_MAX_BYTES = 32 << 20
 #: the terminal refuses messages above this size (a 1 MiB batch/chunk is the norm)
 MAX_MESSAGE_BYTES = 4 << 20
 
@@ -143,6 +151,7 @@ class SyncEngine:
         self.district_epoch = 0
         self.replay_from_seq = 1
         self._buffer: dict[int, tuple[pb.Batch, list[Change]]] = {}  # first_seq -> batch
+        self._buffer_bytes = 0
         self._need_snapshot = False
         self._stalled_since: float | None = None
         self._request_sent_at: float | None = None
@@ -323,8 +332,12 @@ class SyncEngine:
         changes = self._decode_changes(b.changes, b.dim)
         if b.first_seq > self.applied_seq + 1:
             self.out_of_order += 1
-            if len(self._buffer) < BUFFER_MAX_BATCHES:
+            size = b.ByteSize()
+            if (len(self._buffer) < BUFFER_MAX_BATCHES
+                    and self._buffer_bytes + size <= BUFFER_MAX_BYTES
+                    and b.first_seq not in self._buffer):
                 self._buffer[b.first_seq] = (b, changes)
+                self._buffer_bytes += size
             if self._stalled_since is None:
                 self._stalled_since = self.clock()
             return
@@ -360,6 +373,7 @@ class SyncEngine:
             for first in sorted(self._buffer):
                 if first <= self.applied_seq + 1:
                     b, changes = self._buffer.pop(first)
+                    self._buffer_bytes -= b.ByteSize()
                     if b.last_seq > self.applied_seq and b.epoch == self.store.epoch:
                         self._apply(b, changes)
                     break
@@ -474,7 +488,7 @@ class SyncEngine:
         self._progress()
         # buffered batches past the snapshot still apply; older ones are dropped
         for first in [f for f, (b, _) in self._buffer.items() if b.last_seq <= self.applied_seq]:
-            del self._buffer[first]
+            self._buffer_bytes -= self._buffer.pop(first)[0].ByteSize()
         self._drain()
         log.info("snapshot installed: epoch %d, seq %d", snap.epoch, snap.last_seq)
         self._citizens_removed()
