@@ -8,18 +8,22 @@ Installing trusts only the manifests shipped with this software: the archive's p
 be one this software knows, its manifest must list exactly the files and hashes of the
 shipped one, and every file is hashed while it is unpacked into a staging directory. Only
 when all of that holds does the staging directory replace ``<model_dir>/<name>`` (renames);
-anything else (unknown or wrong pack, extra, missing or tampered files, links, absolute
-or ``..`` paths) is refused with nothing installed.
+anything else (unknown or wrong pack, extra, missing or tampered files, links, devices,
+sparse files, absolute or ``..`` paths, too many or too large members, a compression
+ratio no honest pack has) is refused with nothing installed. The size bounds are checked
+on each header as it is read, before that member's data is decompressed or written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import lzma
 import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from core.errors import ModelError
@@ -35,6 +39,18 @@ from models.pack import (
 
 #: a manifest is a few kB; refuse absurd ones before reading them into memory
 _MAX_MANIFEST = 1 << 20
+#: the largest single file a pack may hold: the biggest today is facenet.onnx (~90 MB);
+#: 512 MiB leaves room for a larger embedder (an ArcFace R100 is ~250 MB) and still
+#: fits the terminal's 16-32 GB card many times over
+MAX_MEMBER_BYTES = 512 << 20
+#: all files of a pack together (detector + embedder + manifest), same reasoning
+MAX_TOTAL_BYTES = 1 << 30
+#: unpacked bytes per archive byte: exports are plain tars (ratio ~1) and ONNX weights
+#: barely compress (gzip: ~1.1-1.3); 10 is generous for any honest archive, while a
+#: bomb (zeros: ~1000 with gzip) is refused from its headers before anything is written
+MAX_RATIO = 10
+#: members in one archive: a pack has ~5 files; bounds the header list in memory
+MAX_MEMBERS = 64
 
 
 def export_pack(model_dir: Path, name: str, out: Path) -> ModelPack:
@@ -90,10 +106,7 @@ def install_pack(archive: Path, model_dir: Path, expect: str | None = None) -> M
     except (OSError, tarfile.TarError):
         raise _refuse(archive, "not a readable tar archive") from None
     with tf:
-        try:
-            members = tf.getmembers()
-        except (OSError, tarfile.TarError, EOFError) as exc:
-            raise _refuse(archive, f"damaged tar archive ({exc})") from None
+        members = _read_headers(archive, tf)
         name, by_file = _check_members(archive, members)
         if expect is not None and name != expect:
             raise _refuse(archive, f"it holds pack {name!r}, not {expect!r}")
@@ -142,6 +155,38 @@ def install_pack(archive: Path, model_dir: Path, expect: str | None = None) -> M
     return load_pack(model_dir, name)
 
 
+def _read_headers(archive: Path, tf: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """The members' headers, refusing as soon as their count, one member's size, the
+    total size or the total/archive ratio is over its bound: a header is read before
+    its data, so a bomb is refused without decompressing or writing its payload."""
+    try:
+        packed = max(archive.stat().st_size, 1)
+    except OSError as exc:
+        raise _refuse(archive, f"cannot read it ({exc.strerror})") from None
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    try:
+        while (m := tf.next()) is not None:
+            members.append(m)
+            if len(members) > MAX_MEMBERS:
+                raise _refuse(archive, f"more than {MAX_MEMBERS} members")
+            if m.issparse():
+                raise _refuse(archive, f"member {m.name!r} is a sparse file")
+            if m.size > MAX_MEMBER_BYTES:
+                raise _refuse(archive, f"member {m.name!r} is {m.size:,} bytes, over the "
+                                       f"{MAX_MEMBER_BYTES:,}-byte limit")
+            total += m.size
+            if total > MAX_TOTAL_BYTES:
+                raise _refuse(archive, f"its members add up to more than "
+                                       f"{MAX_TOTAL_BYTES:,} bytes")
+            if total > MAX_RATIO * packed:
+                raise _refuse(archive, f"its members unpack to over {MAX_RATIO}x its "
+                                       f"{packed:,} bytes (a compression bomb?)")
+    except (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise _refuse(archive, f"damaged tar archive ({exc})") from None
+    return members
+
+
 def _check_members(archive: Path, members: list[tarfile.TarInfo]
                    ) -> tuple[str, dict[str, tarfile.TarInfo]]:
     """Every member must be a regular file ``<pack>/<plain name>`` of one pack, once."""
@@ -179,8 +224,12 @@ def _extract_hashing(tf: tarfile.TarFile, info: tarfile.TarInfo, dest: Path) -> 
     if fh is None:
         raise tarfile.TarError(f"{info.name}: no data")
     h = hashlib.sha256()
+    written = 0
     with open(dest, "wb") as out:
         while chunk := fh.read(_CHUNK):
+            written += len(chunk)
+            if written > info.size:  # the header was checked; its data may not exceed it
+                raise tarfile.TarError(f"{info.name}: more data than its header says")
             h.update(chunk)
             out.write(chunk)
     return h.hexdigest()

@@ -20,6 +20,14 @@ from core.errors import ConfigError, SyncError
 from core.net import split_hostport
 from core.tomlconfig import read_secret
 
+#: the largest MQTT packet a client accepts (MQTT v5 CONNECT MaximumPacketSize: the
+#: broker must not send us a bigger one; Mosquitto drops it for this client). The
+#: terminal refuses payloads over 4 MiB anyway (edge.syncclient.engine.MAX_MESSAGE_BYTES);
+#: 64 KiB on top covers the topic (<= ~200 bytes), properties and fixed header. Without
+#: it paho buffers a whole packet (up to MQTT's 256 MB) before anyone can look at it.
+#: The shipped broker config (deploy/mosquitto/motcua.conf) sets the same max_packet_size
+MAX_PACKET_BYTES = (4 << 20) + (64 << 10)
+
 #: CONNACK reason codes after which retrying cannot help (MQTT v5 3.2.2.2)
 AUTH_FAILURE_CODES = frozenset({0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
 
@@ -43,6 +51,8 @@ class BrokerSettings:
     #: reconnect backoff (doubles from min to max); tests set both to 0
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
+    #: MQTT v5 MaximumPacketSize announced at CONNECT (MAX_PACKET_BYTES says why)
+    max_packet_bytes: int = MAX_PACKET_BYTES
 
     @property
     def tls(self) -> bool:
@@ -159,6 +169,8 @@ def make_client(client_id: str, settings: BrokerSettings) -> mqtt.Client:
 def connect_properties(settings: BrokerSettings) -> Properties:
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = settings.session_expiry_s
+    # the broker must not forward us anything bigger (it drops it for this client)
+    props.MaximumPacketSize = settings.max_packet_bytes
     return props
 
 

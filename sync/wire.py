@@ -48,6 +48,9 @@ EMBEDDER = "embedder"
 DUPLICATE = "duplicate"
 INVALID = "invalid"  # signed and in order, but the store refused it
 UNEXPECTED = "unexpected"  # a valid message the terminal did not ask for (stale snapshot)
+#: signed, but older than what the terminal already accepted (a replayed old epoch or
+#: state; the terminal persists its floor across restarts)
+ROLLBACK = "rollback"
 
 _STATUS_TO_PB = {
     DossierStatus.RECEIVED: pb.DOSSIER_STATUS_RECEIVED,

@@ -463,3 +463,64 @@ def test_conversion_reproduces_the_manifest_hash(pack: ModelPack, tmp_path: Path
     build.BUILDERS[f.build](f, m, wheel, out, cache, lines.append)
     assert any("batch of 4 equals 4 single runs" in ln for ln in lines), lines
     assert sha256_file(out) == f.sha256
+
+
+def _bytes_written() -> int:
+    """Bytes this process has passed to write() so far (/proc/self/io wchar)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no wchar in /proc/self/io")
+
+
+def test_install_refuses_a_compression_bomb_before_writing_it(
+        pack: ModelPack, tmp_path: Path) -> None:
+    """A real gzip tar bomb: the pack's own manifest and detector files, and 128 MiB of
+    zeros as facenet.onnx (~2 MB in all): refused from its headers, nothing of it
+    written (before the fix every member was unpacked, then hashed)."""
+    bomb = tmp_path / "bomb.tar.gz"
+    size = 128 << 20
+    with tarfile.open(bomb, "w:gz", compresslevel=1) as tf:
+        for info, data in _pack_members(pack):
+            if info.name.endswith("facenet.onnx"):
+                info.size, data = size, bytes(size)
+            tf.addfile(info, io.BytesIO(data))
+    assert bomb.stat().st_size * archive.MAX_RATIO < size
+    target = tmp_path / "models"
+    target.mkdir()
+    before = _bytes_written()
+    with pytest.raises(ModelError, match="compression bomb"):
+        archive.install_pack(bomb, target)
+    assert _bytes_written() - before < 1 << 20
+    assert [p.name for p in target.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_install_refuses_members_over_the_size_limits(
+        pack: ModelPack, tmp_path: Path) -> None:
+    """A member whose header declares more than MAX_MEMBER_BYTES (the data a hole in a
+    sparse tar file, so the test writes nothing big), too many members, a device."""
+    big = tmp_path / "big.tar"
+    with open(big, "wb") as fh:  # tar written by hand: headers, data padded to 512
+        for info, data in _pack_members(pack):
+            if not info.name.endswith("facenet.onnx"):
+                fh.write(info.tobuf(format=tarfile.PAX_FORMAT))
+                fh.write(data + bytes(-len(data) % 512))
+        info = tarfile.TarInfo(f"{pack.name}/facenet.onnx")
+        info.size = archive.MAX_MEMBER_BYTES + 1
+        fh.write(info.tobuf(format=tarfile.PAX_FORMAT))
+        fh.seek(-(-info.size // 512) * 512, os.SEEK_CUR)  # the data: a hole of zeros
+        fh.write(bytes(1024))  # end-of-archive blocks
+    target = tmp_path / "models"
+    target.mkdir()
+    with pytest.raises(ModelError, match="over the .*-byte limit"):
+        archive.install_pack(big, target)
+    many = tmp_path / "many.tar"
+    _write_tar(many, [_member(f"{DEFAULT_PACK}/f{i}.onnx", b"x")
+                      for i in range(archive.MAX_MEMBERS + 1)])
+    with pytest.raises(ModelError, match="more than 64 members"):
+        archive.install_pack(many, target)
+    dev = tmp_path / "dev.tar"
+    _write_tar(dev, [_member(f"{DEFAULT_PACK}/null", b"", type=tarfile.CHRTYPE)])
+    with pytest.raises(ModelError, match="not a regular file"):
+        archive.install_pack(dev, target)
+    assert [p.name for p in target.iterdir() if not p.name.endswith(".lock")] == []

@@ -98,8 +98,9 @@ def test_bad_messages_are_rejected_counted_and_change_nothing(
         cases = {
             # genuine batch of changes already applied (a duplicate / replayed-old seq)
             "duplicate": [craft_batch(key, old, dim=DIM), craft_batch(key, old[:1], dim=DIM)],
-            # genuine-looking but from an old epoch (captured before a district reset)
-            "epoch": [craft_batch(key, [nxt1], epoch=0, dim=DIM)],
+            # genuine-looking but from an old epoch (captured before a district reset):
+            # below the terminal's floor
+            "rollback": [craft_batch(key, [nxt1], epoch=0, dim=DIM)],
             # signed by someone else's key but claiming our district; or a flipped bit
             "signature": [craft_batch(other_key, [nxt1], dim=DIM), bytes(tampered)],
             # another district's (validly signed by its own key) batch

@@ -30,6 +30,7 @@ from typing import Any
 from core.errors import MotcuaError
 from edge.camera.factory import make_source
 from edge.config import Config, load_config
+from edge.syncclient import persist
 from edge.syncclient.outbox import OutboxSender
 from models.pack import load_pack
 from sync.mqtt import broker_settings, make_client
@@ -369,6 +370,24 @@ def check_outbox(ctx: Context) -> Finding:
     return ok(text + bad)
 
 
+def check_sync(ctx: Context) -> Finding:
+    """The sync's persisted state: failed snapshots (and why), the epoch it holds."""
+
+    terminal = ctx.cfg.terminal
+    path = persist.state_file(Path(terminal.state_dir) / "sync-spool", terminal.id)
+    if not path.exists():
+        return ok("no sync state yet (written at the first epoch or snapshot)")
+    st = persist.load(path)
+    if st.snapshot_failures:
+        when = datetime.datetime.fromtimestamp(st.snapshot_retry_at, datetime.UTC)
+        what = "paused until a new district change, a restart or" if st.snapshot_paused \
+            else "next try at"
+        return fail(f"the last {st.snapshot_failures} snapshot(s) from the district failed: "
+                    f"{st.snapshot_error}; {what} {when:%Y-%m-%d %H:%M} UTC (free disk "
+                    "space, see `disk`, then `systemctl restart motcua-terminal`)")
+    return ok(f"gallery at epoch {st.floor_epoch}; never taken back below it")
+
+
 def check_grpc(ctx: Context) -> Finding:
     """The terminal answers gRPC health checks with SERVING."""
     import grpc
@@ -426,6 +445,7 @@ CHECKS: dict[str, Callable[[Context], Finding]] = {
     "clock": check_clock,
     "disk": check_disk,
     "outbox": check_outbox,
+    "sync": check_sync,
     "grpc": check_grpc,
     "display": check_display,
 }

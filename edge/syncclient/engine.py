@@ -12,18 +12,19 @@ cannot replay (other epoch, older than its log), a snapshot is requested.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
 from core.errors import ChangeOrderError, MessageRejected, StoreError
+from edge.syncclient import persist
 from proto import sync_pb2 as pb
 from sync import wire
 from sync.changes import Change, CitizenDelete, CitizenUpsert, DossierUpsert
@@ -39,8 +40,31 @@ REQUEST_RETRY_S = 2.0
 REQUEST_RETRY_MAX_S = 60.0
 #: after this many replay requests without progress, ask for a snapshot instead
 REPLAYS_BEFORE_SNAPSHOT = 3
-#: out-of-order batches kept while waiting (more are dropped: the replay brings them)
+#: after a snapshot that could not be received or installed (disk full, a store error,
+#: a bad snapshot), wait this long before asking again, doubling per failure up to the
+#: max. Chunks arriving do NOT reset it, only an installed snapshot does: a 100k-citizen
+#: snapshot is ~214 MB on the wire, so the first retry after 30 s and at most one per
+#: 30 min thereafter keep a broken terminal from pulling gigabytes an hour
+SNAPSHOT_RETRY_S = 30.0
+SNAPSHOT_RETRY_MAX_S = 30 * 60.0
+#: after this many failed snapshots in a row the terminal stops asking until something
+#: changes: a new manifest (the district moved on: one more try), a restart (a
+#: technician freed space), or SNAPSHOT_PAUSE_S (a full disk may clear by itself when
+#: logs rotate). 5 failures = ~1 GB of a 100k district's snapshots, ~8 min of backoff
+SNAPSHOT_MAX_FAILURES = 5
+SNAPSHOT_PAUSE_S = 6 * 3600.0
+#: counted in ``rejections`` (and so in the fleet view) for each failed snapshot
+SNAPSHOT_FAILED = "snapshot_failed"
+#: out-of-order batches kept while waiting (more are dropped: the replay brings them),
+#: bounded in count and in payload bytes. Sized for a 2 GB board: HNSW index of 100k x
+#: 512-d (~250 MB), face models (~300 MB), Chromium kiosk (~300-400 MB) and the OS leave
+#: well under 1 GB; the sync gets ~140 MB worst case: this buffer 32 MiB of payloads
+#: (+~32 MiB decoded embeddings), the subscriber's inbox 64 MiB (INBOX_MAX_BYTES), one
+#: packet in paho (<= 4 MiB + 64 KiB, sync.mqtt.MAX_PACKET_BYTES) and its copy. Before,
+#: 256 batches x 4 MiB = 1 GiB could be held here alone. 32 MiB is 32 full 1 MiB
+#: batches or thousands of ordinary ones: gaps are filled by a replay anyway
 BUFFER_MAX_BATCHES = 256
+BUFFER_MAX_BYTES = 32 << 20
 #: the terminal refuses messages above this size (a 1 MiB batch/chunk is the norm)
 MAX_MESSAGE_BYTES = 4 << 20
 
@@ -64,7 +88,7 @@ class GalleryTarget(Protocol):
     def replace_all(self, changes: Iterable[Change], *, epoch: int, last_seq: int) -> None: ...
 
 
-@dataclass
+@dataclasses.dataclass
 class _Snapshot:
     snapshot_id: str
     epoch: int
@@ -78,7 +102,7 @@ class _Snapshot:
     started: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SyncStats:
     """A read-only snapshot of a :class:`SyncEngine`'s figures (metrics, status)."""
 
@@ -105,10 +129,16 @@ class SyncEngine:
         terminal_id: str,
         public_key: PublicKeys,
         spool_dir: Path | None = None,
+        state_path: Path | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         gap_timeout_s: float = GAP_TIMEOUT_S,
         request_retry_s: float = REQUEST_RETRY_S,
+        snapshot_retry_s: float = SNAPSHOT_RETRY_S,
+        snapshot_retry_max_s: float = SNAPSHOT_RETRY_MAX_S,
+        snapshot_max_failures: int = SNAPSHOT_MAX_FAILURES,
+        snapshot_pause_s: float = SNAPSHOT_PAUSE_S,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.district_id = district_id
@@ -118,7 +148,12 @@ class SyncEngine:
         self.max_message_bytes = max_message_bytes
         self.gap_timeout_s = gap_timeout_s
         self.request_retry_s = request_retry_s
+        self.snapshot_retry_s = snapshot_retry_s
+        self.snapshot_retry_max_s = snapshot_retry_max_s
+        self.snapshot_max_failures = snapshot_max_failures
+        self.snapshot_pause_s = snapshot_pause_s
         self.clock = clock
+        self.wall_clock = wall_clock
         self.rejections: collections.Counter[str] = collections.Counter()
         self.applied_batches = 0
         self.duplicates = 0
@@ -133,12 +168,33 @@ class SyncEngine:
         self.district_epoch = 0
         self.replay_from_seq = 1
         self._buffer: dict[int, tuple[pb.Batch, list[Change]]] = {}  # first_seq -> batch
+        self._buffer_bytes = 0
         self._need_snapshot = False
         self._stalled_since: float | None = None
         self._request_sent_at: float | None = None
         self._request_delay = request_retry_s
         self._replays_without_progress = 0
         self._snapshot: _Snapshot | None = None
+        #: persisted across restarts (edge/syncclient/persist.py): the rollback floor;
+        #: default beside the spools, None (tests of the engine alone) = memory only
+        if state_path is None and spool_dir is not None:
+            state_path = persist.state_file(spool_dir, terminal_id)
+        self.state_path = state_path
+        self.persisted = persist.load(state_path) if state_path is not None else persist.SyncState()
+        if (store.epoch, store.last_seq) > self.persisted.floor:
+            self.persisted.floor_epoch, self.persisted.floor_seq = store.epoch, store.last_seq
+        #: no snapshot request before this (monotonic clock); set by failed snapshots
+        self._snapshot_next_try = 0.0
+        #: the manifest (epoch, head) known when the pull was paused: a newer one lifts it
+        self._paused_at_manifest: tuple[int, int] | None = None
+        if self.persisted.snapshot_failures:
+            # a restart is "something changed" (a technician freed space): try again
+            log.info("previous run: %d failed snapshot(s) (%s); trying again",
+                     self.persisted.snapshot_failures, self.persisted.snapshot_error)
+            self.persisted = dataclasses.replace(
+                self.persisted, snapshot_failures=0, snapshot_error="", snapshot_retry_at=0.0,
+                snapshot_paused=False)
+            self._save()
         if spool_dir is not None and spool_dir.is_dir():
             # spools of a snapshot that a crash or power cut interrupted: never resumed
             for stale in spool_dir.glob(f"snapshot-{terminal_id}-*.spool"):
@@ -176,6 +232,39 @@ class SyncEngine:
     def _fresh(self) -> bool:
         """An empty store that never applied anything takes any epoch from seq 1."""
         return self.store.last_seq == 0
+
+    @property
+    def floor(self) -> tuple[int, int]:
+        """The highest (epoch, change number) accepted, persisted across restarts."""
+        store = (self.store.epoch, self.store.last_seq)
+        return max(self.persisted.floor, store)
+
+    def _raise_floor(self, epoch: int, seq: int, *, durable: bool) -> None:
+        """Move the floor up to (epoch, seq); ``durable`` writes the file now (epoch rises
+        and installed snapshots; the store's own transaction covers applied batches)."""
+        if (epoch, seq) <= self.persisted.floor:
+            return
+        self.persisted.floor_epoch, self.persisted.floor_seq = epoch, seq
+        if durable:
+            self._save()
+
+    def _save(self) -> None:
+        if self.state_path is None:
+            return
+        try:
+            persist.save(self.state_path, self.persisted)
+        except OSError as exc:  # a full disk: the store still holds its own floor
+            log.error("cannot write %s: %s", self.state_path, exc)
+            self.last_error = f"cannot write the sync state: {exc.strerror or exc}"[:200]
+
+    def _below_floor(self, epoch: int, seq: int | None, what: str) -> None:
+        """Refuse a signed message that would take the terminal back (reason rollback)."""
+        f_epoch, f_seq = self.floor
+        if epoch < f_epoch or (seq is not None and epoch == f_epoch and seq < f_seq):
+            where = f"epoch {epoch}" + (f" change {seq}" if seq is not None else "")
+            raise MessageRejected(
+                wire.ROLLBACK, f"{what} at {where}, terminal already at epoch {f_epoch} "
+                               f"change {f_seq}")
 
     def _reject(self, exc: MessageRejected) -> None:
         self.rejections[exc.reason] += 1
@@ -225,12 +314,25 @@ class SyncEngine:
 
     def _on_manifest(self, m: pb.Manifest) -> None:
         self._check_space(m.embedder_id, m.dim)
+        self._below_floor(m.epoch, None, "manifest")
         if m.epoch < self.district_epoch or (
             m.epoch == self.district_epoch and m.head_seq < self.district_head
         ):
             return  # an older manifest (replayed or reordered): keep what we know
         self.district_epoch = m.epoch
         self.district_head = m.head_seq
+        # a signed manifest of a newer epoch: never accept the older one again, even
+        # if the terminal restarts before the new epoch's snapshot is installed
+        self._raise_floor(m.epoch, 0, durable=True)
+        paused_at = self._paused_at_manifest
+        if paused_at is not None and (m.epoch, m.head_seq) > paused_at:
+            # the district moved on since the pull stopped: one more try (failures are
+            # kept, so another failure pauses again at once)
+            self._paused_at_manifest = None
+            self._snapshot_next_try = 0.0
+            self.persisted.snapshot_paused = False
+            self.persisted.snapshot_retry_at = 0.0
+            self._save()
         self.replay_from_seq = max(1, m.replay_from_seq)
         if self._fresh():
             # a new or replaced terminal: one snapshot beats replaying the whole history
@@ -249,6 +351,7 @@ class SyncEngine:
         for i, c in enumerate(b.changes):
             if c.seq != b.first_seq + i:
                 raise MessageRejected(wire.MALFORMED, "batch changes are not consecutive")
+        self._below_floor(b.epoch, None, "batch")
         if self._fresh():
             if b.epoch < self.district_epoch:
                 raise MessageRejected(wire.EPOCH, f"batch of old epoch {b.epoch}")
@@ -263,8 +366,12 @@ class SyncEngine:
         changes = self._decode_changes(b.changes, b.dim)
         if b.first_seq > self.applied_seq + 1:
             self.out_of_order += 1
-            if len(self._buffer) < BUFFER_MAX_BATCHES:
+            size = b.ByteSize()
+            if (len(self._buffer) < BUFFER_MAX_BATCHES
+                    and self._buffer_bytes + size <= BUFFER_MAX_BYTES
+                    and b.first_seq not in self._buffer):
                 self._buffer[b.first_seq] = (b, changes)
+                self._buffer_bytes += size
             if self._stalled_since is None:
                 self._stalled_since = self.clock()
             return
@@ -300,6 +407,7 @@ class SyncEngine:
             for first in sorted(self._buffer):
                 if first <= self.applied_seq + 1:
                     b, changes = self._buffer.pop(first)
+                    self._buffer_bytes -= b.ByteSize()
                     if b.last_seq > self.applied_seq and b.epoch == self.store.epoch:
                         self._apply(b, changes)
                     break
@@ -310,6 +418,7 @@ class SyncEngine:
 
     def _on_chunk(self, c: pb.SnapshotChunk) -> None:
         self._check_space(c.embedder_id, c.dim)
+        self._below_floor(c.epoch, c.last_seq, "snapshot")
         snap = self._snapshot
         if snap is None or snap.snapshot_id != c.snapshot_id:
             useful = (
@@ -343,9 +452,15 @@ class SyncEngine:
         # decode now so that a bad chunk is rejected on arrival, keep only the bytes
         self._decode_changes(c.changes, c.dim)
         data = c.SerializeToString()
-        with open(snap.spool, "ab") as fh:
-            offset = fh.tell()
-            fh.write(data)
+        try:
+            with open(snap.spool, "ab") as fh:
+                offset = fh.tell()
+                fh.write(data)
+        except OSError as exc:  # a full disk: the snapshot cannot be received
+            self._snapshot = None
+            snap.spool.unlink(missing_ok=True)
+            self._snapshot_failed(f"cannot spool the snapshot: {exc.strerror or exc}")
+            return
         snap.chunks[c.index] = (offset, len(data))
         snap.last_progress = self.clock()
         self._progress()
@@ -376,16 +491,30 @@ class SyncEngine:
         self._snapshot = None
         received = self.clock()
         try:
+            # the floor may have risen while the chunks came in (a newer manifest)
+            self._below_floor(snap.epoch, snap.last_seq, "snapshot")
             self.store.replace_all(
                 self._snapshot_changes(snap, dim), epoch=snap.epoch, last_seq=snap.last_seq
             )
-        except MessageRejected:
+        except MessageRejected as exc:
+            self._snapshot_failed(str(exc))
             raise
         except StoreError as exc:
+            self._snapshot_failed(f"the store refused it: {exc}")
             raise MessageRejected(wire.INVALID, f"snapshot refused by the store: {exc}") from None
+        except OSError as exc:
+            self._snapshot_failed(f"cannot read the spool: {exc.strerror or exc}")
+            raise
         finally:
             snap.spool.unlink(missing_ok=True)
         self.snapshots_applied += 1
+        self._snapshot_next_try = 0.0
+        self._paused_at_manifest = None
+        self.persisted.snapshot_failures = 0
+        self.persisted.snapshot_error = ""
+        self.persisted.snapshot_retry_at = 0.0
+        self.persisted.snapshot_paused = False
+        self._raise_floor(snap.epoch, snap.last_seq, durable=True)
         #: (seconds receiving the chunks, seconds installing them) of the last snapshot
         self.last_snapshot_timing = (received - snap.started, self.clock() - received)
         self._need_snapshot = False
@@ -393,10 +522,42 @@ class SyncEngine:
         self._progress()
         # buffered batches past the snapshot still apply; older ones are dropped
         for first in [f for f, (b, _) in self._buffer.items() if b.last_seq <= self.applied_seq]:
-            del self._buffer[first]
+            self._buffer_bytes -= self._buffer.pop(first)[0].ByteSize()
         self._drain()
         log.info("snapshot installed: epoch %d, seq %d", snap.epoch, snap.last_seq)
         self._citizens_removed()
+
+    def _snapshot_failed(self, reason: str) -> None:
+        """Back off (not reset by chunks, only by an installed snapshot); after
+        ``snapshot_max_failures`` stop asking until a newer manifest, a restart or
+        ``snapshot_pause_s``. The reason goes to the retained state and the doctor."""
+        p = self.persisted
+        p.snapshot_failures += 1
+        p.snapshot_error = reason[:160]
+        self.rejections[SNAPSHOT_FAILED] += 1
+        delay = min(self.snapshot_retry_s * 2 ** (p.snapshot_failures - 1),
+                    self.snapshot_retry_max_s)
+        if p.snapshot_failures >= self.snapshot_max_failures:
+            p.snapshot_paused = True
+            delay = self.snapshot_pause_s
+            self._paused_at_manifest = (self.district_epoch, self.district_head)
+        self._snapshot_next_try = self.clock() + delay
+        p.snapshot_retry_at = self.wall_clock() + delay
+        self._need_snapshot = True
+        log.error("snapshot failed (%d in a row): %s; next request in %.0f s%s",
+                  p.snapshot_failures, reason, delay, " (paused)" if p.snapshot_paused else "")
+        self._save()
+
+    def snapshot_status(self) -> str:
+        """'' or why the gallery is not being updated by snapshot (fleet view, doctor)."""
+        p = self.persisted
+        if not p.snapshot_failures:
+            return ""
+        wait = max(0.0, self._snapshot_next_try - self.clock())
+        when = ("paused until a new district change or a restart, or "
+                if p.snapshot_paused else "next try ")
+        return (f"snapshot failed {p.snapshot_failures}x: {p.snapshot_error}; "
+                f"{when}in {wait:.0f} s")[:200]
 
     def _citizens_removed(self) -> None:
         if self.on_citizens_removed is None:
@@ -432,14 +593,16 @@ class SyncEngine:
                 return []
         if not self._need_snapshot and now - self._stalled_since < self.gap_timeout_s:
             return []
+        want_snapshot = self._need_snapshot or (
+            self._replays_without_progress >= REPLAYS_BEFORE_SNAPSHOT
+        )
+        if want_snapshot and now < self._snapshot_next_try:
+            return []  # backing off after failed snapshots (or paused)
         if self._request_sent_at is not None and now - self._request_sent_at < self._request_delay:
             return []
         if self._request_sent_at is not None:
             self._request_delay = min(self._request_delay * 2, REQUEST_RETRY_MAX_S)
         self._request_sent_at = now
-        want_snapshot = self._need_snapshot or (
-            self._replays_without_progress >= REPLAYS_BEFORE_SNAPSHOT
-        )
         if not want_snapshot:
             self._replays_without_progress += 1
         self.requests["snapshot" if want_snapshot else "replay"] += 1
@@ -464,7 +627,7 @@ class SyncEngine:
             applied_seq=self.applied_seq,
             gallery_size=self.store.citizen_count,
             embedder_id=self.store.embedder_id,
-            last_error=self.last_error,
+            last_error=self.snapshot_status() or self.last_error,
             rejections=dict(self.rejections),
             updated_at_ms=int(time.time() * 1000),
             syncing=self._snapshot is not None or self.applied_seq < self.target_seq(),

@@ -16,8 +16,8 @@ them, sends requests and state. Both stop on the shared stop event.
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 import time
 from pathlib import Path
@@ -26,7 +26,16 @@ import paho.mqtt.client as mqtt
 
 from core.errors import AuthenticationError
 from edge import __version__
-from edge.syncclient.engine import GAP_TIMEOUT_S, MAX_MESSAGE_BYTES, GalleryTarget, SyncEngine
+from edge.syncclient.engine import (
+    GAP_TIMEOUT_S,
+    MAX_MESSAGE_BYTES,
+    SNAPSHOT_MAX_FAILURES,
+    SNAPSHOT_PAUSE_S,
+    SNAPSHOT_RETRY_MAX_S,
+    SNAPSHOT_RETRY_S,
+    GalleryTarget,
+    SyncEngine,
+)
 from edge.syncclient.outbox import COMPACT_INTERVAL_S, OutboxSender
 from sync.mqtt import (
     BrokerSettings,
@@ -42,12 +51,55 @@ log = logging.getLogger(__name__)
 
 #: publish the retained state at most this often while busy (fleet view granularity)
 STATE_INTERVAL_S = 1.0
-#: messages waiting for the apply thread; past this paho's thread blocks (back-pressure)
+#: messages waiting for the apply thread; past either bound paho's thread blocks
+#: (back-pressure: the broker keeps the rest). In bytes too: 10,000 x 4 MiB would be
+#: 40 GB; 64 MiB is 64 full 1 MiB batches or chunks, or tens of thousands of ordinary
+#: batches, and with the engine's BUFFER_MAX_BYTES keeps the sync under ~140 MB on a
+#: 2 GB board (the arithmetic is at edge.syncclient.engine.BUFFER_MAX_BATCHES)
 INBOX_MAX = 10_000
+INBOX_MAX_BYTES = 64 << 20
 #: look for new outbox reports this often; a report is a human tap, 0.5 s is prompt enough
 OUTBOX_INTERVAL_S = 0.5
 ONLINE = b"online"
 OFFLINE = b"offline"
+
+
+class _Inbox:
+    """A FIFO bounded in messages and in bytes; ``put`` blocks (with a timeout) while
+    full. A message alone larger than the byte bound is still let in when the inbox is
+    empty (the size check upstream keeps that <= the terminal's message limit)."""
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._items: collections.deque[tuple[str, bytes]] = collections.deque()
+        self.bytes = 0
+        self._cond = threading.Condition()
+
+    def put(self, item: tuple[str, bytes], timeout: float) -> bool:
+        size = len(item[1])
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: not self._items or (len(self._items) < self.max_items
+                                            and self.bytes + size <= self.max_bytes),
+                timeout)
+            if ok:
+                self._items.append(item)
+                self.bytes += size
+                self._cond.notify_all()
+            return ok
+
+    def get(self, timeout: float) -> tuple[str, bytes] | None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: bool(self._items), timeout):
+                return None
+            item = self._items.popleft()
+            self.bytes -= len(item[1])
+            self._cond.notify_all()
+            return item
+
+    def empty(self) -> bool:
+        with self._cond:
+            return not self._items
 
 
 class TerminalSubscriber:
@@ -68,6 +120,10 @@ class TerminalSubscriber:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         gap_timeout_s: float = GAP_TIMEOUT_S,
         request_retry_s: float = 2.0,
+        snapshot_retry_s: float = SNAPSHOT_RETRY_S,
+        snapshot_retry_max_s: float = SNAPSHOT_RETRY_MAX_S,
+        snapshot_max_failures: int = SNAPSHOT_MAX_FAILURES,
+        snapshot_pause_s: float = SNAPSHOT_PAUSE_S,
         state_interval_s: float = STATE_INTERVAL_S,
         outbox_dir: Path | None = None,
     ) -> None:
@@ -86,6 +142,10 @@ class TerminalSubscriber:
             max_message_bytes=max_message_bytes,
             gap_timeout_s=gap_timeout_s,
             request_retry_s=request_retry_s,
+            snapshot_retry_s=snapshot_retry_s,
+            snapshot_retry_max_s=snapshot_retry_max_s,
+            snapshot_max_failures=snapshot_max_failures,
+            snapshot_pause_s=snapshot_pause_s,
         )
         self.connected = threading.Event()
         self.connects = 0
@@ -94,7 +154,12 @@ class TerminalSubscriber:
         #: CONNACKs refusing our credentials (stays at 1: no retry after it)
         self.auth_failures = 0
         self.auth_error: str | None = None
-        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(INBOX_MAX)
+        #: payloads over max_message_bytes dropped on arrival (paho's thread; the apply
+        #: thread adds them to the engine's "oversized" count)
+        self.oversized_dropped = 0
+        self._oversized_counted = 0
+        self.max_message_bytes = max_message_bytes
+        self._inbox = _Inbox(INBOX_MAX, INBOX_MAX_BYTES)
         self._thread: threading.Thread | None = None
         self._state_dirty = True
         self._channels = {
@@ -152,14 +217,16 @@ class TerminalSubscriber:
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         channel = self._channels.get(msg.topic)
         if channel is not None:
-            self.bytes_received += len(msg.payload)
+            size = len(msg.payload)
+            self.bytes_received += size
+            if size > self.max_message_bytes:
+                # neither copied nor queued; the apply thread counts it ("oversized")
+                self.oversized_dropped += 1
+                return
             item = (channel, bytes(msg.payload))
             while not self.stop_event.is_set():  # back-pressure, but never block a stop
-                try:
-                    self._inbox.put(item, timeout=0.5)
+                if self._inbox.put(item, timeout=0.5):
                     return
-                except queue.Full:
-                    continue
 
     # ---- life cycle ---------------------------------------------------------------
 
@@ -194,11 +261,15 @@ class TerminalSubscriber:
         last_outbox = 0.0
         last_compact = time.monotonic()
         while not self.stop_event.is_set():
-            try:
-                channel, payload = self._inbox.get(timeout=0.05)
-            except queue.Empty:
-                pass
-            else:
+            dropped = self.oversized_dropped
+            if dropped != self._oversized_counted:
+                self.engine.rejections["oversized"] += dropped - self._oversized_counted
+                self.engine.last_error = "dropped a message over the size limit"
+                self._oversized_counted = dropped
+                self._state_dirty = True
+            got = self._inbox.get(timeout=0.05)
+            if got is not None:
+                channel, payload = got
                 try:
                     self.engine.handle(channel, payload)
                 except Exception as exc:  # a bug or a full disk must not stop the sync
