@@ -92,6 +92,12 @@ class PortReservation:
     def close(self) -> None:
         self._close()
 
+    def __enter__(self) -> PortReservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @dataclasses.dataclass
 class TlsFiles:

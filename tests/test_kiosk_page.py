@@ -357,7 +357,7 @@ def test_display_command_runs_as_its_own_process_and_reconnects(tmp_path: Path) 
     import sys
     import urllib.request
 
-    from edge.localbroker import free_port
+    from tests.broker import free_port
 
     api_port, http_port = free_port(), free_port()
     repo = Path(__file__).resolve().parents[1]

@@ -21,14 +21,9 @@ from pathlib import Path
 from edge.config import ApiConfig, CameraConfig, Config, SessionConfig, TerminalConfig
 from edge.ops.sdnotify import Notifier, WatchdogHook
 from edge.service import TerminalService, load_vision
+from tests.broker import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def collect(sock: socket.socket, seconds: float, until: str | None = None) -> list[str]:
@@ -148,7 +143,12 @@ def test_stalled_terminal_loop_stops_feeding_the_watchdog(media_dir: Path,
     service = TerminalService(cfg, vision, heartbeat=hook.tick)
     try:
         service.start()
-        healthy = collect(sock, 1.5)
+        # 4 feeds take 0.6 s when a frame takes no time; on a loaded machine the loop turns
+        # slower: wait for them rather than for a fixed while
+        healthy: list[str] = []
+        deadline = time.monotonic() + 60
+        while healthy.count("WATCHDOG=1") < 4 and time.monotonic() < deadline:
+            healthy += collect(sock, 0.2)
         assert healthy.count("WATCHDOG=1") >= 4, healthy
         detector.stall.set()
         assert detector.stalled.wait(10), "the loop never reached the detector"
