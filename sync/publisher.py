@@ -111,7 +111,12 @@ class Publisher:
         self._wake = threading.Event()
         self._connected = threading.Event()
         self._manifest_due = threading.Event()
-        self._requests: queue.Queue[tuple[str, pb.SyncRequest]] = queue.Queue(REQUEST_QUEUE_MAX)
+        #: (terminal, request, monotonic time it arrived)
+        self._requests: queue.Queue[tuple[str, pb.SyncRequest, float]] = queue.Queue(
+            REQUEST_QUEUE_MAX
+        )
+        #: terminal -> monotonic time its last snapshot was wholly sent
+        self._snapshot_sent_at: dict[str, float] = {}
         self._auth_error: str | None = None
         self._threads: list[threading.Thread] = []
         cid = client_id or f"motcua-district-{dlog.district_id}"
@@ -163,7 +168,7 @@ class Publisher:
             return
         self.stats.requests[terminal] = self.stats.requests.get(terminal, 0) + 1
         try:
-            self._requests.put_nowait((terminal, req))
+            self._requests.put_nowait((terminal, req, time.monotonic()))
         except queue.Full:
             self.stats.bad_requests += 1
 
@@ -374,15 +379,15 @@ class Publisher:
     def _serve_loop(self) -> None:
         while not self.stop_event.is_set():
             try:
-                terminal, req = self._requests.get(timeout=0.1)
+                terminal, req, received = self._requests.get(timeout=0.1)
             except queue.Empty:
                 continue
             try:
-                self._serve(terminal, req)
+                self._serve(terminal, req, received)
             except Exception as exc:  # keep serving other terminals; log the failure
                 log.exception("serving %s for %s failed: %s", req.kind, terminal, exc)
 
-    def _serve(self, terminal: str, req: pb.SyncRequest) -> None:
+    def _serve(self, terminal: str, req: pb.SyncRequest, received: float) -> None:
         published = self.log.published_seq
         if (
             req.kind == pb.SyncRequest.KIND_REPLAY
@@ -392,6 +397,11 @@ class Publisher:
             self.send_replay(terminal, req.from_seq, req.request_id)
             return
         # a snapshot: asked for, or the replay is not available (other epoch, too old)
+        if received <= self._snapshot_sent_at.get(terminal, -1.0):
+            # asked again while we were busy (with other terminals or this very snapshot:
+            # it re-asks when no chunk came for a while); the snapshot that ended since
+            # answers it. Sending another would double the load when it is highest.
+            return
         now = time.monotonic()
         prev = self.stats.per_terminal_snapshot.get(terminal)
         if prev is not None and now - prev < self.snapshot_min_interval_s:
@@ -477,6 +487,7 @@ class Publisher:
             if not flush(True):
                 return
         self.stats.snapshots += 1
+        self._snapshot_sent_at[terminal] = time.monotonic()
         self.stats.last_snapshot_bytes = sent_bytes
         log.info("snapshot %s to %s: %d chunks, %d bytes", snap_id, terminal, index, sent_bytes)
 

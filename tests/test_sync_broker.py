@@ -163,6 +163,30 @@ def test_snapshot_of_5000_citizens_reaches_two_terminals(
         rig.close()
 
 
+def test_snapshot_requests_that_came_before_a_snapshot_ended_get_no_other(
+    tmp_path: Path,
+) -> None:
+    """A terminal re-asks while the publisher is busy (other terminals' snapshots, or a
+    slow chunk of its own): the snapshot that ends after those requests answers them."""
+    from proto import sync_pb2 as pb
+
+    dlog = new_district(tmp_path / "district.sqlite")
+    add_citizens(dlog, 3)
+    pub = Publisher(dlog, new_key(), BrokerSettings(host="127.0.0.1", port=1),
+                    snapshot_min_interval_s=0.0)  # never started: no broker needed
+    sent: list[str] = []
+    pub._send = lambda topic, _p, retain=False: sent.append(topic) or True  # type: ignore[method-assign]
+    req = pb.SyncRequest(kind=pb.SyncRequest.KIND_SNAPSHOT, terminal_id="t-a",
+                         district_id=DISTRICT)
+    first, again = time.monotonic(), time.monotonic()
+    pub._serve("t-a", req, first)
+    pub._serve("t-a", req, again)  # came while the first was being sent
+    assert pub.stats.snapshots == 1
+    pub._serve("t-b", req, again)  # another terminal's request is its own
+    pub._serve("t-a", req, time.monotonic())  # asked after it ended: served
+    assert pub.stats.snapshots == 3 and len(sent) == 3
+
+
 def test_broker_killed_and_restarted_mid_stream(rig: Rig) -> None:
     add_citizens(rig.dlog, 10)
     rig.start_publisher()
