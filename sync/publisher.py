@@ -29,7 +29,7 @@ from google.protobuf.message import DecodeError
 from edge.errors import AuthenticationError, DistrictError, SyncError
 from proto import sync_pb2 as pb
 from sync.log import DistrictLog
-from sync.mqtt import BrokerSettings, is_auth_failure, make_client, start_client
+from sync.mqtt import BrokerSettings, is_auth_failure, make_client, start_client, stop_client
 from sync.topics import DEFAULT_PREFIX, Topics
 from sync.wire import PROTOCOL_VERSION, seal
 
@@ -231,7 +231,7 @@ class Publisher:
         for t in self._threads:
             t.join(timeout=30)
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_client(self.client)
 
     def run(self) -> None:
         """Run until the stop event is set (the CLI's long-running mode)."""

@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 from edge import __version__
 from edge.errors import AuthenticationError
 from sync.engine import GAP_TIMEOUT_S, MAX_MESSAGE_BYTES, GalleryTarget, SyncEngine
-from sync.mqtt import BrokerSettings, is_auth_failure, make_client, start_client
+from sync.mqtt import BrokerSettings, is_auth_failure, make_client, start_client, stop_client
 from sync.outbox import COMPACT_INTERVAL_S, OutboxSender
 from sync.topics import DEFAULT_PREFIX, Topics
 from sync.wire import PublicKeys
@@ -170,11 +170,9 @@ class TerminalSubscriber:
         if graceful and self.connected.is_set():
             self.client.publish(self.topics.status(self.terminal_id), OFFLINE, qos=1, retain=True)
             self.client.disconnect()
-        self.client.loop_stop()
-        if not graceful:
-            sock = self.client.socket()
-            if sock is not None:
-                sock.close()
+        # ungraceful: the socket is closed without a DISCONNECT (a power cut: the broker
+        # then publishes the will)
+        stop_client(self.client)
 
     def raise_if_failed(self) -> None:
         if self.auth_error:
