@@ -40,6 +40,16 @@ def collect(sock: socket.socket, seconds: float, until: str | None = None) -> li
     return out
 
 
+def feeds(sock: socket.socket, n: int, timeout: float = 60.0) -> list[str]:
+    """Datagrams until ``n`` watchdog feeds came (or ``timeout``): the loop feeds as it
+    turns, which on a loaded machine is slower than on an idle one, so no fixed while."""
+    out: list[str] = []
+    deadline = time.monotonic() + timeout
+    while out.count("WATCHDOG=1") < n and time.monotonic() < deadline:
+        out += collect(sock, 0.2)
+    return out
+
+
 def metric(text: str, name: str) -> float:
     m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+|NaN)$", text, re.M)
     assert m, f"{name} not in metrics:\n{text[:2000]}"
@@ -79,7 +89,7 @@ metrics_listen = "127.0.0.1:{metrics_port}"
     try:
         first = collect(sock, 90, until="READY=1")
         assert any(m.startswith("READY=1") for m in first), (first, proc.poll())
-        feeding = collect(sock, 3.0)
+        feeding = feeds(sock, 3)
         assert feeding.count("WATCHDOG=1") >= 3, feeding
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
                                     timeout=10) as r:
@@ -143,12 +153,7 @@ def test_stalled_terminal_loop_stops_feeding_the_watchdog(media_dir: Path,
     service = TerminalService(cfg, vision, heartbeat=hook.tick)
     try:
         service.start()
-        # 4 feeds take 0.6 s when a frame takes no time; on a loaded machine the loop turns
-        # slower: wait for them rather than for a fixed while
-        healthy: list[str] = []
-        deadline = time.monotonic() + 60
-        while healthy.count("WATCHDOG=1") < 4 and time.monotonic() < deadline:
-            healthy += collect(sock, 0.2)
+        healthy = feeds(sock, 4)  # 0.6 s when a frame takes no time
         assert healthy.count("WATCHDOG=1") >= 4, healthy
         detector.stall.set()
         assert detector.stalled.wait(10), "the loop never reached the detector"
