@@ -14,7 +14,7 @@
 # Prints "runs: N  failures: F" at the end and exits 1 if any run failed.
 # Uses $PYTHON if set, else .venv/bin/python (scripts/install.sh creates it), else python3.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 runs=8
 load=0
