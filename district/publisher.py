@@ -41,6 +41,7 @@ from sync.mqtt import (
     make_client,
     session_client_id,
     start_client,
+    stop_client,
 )
 from sync.topics import DEFAULT_PREFIX, Topics, check_id
 from sync.wire import PROTOCOL_VERSION, seal
@@ -150,7 +151,9 @@ class RequestQueue:
 
     def __init__(self, max_terminals: int) -> None:
         self.max_terminals = max_terminals
-        self._pending: collections.OrderedDict[str, pb.SyncRequest] = collections.OrderedDict()
+        #: terminal -> (its newest pending request, monotonic time that request arrived)
+        self._pending: collections.OrderedDict[str, tuple[pb.SyncRequest, float]] = (
+            collections.OrderedDict())
         self._cv = threading.Condition()
         self.busy = False
         self._serving: tuple[str, int, int, int] | None = None
@@ -165,17 +168,17 @@ class RequestQueue:
             if self._serving == self._key(terminal, req):
                 return "coalesced"
             if terminal in self._pending:
-                self._pending[terminal] = req
+                self._pending[terminal] = (req, time.monotonic())
                 return "coalesced"
             if len(self._pending) >= self.max_terminals:
                 return "dropped"
-            self._pending[terminal] = req
+            self._pending[terminal] = (req, time.monotonic())
             self._cv.notify()
             return "queued"
 
     def take(
         self, wait_s: Callable[[str], float], timeout: float
-    ) -> tuple[str, pb.SyncRequest] | None:
+    ) -> tuple[str, pb.SyncRequest, float] | None:
         """The first pending request whose terminal may be served now (``wait_s`` of it is
         0), or None after ``timeout`` (or sooner, when a budget refills)."""
         with self._cv:
@@ -184,9 +187,9 @@ class RequestQueue:
                 w = wait_s(terminal)
                 if w <= 0:
                     self.busy = True
-                    req = self._pending.pop(terminal)
+                    req, received = self._pending.pop(terminal)
                     self._serving = self._key(terminal, req)
-                    return terminal, req
+                    return terminal, req, received
                 soonest = min(soonest, w)
             self.busy = False
             self._cv.wait(soonest)
@@ -245,6 +248,8 @@ class Publisher:
         self._connected = threading.Event()
         self._manifest_due = threading.Event()
         self.requests = RequestQueue(REQUEST_TERMINALS_MAX)
+        #: terminal -> monotonic time its last snapshot was wholly sent
+        self._snapshot_sent_at: dict[str, float] = {}
         self._auth_error: str | None = None
         self._threads: list[threading.Thread] = []
         cid = client_id or session_client_id(broker, f"motcua-district-{dlog.district_id}")
@@ -362,7 +367,7 @@ class Publisher:
             t.join(timeout=30)
         self.report_writer.join(timeout=30)
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_client(self.client)
 
     def run(self) -> None:
         """Run until the stop event is set (the CLI's long-running mode)."""
@@ -528,9 +533,9 @@ class Publisher:
             item = self.requests.take(self._wait_s, 0.1)
             if item is None:
                 continue
-            terminal, req = item
+            terminal, req, received = item
             try:
-                self._serve(terminal, req)
+                self._serve(terminal, req, received)
             except Exception as exc:  # keep serving other terminals; log the failure
                 log.exception("serving %s for %s failed: %s", req.kind, terminal, exc)
             finally:
@@ -544,7 +549,7 @@ class Publisher:
         self.stats.direct_bytes[terminal] = self.stats.direct_bytes.get(terminal, 0) + len(payload)
         return True
 
-    def _serve(self, terminal: str, req: pb.SyncRequest) -> None:
+    def _serve(self, terminal: str, req: pb.SyncRequest, received: float) -> None:
         published = self.log.published_seq
         if (
             req.kind == pb.SyncRequest.KIND_REPLAY
@@ -554,6 +559,11 @@ class Publisher:
             self.send_replay(terminal, req.from_seq, req.request_id)
             return
         # a snapshot: asked for, or the replay is not available (other epoch, too old)
+        if received <= self._snapshot_sent_at.get(terminal, -1.0):
+            # asked again while we were busy (with other terminals or this very snapshot:
+            # it re-asks when no chunk came for a while); the snapshot that ended since
+            # answers it. Sending another would double the load when it is highest.
+            return
         now = time.monotonic()
         prev = self.stats.per_terminal_snapshot.get(terminal)
         if prev is not None and now - prev < self.snapshot_min_interval_s:
@@ -645,6 +655,7 @@ class Publisher:
             if not flush(True):
                 return
         self.stats.snapshots += 1
+        self._snapshot_sent_at[terminal] = time.monotonic()
         self.stats.last_snapshot_bytes = sent_bytes
         log.info("snapshot %s to %s: %d chunks, %d bytes", snap_id, terminal, index, sent_bytes)
 

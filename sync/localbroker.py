@@ -1,4 +1,5 @@
-"""A throwaway local Mosquitto for the demo and benchmarks: own config, free loopback port.
+"""A throwaway local Mosquitto for the demo and benchmarks: own config, free loopback port
+(below the ephemeral range: see ``free_port``).
 
 It writes its config and persistence under a work directory, listens on 127.0.0.1 only,
 and is stopped (SIGTERM, then SIGKILL) by ``stop()`` or the context manager.
@@ -7,6 +8,7 @@ and is stopped (SIGTERM, then SIGKILL) by ``stop()`` or the context manager.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -19,10 +21,27 @@ from core.errors import SyncError
 START_TIMEOUT_S = 10.0
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free port below the kernel's ephemeral range (ip_local_port_range).
+
+    A port from bind(0) is in that range and goes back to its pool at once: until
+    Mosquitto binds it, any bind(0) or outgoing connection on the machine may take it.
+    Below the range only a process that names the port can take it.
+    """
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    low = 20000 if first - 20000 >= 1000 else 1024
+    for _ in range(500):
+        port = random.randrange(low, max(first, low + 1024))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))  # no SO_REUSEADDR: fails while anything holds it
+            except OSError:
+                continue
+            return port
+    raise SyncError(f"no free port on {host} below {first}")
 
 
 class LocalBroker:
@@ -59,12 +78,15 @@ class LocalBroker:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.proc = None
                 raise SyncError(f"mosquitto exited at start (see {self.log_path})")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return self
+                    if self.proc.poll() is None:  # ours answered, not another process
+                        return self
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         self.stop()
         raise SyncError(f"mosquitto did not open port {self.port} within {START_TIMEOUT_S} s")
 

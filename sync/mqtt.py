@@ -186,3 +186,16 @@ def start_client(client: mqtt.Client, settings: BrokerSettings) -> None:
         properties=connect_properties(settings),
     )
     client.loop_start()
+
+
+def stop_client(client: mqtt.Client) -> None:
+    """Stop paho's network thread and close the client's sockets now.
+
+    paho closes the socket pair that loop_start() made (and the broker socket) only in
+    Client.__del__ (paho issue #627). A client held in a reference cycle (its callbacks
+    are our bound methods) is then freed by the garbage collector, whenever it runs, and
+    in whatever order: the sockets' own finalizers may come first and warn "unclosed"
+    (an error under the tests' filterwarnings, in whichever test the collection falls).
+    """
+    client.loop_stop()
+    client._reset_sockets()  # paho's own __del__ does just this

@@ -1,10 +1,12 @@
-"""A real Mosquitto broker for tests and benchmarks: own config, free loopback port.
+"""A real Mosquitto broker for tests and benchmarks: own config, reserved loopback port.
 
 ``MosquittoBroker`` writes a config into a directory (persistence on, its own log file),
 starts ``mosquitto -c``, waits until the port accepts connections, and can be stopped,
 killed (SIGKILL, like a power cut) and restarted on the same port with the same
-persistence file. Optional: password file, ACL file, TLS listener with client
-certificates, a low ``max_queued_messages`` to make queue overflow quick to reach, and
+persistence file: the port is below the kernel's ephemeral range and reserved by the
+broker object (``PortReservation``), so nothing else takes it while the broker is down.
+Optional: password file, ACL file, TLS listener with client certificates, a low
+``max_queued_messages`` to make queue overflow quick to reach, and
 extra config lines from a file (``include``: the shipped broker settings).
 """
 
@@ -13,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import weakref
 from pathlib import Path
 
 #: how long to wait for the broker's port; Mosquitto starts in ~10 ms, 10 s covers a
@@ -25,10 +29,75 @@ from pathlib import Path
 START_TIMEOUT_S = 10.0
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+#: test servers take ports from [PORT_FLOOR, the kernel's ephemeral range): see free_port()
+PORT_FLOOR = 20000
+
+
+def _unreserved_port_range() -> tuple[int, int]:
+    """[low, high) below Linux's ephemeral range (ip_local_port_range, 32768 by default)."""
+    try:
+        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768
+    if first_ephemeral - PORT_FLOOR >= 1000:
+        return PORT_FLOOR, first_ephemeral
+    return 1024, max(first_ephemeral, 2048)  # an unusual range: take what is below it
+
+
+def _bind_exclusive(host: str) -> socket.socket:
+    """A socket bound to a random free port below the ephemeral range, no SO_REUSEADDR.
+
+    Why below the ephemeral range: the kernel hands ports of that range to every bind(0)
+    and connect() on the machine (gRPC servers, other test runs, clients). A port taken
+    from it with bind(0) and released goes back to that pool, so while our broker is down
+    (a restart in the middle of a test) or not yet up, any process could get it, and
+    Mosquitto then fails with "Address already in use". Below the range only a process
+    that names the port explicitly can take it. The plain bind (no SO_REUSEADDR) fails
+    while any socket holds the port, even one in TIME_WAIT, so a port in use is skipped.
+    """
+    low, high = _unreserved_port_range()
+    for _ in range(500):
+        port = random.randrange(low, high)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind((host, port))
+        except OSError:
+            s.close()
+            continue
+        return s
+    raise RuntimeError(f"no free loopback port in [{low}, {high})")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free port below the ephemeral range, for a server that binds it soon after."""
+    with _bind_exclusive(host) as s:
         return int(s.getsockname()[1])
+
+
+class PortReservation:
+    """A loopback port kept from other processes for as long as this object is open.
+
+    It holds a bound, never listening socket on the port, with SO_REUSEADDR set only
+    after the bind: Mosquitto (which sets SO_REUSEADDR) can listen on the port beside
+    it, but no other socket can bind the port (the kernel never picks it for bind(0) or
+    connect(), and a plain bind() of it fails), also while the broker is down.
+    ``close()`` (or the garbage collector) releases it.
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        sock = _bind_exclusive(host)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.port = int(sock.getsockname()[1])
+        self._close = weakref.finalize(self, sock.close)
+
+    def close(self) -> None:
+        self._close()
+
+    def __enter__(self) -> PortReservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclasses.dataclass
@@ -73,8 +142,10 @@ class MosquittoBroker:
             raise RuntimeError("mosquitto is not installed (scripts/debian-packages.txt)")
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
         self.host = "127.0.0.1"
+        #: the port stays ours across stop()/kill() and start(), until close()
+        self._port = PortReservation(self.host)
+        self.port = self._port.port
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "mosquitto.log"
         lines = [
@@ -132,21 +203,24 @@ class MosquittoBroker:
     def start(self) -> MosquittoBroker:
         """Start the broker and wait for its port (raises RuntimeError with the log tail)."""
         assert self.proc is None, "already running"
-        self.proc = subprocess.Popen(
+        proc = self.proc = subprocess.Popen(
             ["mosquitto", "-c", str(self.conf_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                self.proc = None
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                self._close()
                 raise RuntimeError(f"mosquitto exited at start: {err.strip()} {self.log_tail()}")
             with contextlib.suppress(OSError), socket.create_connection(
                 (self.host, self.port), timeout=0.2
             ):
-                return self
+                # the port is reserved for us: what answers is our Mosquitto, unless it
+                # has just failed (then the next round reports why)
+                if proc.poll() is None:
+                    return self
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"mosquitto did not open port {self.port}: {self.log_tail()}")
@@ -175,6 +249,11 @@ class MosquittoBroker:
         self.stop()
         self.start()
 
+    def close(self) -> None:
+        """Stop and give the port back (the broker cannot be started again)."""
+        self.stop()
+        self._port.close()
+
     def _close(self) -> None:
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
@@ -194,4 +273,4 @@ class MosquittoBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()

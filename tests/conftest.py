@@ -21,14 +21,14 @@ def media_dir() -> Path:
 
 @pytest.fixture
 def broker(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A fresh Mosquitto broker (persistence on) on a free loopback port, stopped after."""
+    """A fresh Mosquitto broker (persistence on) on a reserved loopback port, closed after."""
     from tests.broker import MosquittoBroker
 
     b = MosquittoBroker(tmp_path / "broker").start()
     try:
         yield b
     finally:
-        b.stop()
+        b.close()
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from edge.api.state import DisplayState
 from edge.config import ApiConfig, DisplayConfig
 from edge.display.app import DisplayApp
 from edge.session import events as ev
+from tests.broker import PortReservation
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -66,7 +67,10 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 class Rig:
     def __init__(self) -> None:
-        self.api, self.control = start_api()
+        # restart_api() binds the same port again: a port from bind(0) would be back in
+        # the kernel's pool meanwhile, for any process to take; a reserved one is not
+        self._reserved = PortReservation()
+        self.api, self.control = start_api(self._reserved.port)
         self.port = self.api.port
         cfg = DisplayConfig(api=f"127.0.0.1:{self.port}", http_listen="127.0.0.1:0",
                             reconnect_max_s=0.5)
@@ -92,6 +96,7 @@ class Rig:
     def close(self) -> None:
         self.display.close()
         self.api.stop(0.2)
+        self._reserved.close()
 
 
 @pytest.fixture
@@ -402,7 +407,7 @@ def test_display_command_runs_as_its_own_process_and_reconnects(tmp_path: Path) 
     import sys
     import urllib.request
 
-    from sync.localbroker import free_port
+    from tests.broker import free_port
 
     api_port, http_port = free_port(), free_port()
     repo = Path(__file__).resolve().parents[1]

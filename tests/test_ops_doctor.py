@@ -133,7 +133,7 @@ def sync_section(broker: object, user: str | None, pw_file: Path | None) -> obje
 
 
 def test_broker_credentials(tmp_path) -> None:
-    from tests.broker import MosquittoBroker, free_port
+    from tests.broker import MosquittoBroker, PortReservation
 
     pw = tmp_path / "pw"
     pw.write_text("right-password\n")
@@ -145,8 +145,10 @@ def test_broker_credentials(tmp_path) -> None:
         st, text = status(ctx_for(tmp_path, sync=sync_section(b, "q1-hall-01", wrong)),
                           "broker")
         assert st is Status.FAIL and "refused" in text, text
-    down = types.SimpleNamespace(host="127.0.0.1", port=free_port())
-    st, text = status(ctx_for(tmp_path, sync=sync_section(down, "q1-hall-01", pw)), "broker")
+    with PortReservation() as dead:  # held, never listening: nothing can answer there
+        down = types.SimpleNamespace(host="127.0.0.1", port=dead.port)
+        st, text = status(ctx_for(tmp_path, sync=sync_section(down, "q1-hall-01", pw)),
+                          "broker")
     assert st is Status.FAIL and "unreachable" in text, text
     st, text = status(ctx_for(tmp_path), "broker")
     assert st is Status.WARN and "local store only" in text, text   # [sync] broker = ""
@@ -360,7 +362,7 @@ def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
 
 
 def test_grpc_health(tmp_path, health_server) -> None:
-    from tests.broker import free_port
+    from tests.broker import PortReservation
 
     port, servicer = health_server
     ctx = ctx_for(tmp_path, {"api": {"listen": f"127.0.0.1:{port}"}})
@@ -369,8 +371,9 @@ def test_grpc_health(tmp_path, health_server) -> None:
     assert st is Status.FAIL and "NOT_SERVING" in text, text
     servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     assert status(ctx, "grpc")[0] is Status.OK
-    dead = ctx_for(tmp_path, {"api": {"listen": f"127.0.0.1:{free_port()}"}})
-    st, text = status(dead, "grpc")
+    with PortReservation() as p:  # held, never listening: nothing can answer there
+        dead = ctx_for(tmp_path, {"api": {"listen": f"127.0.0.1:{p.port}"}})
+        st, text = status(dead, "grpc")
     assert st is Status.FAIL and "does not answer" in text, text
 
 
@@ -378,7 +381,7 @@ def test_grpc_health(tmp_path, health_server) -> None:
 
 
 def test_display_page(tmp_path) -> None:
-    from tests.broker import free_port
+    from tests.broker import PortReservation
 
     class Page(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -402,8 +405,9 @@ def test_display_page(tmp_path) -> None:
         srv.shutdown()
         srv.server_close()
         t.join()
-    dead = ctx_for(tmp_path, {"display": {"http_listen": f"127.0.0.1:{free_port()}"}})
-    st, text = status(dead, "display")
+    with PortReservation() as p:  # held, never listening: nothing can answer there
+        dead = ctx_for(tmp_path, {"display": {"http_listen": f"127.0.0.1:{p.port}"}})
+        st, text = status(dead, "display")
     assert st is Status.FAIL and "unreachable" in text, text
 
 

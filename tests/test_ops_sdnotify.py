@@ -101,11 +101,13 @@ def test_stalled_main_loop_stops_feeding(notify_socket) -> None:
     path, sock = notify_socket
     hook = WatchdogHook(Notifier(str(path)), interval=0.2)  # feeds every 0.1 s
     stall = threading.Event()
+    stalled = threading.Event()
     stop = threading.Event()
 
     def main_loop() -> None:
         while not stop.is_set():
             if stall.is_set():
+                stalled.set()
                 stop.wait()      # e.g. a camera read that never returns
                 return
             hook.tick()
@@ -116,7 +118,9 @@ def test_stalled_main_loop_stops_feeding(notify_socket) -> None:
     try:
         before = drain(sock, 1.0)
         stall.set()
-        time.sleep(0.05)
+        # the loop's last tick may come well after stall.set() on a loaded machine: wait
+        # until it is blocked rather than a fixed while
+        assert stalled.wait(30)
         drain(sock, 0.05)        # a datagram in flight at the moment of the stall
         after = drain(sock, 1.0)
     finally:
@@ -139,24 +143,37 @@ def test_subprocess_main_loop_env_contract(notify_socket, tmp_path) -> None:
         end = time.monotonic() + 1.0
         while time.monotonic() < end:
             hook.tick(); time.sleep(0.01)
+        print("stalled", flush=True)
         sys.stdin.read()   # the loop stalls here
         """
     )
     env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000",
            "PYTHONPATH": str(REPO)}
     env.pop("WATCHDOG_PID", None)
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdin=subprocess.PIPE)
-    assert proc.stdin is not None
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
     try:
-        running = drain(sock, 1.0)
-        time.sleep(0.3)
-        drain(sock, 0.05)
+        # the child's loop runs 1 s from when it has started, which on a loaded machine
+        # can be long after Popen: read until it says it stalls, not for a fixed while
+        line: list[bytes] = []
+        out = proc.stdout
+        reader = threading.Thread(target=lambda: line.append(out.readline()))
+        reader.start()
+        running: list[tuple[float, str]] = []
+        deadline = time.monotonic() + 60
+        while reader.is_alive() and time.monotonic() < deadline:
+            running += drain(sock, 0.1)
+        reader.join(1)
+        assert line == [b"stalled\n"], line
+        running += drain(sock, 0.05)  # a datagram in flight at the moment of the stall
         stalled = drain(sock, 0.8)
         assert proc.poll() is None
     finally:
         proc.kill()
         proc.wait()
         proc.stdin.close()
+        proc.stdout.close()
     msgs = [m for _, m in running]
     assert msgs[0] == "READY=1\nSTATUS=up"
     assert msgs.count("WATCHDOG=1") >= 4

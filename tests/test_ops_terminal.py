@@ -21,14 +21,9 @@ from pathlib import Path
 from edge.config import ApiConfig, CameraConfig, Config, SessionConfig, TerminalConfig
 from edge.ops.sdnotify import Notifier, WatchdogHook
 from edge.service import TerminalService, load_vision
+from tests.broker import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def collect(sock: socket.socket, seconds: float, until: str | None = None) -> list[str]:
@@ -42,6 +37,16 @@ def collect(sock: socket.socket, seconds: float, until: str | None = None) -> li
         out.append(msg)
         if until is not None and until in msg:
             break
+    return out
+
+
+def feeds(sock: socket.socket, n: int, timeout: float = 60.0) -> list[str]:
+    """Datagrams until ``n`` watchdog feeds came (or ``timeout``): the loop feeds as it
+    turns, which on a loaded machine is slower than on an idle one, so no fixed while."""
+    out: list[str] = []
+    deadline = time.monotonic() + timeout
+    while out.count("WATCHDOG=1") < n and time.monotonic() < deadline:
+        out += collect(sock, 0.2)
     return out
 
 
@@ -84,7 +89,7 @@ metrics_listen = "127.0.0.1:{metrics_port}"
     try:
         first = collect(sock, 90, until="READY=1")
         assert any(m.startswith("READY=1") for m in first), (first, proc.poll())
-        feeding = collect(sock, 3.0)
+        feeding = feeds(sock, 3)
         assert feeding.count("WATCHDOG=1") >= 3, feeding
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
                                     timeout=10) as r:
@@ -148,7 +153,7 @@ def test_stalled_terminal_loop_stops_feeding_the_watchdog(media_dir: Path,
     service = TerminalService(cfg, vision, heartbeat=hook.tick)
     try:
         service.start()
-        healthy = collect(sock, 1.5)
+        healthy = feeds(sock, 4)  # 0.6 s when a frame takes no time
         assert healthy.count("WATCHDOG=1") >= 4, healthy
         detector.stall.set()
         assert detector.stalled.wait(10), "the loop never reached the detector"

@@ -61,7 +61,11 @@ class Rig:
         ).start()
         return self.publisher
 
-    def terminal(self, name: str, store: GalleryStore | None = None) -> TerminalSubscriber:
+    def terminal(
+        self, name: str, store: GalleryStore | None = None, *, start: bool = True
+    ) -> TerminalSubscriber:
+        """A terminal subscriber; ``start=False`` leaves it unstarted, so that a test can
+        hook its engine before any message can reach it, then call ``start()``."""
         store = store or self.store(name)
         t = TerminalSubscriber(
             store,
@@ -73,9 +77,9 @@ class Rig:
             gap_timeout_s=0.3,
             request_retry_s=0.5,
             state_interval_s=0.2,
-        ).start()
+        )
         self.terminals.append(t)
-        return t
+        return t.start() if start else t
 
     def expected_hash(self) -> str:
         """Content hash of a store built from the district's state (cached per head and
@@ -159,6 +163,30 @@ def test_snapshot_of_5000_citizens_reaches_two_terminals(
         rig.close()
 
 
+def test_snapshot_requests_that_came_before_a_snapshot_ended_get_no_other(
+    tmp_path: Path,
+) -> None:
+    """A terminal re-asks while the publisher is busy (other terminals' snapshots, or a
+    slow chunk of its own): the snapshot that ends after those requests answers them."""
+    from proto import sync_pb2 as pb
+
+    dlog = new_district(tmp_path / "district.sqlite")
+    add_citizens(dlog, 3)
+    pub = Publisher(dlog, new_key(), BrokerSettings(host="127.0.0.1", port=1),
+                    snapshot_min_interval_s=0.0)  # never started: no broker needed
+    sent: list[str] = []
+    pub._send = lambda topic, _p, retain=False: sent.append(topic) or True  # type: ignore[method-assign]
+    req = pb.SyncRequest(kind=pb.SyncRequest.KIND_SNAPSHOT, terminal_id="t-a",
+                         district_id=DISTRICT)
+    first, again = time.monotonic(), time.monotonic()
+    pub._serve("t-a", req, first)
+    pub._serve("t-a", req, again)  # came while the first was being sent
+    assert pub.stats.snapshots == 1
+    pub._serve("t-b", req, again)  # another terminal's request is its own
+    pub._serve("t-a", req, time.monotonic())  # asked after it ended: served
+    assert pub.stats.snapshots == 3 and len(sent) == 3
+
+
 def test_broker_killed_and_restarted_mid_stream(rig: Rig) -> None:
     add_citizens(rig.dlog, 10)
     rig.start_publisher()
@@ -205,7 +233,7 @@ def test_offline_terminal_beyond_broker_queue_converges_via_snapshot(tmp_path: P
         assert t2.engine.snapshots_applied == 1 and snapshots_before == 1
     finally:
         rig.close()
-        broker.stop()
+        broker.close()
 
 
 def test_gap_within_replay_window_is_filled_by_replay(tmp_path: Path) -> None:
@@ -228,7 +256,7 @@ def test_gap_within_replay_window_is_filled_by_replay(tmp_path: Path) -> None:
         assert rig.publisher.stats.replays >= 1
     finally:
         rig.close()
-        broker.stop()
+        broker.close()
 
 
 def test_replaced_terminal_with_empty_store_converges(rig: Rig) -> None:
@@ -256,9 +284,10 @@ def test_citizen_deleted_before_publishing_is_never_sent(rig: Rig) -> None:
     emb = victim_embedding(rig, victim)
     rig.dlog.update_dossier("HS-0000077", status=DossierStatus.PROCESSING)
     rig.dlog.delete_citizen(victim)
-    t = rig.terminal("t-a", store)
+    t = rig.terminal("t-a", store, start=False)
     seen: list[bytes] = []
     t.engine.on_applied = lambda batch: seen.append(batch.SerializeToString())
+    t.start()
     rig.start_publisher()
     wait_for(lambda: rig.converged(t), what="converged")
     assert store.citizen(victim) is None and store.dossiers(victim) == []
@@ -274,11 +303,16 @@ def test_terminal_killed_mid_snapshot_converges_after_restart(
     try:
         add_citizens(rig.dlog, 4000, dossiers=False)  # ~2.4 MB in 64 KiB chunks
         rig.start_publisher(chunk_max_bytes=64 * 1024)
+        # the whole log goes out as live batches before the terminal subscribes: a terminal
+        # that subscribed earlier would take the live batches from seq 1 and never need a
+        # snapshot (on a loaded machine the publisher can be that slow to start)
+        wait_for(lambda: rig.dlog.published_seq == rig.dlog.head_seq, what="log published")
         store = rig.store("t-a")
-        t = rig.terminal("t-a", store)
-        # the power cut comes before the install at the latest, however fast the chunks
-        # arrive on a loaded machine (this box never gets to install what it spooled)
+        t = rig.terminal("t-a", store, start=False)
+        # this box never gets to install what it spooled, however fast the chunks arrive:
+        # the hook is in place before the terminal can receive anything
         t.engine._install = lambda *_a: None  # type: ignore[method-assign]
+        t.start()
         wait_for(
             lambda: t.engine._snapshot is not None and len(t.engine._snapshot.chunks) >= 1,
             what="first snapshot chunk spooled",
@@ -325,7 +359,7 @@ def test_compacted_log_sends_a_snapshot_to_a_terminal_behind_it(tmp_path: Path) 
         assert rig.dlog.head_seq == 41
     finally:
         rig.close()
-        broker.stop()
+        broker.close()
 
 
 def test_new_epoch_makes_every_terminal_reinstall_the_gallery(rig: Rig) -> None:

@@ -202,3 +202,10 @@ def test_outbox_compaction_without_an_outbox_is_quiet(tmp_path: Path, caplog) ->
     sender = OutboxSender(tmp_path / "outbox", terminal_id="t1", district_id=DISTRICT)
     assert sender.compact() == 0 and sender.pending() == []
     assert not caplog.records and not (tmp_path / "outbox").exists()
+
+
+def test_outbox_redaction_without_an_outbox_is_quiet(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    # the demo's first snapshot redacts before any report was written: no "cannot redact"
+    sender = OutboxSender(tmp_path / "outbox", terminal_id="t1", district_id=DISTRICT)
+    assert sender.redact_citizens(lambda _cid: False) == 0
+    assert not caplog.records and not (tmp_path / "outbox").exists()

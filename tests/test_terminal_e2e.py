@@ -127,7 +127,7 @@ def test_hamilton_clip_matches_lin_manuel_miranda_and_nobody_else(
 
 def test_terminal_run_command_serves_health_and_stops_cleanly(
         media_dir: Path, tmp_path: Path) -> None:
-    from sync.localbroker import free_port
+    from tests.broker import free_port
 
     port = free_port()
     conf = tmp_path / "terminal.toml"

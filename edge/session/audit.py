@@ -77,6 +77,8 @@ class JsonLines:
         whole (temp file, fsync, rename) under the lock, so no append is lost."""
         changed = 0
         with self._lock:
+            if not self.path.parent.is_dir():
+                return 0  # nothing written yet (an outbox before its first report)
             try:
                 with file_lock(self.lock_path):
                     for path in self.files():

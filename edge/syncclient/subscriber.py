@@ -43,6 +43,7 @@ from sync.mqtt import (
     make_client,
     session_client_id,
     start_client,
+    stop_client,
 )
 from sync.topics import DEFAULT_PREFIX, Topics
 from sync.wire import PublicKeys
@@ -244,11 +245,9 @@ class TerminalSubscriber:
         if graceful and self.connected.is_set():
             self.client.publish(self.topics.status(self.terminal_id), OFFLINE, qos=1, retain=True)
             self.client.disconnect()
-        self.client.loop_stop()
-        if not graceful:
-            sock = self.client.socket()
-            if sock is not None:
-                sock.close()
+        # ungraceful: the socket is closed without a DISCONNECT (a power cut: the broker
+        # then publishes the will)
+        stop_client(self.client)
 
     def raise_if_failed(self) -> None:
         if self.auth_error:
