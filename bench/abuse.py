@@ -38,12 +38,12 @@ sys.path.insert(0, str(REPO))
 
 from district.log import DistrictLog  # noqa: E402
 from district.publisher import Publisher  # noqa: E402
+from district.synthetic import DISTRICT, EMBEDDER, add_citizens, new_district, new_key  # noqa: E402
 from edge.store.gallery import GalleryStore  # noqa: E402
 from edge.syncclient.subscriber import TerminalSubscriber  # noqa: E402
 from proto import sync_pb2 as pb  # noqa: E402
+from sync.localbroker import MosquittoBroker  # noqa: E402
 from sync.mqtt import BrokerSettings, connect_properties, make_client  # noqa: E402
-from tests.broker import MosquittoBroker  # noqa: E402
-from tests.sync_helpers import DISTRICT, EMBEDDER, add_citizens, new_district, new_key  # noqa: E402
 
 
 def progress(msg: str) -> None:

@@ -48,8 +48,8 @@ from edge.syncclient.subscriber import TerminalSubscriber  # noqa: E402
 from proto import sync_pb2 as pb  # noqa: E402
 from sync.changes import CitizenUpsert  # noqa: E402
 from sync.keys import generate_keypair, load_public_key  # noqa: E402
+from sync.localbroker import MosquittoBroker  # noqa: E402
 from sync.mqtt import BrokerSettings  # noqa: E402
-from tests.broker import MosquittoBroker  # noqa: E402
 
 DIM = 512
 EMBEDDER = "bench-synthetic-512"

@@ -315,7 +315,7 @@ def run(args: argparse.Namespace, work: Path, duration: float, warmup: float,
 
     service.bus.add_listener(on_event)
     service.start()
-    term = service.terminal
+    term = service.frame_loop
     assert term is not None
     display = DisplayApp(DisplayConfig(api=f"127.0.0.1:{service.api.port}",
                                        http_listen="127.0.0.1:0"), name="bench")
@@ -393,7 +393,7 @@ def run(args: argparse.Namespace, work: Path, duration: float, warmup: float,
     baseline_cpu = 100 * (cpu_s() - base_c0) / (time.monotonic() - base_w0)
     idle_service = TerminalService(idle_cfg, vision)
     idle_service.start()
-    idle_term = idle_service.terminal
+    idle_term = idle_service.frame_loop
     assert idle_term is not None
     idle_display = DisplayApp(DisplayConfig(api=f"127.0.0.1:{idle_service.api.port}",
                                             http_listen="127.0.0.1:0"), name="bench-idle")

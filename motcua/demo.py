@@ -54,7 +54,7 @@ from motcua.recognise import enrol as recognise_enrol
 from motcua.recognise import recognise
 from sync.changes import CitizenUpsert, Dossier, DossierStatus, DossierUpsert
 from sync.keys import generate_keypair, load_private_key, load_public_key
-from sync.localbroker import LocalBroker
+from sync.localbroker import MosquittoBroker
 from sync.mqtt import BrokerSettings
 from sync.pin import hash_pin, new_salt
 from sync.topics import DEFAULT_PREFIX
@@ -343,7 +343,7 @@ def run_demo(
                   indented)
 
     say("[2/6] local Mosquitto broker", out)
-    broker = LocalBroker(workdir / "broker").start()
+    broker = MosquittoBroker(workdir / "broker").start()
     say(f"      listening on {broker.host}:{broker.port}", out)
     service: Any = None
     publisher: Any = None
@@ -479,7 +479,7 @@ def run_demo(
             publisher.stop()
         if dlog is not None:
             dlog.close()
-        broker.stop()
+        broker.close()
 
 
 class _Indent:

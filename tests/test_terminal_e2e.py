@@ -230,7 +230,9 @@ def test_lookup_image_for_counter_staff_on_the_real_pipeline(
     cfg = Config(
         terminal=TerminalConfig(id="counter", district="d", state_dir=tmp_path / "state"),
         camera=CameraConfig(source=str(blank), kind="images", loop=True),
-        api=ApiConfig(listen="127.0.0.1:0", lookup_image=True),
+        # five lookups in a row from one client: a burst above the default (3), which
+        # tests/test_lookup_image.py checks on its own
+        api=ApiConfig(listen="127.0.0.1:0", lookup_image=True, lookup_burst=5),
     )
     names = enrol_sample_people(tmp_path / "state" / "store", media_dir, cfg)
     service = TerminalService(cfg, load_vision(cfg))
