@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from core.errors import StoreError
-from edge.store.db import fsync_dir, sql_error
+from edge.store.db import FILE_MODE, fsync_dir, sql_error
 from edge.store.index import HnswIndex
 
 log = logging.getLogger("motcua.store")
@@ -58,6 +58,11 @@ def save_temp(idx: HnswIndex, ckpt_dir: Path, generation: int, seq: int, since: 
                                 time.monotonic())
     try:
         idx.save(tmp)
+        os.chmod(tmp, FILE_MODE)  # hnswlib's ofstream leaves it to the umask
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StoreError(f"cannot write index checkpoint: {exc.strerror or exc}") from None
     except StoreError:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -162,3 +167,43 @@ def drop_stray_files(c: sqlite3.Connection, ckpt_dir: Path) -> None:
         if entry.name not in known:
             with contextlib.suppress(OSError):
                 entry.unlink()
+
+
+# ---------------------------------------------------------------------- crash-loop guard
+#: present while an index loaded from a checkpoint is being replayed or serves its first
+#: search; found at open = that start died there (a graph hnswlib crashes on that the
+#: structural check missed): the store distrusts its checkpoints and rebuilds from SQLite
+TRIAL_NAME = "index-trial"
+
+
+def mark_trial(store_dir: Path, checkpoint: str) -> None:
+    """Write (durably) the marker naming the checkpoint on trial."""
+    path = store_dir / TRIAL_NAME
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)
+            os.write(fd, checkpoint.encode("utf-8", "replace")[:200])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(store_dir)
+    except OSError as exc:
+        # without the marker a crash loop is not detected; loading is still checked
+        log.warning("cannot write %s: %s", path, exc.strerror or exc)
+
+
+def trial_left(store_dir: Path) -> str | None:
+    """The checkpoint named by a marker left by a start that died, or None."""
+    try:
+        return (store_dir / TRIAL_NAME).read_bytes()[:200].decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"(unreadable marker: {exc.strerror or exc})"
+
+
+def clear_trial(store_dir: Path) -> None:
+    """The index on trial survived: remove the marker."""
+    with contextlib.suppress(FileNotFoundError):
+        (store_dir / TRIAL_NAME).unlink()

@@ -107,7 +107,8 @@ def fsync_dir(path: Path) -> None:
 def lock_dir(path: Path) -> int:
     """Take the store's exclusive lock; StoreError if another process holds it."""
     try:
-        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        os.fchmod(fd, FILE_MODE)
     except OSError as exc:
         raise StoreError(f"cannot open {path / LOCK_NAME}: {exc.strerror}") from None
     try:
@@ -116,6 +117,31 @@ def lock_dir(path: Path) -> int:
         os.close(fd)
         raise StoreError(f"gallery {path} is in use by another process") from None
     return fd
+
+
+#: modes of the store's files and directories, set explicitly (not left to the umask:
+#: outside systemd's UMask=0077 it is usually 022, i.e. world-readable faces)
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def make_private(store_dir: Path, subdirs: tuple[str, ...]) -> None:
+    """Create ``store_dir`` (and ``subdirs``) 0700 and the database file 0600, and fix
+    the modes of whatever is already there (SQLite gives -wal/-shm the database's)."""
+    store_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    os.chmod(store_dir, DIR_MODE)
+    for sub in subdirs:
+        (store_dir / sub).mkdir(exist_ok=True, mode=DIR_MODE)
+        os.chmod(store_dir / sub, DIR_MODE)
+    fd = os.open(store_dir / DB_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    for entry in [*store_dir.iterdir(), *(e for sub in subdirs
+                                          for e in (store_dir / sub).iterdir())]:
+        if entry.is_file() and not entry.is_symlink():
+            os.chmod(entry, FILE_MODE)
 
 
 def connect(db: Path) -> sqlite3.Connection:

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
+import numpy as np
 import numpy.typing as npt
 
 from core.errors import ChangeOrderError, EmbedderMismatchError, StoreError
@@ -51,6 +52,10 @@ log = logging.getLogger("motcua.store")
 #: changes validated, written and indexed together while installing a snapshot; large
 #: enough for multi-threaded index adds to pay off, small enough to bound the memory
 SNAPSHOT_CHUNK = 2000
+#: a checkpoint that a deletion needs and that failed (disk full) is retried this often:
+#: often enough that the old files go soon after space is back, rare enough not to
+#: spin on a full disk
+SCRUB_RETRY_S = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +105,12 @@ class GalleryStore:
         self._last_write = 0.0
         self._quiet_thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        #: monotonic time by which a checkpoint must start that drops the files still
+        #: holding deleted vectors (None = none do); see StoreSettings.deletion_scrub_s
+        self._scrub_by: float | None = None
+        #: the checkpoint the index was loaded from until a search has used it
+        self._untried: str | None = None
+        self._trial_lock = threading.Lock()
 
     # ================================================================== opening
     @classmethod
@@ -119,7 +130,7 @@ class GalleryStore:
             raise StoreError(f"dim must be a positive integer, got {dim!r}")
         path = Path(path)
         try:
-            (path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+            db.make_private(path, (CHECKPOINT_DIR,))
         except OSError as exc:
             raise StoreError(f"cannot create store directory {path}: {exc.strerror}") from None
         lock_fd = db.lock_dir(path)
@@ -127,6 +138,7 @@ class GalleryStore:
         try:
             conn = db.connect(path / DB_NAME)
             reader = db.connect(path / DB_NAME)
+            db.make_private(path, ())  # -wal and -shm now exist
             store = cls(path, settings, embedder_id, dim, conn, reader)
             store._lock_fd = lock_fd
             store._init_db()
@@ -138,6 +150,8 @@ class GalleryStore:
             os.close(lock_fd)
             if isinstance(exc, sqlite3.Error):
                 raise db.sql_error(exc, f"cannot open gallery {path / DB_NAME}") from None
+            if isinstance(exc, OSError):
+                raise StoreError(f"cannot open gallery {path}: {exc.strerror or exc}") from None
             raise
         return store
 
@@ -152,14 +166,25 @@ class GalleryStore:
             self._mapping.set(cid, labels)
 
     def _load_index(self) -> None:
-        """Newest verified checkpoint + replay, else a rebuild from SQLite."""
-        for name, gen, seq, sha, size in checkpoints.records(self._conn):
+        """Newest verified checkpoint + replay, else a rebuild from SQLite.
+
+        A marker (checkpoints.TRIAL_NAME) is on disk while a loaded checkpoint is
+        replayed and again around its first search; finding it here means such a start
+        died (e.g. hnswlib segfaulted on the graph): the checkpoints are not used."""
+        died_on = checkpoints.trial_left(self._path)
+        records = checkpoints.records(self._conn)
+        if died_on is not None:
+            log.warning("the last start died using index checkpoint %s: not trusting "
+                        "checkpoints, rebuilding the index from SQLite", died_on)
+            records = []
+        for name, gen, seq, sha, size in records:
             path = self._ckpt_dir / name
             why = checkpoints.unusable(path, gen, seq, sha, size, generation=self._generation,
                                        last_seq=self._last_seq)
             if why is not None:
                 log.warning("skipping index checkpoint %s: %s", name, why)
                 continue
+            checkpoints.mark_trial(self._path, name)
             try:
                 index = HnswIndex.load_verified(path, self._dim, self._settings)
                 upkeep.reconcile(index, self._conn, self._mapping, self._dim, self._settings)
@@ -167,13 +192,22 @@ class GalleryStore:
                 log.warning("skipping index checkpoint %s: %s", name, exc)
                 continue
             self._index = index
+            self._untried = name
             self._since_checkpoint = self._last_seq - seq
             log.info("loaded index checkpoint %s (change %d), replayed to %d",
                      name, seq, self._last_seq)
             break
         if self._index is None:  # no usable checkpoint
             self._install_rebuilt(self._rebuild_from_sql())
+        checkpoints.clear_trial(self._path)  # replayed (or rebuilt): up to the first search
         checkpoints.drop_stray_files(self._conn, self._ckpt_dir)
+        # a crash may have left deleted rows in the WAL and deleted vectors in checkpoint
+        # files written before the deletion (or of an older generation): retire them now
+        self._truncate_wal()
+        if any(gen != self._generation or seq < self._last_delete_seq
+               for _, gen, seq, _, _ in checkpoints.records(self._conn)):
+            self._scrub_by = time.monotonic()
+            self._start_quiet_checkpoint()
         if self._since_checkpoint >= self._checkpoint_due():
             self._auto_checkpoint()
 
@@ -312,6 +346,8 @@ class GalleryStore:
                 self._next_label, self._last_delete_seq = next_label, delete_seq
                 self._recover_index(str(exc))
             self._since_checkpoint += len(changes)
+            if staged.deleted_citizen:
+                self._deleted_something()
             self._after_write()
 
     def _recover_index(self, why: str) -> None:
@@ -347,6 +383,7 @@ class GalleryStore:
         with self._rw.write():
             self._index = index
             self._generation = generation
+            self._untried = None  # built from SQLite: nothing to try
         self._since_checkpoint = self._checkpoint_due()  # none usable yet
         self._ckpt_urgent = True
 
@@ -364,6 +401,8 @@ class GalleryStore:
                 self._auto_checkpoint()
             else:
                 self._start_quiet_checkpoint()
+        if self._scrub_by is not None:
+            self._start_quiet_checkpoint()
 
     def _start_quiet_checkpoint(self) -> None:
         """Have a due checkpoint written once the sync has been quiet for a while."""
@@ -374,22 +413,60 @@ class GalleryStore:
         self._quiet_thread.start()
 
     def _quiet_checkpoint(self) -> None:
+        """Thread: write a due checkpoint once the sync is quiet, and the one a deletion
+        needs at its deadline at the latest (quiet or not)."""
         quiet = self._settings.checkpoint_quiet_s
-        while not self._stopping.wait(max(0.0, self._last_write + quiet - time.monotonic())):
-            if time.monotonic() - self._last_write < quiet:
+        while True:
+            wake = self._last_write + quiet
+            if self._scrub_by is not None:
+                wake = min(wake, self._scrub_by)
+            # capped: a deletion made meanwhile may set an earlier deadline
+            nap = min(wake - time.monotonic(), self._settings.deletion_scrub_s / 4)
+            if self._stopping.wait(max(0.0, nap)):
+                return
+            if not self._checkpoint_wanted(quiet):
                 continue  # another batch came meanwhile
             self.wait_for_checkpoint()  # one still being finished would make this a no-op
             with self._apply_lock:
                 if self._closed or self._broken is not None or self._stopping.is_set():
                     return
-                if time.monotonic() - self._last_write < quiet:
+                if not self._checkpoint_wanted(quiet):
                     continue
-                if self._since_checkpoint >= self._checkpoint_due():
+                if self._scrub_by is not None or (
+                        self._since_checkpoint >= self._checkpoint_due()):
                     try:
                         self._auto_checkpoint()
                     except Exception:  # a bug must not kill silently: log it, go on
                         log.exception("quiet-time checkpoint crashed")
-                return
+            self.wait_for_checkpoint()
+            with self._apply_lock:
+                if self._scrub_by is None or self._closed or self._broken is not None:
+                    return
+                # it failed (disk full?): the deleted vectors are still in old files
+                self._scrub_by = time.monotonic() + SCRUB_RETRY_S
+
+    def _checkpoint_wanted(self, quiet: float) -> bool:
+        now = time.monotonic()
+        return (now - self._last_write >= quiet
+                or (self._scrub_by is not None and now >= self._scrub_by))
+
+    def _deleted_something(self) -> None:
+        """A citizen's vectors left SQLite: clean SQLite's files now, and have the index
+        checkpoint that retires older checkpoint files written within the bound."""
+        self._truncate_wal()
+        deadline = time.monotonic() + self._settings.deletion_scrub_s / 2
+        if self._scrub_by is None or deadline < self._scrub_by:
+            self._scrub_by = deadline
+
+    def _truncate_wal(self) -> bool:
+        """Copy the WAL into the database and truncate it (old page images, with deleted
+        rows, go); False if a reader kept it from completing."""
+        try:
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.warning("cannot truncate the gallery WAL: %s", exc)
+            return False
+        return not busy
 
     def _checkpoint_due(self) -> int:
         """Changes after which the policy writes a checkpoint (see StoreSettings)."""
@@ -470,12 +547,16 @@ class GalleryStore:
                 raise
             with self._rw.write():
                 self._index, self._mapping = index, mapping
+                self._untried = None
                 self._epoch, self._last_seq = epoch, last_seq
                 self._next_label, self._generation = next_label, generation
                 self._last_delete_seq = last_seq
                 self._broken = None
             self._since_checkpoint = self._checkpoint_due()  # none usable yet
+            # citizens left out of the snapshot are deleted: same bound as a deletion
+            self._deleted_something()
             self._auto_checkpoint()
+            self._start_quiet_checkpoint()
 
     # ================================================================== checkpoints
     def checkpoint(self, *, force: bool = False) -> None:
@@ -510,7 +591,8 @@ class GalleryStore:
             "SELECT seq FROM checkpoints WHERE generation = ? ORDER BY seq DESC LIMIT 1",
             (self._generation,),
         ).fetchone()
-        if newest is not None and newest[0] == self._last_seq and not force:
+        if (newest is not None and newest[0] == self._last_seq and not force
+                and self._scrub_by is None):
             self._since_checkpoint = 0
             return None
         pending = checkpoints.save_temp(idx, self._ckpt_dir, self._generation, self._last_seq,
@@ -541,9 +623,11 @@ class GalleryStore:
             checkpoints.prune(c, self._ckpt_dir, p.name, generation=self._generation,
                               last_delete_seq=self._last_delete_seq,
                               keep=self._settings.keep_checkpoints)
-            with contextlib.suppress(sqlite3.Error):
-                # keep the WAL small (and free of old page images) now that we are at rest
-                c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # keep the WAL small (and free of old page images) now that we are at rest
+            wal_clean = self._truncate_wal()
+            if (wal_clean and p.generation == self._generation
+                    and p.seq >= self._last_delete_seq):
+                self._scrub_by = None  # older files pruned: no deleted vector left
 
     def _checkpoint_failed(self, p: PendingCheckpoint) -> None:
         # the changes it would have covered still count, so the policy tries again
@@ -592,8 +676,25 @@ class GalleryStore:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise StoreError(f"k must be a positive integer, got {k!r}")
         queries = unit_rows(embedding, self._dim, "query")
+        if self._untried is not None:
+            return self._first_search(queries, k)
         with self._rw.read():
             scores = search.citizen_scores(self._require_index(), self._mapping, queries, k)
+        return search.ranked(scores, k)
+
+    def _first_search(self, queries: npt.NDArray[np.float32], k: int) -> list[Match]:
+        """The first search on an index loaded from a checkpoint, with the crash-loop
+        marker on disk (see _load_index)."""
+        with self._trial_lock:
+            name = self._untried
+            if name is not None:
+                checkpoints.mark_trial(self._path, name)
+            with self._rw.read():
+                scores = search.citizen_scores(self._require_index(), self._mapping,
+                                               queries, k)
+            if name is not None:
+                checkpoints.clear_trial(self._path)
+                self._untried = None
         return search.ranked(scores, k)
 
     @contextlib.contextmanager
