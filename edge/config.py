@@ -428,6 +428,14 @@ class StoreSettings:
     #: checkpoints are dropped anyway once a citizen deletion happened after them, so a
     #: deleted citizen's vectors do not survive in a fallback file
     keep_checkpoints: int = 2
+    #: bound, in seconds, for "deleted": after a citizen is deleted (or left out of a
+    #: snapshot) its vectors are gone from every file of the store within this time
+    #: while the store runs, and within this time of the next open after a crash. SQLite
+    #: is cleaned at once (secure_delete + WAL truncated after the commit); the index
+    #: checkpoint that drops the older files is started at the latest half of this after
+    #: the delete, leaving the other half for writing it (0.9 s at 100k, docs/store.md).
+    #: 10 s lets a burst of deletions share one ~240 MB checkpoint
+    deletion_scrub_s: float = 10.0
     #: threads for bulk index builds (rebuild, snapshot); 2 = the cores of a Pi-class box
     #: we may use while searches run on the old index
     build_threads: int = 2
@@ -450,6 +458,8 @@ class StoreSettings:
             raise bad("checkpoint_share", "must be between 0 and 1")
         if not 0.0 <= self.checkpoint_quiet_s <= 3600.0:
             raise bad("checkpoint_quiet_s", "must be between 0 and 3600 seconds")
+        if not 0.1 <= self.deletion_scrub_s <= 3600.0:
+            raise bad("deletion_scrub_s", "must be between 0.1 and 3600 seconds")
         if not 1.0 <= self.checkpoint_max_defer <= 10.0:
             raise bad("checkpoint_max_defer", "must be between 1 and 10")
         if not 0.0 < self.rebuild_deleted_share < 1.0:

@@ -294,7 +294,9 @@ class TerminalService:
         assert self.sync_link is not None and self.store is not None
         spool = self.state_dir / "sync-spool"
         try:
-            spool.mkdir(parents=True, exist_ok=True)
+            # snapshot spools hold embeddings: private whatever the umask
+            spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+            spool.chmod(0o700)
         except OSError as exc:
             raise StoreError(f"cannot create {spool}: {exc.strerror}") from None
         self.subscriber = TerminalSubscriber(

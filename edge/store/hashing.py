@@ -9,12 +9,14 @@ documented in docs/store.md ("Content hash"); the district side can call
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import struct
 from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
 
+from edge.store.db import dossier_from_row
 from sync.changes import Dossier
 
 #: first bytes hashed; bump the version if the layout changes
@@ -119,4 +121,35 @@ def gallery_hash(
         hasher.add_citizen(*c)
     for d in sorted(dossiers, key=lambda d: d.code.encode("utf-8")):
         hasher.add_dossier(d)
+    return hasher.hexdigest()
+
+
+def hash_db(r: sqlite3.Connection, dim: int) -> str:
+    """:meth:`GalleryStore.content_hash` of the store's SQLite, read in one transaction
+    on connection ``r`` (nobody else may use it meanwhile)."""
+    r.execute("BEGIN")  # one consistent snapshot of all tables
+    try:
+        meta = dict(r.execute("SELECT key, value FROM meta").fetchall())
+        hasher = ContentHasher(embedder_id=str(meta["embedder_id"]),
+                               epoch=int(meta["epoch"]),
+                               last_seq=int(meta["last_seq"]))
+        emb = r.execute("SELECT citizen_id, vector FROM embeddings "
+                        "ORDER BY citizen_id, position")
+        pending = emb.fetchone()
+        for cid, name, ph, ps in r.execute(
+            "SELECT citizen_id, masked_name, pin_hash, pin_salt FROM citizens "
+            "ORDER BY citizen_id"
+        ).fetchall():
+            parts = []
+            while pending is not None and pending[0] == cid:
+                parts.append(bytes(pending[1]))
+                pending = emb.fetchone()
+            hasher.add_citizen(cid, name, bytes(ph), bytes(ps), b"".join(parts), dim=dim)
+        for row in r.execute(
+            "SELECT code, citizen_id, procedure, status, stage, received_on, "
+            "appointment_on, counter FROM dossiers ORDER BY code"
+        ):
+            hasher.add_dossier(dossier_from_row(row))
+    finally:
+        r.execute("COMMIT")
     return hasher.hexdigest()

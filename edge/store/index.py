@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from core.errors import StoreError
 from edge.config import StoreSettings
+from edge.store.graphcheck import check_index_file
 
 #: hnswlib space: the store normalises every vector itself, so inner product == cosine
 SPACE = "ip"
@@ -53,7 +54,12 @@ class HnswIndex:
 
     @classmethod
     def load_verified(cls, path: Path, dim: int, settings: StoreSettings) -> HnswIndex:
-        """Load a checkpoint file whose sha256 the caller has already checked."""
+        """Load a checkpoint file whose sha256 the caller has already checked.
+
+        The graph is checked structurally first (edge/store/graphcheck.py): hnswlib's
+        ``load_index`` trusts its file, and a bad link segfaults the first search."""
+        check_index_file(path, dim, capacity_floor=settings.initial_capacity,
+                         growth=settings.growth_factor)
         raw = hnswlib.Index(space=SPACE, dim=dim)
         try:
             raw.load_index(str(path), allow_replace_deleted=True)
