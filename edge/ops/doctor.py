@@ -103,7 +103,7 @@ class Context:
     min_free_warn: int = MIN_FREE_WARN
     cert_warn_days: int = CERT_WARN_DAYS
     timeout: float = NET_TIMEOUT
-    now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
+    now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.timezone.utc)
 
 
 # --------------------------------------------------------------------------- checks
