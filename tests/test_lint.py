@@ -41,4 +41,4 @@ def test_runs_on_python_310() -> None:
     _run_cmd([sys.executable, "-c", "import sys, vermin; sys.exit(vermin.main())",
               "--target=3.10-", "--no-tips", "--violations", "--no-config-file",
               "core", "faces", "sync", "edge", "district", "motcua", "models", "proto",
-              "bench", "tests"])
+              "bench", "tests", "deploy"])

@@ -117,7 +117,9 @@ def check_camera(ctx: Context) -> Finding:
         src = make_source(dataclasses.replace(cam, realtime=False, loop=False))
         src.open()
     except MotcuaError as exc:
-        return fail(f"cannot open {cam.source}: {exc} (cable, `v4l2-ctl --list-devices`)")
+        lister = "rpicam-hello --list-cameras" if cam.kind == "libcamera" else \
+            "v4l2-ctl --list-devices"
+        return fail(f"cannot open {cam.source}: {exc} (cable, `{lister}`)")
     try:
         start = time.monotonic()
         frames = []
