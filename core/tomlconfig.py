@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
+import sys
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 from core.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib  # novermin (guarded: Python 3.10 takes the tomli branch below)
+else:  # Python 3.10 (JetPack 6's system Python on the Jetson): the same parser from PyPI
+    import tomli as tomllib
 
 T = TypeVar("T")
 

@@ -123,7 +123,7 @@ def sign_terminal_csr(csr_pem: bytes, ca_cert_pem: bytes, ca_key_pem: bytes, *,
         is_ca = False
     if not is_ca:
         raise DistrictError("the CA certificate is not a CA (basicConstraints CA:FALSE)")
-    now = now or datetime.datetime.now(datetime.UTC)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
     if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
         raise DistrictError(f"the CA certificate is not valid now "
                             f"({ca.not_valid_before_utc:%Y-%m-%d} .. "

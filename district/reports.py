@@ -98,7 +98,7 @@ def check_report(rep: pb.TerminalReport, *, terminal: str, district: str,
     t = when.timestamp()
     if not now - REPORT_MAX_AGE_S <= t <= now + REPORT_MAX_AHEAD_S:
         raise ValueError("time: too old or in the future")
-    stamp = when.astimezone(datetime.UTC).isoformat(timespec="milliseconds")
+    stamp = when.astimezone(datetime.timezone.utc).isoformat(timespec="milliseconds")
     score = float(rep.score)
     if kind == "not_me":
         try:

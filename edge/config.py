@@ -39,7 +39,8 @@ class CameraConfig:
 
     #: "0" or "/dev/video0" (V4L2), a video file, a folder of images, or rtsp:// http:// URL
     source: str = "0"
-    #: "auto" guesses from ``source``; or one of "v4l2", "file", "images", "stream"
+    #: "auto" guesses from ``source``; or one of "v4l2", "file", "images", "stream",
+    #: "libcamera" (a Raspberry Pi camera module: ``source`` is its number, "0")
     kind: str = "auto"
     #: video file / image folder: start again at the end (a demo loop) instead of stopping
     loop: bool = False
@@ -48,11 +49,14 @@ class CameraConfig:
     realtime: bool = True
     #: image folder: frames per second it plays at (images carry no timing)
     images_fps: float = 10.0
-    #: V4L2: requested capture size; 640x480 is what Pi cameras and cheap USB webcams give
-    #: at full rate, and faces at kiosk distance are 80-200 px in it
+    #: libcamera: the command that streams the camera (rpicam-apps' rpicam-vid; older
+    #: images call it libcamera-vid), with any arguments before the ones the source adds
+    libcamera_cmd: tuple[str, ...] = ("rpicam-vid",)
+    #: V4L2 and libcamera: requested capture size; 640x480 is what Pi cameras and cheap USB
+    #: webcams give at full rate, and faces at kiosk distance are 80-200 px in it
     width: int = 640
     height: int = 480
-    #: V4L2: requested capture rate
+    #: V4L2 and libcamera: requested capture rate
     fps: float = 30.0
     #: frames the loop processes per second with nobody in front: 4 notices a person
     #: within a quarter second while keeping idle CPU low on a Pi
@@ -64,15 +68,20 @@ class CameraConfig:
     #: replugged is back within a second or two; the maximum keeps log spam down)
     reconnect_initial_s: float = 0.5
     reconnect_max_s: float = 10.0
-    #: stream sources: give up opening / reading after this long (a dead RTSP camera
+    #: stream and libcamera sources: give up opening / reading after this long (a dead RTSP camera
     #: would otherwise block the grabber for the FFmpeg default of 30 s)
     open_timeout_s: float = 5.0
     read_timeout_s: float = 5.0
 
     def validate(self, prefix: str) -> None:
         p = f"{prefix}." if prefix else ""
-        if self.kind not in ("auto", "v4l2", "file", "images", "stream"):
-            raise ConfigError(f"{p}kind: expected auto, v4l2, file, images or stream")
+        if self.kind not in ("auto", "v4l2", "libcamera", "file", "images", "stream"):
+            raise ConfigError(f"{p}kind: expected auto, v4l2, libcamera, file, images or stream")
+        if not self.libcamera_cmd or not all(self.libcamera_cmd):
+            raise ConfigError(f"{p}libcamera_cmd: a command, e.g. [\"rpicam-vid\"]")
+        if self.kind == "libcamera" and (self.width % 64 or self.height % 2):
+            raise ConfigError(f"{p}width: the libcamera kind needs a width that is a multiple "
+                              f"of 64 and an even height (e.g. 640x480, 1280x720)")
         if not self.source:
             raise ConfigError(f"{p}source: must not be empty")
         for name in ("images_fps", "fps", "idle_fps", "active_fps"):

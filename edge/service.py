@@ -266,7 +266,7 @@ class TerminalService:
     def _audit_pin_lock(self, citizen_id: str, verdict: Verdict) -> None:
         import datetime
 
-        until = datetime.datetime.fromtimestamp(verdict.locked_until, datetime.UTC)
+        until = datetime.datetime.fromtimestamp(verdict.locked_until, datetime.timezone.utc)
         self.audit_log().lockout(terminal=self.cfg.terminal.id, kind="pin",
                                  citizen_id=citizen_id,
                                  locked_until=until.isoformat(timespec="seconds"),

@@ -22,7 +22,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from core.errors import ModelError
-from faces.settings import RuntimeConfig
+from faces.settings import CPU_PROVIDER, CUDA_PROVIDER, TENSORRT_PROVIDER, RuntimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +66,56 @@ def session_options(runtime: RuntimeConfig, optimize: bool = True) -> ort.Sessio
     return opts
 
 
-def providers(runtime: RuntimeConfig) -> list[str]:
-    """The configured execution providers that this onnxruntime build offers, in order."""
-    available = set(ort.get_available_providers())
-    chosen = [p for p in runtime.providers if p in available]
+def providers(runtime: RuntimeConfig, available: Iterable[str] | None = None) -> list[str]:
+    """The configured execution providers that this onnxruntime build offers (or
+    ``available``), in order; the CPU alone when none is."""
+    have = set(ort.get_available_providers() if available is None else available)
+    chosen = [p for p in runtime.providers if p in have]
     for p in runtime.providers:
-        if p not in available:
+        if p not in have:
             log.warning("execution provider %s is not available here; skipped", p)
     if not chosen:
-        chosen = ["CPUExecutionProvider"]
+        chosen = [CPU_PROVIDER]
     return chosen
+
+
+ProviderOptions = dict[str, str | int | bool]
+
+
+def execution_providers(runtime: RuntimeConfig, available: Iterable[str] | None = None
+                        ) -> list[tuple[str, ProviderOptions]]:
+    """The providers to use, each with its onnxruntime options (the names of onnxruntime's
+    TensorRT and CUDA provider documentation): ``device_id`` for both GPU providers;
+    ``trt_fp16_enable`` and, with a cache folder, ``trt_engine_cache_enable`` and
+    ``trt_engine_cache_path`` for TensorRT."""
+    out: list[tuple[str, ProviderOptions]] = []
+    for name in providers(runtime, available):
+        opts: ProviderOptions = {}
+        if name == TENSORRT_PROVIDER:
+            opts["device_id"] = runtime.device_id
+            opts["trt_fp16_enable"] = runtime.trt_fp16
+            if runtime.trt_engine_cache_dir is not None:
+                opts["trt_engine_cache_enable"] = True
+                opts["trt_engine_cache_path"] = str(runtime.trt_engine_cache_dir)
+        elif name == CUDA_PROVIDER:
+            opts["device_id"] = runtime.device_id
+        out.append((name, opts))
+    return out
+
+
+def _prepare_engine_cache(runtime: RuntimeConfig, names: list[str]) -> None:
+    """TensorRT writes its engines into the cache folder but does not create it."""
+    folder = runtime.trt_engine_cache_dir
+    if folder is None or TENSORRT_PROVIDER not in names:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"runtime.trt_engine_cache_dir: cannot create {folder}: "
+                         f"{exc.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ModelError(f"runtime.trt_engine_cache_dir: {folder} is not writable by this "
+                         f"user; TensorRT would rebuild its engines on every start")
 
 
 class OnnxModel:
@@ -83,18 +123,28 @@ class OnnxModel:
 
     def __init__(self, path: Path, runtime: RuntimeConfig) -> None:
         self.path = Path(path)
-        chosen = providers(runtime)
-        optimized = optimized_copy(self.path) if chosen == ["CPUExecutionProvider"] else None
+        chosen = execution_providers(runtime)
+        names = [name for name, _ in chosen]
+        _prepare_engine_cache(runtime, names)
+        optimized = optimized_copy(self.path) if names == [CPU_PROVIDER] else None
         #: the file the session was made from (the optimised copy when there is one)
         self.loaded_from = optimized or self.path
         try:
             self.session = ort.InferenceSession(
                 str(optimized or self.path),
                 sess_options=session_options(runtime, optimize=optimized is None),
-                providers=chosen,
+                providers=names,
+                provider_options=[opts for _, opts in chosen],
             )
         except Exception as exc:  # onnxruntime raises several unrelated types
             raise ModelError(f"cannot load model {self.path}: {_one_line(exc)}") from None
+        #: the providers the session really uses: onnxruntime drops a GPU provider whose
+        #: libraries (CUDA, cuDNN, TensorRT) fail to load with only a warning on stderr
+        self.providers: list[str] = list(self.session.get_providers())
+        dropped = [n for n in names if n not in self.providers]
+        if dropped:
+            log.warning("%s: onnxruntime could not start %s; running on %s", self.path.name,
+                        ", ".join(dropped), ", ".join(self.providers))
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ModelError(f"{self.path.name}: expected one input, found {len(inputs)}")

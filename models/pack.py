@@ -14,13 +14,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-import tomllib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from core.errors import ModelError
+
+if sys.version_info >= (3, 11):
+    import tomllib  # novermin (guarded: Python 3.10 takes the tomli branch below)
+else:  # Python 3.10 (JetPack 6): the same parser from PyPI
+    import tomli as tomllib
 
 #: folder of the manifests shipped with the software
 PACKS_DIR = Path(__file__).resolve().parent / "packs"

@@ -32,7 +32,7 @@ class CA:
         ca: bool = False,
         server: bool = False,
     ) -> x509.Certificate:
-        now = datetime.datetime.now(datetime.UTC)
+        now = datetime.datetime.now(datetime.timezone.utc)
         b = (
             x509.CertificateBuilder()
             .subject_name(subject)

@@ -38,3 +38,27 @@ def test_sync_benchmark_quick() -> None:  # starts its own Mosquitto
                 "delete_to_unmatchable_s"):
         assert key in r, key
     assert r["rejections"] == 0
+
+
+JETSON = "TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider"
+
+
+def test_pipeline_benchmark_quick_takes_the_providers() -> None:
+    """``--providers`` reaches the sessions: the Jetson list runs here on what this
+    onnxruntime build has (the CPU on this machine), and says so."""
+    import onnxruntime as ort
+
+    r = _last_json("pipeline.py", "--quick", "--providers", JETSON)
+    assert r["providers"] == JETSON.split(",")
+    have = ort.get_available_providers()
+    assert r["embedder_providers"] == [p for p in JETSON.split(",") if p in have]
+    assert float(r["clip_fps"]) > 0  # type: ignore[arg-type]
+
+
+def test_pipeline_benchmark_rejects_a_bad_provider_order() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "pipeline.py"), "--providers",
+                           "CPUExecutionProvider,CUDAExecutionProvider"], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "CPUExecutionProvider must be last" in proc.stderr

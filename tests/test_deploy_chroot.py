@@ -18,10 +18,14 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib  # novermin (guarded)
+else:  # Python 3.10 (JetPack 6)
+    import tomli as tomllib
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -150,7 +154,7 @@ def make_inputs(d: Path, pack_dir: Path) -> dict[str, Path]:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hcm-q1 terminals CA")])
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
           .public_key(ca_key.public_key()).serial_number(1)
           .not_valid_before(now - datetime.timedelta(days=1))
@@ -184,7 +188,7 @@ def sign_csr(csr_pem: bytes, files: dict[str, Path], days: int = 365) -> bytes:
     csr = x509.load_pem_x509_csr(csr_pem)
     ca = x509.load_pem_x509_certificate(files["ca"].read_bytes())
     ca_key = serialization.load_pem_private_key(files["ca_key"].read_bytes(), None)
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(ca.subject)
             .public_key(csr.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))

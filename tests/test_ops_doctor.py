@@ -32,7 +32,7 @@ from edge.config import config_from_dict
 from edge.ops import doctor
 from edge.ops.doctor import Context, Status
 
-UTC = datetime.UTC
+UTC = datetime.timezone.utc
 
 
 def ctx_for(tmp_path: Path, extra: dict | None = None, **sections: object) -> Context:
@@ -330,10 +330,10 @@ def test_outbox_waiting_reports(tmp_path) -> None:
                "citizen_id": "c1"})
     ob.append({"time": "2026-11-20T09:00:00.000+00:00", "kind": "rating", "session": "s-2",
                "stars": 0})  # not a valid report
-    ctx.now = lambda: datetime.datetime(2026, 11, 20, 10, tzinfo=datetime.UTC)
+    ctx.now = lambda: datetime.datetime(2026, 11, 20, 10, tzinfo=datetime.timezone.utc)
     st, text = status(ctx, "outbox")
     assert st is Status.OK and "1 report(s) waiting" in text and "not reports" in text, text
-    ctx.now = lambda: datetime.datetime(2026, 11, 22, 8, tzinfo=datetime.UTC)
+    ctx.now = lambda: datetime.datetime(2026, 11, 22, 8, tzinfo=datetime.timezone.utc)
     st, text = status(ctx, "outbox")
     assert st is Status.WARN and "for 48 h" in text, text
     sender = OutboxSender(state / "outbox", terminal_id="terminal-dev",

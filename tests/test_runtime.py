@@ -3,6 +3,7 @@ is made once, and a failure to make it only costs memory (the model still loads)
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -11,9 +12,9 @@ import onnxruntime as ort
 import pytest
 
 from core.errors import ModelError
-from edge.config import RuntimeConfig
+from edge.config import RuntimeConfig, config_from_dict
 from faces.pipeline import FacePipeline
-from faces.runtime import OPTIMIZED_DIR, OnnxModel
+from faces.runtime import OPTIMIZED_DIR, OnnxModel, _prepare_engine_cache, execution_providers
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +66,61 @@ def test_unloadable_model_is_a_model_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not an onnx model")
     with pytest.raises(ModelError, match="cannot load model"):
         OnnxModel(bad, RuntimeConfig())
+
+
+JETSON = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+#: what NVIDIA's onnxruntime-gpu build for JetPack 6 reports
+GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_jetson_settings_map_to_onnxruntime_provider_options(tmp_path: Path) -> None:
+    rt = config_from_dict({"runtime": {
+        "providers": list(JETSON), "device_id": 1, "trt_fp16": True,
+        "trt_engine_cache_dir": str(tmp_path / "trt")}}).runtime
+    assert execution_providers(rt, GPU_BUILD) == [
+        ("TensorrtExecutionProvider", {
+            "device_id": 1, "trt_fp16_enable": True,
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(tmp_path / "trt")}),
+        ("CUDAExecutionProvider", {"device_id": 1}),
+        ("CPUExecutionProvider", {}),
+    ]
+    # defaults: device 0, full precision, no engine cache
+    rt = RuntimeConfig(providers=JETSON)
+    assert execution_providers(rt, GPU_BUILD)[:2] == [
+        ("TensorrtExecutionProvider", {"device_id": 0, "trt_fp16_enable": False}),
+        ("CUDAExecutionProvider", {"device_id": 0}),
+    ]
+
+
+def test_providers_missing_from_the_build_are_skipped_with_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rt = RuntimeConfig(providers=JETSON)
+    with caplog.at_level(logging.WARNING, logger="faces.runtime"):
+        got = execution_providers(rt, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert got == [("CUDAExecutionProvider", {"device_id": 0}), ("CPUExecutionProvider", {})]
+    assert "TensorrtExecutionProvider is not available here; skipped" in caplog.text
+    # nothing configured is there: the CPU, which every build has
+    only_gpu = RuntimeConfig(providers=("CUDAExecutionProvider",))
+    assert execution_providers(only_gpu, ["CPUExecutionProvider"]) == [
+        ("CPUExecutionProvider", {})]
+
+
+def test_the_jetson_providers_load_on_any_build(pnet_copy: Path, tmp_path: Path) -> None:
+    """The Jetson configuration loads on whatever onnxruntime is installed: on this
+    machine's CPU-only build the GPU providers are skipped and the model runs on the CPU
+    (so one config file works on both); on a GPU build they are all used."""
+    rt = RuntimeConfig(intra_op_threads=1, providers=JETSON,
+                       trt_engine_cache_dir=tmp_path / "trt")
+    have = ort.get_available_providers()
+    model = OnnxModel(pnet_copy, rt)
+    assert model.providers == [p for p in JETSON if p in have]
+    # the cache folder is made only when TensorRT will use it
+    assert (tmp_path / "trt").is_dir() == ("TensorrtExecutionProvider" in have)
+
+
+def test_an_unwritable_engine_cache_is_a_model_error(pnet_copy: Path, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a file where the cache folder's parent would go")
+    rt = RuntimeConfig(providers=("TensorrtExecutionProvider",),
+                       trt_engine_cache_dir=tmp_path / "file" / "trt")
+    with pytest.raises(ModelError, match="trt_engine_cache_dir: cannot create"):
+        _prepare_engine_cache(rt, ["TensorrtExecutionProvider"])

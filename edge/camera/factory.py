@@ -8,6 +8,7 @@ from core.errors import CameraError
 from edge.camera.base import Source
 from edge.camera.file import VideoFileSource
 from edge.camera.imagefolder import ImageFolderSource
+from edge.camera.libcamera import LibcameraSource
 from edge.camera.stream import StreamSource
 from edge.camera.v4l2 import V4L2Source
 from edge.config import CameraConfig
@@ -41,6 +42,10 @@ def make_source(cfg: CameraConfig) -> Source:
 
         return ImageFolderSource(Path(cfg.source).expanduser(), fps=cfg.images_fps,
                                  loop=cfg.loop, realtime=cfg.realtime)
+    if kind == "libcamera":
+
+        return LibcameraSource(cfg.source, width=cfg.width, height=cfg.height, fps=cfg.fps,
+                               command=cfg.libcamera_cmd, read_timeout_s=cfg.read_timeout_s)
     if kind == "stream":
 
         return StreamSource(cfg.source, open_timeout_s=cfg.open_timeout_s,

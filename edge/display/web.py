@@ -54,7 +54,8 @@ _STATIC = {
 
 
 def _asset(name: str) -> bytes:
-    return resources.files("edge.display").joinpath("static", name).read_bytes()
+    # one joinpath per part: Traversable.joinpath takes several only from Python 3.11
+    return resources.files("edge.display").joinpath("static").joinpath(name).read_bytes()
 
 
 class KioskServer(ThreadingHTTPServer):

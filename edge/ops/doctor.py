@@ -104,7 +104,7 @@ class Context:
     min_free_warn: int = MIN_FREE_WARN
     cert_warn_days: int = CERT_WARN_DAYS
     timeout: float = NET_TIMEOUT
-    now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
+    now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.timezone.utc)
 
 
 # --------------------------------------------------------------------------- checks
@@ -118,7 +118,9 @@ def check_camera(ctx: Context) -> Finding:
         src = make_source(dataclasses.replace(cam, realtime=False, loop=False))
         src.open()
     except MotcuaError as exc:
-        return fail(f"cannot open {cam.source}: {exc} (cable, `v4l2-ctl --list-devices`)")
+        lister = "rpicam-hello --list-cameras" if cam.kind == "libcamera" else \
+            "v4l2-ctl --list-devices"
+        return fail(f"cannot open {cam.source}: {exc} (cable, `{lister}`)")
     try:
         start = time.monotonic()
         frames = []
@@ -379,7 +381,7 @@ def check_sync(ctx: Context) -> Finding:
         return ok("no sync state yet (written at the first epoch or snapshot)")
     st = persist.load(path)
     if st.snapshot_failures:
-        when = datetime.datetime.fromtimestamp(st.snapshot_retry_at, datetime.UTC)
+        when = datetime.datetime.fromtimestamp(st.snapshot_retry_at, datetime.timezone.utc)
         what = "paused until a new district change, a restart or" if st.snapshot_paused \
             else "next try at"
         return fail(f"the last {st.snapshot_failures} snapshot(s) from the district failed: "

@@ -31,7 +31,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+    # typeshed's names (wsgiref.types is 3.11+; _typeshed exists only for type checkers)
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from edge.service import ServiceStats
 

@@ -93,7 +93,7 @@ class JsonLines:
 
 
 def now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def redact_file(path: Path, keep: Callable[[str], bool]) -> int:
