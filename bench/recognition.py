@@ -564,41 +564,68 @@ def threshold_for_rate(maxes: F32, rate: float) -> float:
     return float(np.nextafter(s[allowed], np.float32(2.0)))
 
 
-def pairwise_prediction(gallery: F32, t: float, n: int) -> float:
-    """FPIR predicted from the per-pair impostor tail p(t) assuming independent pairs:
-    1 - (1 - p)^n (a second, smoother estimate from the same gallery)."""
+def pairwise_threshold(gallery: F32, rate: float) -> float:
+    """The threshold at which 1 - (1 - p)^n = ``rate``, p being the share of gallery
+    *pairs* at or above it (independent pairs assumed): smoother than the n maxima, as it
+    uses all n(n-1)/2 impostor pairs."""
+    n = len(gallery)
     s = gallery @ gallery.T
-    iu = np.triu_indices(len(gallery), 1)
-    p = float(np.mean(s[iu] >= t))
-    return 1.0 - (1.0 - p) ** n
+    scores = s[np.triu_indices(n, 1)]
+    p = 1.0 - (1.0 - rate) ** (1.0 / n)
+    return threshold_for_rate(scores, p)
+
+
+#: the ways a district could derive its threshold for a target FPIR from its own data
+CALIBRATIONS = ("gallery_loo", "gallery_pairwise", "probe_loo")
 
 
 def calibration(emb: Embeddings, split: Split, sizes: Sequence[int], target: float,
-                seed: int) -> list[dict[str, Any]]:
+                seed: int, k: int, margin: float) -> list[dict[str, Any]]:
+    """Per gallery size (a random subset of the enrolled) and calibration method: the
+    threshold for ``target`` and the FPIR the real non-mated probes then get.
+
+    - gallery_loo: each enrolled photo's best score against the *other* enrolled photos
+      (a stranger proxy); threshold where that rate is ``target``.
+    - gallery_pairwise: the same photos' pair scores, see :func:`pairwise_threshold`.
+    - probe_loo: the enrolled people's own *probe* photos (what a terminal captures when
+      they come) against every other enrolled person: the probe-vs-gallery impostor
+      scores, without any stranger, correcting for gallery and probe photos differing.
+    """
     rng = np.random.default_rng(seed + 7)
     g_all = emb.matrix(split.gallery_paths)
     probes = emb.matrix([p for p, _ in split.nonmated])
+    mated = emb.matrix([p for p, _ in split.mated])
+    mated_owner = {n: i for i, n in enumerate(split.gallery_ids)}
+    owner = np.array([mated_owner[n] for _, n in split.mated])
     rows = []
     for size in sizes:
         sel = np.sort(rng.permutation(len(g_all))[:size])
         g = g_all[sel]
-        maxes = loo_max(g)
-        t = threshold_for_rate(maxes, target)
-        best = (probes @ g.T).max(axis=1)
-        measured = float(np.mean(best >= t))
-        rows.append({
-            "gallery": int(size),
-            "threshold": round(t, 4),
-            "predicted": float(np.mean(maxes >= t)),
-            "pairwise_predicted": round(pairwise_prediction(g, t, size), 6)
-            if size <= 6000 else None,
-            "measured": round(measured, 6),
-            "measured_probes": int(np.sum(best >= t)),
-            "probes": len(probes),
-            # measured at the same threshold, median over LOO vs probe max score
-            "loo_max_median": round(float(np.median(maxes)), 4),
-            "probe_max_median": round(float(np.median(best)), 4),
-        })
+        ids = [split.gallery_ids[i] for i in sel]
+        col = {int(gi): c for c, gi in enumerate(sel)}
+        keep = np.array([int(o) in col for o in owner])
+        ms = mated[keep] @ g.T
+        own = np.array([col[int(o)] for o in owner[keep]], np.intp)
+        ms[np.arange(len(ms)), own] = -2.0
+        thresholds = {
+            "gallery_loo": threshold_for_rate(loo_max(g), target),
+            "gallery_pairwise": pairwise_threshold(g, target),
+            "probe_loo": threshold_for_rate(ms.max(axis=1), target) if len(ms) else None,
+        }
+        idx, val = top_k(probes, g, k)
+        best = val[:, 0]
+        row: dict[str, Any] = {"gallery": int(size), "probes": len(probes),
+                               "calibration_probes": int(keep.sum())}
+        for name, t in thresholds.items():
+            if t is None:
+                row[name] = None
+                continue
+            matched = sum(1 for d in decisions(idx, val, ids, t, margin) if d)
+            row[name] = {"threshold": round(t, 4),
+                         "measured": round(float(np.mean(best >= t)), 6),
+                         "measured_count": int(np.sum(best >= t)),
+                         "measured_with_margin": round(matched / len(probes), 6)}
+        rows.append(row)
     return rows
 
 
@@ -755,7 +782,8 @@ def main() -> int:
             f"FNIR {fn_op[-1]:.4f}; without margin FPIR {fp_nm[-1]:.4f} FNIR {fn_nm[-1]:.4f}")
         g = len(split.gallery_ids)
         cal_sizes = sorted({x for x in (1000, 2000, g) if x <= g})
-        calib.append(calibration(emb, split, cal_sizes, args.target_fpir, args.seed + s))
+        calib.append(calibration(emb, split, cal_sizes, args.target_fpir, args.seed + s, top,
+                                 margin))
 
     log(f"\nopen-set 1:N over {args.splits} splits, mean (std) at threshold {threshold}:")
     log(f"  margin {margin}: FPIR {np.mean(fp_op):.4f} ({np.std(fp_op):.4f})  "
@@ -771,27 +799,51 @@ def main() -> int:
         curve.append([t, round(float(a[0]), 5), round(float(a[1]), 5),
                       round(float(b[0]), 5), round(float(b[1]), 5)])
 
-    # -- calibration
-    log(f"\ncalibration (target FPIR {args.target_fpir}), per split and gallery size: "
-        "threshold from the gallery's leave-one-out max scores, FPIR predicted vs measured "
-        "on the non-mated probes (best score >= threshold, no margin)")
+    # -- calibration: choose the method on a held-out split, report on the splits above
+    dev_seed = args.seed + DEV_SPLIT_OFFSET
+    dev = make_split(ds, args.enrol_share, dev_seed)
+    dev_sizes = sorted({x for x in (1000, 2000, len(dev.gallery_ids))
+                        if x <= len(dev.gallery_ids)})
+    dev_rows = calibration(emb, dev, dev_sizes, args.target_fpir, dev_seed, top, margin)
+    log(f"\ncalibration, target FPIR {args.target_fpir}: threshold from the district's own "
+        "data, then the FPIR measured on the non-mated probes (best score >= threshold; "
+        f"in brackets with the decision's margin {margin})")
+
+    def show(tag: str, r: dict[str, Any]) -> None:
+        parts = []
+        for name in CALIBRATIONS:
+            c = r[name]
+            parts.append(f"{name} -" if c is None else
+                         f"{name} t={c['threshold']:.3f} {c['measured']:.5f} "
+                         f"({c['measured_with_margin']:.5f}) [{c['measured_count']}]")
+        log(f"  {tag} gallery {r['gallery']:5d} ({r['probes']} probes): " + "; ".join(parts))
+
+    for r in dev_rows:
+        show(f"held-out split (seed {dev_seed})", r)
     by_size: dict[int, list[dict[str, Any]]] = {}
     for s, rows in enumerate(calib):
         for r in rows:
             by_size.setdefault(r["gallery"], []).append(r)
-            log(f"  split {s} gallery {r['gallery']:5d}: threshold {r['threshold']:.4f} "
-                f"predicted {r['predicted']:.5f} (pairwise {r['pairwise_predicted']}) "
-                f"measured {r['measured']:.5f} ({r['measured_probes']}/{r['probes']})")
-    cal_summary = [
-        {"gallery": size, "threshold": round(float(np.mean([r["threshold"] for r in rs])), 4),
-         "predicted": round(float(np.mean([r["predicted"] for r in rs])), 6),
-         "measured": round(float(np.mean([r["measured"] for r in rs])), 6),
-         "measured_std": round(float(np.std([r["measured"] for r in rs])), 6)}
-        for size, rs in sorted(by_size.items())
-    ]
-    for r in cal_summary:
-        log(f"  gallery {r['gallery']:5d}: mean threshold {r['threshold']:.4f}  predicted "
-            f"{r['predicted']:.5f}  measured {r['measured']:.5f} (std {r['measured_std']:.5f})")
+            show(f"split {s}", r)
+    cal_summary = []
+    for size, rs in sorted(by_size.items()):
+        entry: dict[str, Any] = {"gallery": size}
+        for name in CALIBRATIONS:
+            cs = [r[name] for r in rs if r[name] is not None]
+            if not cs:
+                entry[name] = None
+                continue
+            entry[name] = {
+                "threshold": round(float(np.mean([c["threshold"] for c in cs])), 4),
+                "measured": round(float(np.mean([c["measured"] for c in cs])), 6),
+                "measured_std": round(float(np.std([c["measured"] for c in cs])), 6),
+                "measured_with_margin": round(
+                    float(np.mean([c["measured_with_margin"] for c in cs])), 6),
+            }
+        cal_summary.append(entry)
+        log(f"  mean over splits, gallery {size:5d}: " + "; ".join(
+            f"{n} t={entry[n]['threshold']:.3f} measured {entry[n]['measured']:.5f} "
+            f"(std {entry[n]['measured_std']:.5f})" for n in CALIBRATIONS if entry[n]))
 
     log("\nnot implemented yet, reported as null: fpir_predicted (the product's own "
         "calibration), fnir_confirmed and face_only_share (the confirmation step)")
@@ -818,6 +870,8 @@ def main() -> int:
         curve_columns=["threshold", "fpir", "fnir", "fpir_no_margin", "fnir_no_margin"],
         curve=curve,
         calibration=cal_summary,
+        calibration_dev=dev_rows,
+        calibration_dev_seed=dev_seed,
         seconds=round(time.perf_counter() - t_start, 1),
     )
     print(json.dumps(out))
