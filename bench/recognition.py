@@ -286,20 +286,24 @@ class Embeddings:
 
     # -- files
     def _load(self) -> None:
+        # each array is read from the file once (an NpzFile reads it again on every
+        # access) and rows are copied, so no entry keeps a whole array alive
         if self.det_path.exists():
             with np.load(self.det_path) as z:
-                offs = z["offsets"]
+                offs, hw = z["offsets"], z["hw"]
+                boxes, scores, marks = z["boxes"], z["scores"], z["landmarks"]
                 for i, p in enumerate(z["paths"].tolist()):
                     a, b = int(offs[i]), int(offs[i + 1])
-                    self.dets[p] = Detections(z["boxes"][a:b], z["scores"][a:b],
-                                              z["landmarks"][a:b])
-                    self.hw[p] = (int(z["hw"][i, 0]), int(z["hw"][i, 1]))
+                    self.dets[p] = Detections(boxes[a:b].copy(), scores[a:b].copy(),
+                                              marks[a:b].copy())
+                    self.hw[p] = (int(hw[i, 0]), int(hw[i, 1]))
         if self.emb_path.exists():
             with np.load(self.emb_path) as z:
+                vecs, face, nfaces = z["embeddings"], z["face"], z["nfaces"]
                 for i, p in enumerate(z["paths"].tolist()):
-                    self.vecs[p] = z["embeddings"][i]
-                    self.face[p] = int(z["face"][i])
-                    self.nfaces[p] = int(z["nfaces"][i])
+                    self.vecs[p] = vecs[i].copy()
+                    self.face[p] = int(face[i])
+                    self.nfaces[p] = int(nfaces[i])
 
     def save(self) -> None:
         # merge with what another run may have written meanwhile, then replace atomically
