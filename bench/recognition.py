@@ -710,6 +710,8 @@ def main() -> int:
                     help="fill the embedding cache for the data set and stop")
     ap.add_argument("--view1-sweep", action="store_true",
                     help="compare the crop settings of SWEEP on LFW View 1 and stop")
+    ap.add_argument("--verification-only", action="store_true",
+                    help="LFW 10-fold figures only (embeds only the pairs' photos), and stop")
     ap.add_argument("--view1", action="store_true",
                     help="View 1 figures of the given crop settings only, and stop")
     args = ap.parse_args()
@@ -735,6 +737,20 @@ def main() -> int:
             raise SystemExit("bench: --view1(-sweep) needs the LFW pairs files (--meta)")
         rows = run_sweep(pipe, cfg, root, meta, cache, SWEEP if args.view1_sweep else [prep])
         print(json.dumps({"view1": rows}))
+        return 0
+
+    if args.verification_only:
+        if meta is None:
+            raise SystemExit("bench: --verification-only needs the LFW pairs files (--meta)")
+        emb = Embeddings(pipe, cfg, prep, root, cache)
+        folds = read_pairs(meta / "pairs.txt")
+        emb.ensure([p for f in folds for pr in f for p in pr[:2]], "LFW pair photos")
+        tf = ten_fold(emb, folds)
+        log(f"LFW 10-fold ({tf['pairs']} pairs), {prep.label()}: {tf['mean']:.4f} "
+            f"+- {tf['std']:.4f}")
+        print(json.dumps({"prep": prep.label(), "lfw_10fold_acc": round(tf["mean"], 4),
+                          "lfw_10fold_std": round(tf["std"], 4),
+                          "lfw_folds": [round(a, 4) for a in tf["folds"]]}))
         return 0
 
     ds = list_dataset(root)
