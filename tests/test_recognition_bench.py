@@ -1,0 +1,49 @@
+"""bench/recognition.py runs end to end on a tiny LFW subset (from a cold cache, through
+the real model pack and the terminal's decide()) and prints its figures as the last
+line's JSON. The figures of record come from full runs (docs/recognition.md); here only
+presence and sanity bounds are checked, loose enough for 60 people, tight enough that a
+broken pipeline (wrong crop, wrong colour order, random embeddings) fails them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+KEYS = ("lfw_10fold_acc", "gallery", "target_fpir", "fpir", "fpir_predicted", "fnir_face",
+        "fnir_confirmed", "face_only_share")
+
+
+def test_recognition_bench_quick(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "recognition.py"), "--quick", "--people", "60",
+         "--pairs-per-fold", "5", "--splits", "2", "--cache-dir", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in KEYS:
+        assert key in r, key
+    assert r["quick"] is True and r["people"] == 60
+    assert r["lfw_pairs"] == 100  # 5 same + 5 different in each of the 10 folds
+    # FaceNet separates LFW pairs at ~0.98: 100 pairs at chance would give ~0.5
+    assert 0.85 <= r["lfw_10fold_acc"] <= 1.0
+    assert 0 < r["gallery"] < 60 and r["mated_probes"] > 0 and r["nonmated_probes"] > 0
+    assert r["target_fpir"] == 1e-3
+    assert 0.0 <= r["fpir"] <= 0.2
+    assert 0.0 <= r["fnir_face"] <= 0.6
+    # features not built yet are reported as null, never as a number
+    assert r["fpir_predicted"] is None
+    assert r["fnir_confirmed"] is None and r["face_only_share"] is None
+    # the curve: FNIR rises and FPIR (with the margin) falls as the threshold rises
+    curve = r["curve"]
+    assert [row[0] for row in curve] == sorted(row[0] for row in curve)
+    assert curve[0][2] <= curve[-1][2] and curve[0][1] >= curve[-1][1]
+    assert all(0.0 <= v <= 1.0 for row in curve for v in row[1:])
+    # the cache went where it was told, not into the repository
+    assert list(tmp_path.glob("embeddings-*.npz")) and list(tmp_path.glob("detections-*.npz"))
