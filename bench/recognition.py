@@ -46,15 +46,15 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # project modules: kept to these lines so a package rename is a one-place change
+from core.errors import ImageError  # noqa: E402
 from edge.config import Config, load_config  # noqa: E402
-from edge.errors import ImageError  # noqa: E402
-from edge.session.machine import decide  # noqa: E402
+from edge.session.decision import decide  # noqa: E402
 from edge.session.ports import GalleryMatch  # noqa: E402
 from edge.store.gallery import Match  # noqa: E402
-from edge.vision.align import MarginCrop, SimilarityAlign  # noqa: E402
-from edge.vision.images import read_image  # noqa: E402
-from edge.vision.pipeline import FacePipeline, load_pipeline  # noqa: E402
-from edge.vision.types import Detections, Image  # noqa: E402
+from faces.align import MarginCrop, SimilarityAlign  # noqa: E402
+from faces.imagefiles import read_image  # noqa: E402
+from faces.pipeline import FacePipeline, load_pipeline  # noqa: E402
+from faces.types import Detections, Image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 F32 = npt.NDArray[np.float32]
