@@ -124,6 +124,18 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 ) WITHOUT ROWID;
 """
 
+# -- date of birth for the confirmation step (added after schema 1 shipped): two nullable
+# -- BLOB columns, added to an existing store by an idempotent ALTER TABLE (_add_dob_columns)
+_DOB_COLUMNS = ("dob_hash", "dob_salt")
+
+
+def _add_dob_columns(c: sqlite3.Connection) -> None:
+    """Add the date-of-birth columns to ``citizens`` when missing (idempotent)."""
+    have = {row[1] for row in c.execute("PRAGMA table_info(citizens)")}
+    for col in _DOB_COLUMNS:
+        if col not in have:
+            c.execute(f"ALTER TABLE citizens ADD COLUMN {col} BLOB")
+
 
 @dataclasses.dataclass(frozen=True)
 class Match:
@@ -142,6 +154,9 @@ class CitizenRecord:
     pin_hash: bytes
     pin_salt: bytes
     embedding_count: int
+    #: salted date-of-birth hash and salt (sync.pin); empty: no confirmation step
+    dob_hash: bytes = b""
+    dob_salt: bytes = b""
 
 
 # ---------------------------------------------------------------------- helpers
@@ -244,6 +259,8 @@ def _prepare(change: object, dim: int, settings: StoreSettings) -> _Prepared:
         _check_text(change.masked_name, f"{what} masked_name")
         _check_bytes(change.pin_hash, f"{what} pin_hash")
         _check_bytes(change.pin_salt, f"{what} pin_salt")
+        _check_bytes(change.dob_hash, f"{what} dob_hash")
+        _check_bytes(change.dob_salt, f"{what} dob_salt")
         emb = np.asarray(change.embeddings)
         if emb.ndim != 2:
             raise StoreError(f"{what}: embeddings must have shape (k, {dim}), got {emb.shape}")
@@ -440,6 +457,7 @@ class GalleryStore:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     c.execute(stmt)
+            _add_dob_columns(c)
             meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
             if not meta:
                 meta = {
@@ -762,11 +780,13 @@ class GalleryStore:
                 c.execute("DELETE FROM embeddings WHERE citizen_id = ?", (ch.citizen_id,))
                 c.execute(
                     "INSERT INTO citizens (citizen_id, masked_name, pin_hash, pin_salt, "
-                    "updated_seq) VALUES (?, ?, ?, ?, ?) ON CONFLICT (citizen_id) DO UPDATE "
+                    "updated_seq, dob_hash, dob_salt) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (citizen_id) DO UPDATE "
                     "SET masked_name = excluded.masked_name, pin_hash = excluded.pin_hash, "
-                    "pin_salt = excluded.pin_salt, updated_seq = excluded.updated_seq",
+                    "pin_salt = excluded.pin_salt, updated_seq = excluded.updated_seq, "
+                    "dob_hash = excluded.dob_hash, dob_salt = excluded.dob_salt",
                     (ch.citizen_id, ch.masked_name, bytes(ch.pin_hash), bytes(ch.pin_salt),
-                     ch.seq),
+                     ch.seq, bytes(ch.dob_hash) or None, bytes(ch.dob_salt) or None),
                 )
                 row = 4 * self._dim
                 c.executemany(
@@ -1205,12 +1225,14 @@ class GalleryStore:
         with self._read() as r:
             row = r.execute(
                 "SELECT c.masked_name, c.pin_hash, c.pin_salt, "
-                "(SELECT count(*) FROM embeddings e WHERE e.citizen_id = c.citizen_id) "
+                "(SELECT count(*) FROM embeddings e WHERE e.citizen_id = c.citizen_id), "
+                "c.dob_hash, c.dob_salt "
                 "FROM citizens c WHERE c.citizen_id = ?", (citizen_id,)
             ).fetchone()
         if row is None:
             return None
-        return CitizenRecord(citizen_id, row[0], bytes(row[1]), bytes(row[2]), int(row[3]))
+        return CitizenRecord(citizen_id, row[0], bytes(row[1]), bytes(row[2]), int(row[3]),
+                             dob_hash=bytes(row[4] or b""), dob_salt=bytes(row[5] or b""))
 
     def dossiers(self, citizen_id: str) -> list[Dossier]:
         """The citizen's dossiers, oldest received first."""
