@@ -66,15 +66,18 @@ _VN_DATE = re.compile(r"^([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})$")
 
 
 def dob_digits(text: str) -> str:
-    """A date of birth from a record ("YYYY-MM-DD" or "DD/MM/YYYY") as the kiosk keypad
-    takes it ("DDMMYYYY"); ValueError when it is not a real date."""
+    """A date of birth from a record ("YYYY-MM-DD", "DD/MM/YYYY" or already "DDMMYYYY") as
+    the kiosk keypad takes it ("DDMMYYYY"); ValueError when it is not a real date."""
     text = text.strip()
-    if m := _ISO_DATE.match(text):
+    if len(text) == 8 and text.isdigit() and text.isascii():
+        digits = text
+    elif m := _ISO_DATE.match(text):
         digits = f"{m[3]}{m[2]}{m[1]}"
     elif m := _VN_DATE.match(text):
         digits = f"{int(m[1]):02d}{int(m[2]):02d}{m[3]}"
     else:
         raise ValueError(f"date of birth {text!r}: expected YYYY-MM-DD or DD/MM/YYYY")
+    # (the ISO/VN patterns use [0-9], so no other script's digits get here)
     if not valid_dob(digits):
         raise ValueError(f"date of birth {text!r} is not a real date")
     return digits
