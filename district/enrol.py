@@ -1,15 +1,17 @@
 """District enrolment: records (CSV or JSON) + a folder of photos -> change-log entries.
 
-Records: JSON ``[{citizen_id, full_name, phone, pin?, photos?, dossiers: [{code,
-procedure, status, stage, received_on, appointment_on?, counter?}]}]`` or CSV with columns
-``citizen_id, full_name, phone[, pin][, dossier_code, procedure, status, stage,
-received_on, appointment_on, counter]`` (one row per dossier; citizen columns repeat).
+Records: JSON ``[{citizen_id, full_name, phone, pin?, date_of_birth?, photos?, dossiers:
+[{code, procedure, status, stage, received_on, appointment_on?, counter?}]}]`` or CSV with
+columns ``citizen_id, full_name, phone[, pin][, date_of_birth][, dossier_code, procedure,
+status, stage, received_on, appointment_on, counter]`` (one row per dossier; citizen
+columns repeat). ``date_of_birth`` is ``YYYY-MM-DD`` or ``DD/MM/YYYY``; a citizen without
+one cannot use the terminal's confirmation step (only a sure face match shows them).
 Photos: ``<photos>/<citizen_id>/*`` or ``<photos>/<citizen_id>.<ext>`` (or the record's
 ``photos`` list, relative to the folder).
 
 Everything is checked and every photo embedded before the first write; then the whole
 enrolment is one transaction of the log. Full names and phone numbers stay here: the
-log gets the masked name and a PIN hash (district/privacy.py).
+log gets the masked name, a PIN hash and a date-of-birth hash (district/privacy.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy.typing as npt
 
 from core.errors import DistrictError, ImageError
 from district.log import DistrictLog
-from district.privacy import check_phone, hash_pin, issue_pin, mask_name
+from district.privacy import check_phone, dob_digits, hash_dob, hash_pin, issue_pin, mask_name
 from faces.imagefiles import read_image
 from sync.changes import Dossier, DossierStatus
 
@@ -65,6 +67,8 @@ class Record:
     full_name: str
     phone: str
     pin: str = ""
+    #: "DDMMYYYY" (normalised from the record), "" when the record has none
+    date_of_birth: str = ""
     photos: list[str] = dataclasses.field(default_factory=list)
     dossiers: list[Dossier] = dataclasses.field(default_factory=list)
 
@@ -142,7 +146,8 @@ def read_records(path: Path) -> list[Record]:
             where = f"{path} line {n}"
             rec = _citizen(row, where)
             have = records.setdefault(rec.citizen_id, rec)
-            if (have.full_name, have.phone) != (rec.full_name, rec.phone):
+            if (have.full_name, have.phone, have.date_of_birth) != (
+                    rec.full_name, rec.phone, rec.date_of_birth):
                 raise DistrictError(f"{where}: citizen {rec.citizen_id} differs from earlier rows")
             if (row.get("dossier_code") or "").strip():
                 d = {
@@ -174,17 +179,20 @@ def _citizen(item: dict, where: str) -> Record:  # type: ignore[type-arg]
     name = str(item.get("full_name", "") or "").strip()
     phone = str(item.get("phone", "") or "").strip()
     pin = str(item.get("pin", "") or "").strip()
+    dob = str(item.get("date_of_birth", "") or "").strip()
     if not cid or not name:
         raise DistrictError(f"{where}: citizen_id and full_name are required")
     try:
         if phone:
             check_phone(phone)
         mask_name(name)
+        if dob:
+            dob = dob_digits(dob)
     except ValueError as exc:
         raise DistrictError(f"{where}: {exc}") from None
     if pin and not (pin.isdigit() and 4 <= len(pin) <= 8):
         raise DistrictError(f"{where}: a PIN is 4 to 8 digits")
-    return Record(cid, name, phone, pin)
+    return Record(cid, name, phone, pin, dob)
 
 
 def photo_paths(rec: Record, photos_dir: Path) -> list[Path]:
@@ -255,16 +263,20 @@ def enrol(
             pin = issue_pin()
             issued.append((rec.citizen_id, rec.phone, pin))
         pin_hash, pin_salt = hash_pin(pin)
-        prepared.append((rec, emb, mask_name(rec.full_name), pin_hash, pin_salt))
+        dob_hash, dob_salt = hash_dob(rec.date_of_birth) if rec.date_of_birth else (b"", b"")
+        prepared.append((rec, emb, mask_name(rec.full_name), pin_hash, pin_salt, dob_hash,
+                         dob_salt))
     first = dlog.head_seq + 1
     with dlog.transaction():
-        for rec, emb, masked, pin_hash, pin_salt in prepared:
+        for rec, emb, masked, pin_hash, pin_salt, dob_hash, dob_salt in prepared:
             dlog.upsert_citizen(
                 rec.citizen_id,
                 masked_name=masked,
                 embeddings=emb,
                 pin_hash=pin_hash,
                 pin_salt=pin_salt,
+                dob_hash=dob_hash,
+                dob_salt=dob_salt,
             )
             for d in rec.dossiers:
                 dlog.upsert_dossier(d)

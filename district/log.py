@@ -37,6 +37,7 @@ from sync.changes import (
     DossierStatus,
     DossierUpsert,
 )
+from sync.pin import HASH_LEN
 from sync.topics import check_id
 from sync.wire import change_from_pb, change_to_pb
 
@@ -82,6 +83,8 @@ CREATE TABLE IF NOT EXISTS reports (   -- terminals' "not me" reports and rating
 #: a terminal would refuse, or that terminal would be stuck at that change
 MAX_ID_LEN = 128
 MAX_TEXT_LEN = 512
+#: longest date-of-birth salt accepted (hash_dob makes 16 bytes; the terminal takes 256)
+MAX_SALT_LEN = 64
 MAX_EMBEDDINGS = 16
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -247,8 +250,11 @@ class DistrictLog:
         embeddings: npt.NDArray[np.float32],
         pin_hash: bytes = b"",
         pin_salt: bytes = b"",
+        dob_hash: bytes = b"",
+        dob_salt: bytes = b"",
     ) -> int:
-        """Create or replace a citizen; returns the change number."""
+        """Create or replace a citizen; returns the change number. ``dob_hash``/``dob_salt``
+        (district.privacy.hash_dob) enable the terminal's confirmation step."""
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] < 1 or emb.shape[1] != self.dim:
             raise DistrictError(f"citizen {citizen_id}: embeddings must be (k, {self.dim})")
@@ -261,6 +267,10 @@ class DistrictLog:
         _check_text(masked_name, f"citizen {citizen_id} masked name", MAX_TEXT_LEN)
         if emb.shape[0] > MAX_EMBEDDINGS:
             raise DistrictError(f"citizen {citizen_id}: at most {MAX_EMBEDDINGS} embeddings")
+        if bool(dob_hash) != bool(dob_salt) or len(dob_hash) not in (0, HASH_LEN) \
+                or len(dob_salt) > MAX_SALT_LEN:
+            raise DistrictError(f"citizen {citizen_id}: dob_hash must be {HASH_LEN} bytes "
+                                "with a salt, or both empty")
         change = change_to_pb(
             CitizenUpsert(
                 seq=0,
@@ -269,6 +279,8 @@ class DistrictLog:
                 pin_hash=pin_hash,
                 pin_salt=pin_salt,
                 embeddings=emb,
+                dob_hash=dob_hash,
+                dob_salt=dob_salt,
             )
         )
         with self.transaction():

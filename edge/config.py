@@ -187,6 +187,20 @@ class SessionConfig:
     margin: float = 0.08
     #: gallery neighbours asked for (>= 2 to see the next citizen)
     top_k: int = 5
+    #: lower bound of the confirmation step: a face below the match threshold (or too
+    #: close to a second citizen) but with citizens scoring >= this is asked for the date
+    #: of birth of one of them. 0 (or >= the match threshold) turns the step off: that is
+    #: the default until the district publishes a calibrated value
+    confirm_threshold: float = 0.0
+    #: best distinct citizens the answer is checked against. 3 lets an enrolled citizen
+    #: ranked behind one or two look-alikes still confirm, while a stranger's wrong answer
+    #: counts on every candidate and a right guess wins only one of three dates
+    confirm_candidates: int = 3
+    #: wrong dates of birth per session before it ends "not recognised"; 3 like the PIN
+    #: (the per-citizen budget across sessions is api.pin_max_failures, shared with PINs)
+    confirm_tries: int = 3
+    #: time allowed to type the date (8 digits; elderly citizens need 20-30 s)
+    confirm_timeout_s: float = 60.0
     # -- timing
     #: a session that reaches no decision in this long ends "timed out"
     timeout_s: float = 20.0
@@ -219,6 +233,14 @@ class SessionConfig:
             raise ConfigError(f"{p}wrong_way_max: must be >= parallax_min")
         if not 0 <= self.threshold < 1 or not 0 <= self.margin < 1:
             raise ConfigError(f"{p}threshold: threshold and margin must be in [0, 1)")
+        if not 0 <= self.confirm_threshold < 1:
+            raise ConfigError(f"{p}confirm_threshold: must be in [0, 1) (0 = off)")
+        if not 1 <= self.confirm_candidates <= 10:
+            raise ConfigError(f"{p}confirm_candidates: must be between 1 and 10")
+        if not 1 <= self.confirm_tries <= 10:
+            raise ConfigError(f"{p}confirm_tries: must be between 1 and 10")
+        if not 5 <= self.confirm_timeout_s <= 600:
+            raise ConfigError(f"{p}confirm_timeout_s: must be between 5 and 600 seconds")
 
 
 @dataclasses.dataclass(frozen=True)

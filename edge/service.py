@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from core.errors import MotcuaError, StoreError
 from core.files import write_atomic
 from edge.api.attempts import AttemptLimiter, AttemptPolicy, Verdict
+from edge.api.confirm import DobConfirmer
 from edge.api.relay import EventRelay
 from edge.api.server import ApiServer, create_server
 from edge.api.state import CitizenRecord, DisplayState, match_pb
@@ -32,7 +33,7 @@ from edge.camera.grabber import Grabber
 from edge.config import Config
 from edge.session.audit import AuditLog, OutboxReporter
 from edge.session.decision import Matcher, operating_point
-from edge.session.events import EventBus, SessionControl
+from edge.session.events import ConfirmReply, ConfirmStatus, EventBus, SessionControl
 from edge.session.loop import FrameLoop, LoopStats
 from edge.session.machine import SessionMachine
 from edge.session.ports import FaceDetector, FaceEmbedder
@@ -135,6 +136,15 @@ class _LateControl:
     def rate(self, session_id: str, stars: int) -> bool:
         return self.machine.rate(session_id, stars) if self.machine is not None else False
 
+    def confirm(self, session_id: str, answer: str) -> ConfirmReply:
+        if self.machine is None:
+            return ConfirmReply(ConfirmStatus.NO_SESSION)
+        return self.machine.confirm(session_id, answer)
+
+    def cancel_confirmation(self, session_id: str) -> bool:
+        return (self.machine.cancel_confirmation(session_id) if self.machine is not None
+                else False)
+
 
 class TerminalService:
     """The whole terminal process; ``start()``, then ``stop()`` (or ``run()``)."""
@@ -216,6 +226,8 @@ class TerminalService:
             audit=self.audit_log(),
             reporter=OutboxReporter.in_state_dir(self.state_dir),
             terminal_id=self.cfg.terminal.id,
+            # the date-of-birth check shares the PIN's per-citizen counter
+            confirmer=DobConfirmer(self.directory, lambda: self.display_state.pin_limiter),
         )
         self.control.machine = machine
         if before_camera is not None:
@@ -267,10 +279,14 @@ class TerminalService:
         import datetime
 
         until = datetime.datetime.fromtimestamp(verdict.locked_until, datetime.timezone.utc)
-        self.audit_log().lockout(terminal=self.cfg.terminal.id, kind="pin",
+        # the counter is shared: a lock while a confirmation step is on screen came from
+        # a date of birth, else from a PIN
+        confirming = self.display_state.confirm_session
+        self.audit_log().lockout(terminal=self.cfg.terminal.id,
+                                 kind="confirm" if confirming else "pin",
                                  citizen_id=citizen_id,
                                  locked_until=until.isoformat(timespec="seconds"),
-                                 session_id=self.display_state.matched_session)
+                                 session_id=confirming or self.display_state.matched_session)
 
     def open_store(self) -> tuple[GalleryStore, Matcher]:
         """Open the gallery store in the state dir, show it to the display API and set up
@@ -285,7 +301,7 @@ class TerminalService:
         log.info("store loaded in %.2f s: %d citizens, change %d", time.monotonic() - t0,
                  store.citizen_count, store.last_seq)
         self.matcher = Matcher(store, operating_point(self.cfg.session, self.vision.threshold),
-                               self.cfg.session.top_k)
+                               self.cfg.session.top_k, self.cfg.session.confirm_candidates)
         log.info("decision: %s", self.matcher.point.describe())
         return store, self.matcher
 

@@ -56,7 +56,7 @@ from sync.changes import CitizenUpsert, Dossier, DossierStatus, DossierUpsert
 from sync.keys import generate_keypair, load_private_key, load_public_key
 from sync.localbroker import MosquittoBroker
 from sync.mqtt import BrokerSettings
-from sync.pin import hash_pin, new_salt
+from sync.pin import hash_dob, hash_pin, new_salt
 from sync.topics import DEFAULT_PREFIX
 
 #: the PIN every demo citizen gets (printed, so a visitor can try the PIN pad)
@@ -103,6 +103,25 @@ class Person:
     enrol_photos: list[Path]
     camera_photo: Path | None
     enrolled: bool = True
+    #: made-up date of birth "DDMMYYYY" (for the confirmation step; printed by the demo)
+    date_of_birth: str = "15081980"
+
+    @property
+    def dob_shown(self) -> str:
+        """The date of birth as people write it: DD/MM/YYYY."""
+        d = self.date_of_birth
+        return f"{d[:2]}/{d[2:4]}/{d[4:]}"
+
+
+def demo_dob(index: int) -> str:
+    """A made-up, valid date of birth "DDMMYYYY" for the ``index``-th demo citizen."""
+    return f"{1 + (7 * index + 3) % 28:02d}{1 + (5 * index + 2) % 12:02d}{1958 + 3 * index % 45}"
+
+
+def dob_pair(person: Person) -> tuple[bytes, bytes]:
+    """(dob_hash, dob_salt) the district would send for ``person``."""
+    salt = new_salt()
+    return hash_dob(person.date_of_birth, salt), salt
 
 
 def say(msg: str, out: TextIO = sys.stdout) -> None:
@@ -144,7 +163,7 @@ def people_from_media(media: Path, rng: random.Random) -> list[Person]:
             label=folder.name, citizen_id=f"cd-{i + 1:04d}",
             masked_name=f"{SURNAMES[i % len(SURNAMES)]} {rng.choice(MIDDLE)} "
                         f"{rng.choice(GIVEN)}",
-            enrol_photos=photos[:1], camera_photo=camera,
+            enrol_photos=photos[:1], camera_photo=camera, date_of_birth=demo_dob(i),
         ))
     if len(people) > 2:
         people[-1].enrolled = False
@@ -199,10 +218,12 @@ def enrol_into_store(store_dir: Path, people: list[Person], pipe: Any,
                 p.enrolled = False
                 continue
             salt = new_salt()
+            dob_hash, dob_salt = dob_pair(p)
             changes.append(CitizenUpsert(
                 seq=len(changes) + 1, citizen_id=p.citizen_id, masked_name=p.masked_name,
                 pin_hash=hash_pin(DEMO_PIN, salt), pin_salt=salt,
-                embeddings=faces.embeddings[faces.detections.largest()][None, :]))
+                embeddings=faces.embeddings[faces.detections.largest()][None, :],
+                dob_hash=dob_hash, dob_salt=dob_salt))
             for d in dossiers_for(p, rng, i):
                 changes.append(DossierUpsert(seq=len(changes) + 1, dossier=d))
             n += 1
@@ -296,6 +317,11 @@ def describe(event: ev.SessionEvent, names: dict[str, Person]) -> str:
         p = names.get(event.citizen_id)
         who = f"{p.masked_name} = {p.label}" if p else event.citizen_id
         return f"MATCHED {who} (score {event.score:.2f}, margin {event.margin:.2f})"
+    if isinstance(event, ev.ConfirmAsked):
+        return (f"not sure: date of birth asked ({event.tries_left} tries"
+                f"{', last answer wrong' if event.wrong else ''})")
+    if isinstance(event, ev.NotRecognised) and event.reason:
+        return f"not recognised ({event.reason})"
     if isinstance(event, ev.LivenessFailed):
         return f"liveness failed ({event.reason})"
     if isinstance(event, ev.TimedOut):
@@ -377,20 +403,23 @@ def run_demo(
                 p.enrolled = False
                 continue
             salt = new_salt()
+            dob_hash, dob_salt = dob_pair(p)
             dlog.upsert_citizen(p.citizen_id, masked_name=p.masked_name,
                                 embeddings=np.stack(embs), pin_hash=hash_pin(DEMO_PIN, salt),
-                                pin_salt=salt)
+                                pin_salt=salt, dob_hash=dob_hash, dob_salt=dob_salt)
             for d in dossiers_for(p, rng, i):
                 dlog.upsert_dossier(d)
             enrolled += 1
-            say(f"      {p.citizen_id} {p.masked_name:<18} <- {p.label}", out)
+            say(f"      {p.citizen_id} {p.masked_name:<18} <- {p.label:<22} "
+                f"born {p.dob_shown}", out)
         settings = BrokerSettings(host=broker.host, port=broker.port,
                                   reconnect_min_s=0.2, reconnect_max_s=2.0)
         publisher = Publisher(dlog, load_private_key(workdir / "district.key"), settings,
                               stop=stop).start()
         publisher.notify()
         say(f"      {enrolled} citizens, change log head {dlog.head_seq}; "
-            f"demo PIN for every citizen: {DEMO_PIN}", out)
+            f"demo PIN for every citizen: {DEMO_PIN}; when the screen asks for a date of "
+            "birth, type the citizen's (DDMMYYYY, listed above)", out)
 
         say("[4/6] terminal: sync, then the camera", out)
         if camera:
@@ -545,12 +574,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="kiosk page address (default 127.0.0.1:8080; port 0 picks one)")
     p.add_argument("--keep-open", type=float, default=0.0, metavar="S",
                    help="keep the page served S seconds after the camera ends")
+    p.add_argument("--confirm-threshold", type=float, default=None, metavar="T",
+                   help="turn the date-of-birth confirmation step on from this score (below "
+                        "the match threshold; default: [session] confirm_threshold, off)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
 
     base = load_config(args.config)
+    if args.confirm_threshold is not None:
+        session = dataclasses.replace(base.session, confirm_threshold=args.confirm_threshold)
+        session.validate("session")
+        base = dataclasses.replace(base, session=session)
     media = None if args.no_media else find_media(args.media)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/display.proto\x12\x11motcua.display.v1\"*\n\x13WatchSessionRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\"\x89\x01\n\tChallenge\x12.\n\x04kind\x18\x01 \x01(\x0e\x32 .motcua.display.v1.ChallengeKind\x12\x11\n\tprompt_vi\x18\x02 \x01(\t\x12\x11\n\tprompt_en\x18\x03 \x01(\t\x12\x14\n\x0cseconds_left\x18\x04 \x01(\x02\x12\x10\n\x08progress\x18\x05 \x01(\x02\"\xc5\x01\n\x0e\x44ossierSummary\x12\x13\n\x0bmasked_code\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .motcua.display.v1.DossierStatus\x12\x17\n\x0fstatus_label_vi\x18\x03 \x01(\t\x12\x17\n\x0fstatus_label_en\x18\x04 \x01(\t\x12\r\n\x05stage\x18\x05 \x01(\t\x12\x13\n\x0breceived_on\x18\x06 \x01(\t\x12\x16\n\x0e\x61ppointment_on\x18\x07 \x01(\t\"\xa2\x01\n\x05Match\x12\x13\n\x0bmasked_name\x18\x01 \x01(\t\x12\x33\n\x08\x64ossiers\x18\x02 \x03(\x0b\x32!.motcua.display.v1.DossierSummary\x12\x15\n\rpin_available\x18\x03 \x01(\x08\x12\x16\n\x0epin_tries_left\x18\x04 \x01(\r\x12 \n\x18pin_locked_until_unix_ms\x18\x05 \x01(\x04\"\xd2\x02\n\x0cSessionEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.motcua.display.v1.SessionState\x12\x14\n\x0ctime_unix_ms\x18\x04 \x01(\x03\x12/\n\tchallenge\x18\x05 \x01(\x0b\x32\x1c.motcua.display.v1.Challenge\x12\'\n\x05match\x18\x06 \x01(\x0b\x32\x18.motcua.display.v1.Match\x12\x14\n\x0chelp_counter\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x10\n\x08\x63\x61n_rate\x18\t \x01(\x08\x12\x19\n\x11\x66\x61\x63\x65_seen_unix_ms\x18\n \x01(\x03\x12\x0c\n\x04hint\x18\x0b \x01(\t\x12\r\n\x05rated\x18\x0c \x01(\x08\x12\x11\n\tcamera_up\x18\r \x01(\x08\"3\n\x10SubmitPinRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03pin\x18\x02 \x01(\t\"\xe1\x01\n\rDossierDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x11\n\tprocedure\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .motcua.display.v1.DossierStatus\x12\x17\n\x0fstatus_label_vi\x18\x04 \x01(\t\x12\x17\n\x0fstatus_label_en\x18\x05 \x01(\t\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x13\n\x0breceived_on\x18\x07 \x01(\t\x12\x16\n\x0e\x61ppointment_on\x18\x08 \x01(\t\x12\x0f\n\x07\x63ounter\x18\t \x01(\t\"\x95\x01\n\x11SubmitPinResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x12\n\ntries_left\x18\x02 \x01(\r\x12\x0e\n\x06locked\x18\x03 \x01(\x08\x12\x32\n\x08\x64ossiers\x18\x04 \x03(\x0b\x32 .motcua.display.v1.DossierDetail\x12\x1c\n\x14locked_until_unix_ms\x18\x05 \x01(\x04\"\"\n\x0cNotMeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x0f\n\rNotMeResponse\"0\n\x0bRateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\r\"\x0e\n\x0cRateResponse\"\x12\n\x10GetStatusRequest\"\x96\x03\n\x0eTerminalStatus\x12\x13\n\x0bterminal_id\x18\x01 \x01(\t\x12\x10\n\x08\x64istrict\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08uptime_s\x18\x04 \x01(\x01\x12\x11\n\tcamera_up\x18\x05 \x01(\x08\x12\x15\n\rcamera_source\x18\x06 \x01(\t\x12\x12\n\ncamera_fps\x18\x07 \x01(\x01\x12\x12\n\nmodel_pack\x18\x08 \x01(\t\x12\x13\n\x0b\x65mbedder_id\x18\t \x01(\t\x12\x14\n\x0cgallery_size\x18\n \x01(\x04\x12\x17\n\x0flast_change_seq\x18\x0b \x01(\x04\x12\x12\n\nsync_lag_s\x18\x0c \x01(\x01\x12\x16\n\x0esync_connected\x18\r \x01(\x08\x12\x10\n\x08watchers\x18\x0e \x01(\r\x12\x36\n\rsession_state\x18\x0f \x01(\x0e\x32\x1f.motcua.display.v1.SessionState\x12\x14\n\x0cstore_loaded\x18\x10 \x01(\x08\x12\x18\n\x10sync_lag_changes\x18\x11 \x01(\x04\"#\n\x12LookupImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\"^\n\x13LookupImageResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x08\x12\'\n\x05match\x18\x02 \x01(\x0b\x32\x18.motcua.display.v1.Match\x12\r\n\x05score\x18\x03 \x01(\x02*\x98\x02\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SESSION_STATE_IDLE\x10\x01\x12\x1e\n\x1aSESSION_STATE_FACE_PRESENT\x10\x02\x12\x1b\n\x17SESSION_STATE_CHALLENGE\x10\x03\x12\x19\n\x15SESSION_STATE_MATCHED\x10\x04\x12 \n\x1cSESSION_STATE_NOT_RECOGNISED\x10\x05\x12!\n\x1dSESSION_STATE_LIVENESS_FAILED\x10\x06\x12\x1b\n\x17SESSION_STATE_TIMED_OUT\x10\x07\x12\x17\n\x13SESSION_STATE_ENDED\x10\x08*\xa6\x01\n\rChallengeKind\x12\x1e\n\x1a\x43HALLENGE_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43HALLENGE_KIND_TURN_LEFT\x10\x01\x12\x1d\n\x19\x43HALLENGE_KIND_TURN_RIGHT\x10\x02\x12\x1a\n\x16\x43HALLENGE_KIND_LOOK_UP\x10\x03\x12\x1c\n\x18\x43HALLENGE_KIND_LOOK_DOWN\x10\x04*\xee\x01\n\rDossierStatus\x12\x1e\n\x1a\x44OSSIER_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44OSSIER_STATUS_RECEIVED\x10\x01\x12\x1d\n\x19\x44OSSIER_STATUS_PROCESSING\x10\x02\x12&\n\"DOSSIER_STATUS_SUPPLEMENT_REQUIRED\x10\x03\x12\x1f\n\x1b\x44OSSIER_STATUS_RESULT_READY\x10\x04\x12\x1b\n\x17\x44OSSIER_STATUS_RETURNED\x10\x05\x12\x1b\n\x17\x44OSSIER_STATUS_REJECTED\x10\x06\x32\x84\x04\n\x07\x44isplay\x12Y\n\x0cWatchSession\x12&.motcua.display.v1.WatchSessionRequest\x1a\x1f.motcua.display.v1.SessionEvent0\x01\x12V\n\tSubmitPin\x12#.motcua.display.v1.SubmitPinRequest\x1a$.motcua.display.v1.SubmitPinResponse\x12J\n\x05NotMe\x12\x1f.motcua.display.v1.NotMeRequest\x1a .motcua.display.v1.NotMeResponse\x12G\n\x04Rate\x12\x1e.motcua.display.v1.RateRequest\x1a\x1f.motcua.display.v1.RateResponse\x12S\n\tGetStatus\x12#.motcua.display.v1.GetStatusRequest\x1a!.motcua.display.v1.TerminalStatus\x12\\\n\x0bLookupImage\x12%.motcua.display.v1.LookupImageRequest\x1a&.motcua.display.v1.LookupImageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/display.proto\x12\x11motcua.display.v1\"*\n\x13WatchSessionRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\"\x89\x01\n\tChallenge\x12.\n\x04kind\x18\x01 \x01(\x0e\x32 .motcua.display.v1.ChallengeKind\x12\x11\n\tprompt_vi\x18\x02 \x01(\t\x12\x11\n\tprompt_en\x18\x03 \x01(\t\x12\x14\n\x0cseconds_left\x18\x04 \x01(\x02\x12\x10\n\x08progress\x18\x05 \x01(\x02\"\xc5\x01\n\x0e\x44ossierSummary\x12\x13\n\x0bmasked_code\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .motcua.display.v1.DossierStatus\x12\x17\n\x0fstatus_label_vi\x18\x03 \x01(\t\x12\x17\n\x0fstatus_label_en\x18\x04 \x01(\t\x12\r\n\x05stage\x18\x05 \x01(\t\x12\x13\n\x0breceived_on\x18\x06 \x01(\t\x12\x16\n\x0e\x61ppointment_on\x18\x07 \x01(\t\"\xa2\x01\n\x05Match\x12\x13\n\x0bmasked_name\x18\x01 \x01(\t\x12\x33\n\x08\x64ossiers\x18\x02 \x03(\x0b\x32!.motcua.display.v1.DossierSummary\x12\x15\n\rpin_available\x18\x03 \x01(\x08\x12\x16\n\x0epin_tries_left\x18\x04 \x01(\r\x12 \n\x18pin_locked_until_unix_ms\x18\x05 \x01(\x04\"m\n\x0c\x43onfirmation\x12\x11\n\tprompt_vi\x18\x01 \x01(\t\x12\x11\n\tprompt_en\x18\x02 \x01(\t\x12\x12\n\ntries_left\x18\x03 \x01(\r\x12\r\n\x05wrong\x18\x04 \x01(\x08\x12\x14\n\x0cseconds_left\x18\x05 \x01(\x02\"\x89\x03\n\x0cSessionEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.motcua.display.v1.SessionState\x12\x14\n\x0ctime_unix_ms\x18\x04 \x01(\x03\x12/\n\tchallenge\x18\x05 \x01(\x0b\x32\x1c.motcua.display.v1.Challenge\x12\'\n\x05match\x18\x06 \x01(\x0b\x32\x18.motcua.display.v1.Match\x12\x14\n\x0chelp_counter\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x10\n\x08\x63\x61n_rate\x18\t \x01(\x08\x12\x19\n\x11\x66\x61\x63\x65_seen_unix_ms\x18\n \x01(\x03\x12\x0c\n\x04hint\x18\x0b \x01(\t\x12\r\n\x05rated\x18\x0c \x01(\x08\x12\x11\n\tcamera_up\x18\r \x01(\x08\x12\x35\n\x0c\x63onfirmation\x18\x0e \x01(\x0b\x32\x1f.motcua.display.v1.Confirmation\"3\n\x10SubmitPinRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03pin\x18\x02 \x01(\t\"\xe1\x01\n\rDossierDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x11\n\tprocedure\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .motcua.display.v1.DossierStatus\x12\x17\n\x0fstatus_label_vi\x18\x04 \x01(\t\x12\x17\n\x0fstatus_label_en\x18\x05 \x01(\t\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x13\n\x0breceived_on\x18\x07 \x01(\t\x12\x16\n\x0e\x61ppointment_on\x18\x08 \x01(\t\x12\x0f\n\x07\x63ounter\x18\t \x01(\t\"\x95\x01\n\x11SubmitPinResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x12\n\ntries_left\x18\x02 \x01(\r\x12\x0e\n\x06locked\x18\x03 \x01(\x08\x12\x32\n\x08\x64ossiers\x18\x04 \x03(\x0b\x32 .motcua.display.v1.DossierDetail\x12\x1c\n\x14locked_until_unix_ms\x18\x05 \x01(\x04\"?\n\x19SubmitConfirmationRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\"K\n\x1aSubmitConfirmationResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x12\n\ntries_left\x18\x02 \x01(\r\x12\r\n\x05\x65nded\x18\x03 \x01(\x08\"/\n\x19\x43\x61ncelConfirmationRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x1c\n\x1a\x43\x61ncelConfirmationResponse\"\"\n\x0cNotMeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x0f\n\rNotMeResponse\"0\n\x0bRateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\r\"\x0e\n\x0cRateResponse\"\x12\n\x10GetStatusRequest\"\x96\x03\n\x0eTerminalStatus\x12\x13\n\x0bterminal_id\x18\x01 \x01(\t\x12\x10\n\x08\x64istrict\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08uptime_s\x18\x04 \x01(\x01\x12\x11\n\tcamera_up\x18\x05 \x01(\x08\x12\x15\n\rcamera_source\x18\x06 \x01(\t\x12\x12\n\ncamera_fps\x18\x07 \x01(\x01\x12\x12\n\nmodel_pack\x18\x08 \x01(\t\x12\x13\n\x0b\x65mbedder_id\x18\t \x01(\t\x12\x14\n\x0cgallery_size\x18\n \x01(\x04\x12\x17\n\x0flast_change_seq\x18\x0b \x01(\x04\x12\x12\n\nsync_lag_s\x18\x0c \x01(\x01\x12\x16\n\x0esync_connected\x18\r \x01(\x08\x12\x10\n\x08watchers\x18\x0e \x01(\r\x12\x36\n\rsession_state\x18\x0f \x01(\x0e\x32\x1f.motcua.display.v1.SessionState\x12\x14\n\x0cstore_loaded\x18\x10 \x01(\x08\x12\x18\n\x10sync_lag_changes\x18\x11 \x01(\x04\"#\n\x12LookupImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\"^\n\x13LookupImageResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x08\x12\'\n\x05match\x18\x02 \x01(\x0b\x32\x18.motcua.display.v1.Match\x12\r\n\x05score\x18\x03 \x01(\x02*\xb3\x02\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SESSION_STATE_IDLE\x10\x01\x12\x1e\n\x1aSESSION_STATE_FACE_PRESENT\x10\x02\x12\x1b\n\x17SESSION_STATE_CHALLENGE\x10\x03\x12\x19\n\x15SESSION_STATE_MATCHED\x10\x04\x12 \n\x1cSESSION_STATE_NOT_RECOGNISED\x10\x05\x12!\n\x1dSESSION_STATE_LIVENESS_FAILED\x10\x06\x12\x1b\n\x17SESSION_STATE_TIMED_OUT\x10\x07\x12\x17\n\x13SESSION_STATE_ENDED\x10\x08\x12\x19\n\x15SESSION_STATE_CONFIRM\x10\t*\xa6\x01\n\rChallengeKind\x12\x1e\n\x1a\x43HALLENGE_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43HALLENGE_KIND_TURN_LEFT\x10\x01\x12\x1d\n\x19\x43HALLENGE_KIND_TURN_RIGHT\x10\x02\x12\x1a\n\x16\x43HALLENGE_KIND_LOOK_UP\x10\x03\x12\x1c\n\x18\x43HALLENGE_KIND_LOOK_DOWN\x10\x04*\xee\x01\n\rDossierStatus\x12\x1e\n\x1a\x44OSSIER_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44OSSIER_STATUS_RECEIVED\x10\x01\x12\x1d\n\x19\x44OSSIER_STATUS_PROCESSING\x10\x02\x12&\n\"DOSSIER_STATUS_SUPPLEMENT_REQUIRED\x10\x03\x12\x1f\n\x1b\x44OSSIER_STATUS_RESULT_READY\x10\x04\x12\x1b\n\x17\x44OSSIER_STATUS_RETURNED\x10\x05\x12\x1b\n\x17\x44OSSIER_STATUS_REJECTED\x10\x06\x32\xea\x05\n\x07\x44isplay\x12Y\n\x0cWatchSession\x12&.motcua.display.v1.WatchSessionRequest\x1a\x1f.motcua.display.v1.SessionEvent0\x01\x12V\n\tSubmitPin\x12#.motcua.display.v1.SubmitPinRequest\x1a$.motcua.display.v1.SubmitPinResponse\x12q\n\x12SubmitConfirmation\x12,.motcua.display.v1.SubmitConfirmationRequest\x1a-.motcua.display.v1.SubmitConfirmationResponse\x12q\n\x12\x43\x61ncelConfirmation\x12,.motcua.display.v1.CancelConfirmationRequest\x1a-.motcua.display.v1.CancelConfirmationResponse\x12J\n\x05NotMe\x12\x1f.motcua.display.v1.NotMeRequest\x1a .motcua.display.v1.NotMeResponse\x12G\n\x04Rate\x12\x1e.motcua.display.v1.RateRequest\x1a\x1f.motcua.display.v1.RateResponse\x12S\n\tGetStatus\x12#.motcua.display.v1.GetStatusRequest\x1a!.motcua.display.v1.TerminalStatus\x12\\\n\x0bLookupImage\x12%.motcua.display.v1.LookupImageRequest\x1a&.motcua.display.v1.LookupImageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.display_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SESSIONSTATE']._serialized_start=2047
-  _globals['_SESSIONSTATE']._serialized_end=2327
-  _globals['_CHALLENGEKIND']._serialized_start=2330
-  _globals['_CHALLENGEKIND']._serialized_end=2496
-  _globals['_DOSSIERSTATUS']._serialized_start=2499
-  _globals['_DOSSIERSTATUS']._serialized_end=2737
+  _globals['_SESSIONSTATE']._serialized_start=2434
+  _globals['_SESSIONSTATE']._serialized_end=2741
+  _globals['_CHALLENGEKIND']._serialized_start=2744
+  _globals['_CHALLENGEKIND']._serialized_end=2910
+  _globals['_DOSSIERSTATUS']._serialized_start=2913
+  _globals['_DOSSIERSTATUS']._serialized_end=3151
   _globals['_WATCHSESSIONREQUEST']._serialized_start=42
   _globals['_WATCHSESSIONREQUEST']._serialized_end=84
   _globals['_CHALLENGE']._serialized_start=87
@@ -45,30 +45,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOSSIERSUMMARY']._serialized_end=424
   _globals['_MATCH']._serialized_start=427
   _globals['_MATCH']._serialized_end=589
-  _globals['_SESSIONEVENT']._serialized_start=592
-  _globals['_SESSIONEVENT']._serialized_end=930
-  _globals['_SUBMITPINREQUEST']._serialized_start=932
-  _globals['_SUBMITPINREQUEST']._serialized_end=983
-  _globals['_DOSSIERDETAIL']._serialized_start=986
-  _globals['_DOSSIERDETAIL']._serialized_end=1211
-  _globals['_SUBMITPINRESPONSE']._serialized_start=1214
-  _globals['_SUBMITPINRESPONSE']._serialized_end=1363
-  _globals['_NOTMEREQUEST']._serialized_start=1365
-  _globals['_NOTMEREQUEST']._serialized_end=1399
-  _globals['_NOTMERESPONSE']._serialized_start=1401
-  _globals['_NOTMERESPONSE']._serialized_end=1416
-  _globals['_RATEREQUEST']._serialized_start=1418
-  _globals['_RATEREQUEST']._serialized_end=1466
-  _globals['_RATERESPONSE']._serialized_start=1468
-  _globals['_RATERESPONSE']._serialized_end=1482
-  _globals['_GETSTATUSREQUEST']._serialized_start=1484
-  _globals['_GETSTATUSREQUEST']._serialized_end=1502
-  _globals['_TERMINALSTATUS']._serialized_start=1505
-  _globals['_TERMINALSTATUS']._serialized_end=1911
-  _globals['_LOOKUPIMAGEREQUEST']._serialized_start=1913
-  _globals['_LOOKUPIMAGEREQUEST']._serialized_end=1948
-  _globals['_LOOKUPIMAGERESPONSE']._serialized_start=1950
-  _globals['_LOOKUPIMAGERESPONSE']._serialized_end=2044
-  _globals['_DISPLAY']._serialized_start=2740
-  _globals['_DISPLAY']._serialized_end=3256
+  _globals['_CONFIRMATION']._serialized_start=591
+  _globals['_CONFIRMATION']._serialized_end=700
+  _globals['_SESSIONEVENT']._serialized_start=703
+  _globals['_SESSIONEVENT']._serialized_end=1096
+  _globals['_SUBMITPINREQUEST']._serialized_start=1098
+  _globals['_SUBMITPINREQUEST']._serialized_end=1149
+  _globals['_DOSSIERDETAIL']._serialized_start=1152
+  _globals['_DOSSIERDETAIL']._serialized_end=1377
+  _globals['_SUBMITPINRESPONSE']._serialized_start=1380
+  _globals['_SUBMITPINRESPONSE']._serialized_end=1529
+  _globals['_SUBMITCONFIRMATIONREQUEST']._serialized_start=1531
+  _globals['_SUBMITCONFIRMATIONREQUEST']._serialized_end=1594
+  _globals['_SUBMITCONFIRMATIONRESPONSE']._serialized_start=1596
+  _globals['_SUBMITCONFIRMATIONRESPONSE']._serialized_end=1671
+  _globals['_CANCELCONFIRMATIONREQUEST']._serialized_start=1673
+  _globals['_CANCELCONFIRMATIONREQUEST']._serialized_end=1720
+  _globals['_CANCELCONFIRMATIONRESPONSE']._serialized_start=1722
+  _globals['_CANCELCONFIRMATIONRESPONSE']._serialized_end=1750
+  _globals['_NOTMEREQUEST']._serialized_start=1752
+  _globals['_NOTMEREQUEST']._serialized_end=1786
+  _globals['_NOTMERESPONSE']._serialized_start=1788
+  _globals['_NOTMERESPONSE']._serialized_end=1803
+  _globals['_RATEREQUEST']._serialized_start=1805
+  _globals['_RATEREQUEST']._serialized_end=1853
+  _globals['_RATERESPONSE']._serialized_start=1855
+  _globals['_RATERESPONSE']._serialized_end=1869
+  _globals['_GETSTATUSREQUEST']._serialized_start=1871
+  _globals['_GETSTATUSREQUEST']._serialized_end=1889
+  _globals['_TERMINALSTATUS']._serialized_start=1892
+  _globals['_TERMINALSTATUS']._serialized_end=2298
+  _globals['_LOOKUPIMAGEREQUEST']._serialized_start=2300
+  _globals['_LOOKUPIMAGEREQUEST']._serialized_end=2335
+  _globals['_LOOKUPIMAGERESPONSE']._serialized_start=2337
+  _globals['_LOOKUPIMAGERESPONSE']._serialized_end=2431
+  _globals['_DISPLAY']._serialized_start=3154
+  _globals['_DISPLAY']._serialized_end=3900
 # @@protoc_insertion_point(module_scope)

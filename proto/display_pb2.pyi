@@ -18,6 +18,7 @@ class SessionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SESSION_STATE_LIVENESS_FAILED: _ClassVar[SessionState]
     SESSION_STATE_TIMED_OUT: _ClassVar[SessionState]
     SESSION_STATE_ENDED: _ClassVar[SessionState]
+    SESSION_STATE_CONFIRM: _ClassVar[SessionState]
 
 class ChallengeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -45,6 +46,7 @@ SESSION_STATE_NOT_RECOGNISED: SessionState
 SESSION_STATE_LIVENESS_FAILED: SessionState
 SESSION_STATE_TIMED_OUT: SessionState
 SESSION_STATE_ENDED: SessionState
+SESSION_STATE_CONFIRM: SessionState
 CHALLENGE_KIND_UNSPECIFIED: ChallengeKind
 CHALLENGE_KIND_TURN_LEFT: ChallengeKind
 CHALLENGE_KIND_TURN_RIGHT: ChallengeKind
@@ -110,8 +112,22 @@ class Match(_message.Message):
     pin_locked_until_unix_ms: int
     def __init__(self, masked_name: _Optional[str] = ..., dossiers: _Optional[_Iterable[_Union[DossierSummary, _Mapping]]] = ..., pin_available: _Optional[bool] = ..., pin_tries_left: _Optional[int] = ..., pin_locked_until_unix_ms: _Optional[int] = ...) -> None: ...
 
+class Confirmation(_message.Message):
+    __slots__ = ("prompt_vi", "prompt_en", "tries_left", "wrong", "seconds_left")
+    PROMPT_VI_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_EN_FIELD_NUMBER: _ClassVar[int]
+    TRIES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    WRONG_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    prompt_vi: str
+    prompt_en: str
+    tries_left: int
+    wrong: bool
+    seconds_left: float
+    def __init__(self, prompt_vi: _Optional[str] = ..., prompt_en: _Optional[str] = ..., tries_left: _Optional[int] = ..., wrong: _Optional[bool] = ..., seconds_left: _Optional[float] = ...) -> None: ...
+
 class SessionEvent(_message.Message):
-    __slots__ = ("seq", "session_id", "state", "time_unix_ms", "challenge", "match", "help_counter", "reason", "can_rate", "face_seen_unix_ms", "hint", "rated", "camera_up")
+    __slots__ = ("seq", "session_id", "state", "time_unix_ms", "challenge", "match", "help_counter", "reason", "can_rate", "face_seen_unix_ms", "hint", "rated", "camera_up", "confirmation")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +141,7 @@ class SessionEvent(_message.Message):
     HINT_FIELD_NUMBER: _ClassVar[int]
     RATED_FIELD_NUMBER: _ClassVar[int]
     CAMERA_UP_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATION_FIELD_NUMBER: _ClassVar[int]
     seq: int
     session_id: str
     state: SessionState
@@ -138,7 +155,8 @@ class SessionEvent(_message.Message):
     hint: str
     rated: bool
     camera_up: bool
-    def __init__(self, seq: _Optional[int] = ..., session_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., time_unix_ms: _Optional[int] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ..., match: _Optional[_Union[Match, _Mapping]] = ..., help_counter: _Optional[str] = ..., reason: _Optional[str] = ..., can_rate: _Optional[bool] = ..., face_seen_unix_ms: _Optional[int] = ..., hint: _Optional[str] = ..., rated: _Optional[bool] = ..., camera_up: _Optional[bool] = ...) -> None: ...
+    confirmation: Confirmation
+    def __init__(self, seq: _Optional[int] = ..., session_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., time_unix_ms: _Optional[int] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ..., match: _Optional[_Union[Match, _Mapping]] = ..., help_counter: _Optional[str] = ..., reason: _Optional[str] = ..., can_rate: _Optional[bool] = ..., face_seen_unix_ms: _Optional[int] = ..., hint: _Optional[str] = ..., rated: _Optional[bool] = ..., camera_up: _Optional[bool] = ..., confirmation: _Optional[_Union[Confirmation, _Mapping]] = ...) -> None: ...
 
 class SubmitPinRequest(_message.Message):
     __slots__ = ("session_id", "pin")
@@ -183,6 +201,34 @@ class SubmitPinResponse(_message.Message):
     dossiers: _containers.RepeatedCompositeFieldContainer[DossierDetail]
     locked_until_unix_ms: int
     def __init__(self, ok: _Optional[bool] = ..., tries_left: _Optional[int] = ..., locked: _Optional[bool] = ..., dossiers: _Optional[_Iterable[_Union[DossierDetail, _Mapping]]] = ..., locked_until_unix_ms: _Optional[int] = ...) -> None: ...
+
+class SubmitConfirmationRequest(_message.Message):
+    __slots__ = ("session_id", "answer")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    answer: str
+    def __init__(self, session_id: _Optional[str] = ..., answer: _Optional[str] = ...) -> None: ...
+
+class SubmitConfirmationResponse(_message.Message):
+    __slots__ = ("ok", "tries_left", "ended")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    TRIES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    tries_left: int
+    ended: bool
+    def __init__(self, ok: _Optional[bool] = ..., tries_left: _Optional[int] = ..., ended: _Optional[bool] = ...) -> None: ...
+
+class CancelConfirmationRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class CancelConfirmationResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class NotMeRequest(_message.Message):
     __slots__ = ("session_id",)

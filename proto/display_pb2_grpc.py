@@ -44,6 +44,16 @@ class DisplayStub:
                 request_serializer=proto_dot_display__pb2.SubmitPinRequest.SerializeToString,
                 response_deserializer=proto_dot_display__pb2.SubmitPinResponse.FromString,
                 _registered_method=True)
+        self.SubmitConfirmation = channel.unary_unary(
+                '/motcua.display.v1.Display/SubmitConfirmation',
+                request_serializer=proto_dot_display__pb2.SubmitConfirmationRequest.SerializeToString,
+                response_deserializer=proto_dot_display__pb2.SubmitConfirmationResponse.FromString,
+                _registered_method=True)
+        self.CancelConfirmation = channel.unary_unary(
+                '/motcua.display.v1.Display/CancelConfirmation',
+                request_serializer=proto_dot_display__pb2.CancelConfirmationRequest.SerializeToString,
+                response_deserializer=proto_dot_display__pb2.CancelConfirmationResponse.FromString,
+                _registered_method=True)
         self.NotMe = channel.unary_unary(
                 '/motcua.display.v1.Display/NotMe',
                 request_serializer=proto_dot_display__pb2.NotMeRequest.SerializeToString,
@@ -81,6 +91,25 @@ class DisplayServicer:
     def SubmitPin(self, request, context):
         """Full details of the matched session's dossiers for the citizen's PIN. Wrong PINs are
         counted per session; past the limit the session is locked (RESOURCE_EXHAUSTED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitConfirmation(self, request, context):
+        """The citizen's date of birth for a session in SESSION_STATE_CONFIRM (a face that is
+        not a sure match). Checked on the terminal against the few best face candidates,
+        which never leave it; wrong answers count per citizen, shared with the PIN. A right
+        answer turns the screen to SESSION_STATE_MATCHED exactly as a sure match does.
+        INVALID_ARGUMENT: not 8 digits DDMMYYYY of a real date; FAILED_PRECONDITION: no
+        session with this id is waiting for an answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelConfirmation(self, request, context):
+        """The citizen gives up the confirmation step: the session ends "not recognised".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,6 +156,16 @@ def add_DisplayServicer_to_server(servicer, server):
                     servicer.SubmitPin,
                     request_deserializer=proto_dot_display__pb2.SubmitPinRequest.FromString,
                     response_serializer=proto_dot_display__pb2.SubmitPinResponse.SerializeToString,
+            ),
+            'SubmitConfirmation': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitConfirmation,
+                    request_deserializer=proto_dot_display__pb2.SubmitConfirmationRequest.FromString,
+                    response_serializer=proto_dot_display__pb2.SubmitConfirmationResponse.SerializeToString,
+            ),
+            'CancelConfirmation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelConfirmation,
+                    request_deserializer=proto_dot_display__pb2.CancelConfirmationRequest.FromString,
+                    response_serializer=proto_dot_display__pb2.CancelConfirmationResponse.SerializeToString,
             ),
             'NotMe': grpc.unary_unary_rpc_method_handler(
                     servicer.NotMe,
@@ -203,6 +242,60 @@ class Display:
             '/motcua.display.v1.Display/SubmitPin',
             proto_dot_display__pb2.SubmitPinRequest.SerializeToString,
             proto_dot_display__pb2.SubmitPinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitConfirmation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/motcua.display.v1.Display/SubmitConfirmation',
+            proto_dot_display__pb2.SubmitConfirmationRequest.SerializeToString,
+            proto_dot_display__pb2.SubmitConfirmationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelConfirmation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/motcua.display.v1.Display/CancelConfirmation',
+            proto_dot_display__pb2.CancelConfirmationRequest.SerializeToString,
+            proto_dot_display__pb2.CancelConfirmationResponse.FromString,
             options,
             channel_credentials,
             insecure,

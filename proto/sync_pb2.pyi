@@ -66,20 +66,24 @@ class Envelope(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., district_id: _Optional[str] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class CitizenUpsert(_message.Message):
-    __slots__ = ("citizen_id", "masked_name", "pin_hash", "pin_salt", "count", "embeddings")
+    __slots__ = ("citizen_id", "masked_name", "pin_hash", "pin_salt", "count", "embeddings", "dob_hash", "dob_salt")
     CITIZEN_ID_FIELD_NUMBER: _ClassVar[int]
     MASKED_NAME_FIELD_NUMBER: _ClassVar[int]
     PIN_HASH_FIELD_NUMBER: _ClassVar[int]
     PIN_SALT_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    DOB_HASH_FIELD_NUMBER: _ClassVar[int]
+    DOB_SALT_FIELD_NUMBER: _ClassVar[int]
     citizen_id: str
     masked_name: str
     pin_hash: bytes
     pin_salt: bytes
     count: int
     embeddings: bytes
-    def __init__(self, citizen_id: _Optional[str] = ..., masked_name: _Optional[str] = ..., pin_hash: _Optional[bytes] = ..., pin_salt: _Optional[bytes] = ..., count: _Optional[int] = ..., embeddings: _Optional[bytes] = ...) -> None: ...
+    dob_hash: bytes
+    dob_salt: bytes
+    def __init__(self, citizen_id: _Optional[str] = ..., masked_name: _Optional[str] = ..., pin_hash: _Optional[bytes] = ..., pin_salt: _Optional[bytes] = ..., count: _Optional[int] = ..., embeddings: _Optional[bytes] = ..., dob_hash: _Optional[bytes] = ..., dob_salt: _Optional[bytes] = ...) -> None: ...
 
 class CitizenDelete(_message.Message):
     __slots__ = ("citizen_id",)

@@ -71,7 +71,8 @@ class Dossier:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CitizenUpsert:
-    """Create or replace a citizen: masked name, PIN hash, all their embeddings."""
+    """Create or replace a citizen: masked name, PIN hash, all their embeddings, and the
+    date-of-birth hash for the confirmation step."""
 
     seq: int
     citizen_id: str
@@ -82,6 +83,10 @@ class CitizenUpsert:
     pin_salt: bytes
     #: float32 array of shape (k, dim), each row L2-normalised, k >= 1
     embeddings: npt.NDArray[np.float32]
+    #: salted hash of the date of birth "DDMMYYYY" (sync.pin's KDF, its own salt); empty
+    #: when the district has no date of birth: the citizen cannot use the confirmation step
+    dob_hash: bytes = b""
+    dob_salt: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True)

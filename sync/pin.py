@@ -4,10 +4,16 @@ The district never sends a PIN, only ``pin_hash = scrypt(pin, salt, n=2**14, r=8
 dklen=32)`` with a random 16-byte ``pin_salt`` per citizen (both travel in CitizenUpsert).
 A short PIN cannot resist an offline search; what protects it is that the terminal allows
 only a few tries per session (``api.pin_tries``) and that the hash never leaves the store.
+
+The date of birth (for the confirmation step of an uncertain face match) uses the same
+KDF with its own random salt: ``dob_hash = scrypt("DDMMYYYY", dob_salt, ...)``. It is
+a weaker secret than a PIN (a few tens of thousands of likely dates), so it too relies on
+the terminal's tries per citizen, never on the hash alone.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import os
@@ -29,6 +35,34 @@ def valid_pin(pin: str) -> bool:
     return PIN_RE.fullmatch(pin) is not None
 
 
+#: a date of birth as typed on the kiosk keypad: DDMMYYYY
+DOB_RE = re.compile(r"[0-9]{8}")
+#: years accepted for a date of birth. Not "up to today": a Pi without a real-time clock
+#: may boot in 1970 before NTP, and a date check must not depend on that
+DOB_MIN_YEAR = 1900
+DOB_MAX_YEAR = 2099
+
+
+def valid_dob(dob: str) -> bool:
+    """True when ``dob`` is 8 ASCII digits DDMMYYYY naming a real calendar date."""
+    if DOB_RE.fullmatch(dob) is None:
+        return False
+    day, month, year = int(dob[:2]), int(dob[2:4]), int(dob[4:])
+    if not DOB_MIN_YEAR <= year <= DOB_MAX_YEAR:
+        return False
+    try:
+        datetime.date(year, month, day)
+    except ValueError:
+        return False
+    return True
+
+
+def _kdf(secret: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(
+        secret.encode("ascii"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=HASH_LEN
+    )
+
+
 def new_salt() -> bytes:
     return os.urandom(SALT_LEN)
 
@@ -39,9 +73,7 @@ def hash_pin(pin: str, salt: bytes) -> bytes:
         raise ValueError("a PIN is 4 to 8 digits")
     if not salt:
         raise ValueError("empty PIN salt")
-    return hashlib.scrypt(
-        pin.encode("ascii"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=HASH_LEN
-    )
+    return _kdf(pin, salt)
 
 
 def verify_pin(pin: str, pin_hash: bytes, salt: bytes) -> bool:
@@ -49,3 +81,22 @@ def verify_pin(pin: str, pin_hash: bytes, salt: bytes) -> bool:
     if not valid_pin(pin) or not salt or len(pin_hash) != HASH_LEN:
         return False
     return hmac.compare_digest(hash_pin(pin, salt), pin_hash)
+
+
+def hash_dob(dob: str, salt: bytes) -> bytes:
+    """The stored hash of a date of birth ``DDMMYYYY`` (ValueError when malformed)."""
+    if not valid_dob(dob):
+        raise ValueError("a date of birth is 8 digits DDMMYYYY naming a real date")
+    if not salt:
+        raise ValueError("empty date-of-birth salt")
+    return _kdf(dob, salt)
+
+
+def verify_dob(dob: str, dob_hash: bytes, salt: bytes) -> bool:
+    """Constant-time check of ``dob`` against a stored hash; False for malformed input or
+    a citizen without a date of birth (empty hash). Always runs the KDF once when the
+    answer is well-formed, so the time does not tell whether a hash is stored."""
+    if not valid_dob(dob):
+        return False
+    computed = _kdf(dob, salt or b"\0" * SALT_LEN)
+    return len(dob_hash) == HASH_LEN and bool(salt) and hmac.compare_digest(computed, dob_hash)

@@ -149,6 +149,8 @@ def change_to_pb(change: Change) -> pb.Change:
                 pin_salt=change.pin_salt,
                 count=emb.shape[0],
                 embeddings=emb.tobytes(),
+                dob_hash=change.dob_hash,
+                dob_salt=change.dob_salt,
             )
         )
     elif isinstance(change, CitizenDelete):
@@ -194,6 +196,8 @@ def change_from_pb(c: pb.Change, dim: int) -> Change:
             pin_hash=u.pin_hash,
             pin_salt=u.pin_salt,
             embeddings=emb,
+            dob_hash=u.dob_hash,
+            dob_salt=u.dob_salt,
         )
     if kind == "citizen_delete":
         if not c.citizen_delete.citizen_id:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 
+from edge.session.events import ConfirmReply, ConfirmStatus
 from sync.changes import Dossier, DossierStatus
 from sync.pin import hash_pin
 
@@ -21,6 +22,8 @@ class Citizen:
     masked_name: str
     pin_hash: bytes
     pin_salt: bytes
+    dob_hash: bytes = b""
+    dob_salt: bytes = b""
 
 
 class FakeDirectory:
@@ -84,3 +87,9 @@ class FakeControl:
                 return False
             self.ratings.append((session_id, stars))
             return True
+
+    def confirm(self, session_id: str, answer: str) -> ConfirmReply:
+        return ConfirmReply(ConfirmStatus.NO_SESSION)
+
+    def cancel_confirmation(self, session_id: str) -> bool:
+        return False

@@ -211,6 +211,9 @@ def test_demo_without_sample_media_runs_on_the_astronaut(tmp_path: Path) -> None
                       out=Tee(), on_event=on_event)
     text = out.getvalue()
     assert "scikit-image" in text and "no ../shared/media here" in text
+    # the made-up date of birth is printed with the PIN, so a visitor can type it
+    assert "born 15/08/1980" in text and "demo PIN for every citizen: 2468" in text
+    assert "type the citizen's (DDMMYYYY" in text
     assert result.matched and set(result.matched) == {"astronaut (scikit-image)"}
     assert summarise(result, io.StringIO()) == 0
     st = seen.get("state")
@@ -283,6 +286,7 @@ def test_readme_demo_command_on_the_sample_media(media_dir: Path, tmp_path: Path
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "open http://127.0.0.1:" in out and "synced: 9 citizens" in out
+    assert out.count(" born ") == 9  # each enrolled citizen's made-up date of birth
     assert "= lin_manuel_miranda" in out  # the Hamilton clip and his photo
     assert "WRONG MATCHES" not in out
     assert "not recognised" in out  # shea_whigham is left out of the gallery

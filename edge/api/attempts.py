@@ -24,7 +24,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from core.errors import StoreError
@@ -140,6 +140,73 @@ class AttemptLimiter:
         if self.on_lock is not None:
             self.on_lock(subject, verdict)
         return verdict
+
+    def attempt_any(self, subjects: Sequence[str], verify: Callable[[str], bool]
+                    ) -> tuple[list[str], dict[str, Verdict]]:
+        """Check one answer against several subjects at once (the confirmation step's
+        candidates). ``verify(subject)`` runs for every subject not locked, all of them
+        even after a hit, so the time does not tell which one matched.
+
+        Returns (the subjects whose answer was right, each subject's verdict). A right
+        subject is cleared; when none was right the wrong answer counts against *every*
+        subject it was checked against (a stranger matching three candidates gets no
+        more tries than with one). Locked subjects are not checked and stay locked.
+        """
+        right: list[str] = []
+        verdicts: dict[str, Verdict] = {}
+        locked_now: list[tuple[str, Verdict]] = []
+        with self._lock:
+            now = self.clock()
+            rows = {s: self._row(s) for s in dict.fromkeys(subjects)}
+            checked = []
+            for subject, (_, _, until) in rows.items():
+                if until > now:
+                    verdicts[subject] = Verdict(allowed=False, failures_left=0,
+                                                locked_until=until)
+                else:
+                    checked.append(subject)
+            results = {subject: bool(verify(subject)) for subject in checked}
+            right = [subject for subject in checked if results[subject]]
+            # one transaction: every candidate's count survives a power cut, or none does
+            self._write("BEGIN IMMEDIATE", ())
+            try:
+                self._count_all(checked, rows, right, verdicts, locked_now, now)
+                self._write("COMMIT", ())
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        for subject, verdict in locked_now:
+            log.warning("subject %s locked until %.0f after %d wrong answers", subject,
+                        verdict.locked_until, self.policy.max_failures)
+            if self.on_lock is not None:
+                self.on_lock(subject, verdict)
+        return right, verdicts
+
+    def _count_all(self, checked: list[str], rows: dict[str, tuple[int, int, float]],
+                   right: list[str], verdicts: dict[str, Verdict],
+                   locked_now: list[tuple[str, Verdict]], now: float) -> None:
+        for subject in checked:
+            failures, locks, _ = rows[subject]
+            failures = min(failures, self.policy.max_failures - 1)
+            if subject in right:
+                self._write("DELETE FROM attempts WHERE subject = ?", (subject,))
+                verdicts[subject] = Verdict(allowed=True, ok=True,
+                                            failures_left=self.policy.max_failures)
+            elif right:  # the answer was right for another candidate: not a guess here
+                verdicts[subject] = self._verdict(failures, 0.0, now)
+            elif failures + 1 < self.policy.max_failures:
+                self._write("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?)",
+                            (subject, failures + 1, locks, 0.0, now))
+                verdicts[subject] = Verdict(
+                    allowed=True, failures_left=self.policy.max_failures - failures - 1)
+            else:
+                until = now + self.policy.lock_duration(locks + 1)
+                self._write("INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?)",
+                            (subject, 0, locks + 1, until, now))
+                verdicts[subject] = Verdict(allowed=False, failures_left=0,
+                                            locked_until=until, just_locked=True)
+                locked_now.append((subject, verdicts[subject]))
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
         try:

@@ -26,7 +26,7 @@ from edge import __version__
 from edge.api.limits import RateLimiter, peer_key
 from edge.api.state import DisplayState, Refused
 from edge.config import ApiConfig
-from edge.session.events import SessionControl
+from edge.session.events import ConfirmReply, ConfirmStatus, SessionControl
 from faces.imagefiles import check_image
 from proto import display_pb2 as pb
 from proto import display_pb2_grpc as pb_grpc
@@ -61,6 +61,12 @@ class _NoControl:
         return False
 
     def rate(self, session_id: str, stars: int) -> bool:
+        return False
+
+    def confirm(self, session_id: str, answer: str) -> ConfirmReply:
+        return ConfirmReply(ConfirmStatus.NO_SESSION)
+
+    def cancel_confirmation(self, session_id: str) -> bool:
         return False
 
 
@@ -146,6 +152,41 @@ class DisplayServicer(pb_grpc.DisplayServicer):
         except MotcuaError as exc:  # the store is closing or broken
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise
+
+    def SubmitConfirmation(  # noqa: N802
+        self, request: pb.SubmitConfirmationRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitConfirmationResponse:
+        try:
+            self.state.check_confirmation(request.session_id, request.answer)
+        except Refused as exc:
+            _abort(context, exc)
+        remaining = context.time_remaining()
+        if remaining is not None and remaining < PIN_MIN_TIME_S:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                          "deadline too short for a date-of-birth check")
+        try:
+            reply = self.control.confirm(request.session_id, request.answer)
+        except MotcuaError as exc:  # the store or the attempt counter is closing or broken
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise
+        if reply.status is ConfirmStatus.NO_SESSION:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "no session with this id is waiting for a date of birth")
+        return pb.SubmitConfirmationResponse(
+            ok=reply.status is ConfirmStatus.CONFIRMED, tries_left=reply.tries_left,
+            ended=reply.status is ConfirmStatus.ENDED)
+
+    def CancelConfirmation(  # noqa: N802
+        self, request: pb.CancelConfirmationRequest, context: grpc.ServicerContext
+    ) -> pb.CancelConfirmationResponse:
+        try:
+            self.state.check_session(request.session_id)
+        except Refused as exc:
+            _abort(context, exc)
+        if not self.control.cancel_confirmation(request.session_id):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "no session with this id is waiting for a date of birth")
+        return pb.CancelConfirmationResponse()
 
     def NotMe(  # noqa: N802
         self, request: pb.NotMeRequest, context: grpc.ServicerContext

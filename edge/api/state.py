@@ -24,7 +24,7 @@ from edge.api.masking import mask_code
 from edge.session import events as ev
 from proto import display_pb2 as pb
 from sync.changes import Dossier, DossierStatus
-from sync.pin import valid_pin, verify_pin
+from sync.pin import valid_dob, valid_pin, verify_pin
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,12 @@ class CitizenRecord(Protocol):
 
     @property
     def pin_salt(self) -> bytes: ...
+
+    @property
+    def dob_hash(self) -> bytes: ...
+
+    @property
+    def dob_salt(self) -> bytes: ...
 
 
 class CitizenDirectory(Protocol):
@@ -203,6 +209,8 @@ class DisplayState:
         #: session id of the newest match that may still be rated
         self._rateable: str = ""
         self._session_started: dict[str, int] = {}
+        #: session id of the confirmation step on screen ("" when none)
+        self._confirm_session = ""
         self._closed = False
 
     # -- fan-out -------------------------------------------------------------------------
@@ -332,6 +340,14 @@ class DisplayState:
                     progress=event.progress,
                 )
             )
+        elif isinstance(event, ev.ConfirmAsked):
+            with self._lock:
+                self._confirm_session = sid
+            msg.state = pb.SESSION_STATE_CONFIRM
+            msg.confirmation.CopyFrom(pb.Confirmation(
+                prompt_vi=event.prompt_vi, prompt_en=event.prompt_en,
+                tries_left=max(event.tries_left, 0), wrong=event.wrong,
+                seconds_left=event.seconds_left))
         elif isinstance(event, ev.Matched):
             match = match_pb(self._directory, event.citizen_id, self._pin_tries,
                              self.pin_limiter.check(event.citizen_id))
@@ -348,6 +364,7 @@ class DisplayState:
         elif isinstance(event, ev.NotRecognised):
             msg.state = pb.SESSION_STATE_NOT_RECOGNISED
             msg.help_counter = self._help_counter
+            msg.reason = event.reason
         elif isinstance(event, ev.LivenessFailed):
             msg.state = pb.SESSION_STATE_LIVENESS_FAILED
             msg.help_counter = self._help_counter
@@ -358,6 +375,8 @@ class DisplayState:
             msg.reason = event.stage
         elif isinstance(event, ev.Ended):
             with self._lock:
+                if self._confirm_session == sid:
+                    self._confirm_session = ""
                 if self._matched is not None and self._matched.session_id == sid:
                     self._matched = None  # nothing of the match stays after the session
                 can_rate = self._rateable == sid and event.outcome is ev.Outcome.MATCHED
@@ -419,6 +438,20 @@ class DisplayState:
                 ok=False, tries_left=m.tries_left, locked=m.tries_left == 0,
                 locked_until_unix_ms=int(v.locked_until * 1000),
             )
+
+    def check_confirmation(self, session_id: str, answer: str) -> None:
+        """Refuse a malformed confirmation (INVALID_ARGUMENT): no session id, or not 8
+        digits DDMMYYYY of a real date."""
+        self.check_session(session_id)
+        if not valid_dob(answer):
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                          "the date of birth is 8 digits DDMMYYYY of a real date")
+
+    @property
+    def confirm_session(self) -> str:
+        """The session whose confirmation step is on screen ("" when none)."""
+        with self._lock:
+            return self._confirm_session
 
     def check_session(self, session_id: str) -> None:
         """Refuse requests that name no session (INVALID_ARGUMENT)."""

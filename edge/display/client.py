@@ -148,6 +148,16 @@ class TerminalLink:
             "dossiers": [detail_view(d) for d in r.dossiers],
         }
 
+    def submit_confirmation(self, session_id: str, answer: str) -> dict[str, Any]:
+        r = self._call(self.stub.SubmitConfirmation,
+                       pb.SubmitConfirmationRequest(session_id=session_id, answer=answer))
+        return {"ok": r.ok, "tries_left": r.tries_left, "ended": r.ended}
+
+    def cancel_confirmation(self, session_id: str) -> dict[str, Any]:
+        self._call(self.stub.CancelConfirmation,
+                   pb.CancelConfirmationRequest(session_id=session_id))
+        return {"ok": True}
+
     def not_me(self, session_id: str) -> dict[str, Any]:
         self._call(self.stub.NotMe, pb.NotMeRequest(session_id=session_id))
         return {"ok": True}

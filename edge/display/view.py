@@ -18,6 +18,7 @@ _STATE = {
     pb.SESSION_STATE_LIVENESS_FAILED: "liveness_failed",
     pb.SESSION_STATE_TIMED_OUT: "timed_out",
     pb.SESSION_STATE_ENDED: "ended",
+    pb.SESSION_STATE_CONFIRM: "confirm",
 }
 
 
@@ -72,7 +73,17 @@ def event_view(msg: pb.SessionEvent) -> dict[str, Any]:
         "camera_up": msg.camera_up,
         "challenge": None,
         "match": None,
+        "confirmation": None,
     }
+    if msg.state == pb.SESSION_STATE_CONFIRM:
+        c = msg.confirmation
+        out["confirmation"] = {
+            "prompt_vi": c.prompt_vi,
+            "prompt_en": c.prompt_en,
+            "tries_left": c.tries_left,
+            "wrong": c.wrong,
+            "seconds_left": round(c.seconds_left, 1),
+        }
     if msg.state == pb.SESSION_STATE_CHALLENGE:
         c = msg.challenge
         out["challenge"] = {
@@ -96,7 +107,8 @@ def event_view(msg: pb.SessionEvent) -> dict[str, Any]:
 
 def disconnected_view(error: str = "") -> dict[str, Any]:
     return {"connected": False, "state": "disconnected", "error": error, "seq": 0,
-            "session_id": "", "camera_up": False, "challenge": None, "match": None}
+            "session_id": "", "camera_up": False, "challenge": None, "match": None,
+            "confirmation": None}
 
 
 class Screen:

@@ -2,7 +2,8 @@
 
 Routes: ``GET /`` the page (``?lang=en`` for English), ``GET /events`` SSE stream of screen
 states (JSON), ``GET /state`` the current state (polling fallback), ``POST /api/pin``,
-``/api/notme``, ``/api/rate`` (JSON bodies, forwarded to the terminal), ``GET /healthz``.
+``/api/notme``, ``/api/rate``, ``/api/confirm``, ``/api/confirm_cancel`` (JSON bodies,
+forwarded to the terminal), ``GET /healthz``.
 """
 
 from __future__ import annotations
@@ -185,7 +186,8 @@ class KioskHandler(BaseHTTPRequestHandler):
         if not self._host_ok() or not self._origin_ok():
             return
         path = urlsplit(self.path).path
-        if path not in ("/api/pin", "/api/notme", "/api/rate"):
+        if path not in ("/api/pin", "/api/notme", "/api/rate", "/api/confirm",
+                        "/api/confirm_cancel"):
             self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
             return
         # only JSON: a text/plain or form POST is what a foreign page can send without a
@@ -219,6 +221,10 @@ class KioskHandler(BaseHTTPRequestHandler):
                 result = link.submit_pin(session_id, str(body.get("pin", "")))
             elif path == "/api/notme":
                 result = link.not_me(session_id)
+            elif path == "/api/confirm":
+                result = link.submit_confirmation(session_id, str(body.get("answer", "")))
+            elif path == "/api/confirm_cancel":
+                result = link.cancel_confirmation(session_id)
             else:
                 score = body.get("score")
                 if not isinstance(score, int) or isinstance(score, bool):

@@ -130,9 +130,41 @@ class Matched(SessionEvent):
     margin: float
 
 
+#: what the screen asks in the confirmation step (both languages, like the challenges)
+CONFIRM_PROMPT_VI = "Vui lòng nhập ngày sinh (ngày/tháng/năm) để xác nhận"
+CONFIRM_PROMPT_EN = "Please enter your date of birth (day/month/year) to confirm"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfirmAsked(SessionEvent):
+    """Not a sure match: the citizen is asked for their date of birth. Carries nothing
+    about the candidates (they stay inside the session); re-sent after a wrong answer."""
+
+    #: wrong answers this session still allows
+    tries_left: int
+    #: the previous answer was wrong
+    wrong: bool = False
+    #: seconds left to answer
+    seconds_left: float = 0.0
+
+    @property
+    def prompt_vi(self) -> str:
+        return CONFIRM_PROMPT_VI
+
+    @property
+    def prompt_en(self) -> str:
+        return CONFIRM_PROMPT_EN
+
+
 @dataclasses.dataclass(frozen=True)
 class NotRecognised(SessionEvent):
-    """Live face but no confident match (below threshold or too close to a second citizen)."""
+    """Live face but no confident match (below threshold or too close to a second citizen).
+
+    ``reason`` is empty for a plain decision, else how the confirmation step ended:
+    ``confirm_cancelled``, ``confirm_timeout``, ``confirm_failed`` (the session's tries
+    are used up), ``confirm_locked`` (the per-citizen limit is hit), ``face_changed``."""
+
+    reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +207,7 @@ _KIND: dict[type, str] = {
     Idle: "idle",
     FacePresent: "face_present",
     ChallengeIssued: "challenge",
+    ConfirmAsked: "confirm",
     Matched: "matched",
     NotRecognised: "not_recognised",
     LivenessFailed: "liveness_failed",
@@ -185,6 +218,24 @@ _KIND: dict[type, str] = {
 }
 
 Listener = Callable[[SessionEvent], None]
+
+
+class ConfirmStatus(enum.Enum):
+    """What became of one answer in the confirmation step."""
+
+    CONFIRMED = "confirmed"  # right: the Matched screen follows
+    WRONG = "wrong"  # wrong, tries are left
+    ENDED = "ended"  # the session ended on this answer (no tries left, per citizen or
+    # session, or the date fits several candidates): "not recognised" is on screen
+    NO_SESSION = "no_session"  # no session with this id is waiting for an answer
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfirmReply:
+    """The answer to :meth:`SessionControl.confirm`."""
+
+    status: ConfirmStatus
+    tries_left: int = 0
 
 
 class SessionControl(Protocol):
@@ -200,6 +251,15 @@ class SessionControl(Protocol):
 
     def rate(self, session_id: str, stars: int) -> bool:
         """One-tap satisfaction rating (1..5) after a match; goes to the district."""
+        ...
+
+    def confirm(self, session_id: str, answer: str) -> ConfirmReply:
+        """The citizen's date of birth (DDMMYYYY, already checked for shape) for the
+        session waiting in the confirmation step."""
+        ...
+
+    def cancel_confirmation(self, session_id: str) -> bool:
+        """The citizen gives up the confirmation step: the session ends not recognised."""
         ...
 
 #: events a subscriber queue holds before the oldest are dropped: a display that stalls

@@ -1,8 +1,9 @@
 """The lookup session state machine: one person in front of the terminal = one session.
 
 States: IDLE -> QUALITY (wait for a good frontal face, embed a few good frames) ->
-CHALLENGE (liveness gesture) -> decision -> SHOWING (the result or a message stays on
-screen) -> IDLE. Every change is published as a typed event (:mod:`edge.session.events`).
+CHALLENGE (liveness gesture) -> decision -> [CONFIRM (not sure: the date of birth is
+asked and checked against the few best candidates)] -> SHOWING (the result or a message
+stays on screen) -> IDLE. Every change is published as a typed event (:mod:`edge.session.events`).
 Time is the frame's timestamp, so a video read faster than real time behaves as if it
 were live. Face data (embeddings, landmarks) lives only inside the running session and is
 dropped when it ends; the audit log gets time, citizen id, score and outcome.
@@ -25,9 +26,13 @@ import numpy.typing as npt
 from edge.config import SessionConfig
 from edge.session.audit import AuditLog, Reporter
 from edge.session.decision import Matcher, operating_point
+from edge.session.decision import Verdict as Decided
 from edge.session.events import (
     Challenge,
     ChallengeIssued,
+    ConfirmAsked,
+    ConfirmReply,
+    ConfirmStatus,
     Ended,
     EventBus,
     FacePresent,
@@ -42,7 +47,7 @@ from edge.session.events import (
     TimedOut,
 )
 from edge.session.liveness import LivenessCheck, Verdict
-from edge.session.ports import Detections, FaceEmbedder, Gallery
+from edge.session.ports import Confirmer, Detections, FaceEmbedder, Gallery
 from edge.session.quality import QualityGate
 from edge.session.tracker import Track
 
@@ -54,6 +59,7 @@ class State(enum.Enum):
     IDLE = "idle"
     QUALITY = "quality"
     CHALLENGE = "challenge"
+    CONFIRM = "confirm"
     SHOWING = "showing"
 
 
@@ -75,13 +81,37 @@ class _Session:
     #: while a match is shown: the matched face's embedding, to notice a person change
     watch_ref: F32 | None = None
     next_watch: float = 0.0
+    #: CONFIRM: the candidates the answer is checked against (never shown), their
+    #: scores, the frame time the step ends, and the wrong answers still allowed
+    candidates: tuple[str, ...] = ()
+    candidate_scores: tuple[float, ...] = ()
+    confirm_until: float = 0.0
+    confirm_tries: int = 0
+    #: the match came through the confirmation step (audit: matched_confirmed)
+    confirmed: bool = False
 
     def forget_face(self, *, keep_watch: bool = False) -> None:
-        """Drop everything derived from the face (embeddings, landmark references)."""
+        """Drop everything derived from the face (embeddings, landmark references, the
+        confirmation candidates)."""
         self.embeddings.clear()
         self.liveness = None
+        self.candidates = ()
+        self.candidate_scores = ()
         if not keep_watch:
             self.watch_ref = None
+
+    @property
+    def outcome_label(self) -> str:
+        """The audit/metrics label: ``matched_confirmed`` for a confirmed match."""
+        assert self.outcome is not None
+        if self.outcome is Outcome.MATCHED and self.confirmed:
+            return MATCHED_CONFIRMED
+        return self.outcome.value
+
+
+#: the audit outcome of a match made through the confirmation step (FPIR/FNIR count both
+#: paths); the screen shows it exactly like a sure match
+MATCHED_CONFIRMED = "matched_confirmed"
 
 
 class SessionMachine:
@@ -100,15 +130,19 @@ class SessionMachine:
         reporter: Reporter | None = None,
         terminal_id: str = "",
         rng: random.Random | None = None,
+        confirmer: Confirmer | None = None,
     ) -> None:
         self.cfg = cfg
         self.embedder = embedder
         if matcher is None:
             if gallery is None:
                 raise ValueError("SessionMachine needs a gallery or a matcher")
-            matcher = Matcher(gallery, operating_point(cfg, threshold), cfg.top_k)
+            matcher = Matcher(gallery, operating_point(cfg, threshold), cfg.top_k,
+                              cfg.confirm_candidates)
         #: the one decision path (edge.session.decision), shared with LookupImage
         self.matcher = matcher
+        #: checks the confirmation step's answers; None: the step is off
+        self.confirmer = confirmer
         self.bus = bus
         self.audit = audit
         self.reporter = reporter
@@ -118,6 +152,10 @@ class SessionMachine:
         self.state = State.IDLE
         self.session: _Session | None = None
         self._lock = threading.RLock()
+        #: one confirmation answer checked at a time (the check runs outside _lock)
+        self._confirm_lock = threading.Lock()
+        #: the newest frame time seen (answers arrive between frames)
+        self._last_t = 0.0
         self._pending: list[SessionEvent] = []
         #: track id -> (frame time the session on it ended, whether it may retry)
         self._spent: dict[int, tuple[float, bool]] = {}
@@ -195,16 +233,48 @@ class SessionMachine:
         self.bus.publish(RatingReceived(session_id, stars=stars))
         return True
 
+    def confirm(self, session_id: str, answer: str) -> ConfirmReply:
+        """Check the date of birth of the session waiting in CONFIRM (see SessionControl)."""
+        with self._confirm_lock:
+            with self._lock:
+                s = self.session
+                if (s is None or s.id != session_id or self.state is not State.CONFIRM
+                        or self.confirmer is None):
+                    return ConfirmReply(ConfirmStatus.NO_SESSION)
+                candidates = s.candidates
+            # scrypt per candidate: outside the session lock, so frames keep flowing
+            right, all_locked = self.confirmer.check(candidates, answer)
+            with self._lock:
+                if self.session is not s or self.state is not State.CONFIRM:
+                    return ConfirmReply(ConfirmStatus.NO_SESSION)  # ended meanwhile
+                reply = self._answered(s, right, all_locked)
+                events, self._pending = self._pending, []
+        for ev in events:
+            self.bus.publish(ev)
+        return reply
+
+    def cancel_confirmation(self, session_id: str) -> bool:
+        with self._lock:
+            s = self.session
+            if s is None or s.id != session_id or self.state is not State.CONFIRM:
+                return False
+            self._not_recognised(s, self._last_t, "confirm_cancelled")
+            events, self._pending = self._pending, []
+        for ev in events:
+            self.bus.publish(ev)
+        return True
+
     def holds_face_data(self) -> bool:
         """True while any embedding or landmark reference of a face is held."""
         s = self.session
         return s is not None and (bool(s.embeddings) or s.liveness is not None
-                                  or s.watch_ref is not None)
+                                  or s.watch_ref is not None or bool(s.candidates))
 
     # ------------------------------------------------------------------ steps
     def _step(self, t: float, image: npt.NDArray[np.uint8], subject: Track | None,
               alive: set[int]) -> None:
         self._spent = {k: v for k, v in self._spent.items() if k in alive}
+        self._last_t = t
         if self.state is State.IDLE:
             if subject is not None and subject.last_t == t and self._may_start(subject, t):
                 self._start(subject, t)
@@ -225,6 +295,9 @@ class SessionMachine:
             return
         if s.track_id not in alive:
             self._end(Outcome.LEFT, t)
+            return
+        if self.state is State.CONFIRM:
+            self._confirm_step(s, t, image, subject)
             return
         if t - s.started > self.cfg.timeout_s:
             stage = self.state.value
@@ -303,16 +376,77 @@ class SessionMachine:
         query = _mean_unit(s.embeddings)
         d = self.matcher.match(query)
         s.score = d.score
-        if d.citizen_id:
-            s.citizen_id = d.citizen_id
-            s.watch_ref = query
+        if d.verdict is Decided.SURE:
+            self._matched(s, t, d.citizen_id, d.score, d.margin, query)
+            return
+        usable = (self.confirmer.usable(d.candidates)
+                  if d.verdict is Decided.CONFIRM and self.confirmer is not None else [])
+        if not usable:  # no candidate with a date of birth that is not locked
+            self._not_recognised(s, t, "")
+            return
+        scores = dict(zip(d.candidates, d.candidate_scores, strict=True))
+        s.candidates = tuple(usable)
+        s.candidate_scores = tuple(scores[c] for c in usable)
+        s.embeddings.clear()  # only the reference to notice a person change is kept
+        s.liveness = None
+        s.watch_ref = query
+        s.next_watch = t + self.cfg.watch_s
+        s.confirm_until = t + self.cfg.confirm_timeout_s
+        s.confirm_tries = self.cfg.confirm_tries
+        self.state = State.CONFIRM
+        log.info("session %s: not sure (%.3f), asking for the date of birth", s.id, d.score)
+        self._emit(ConfirmAsked(s.id, tries_left=s.confirm_tries,
+                                seconds_left=self.cfg.confirm_timeout_s))
+
+    def _confirm_step(self, s: _Session, t: float, image: npt.NDArray[np.uint8],
+                      subject: Track | None) -> None:
+        """One frame while the date of birth is awaited: time limit, same person."""
+        if t >= s.confirm_until:
+            self._not_recognised(s, t, "confirm_timeout")
+            return
+        if (s.watch_ref is not None and subject is not None and subject.id == s.track_id
+                and subject.last_t == t and t >= s.next_watch):
             s.next_watch = t + self.cfg.watch_s
-            self._emit(Matched(s.id, citizen_id=d.citizen_id, score=d.score, margin=d.margin))
-            self._ratable[s.id] = (time.monotonic(), d.citizen_id)
-            self._end(Outcome.MATCHED, t)
-        else:
-            self._emit(NotRecognised(s.id))
-            self._end(Outcome.NOT_RECOGNISED, t)
+            if float(self._embed(image, subject) @ s.watch_ref) < self.cfg.same_person_min:
+                log.info("session %s: another face took the place during confirmation", s.id)
+                self._not_recognised(s, t, "face_changed")
+
+    def _answered(self, s: _Session, right: list[str], all_locked: bool) -> ConfirmReply:
+        t = self._last_t
+        if len(right) == 1:
+            cid = right[0]
+            score = dict(zip(s.candidates, s.candidate_scores, strict=True)).get(cid, 0.0)
+            s.confirmed = True
+            s.score = score
+            assert s.watch_ref is not None
+            self._matched(s, t, cid, score, 0.0, s.watch_ref)
+            return ConfirmReply(ConfirmStatus.CONFIRMED)
+        if len(right) > 1:  # e.g. twins: the same date for two candidates; show no one
+            self._not_recognised(s, t, "confirm_ambiguous")
+            return ConfirmReply(ConfirmStatus.ENDED)
+        s.confirm_tries -= 1
+        if all_locked:
+            self._not_recognised(s, t, "confirm_locked")
+            return ConfirmReply(ConfirmStatus.ENDED)
+        if s.confirm_tries <= 0:
+            self._not_recognised(s, t, "confirm_failed")
+            return ConfirmReply(ConfirmStatus.ENDED)
+        self._emit(ConfirmAsked(s.id, tries_left=s.confirm_tries, wrong=True,
+                                seconds_left=max(s.confirm_until - t, 0.0)))
+        return ConfirmReply(ConfirmStatus.WRONG, tries_left=s.confirm_tries)
+
+    def _matched(self, s: _Session, t: float, citizen_id: str, score: float, margin: float,
+                 query: F32) -> None:
+        s.citizen_id = citizen_id
+        s.watch_ref = query
+        s.next_watch = t + self.cfg.watch_s
+        self._emit(Matched(s.id, citizen_id=citizen_id, score=score, margin=margin))
+        self._ratable[s.id] = (time.monotonic(), citizen_id)
+        self._end(Outcome.MATCHED, t)
+
+    def _not_recognised(self, s: _Session, t: float, reason: str) -> None:
+        self._emit(NotRecognised(s.id, reason=reason))
+        self._end(Outcome.NOT_RECOGNISED, t)
 
     def _end(self, outcome: Outcome, t: float) -> None:
         """A decision (or failure) was reached: drop face data, audit, show the result."""
@@ -322,7 +456,7 @@ class SessionMachine:
         s.outcome = outcome
         if self.audit is not None and outcome is not Outcome.NOT_ME:
             self.audit.session(terminal=self.terminal_id, session_id=s.id,
-                               outcome=outcome.value, citizen_id=s.citizen_id,
+                               outcome=s.outcome_label, citizen_id=s.citizen_id,
                                score=s.score, challenge=_cv(s.challenge))
         if outcome in (Outcome.LEFT, Outcome.CAMERA_DOWN):
             self._finish(t)
@@ -336,7 +470,8 @@ class SessionMachine:
         s = self.session
         assert s is not None and s.outcome is not None
         s.forget_face()
-        self.outcomes[s.outcome.value] = self.outcomes.get(s.outcome.value, 0) + 1
+        label = s.outcome_label
+        self.outcomes[label] = self.outcomes.get(label, 0) + 1
         may_retry = s.outcome not in (Outcome.MATCHED, Outcome.NOT_ME)
         self._spent[s.track_id] = (t if t is not None else s.show_until, may_retry)
         self._emit(Ended(s.id, outcome=s.outcome))

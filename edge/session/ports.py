@@ -14,7 +14,8 @@ import numpy.typing as npt
 
 from faces.types import Detections
 
-__all__ = ["Detections", "F32", "FaceDetector", "FaceEmbedder", "Gallery", "GalleryMatch"]
+__all__ = ["Confirmer", "Detections", "F32", "FaceDetector", "FaceEmbedder", "Gallery",
+           "GalleryMatch"]
 
 F32 = npt.NDArray[np.float32]
 
@@ -42,4 +43,18 @@ class GalleryMatch(Protocol):
 class Gallery(Protocol):
     def search(self, embedding: F32, k: int) -> Sequence[GalleryMatch]:
         """The ``k`` nearest enrolled embeddings, best first, with cosine scores."""
+        ...
+
+
+class Confirmer(Protocol):
+    """Checks the confirmation step's answer (the date of birth) against candidates; the
+    terminal's is edge.api.confirm.DobConfirmer (store hashes + per-citizen tries)."""
+
+    def usable(self, candidates: Sequence[str]) -> list[str]:
+        """The candidates that can be asked: a date of birth on record, not locked."""
+        ...
+
+    def check(self, candidates: Sequence[str], answer: str) -> tuple[list[str], bool]:
+        """(the candidates the answer is right for, whether every candidate is now
+        locked). A wrong answer counts against every candidate it was checked against."""
         ...

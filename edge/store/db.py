@@ -85,6 +85,18 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 ) WITHOUT ROWID;
 """
 
+# -- date of birth for the confirmation step (added after schema 1 shipped): two nullable
+# -- BLOB columns, added to an existing store by an idempotent ALTER TABLE (add_dob_columns)
+DOB_COLUMNS = ("dob_hash", "dob_salt")
+
+
+def add_dob_columns(c: sqlite3.Connection) -> None:
+    """Add the date-of-birth columns to ``citizens`` when missing (idempotent)."""
+    have = {row[1] for row in c.execute("PRAGMA table_info(citizens)")}
+    for col in DOB_COLUMNS:
+        if col not in have:
+            c.execute(f"ALTER TABLE citizens ADD COLUMN {col} BLOB")
+
 
 # ---------------------------------------------------------------------- helpers
 def sql_error(exc: sqlite3.Error, what: str) -> StoreError:
@@ -169,6 +181,7 @@ def init_db(c: sqlite3.Connection, embedder_id: str, dim: int) -> dict[str, Any]
         for stmt in SCHEMA.split(";"):
             if stmt.strip():
                 c.execute(stmt)
+        add_dob_columns(c)
         meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
         if not meta:
             meta = {
@@ -312,11 +325,13 @@ def write_changes(c: sqlite3.Connection, dim: int, prepared: list[Prepared], map
             c.execute("DELETE FROM embeddings WHERE citizen_id = ?", (ch.citizen_id,))
             c.execute(
                 "INSERT INTO citizens (citizen_id, masked_name, pin_hash, pin_salt, "
-                "updated_seq) VALUES (?, ?, ?, ?, ?) ON CONFLICT (citizen_id) DO UPDATE "
+                "updated_seq, dob_hash, dob_salt) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (citizen_id) DO UPDATE "
                 "SET masked_name = excluded.masked_name, pin_hash = excluded.pin_hash, "
-                "pin_salt = excluded.pin_salt, updated_seq = excluded.updated_seq",
+                "pin_salt = excluded.pin_salt, updated_seq = excluded.updated_seq, "
+                "dob_hash = excluded.dob_hash, dob_salt = excluded.dob_salt",
                 (ch.citizen_id, ch.masked_name, bytes(ch.pin_hash), bytes(ch.pin_salt),
-                 ch.seq),
+                 ch.seq, bytes(ch.dob_hash) or None, bytes(ch.dob_salt) or None),
             )
             row = 4 * dim
             c.executemany(

@@ -67,6 +67,9 @@ class CitizenRecord:
     pin_hash: bytes
     pin_salt: bytes
     embedding_count: int
+    #: salted date-of-birth hash and salt (sync.pin); empty: no confirmation step
+    dob_hash: bytes = b""
+    dob_salt: bytes = b""
 
 
 class GalleryStore:
@@ -713,12 +716,14 @@ class GalleryStore:
         with self._read() as r:
             row = r.execute(
                 "SELECT c.masked_name, c.pin_hash, c.pin_salt, "
-                "(SELECT count(*) FROM embeddings e WHERE e.citizen_id = c.citizen_id) "
+                "(SELECT count(*) FROM embeddings e WHERE e.citizen_id = c.citizen_id), "
+                "c.dob_hash, c.dob_salt "
                 "FROM citizens c WHERE c.citizen_id = ?", (citizen_id,)
             ).fetchone()
         if row is None:
             return None
-        return CitizenRecord(citizen_id, row[0], bytes(row[1]), bytes(row[2]), int(row[3]))
+        return CitizenRecord(citizen_id, row[0], bytes(row[1]), bytes(row[2]), int(row[3]),
+                             dob_hash=bytes(row[4] or b""), dob_salt=bytes(row[5] or b""))
 
     def dossiers(self, citizen_id: str) -> list[Dossier]:
         """The citizen's dossiers, oldest received first."""

@@ -96,6 +96,8 @@ def prepare(change: object, dim: int, settings: StoreSettings) -> Prepared:
         check_text(change.masked_name, f"{what} masked_name")
         check_bytes(change.pin_hash, f"{what} pin_hash")
         check_bytes(change.pin_salt, f"{what} pin_salt")
+        check_bytes(change.dob_hash, f"{what} dob_hash")
+        check_bytes(change.dob_salt, f"{what} dob_salt")
         emb = np.asarray(change.embeddings)
         if emb.ndim != 2:
             raise StoreError(f"{what}: embeddings must have shape (k, {dim}), got {emb.shape}")

@@ -1,5 +1,6 @@
 // Kiosk screen: renders the terminal's session state (Server-Sent Events from /events),
-// sends the citizen's taps (PIN, not me, rating) back as POSTs. No framework, no build step.
+// sends the citizen's taps (PIN, date of birth, not me, rating) back as POSTs. No framework,
+// no build step.
 "use strict";
 
 const T = {
@@ -56,6 +57,14 @@ const T = {
     close: "Đóng",
     ok: "Xác nhận",
     del: "Xóa",
+    confirm_title: "Xác nhận người tra cứu",
+    confirm_prompt: "Vui lòng nhập ngày sinh (ngày/tháng/năm) để xác nhận",
+    confirm_wrong: (n) => `Ngày sinh không đúng. Còn ${n} lần thử.`,
+    confirm_invalid: "Ngày không hợp lệ. Xin nhập đủ 8 chữ số: ngày, tháng, năm.",
+    confirm_cancel: "Hủy",
+    confirm_locked: "Đã nhập sai quá số lần cho phép. Việc xác nhận bằng ngày sinh tạm thời bị khóa.",
+    confirm_failed: "Ngày sinh không khớp.",
+    confirm_timeout: "Đã hết thời gian nhập ngày sinh.",
   },
   en: {
     office: "One-stop office — Dossier lookup",
@@ -110,6 +119,14 @@ const T = {
     close: "Close",
     ok: "OK",
     del: "Delete",
+    confirm_title: "Confirm it is you",
+    confirm_prompt: "Please enter your date of birth (day/month/year) to confirm",
+    confirm_wrong: (n) => `Wrong date of birth. ${n} tries left.`,
+    confirm_invalid: "Not a valid date. Please enter 8 digits: day, month, year.",
+    confirm_cancel: "Cancel",
+    confirm_locked: "Too many wrong answers. Confirmation by date of birth is locked for a while.",
+    confirm_failed: "The date of birth did not match.",
+    confirm_timeout: "Time to enter the date of birth is up.",
   },
 };
 
@@ -119,6 +136,10 @@ if (!(lang in T)) lang = "vi";
 let state = { state: "loading", connected: false };
 let pin = "";
 let pinSession = "";
+// the date of birth being typed (DDMMYYYY digits) and the session it belongs to
+let dob = "";
+let dobSession = "";
+let dobMsg = "";
 let ratedSession = "";
 // after this long on a final screen with no news, the page clears itself (the terminal
 // normally sends idle first); 20 s is enough to read a result
@@ -249,11 +270,17 @@ function viewFor(s) {
         pinLockedUntil(m) ? el("p", { id: "pin-locked", class: "sub locked" }, t("pin_locked_until", fmtLockEnd(m.pin_locked_until_unix_ms))) : null,
         ratingBlock(s));
     }
-    case "not_recognised":
+    case "confirm":
+      return confirmView(s);
+    case "not_recognised": {
+      const why = { confirm_locked: "confirm_locked", confirm_failed: "confirm_failed",
+        confirm_timeout: "confirm_timeout" }[s.reason];
       return el("div", { class: "center result bad" },
         el("div", { class: "big-icon" }, "?"),
         el("h1", {}, t("not_recognised_title")),
+        why ? el("p", { id: "confirm-end", class: `sub ${why === "confirm_locked" ? "locked" : ""}` }, t(why)) : null,
         el("p", { class: "sub counter" }, t("go_to_counter", s.help_counter || "1")));
+    }
     case "liveness_failed":
       return el("div", { class: "center result bad" },
         el("div", { class: "big-icon" }, "!"),
@@ -274,6 +301,61 @@ function viewFor(s) {
     default:
       return el("div", { class: "center" }, el("h1", {}, s.state));
   }
+}
+
+// --- date of birth (confirmation step) ------------------------------------------------
+// The screen knows nothing about who the face might be: it only sends the typed date.
+
+function dobMask() {
+  const d = dob.padEnd(8, "_");
+  return `${d.slice(0, 2)} / ${d.slice(2, 4)} / ${d.slice(4)}`;
+}
+
+function realDate(x) {
+  if (!/^[0-9]{8}$/.test(x)) return false;
+  const day = +x.slice(0, 2), month = +x.slice(2, 4), year = +x.slice(4);
+  if (year < 1900 || year > 2099) return false;
+  const d = new Date(Date.UTC(year, month - 1, day));
+  return d.getUTCFullYear() === year && d.getUTCMonth() === month - 1 && d.getUTCDate() === day;
+}
+
+function confirmView(s) {
+  const c = s.confirmation || {};
+  if (dobSession !== s.session_id) { dob = ""; dobMsg = ""; dobSession = s.session_id; }
+  const msg = dobMsg || (c.wrong ? t("confirm_wrong", c.tries_left) : "");
+  const keys = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "del", "0", "ok"].map((k) =>
+    el("button", {
+      type: "button", class: `key key-${k}`, "data-key": k,
+      onclick: () => pressDob(k, s.session_id),
+    }, k === "del" ? t("del") : k === "ok" ? t("ok") : k));
+  return el("div", { class: "center confirm" },
+    el("p", { class: "sub" }, t("confirm_title")),
+    el("h1", { id: "confirm-prompt", class: "confirm-prompt" },
+      (lang === "vi" ? c.prompt_vi : c.prompt_en) || t("confirm_prompt")),
+    el("div", { id: "dob-field", class: "dob-field" }, dobMask()),
+    el("div", { id: "dob-msg", class: "dob-msg" }, msg),
+    el("div", { id: "dob-keys", class: "dob-keys" }, keys),
+    el("button", {
+      type: "button", id: "btn-confirm-cancel", class: "btn",
+      onclick: () => post("/api/confirm_cancel", { session_id: s.session_id }),
+    }, t("confirm_cancel")));
+}
+
+function pressDob(k, sessionId) {
+  dobMsg = "";
+  if (k === "del") dob = dob.slice(0, -1);
+  else if (k === "ok") {
+    if (!realDate(dob)) { dob = ""; dobMsg = t("confirm_invalid"); render(); return; }
+    const answer = dob;
+    dob = "";
+    post("/api/confirm", { session_id: sessionId, answer }).then((r) => {
+      if (r.status === 200 && !r.body.ok && !r.body.ended) dobMsg = t("confirm_wrong", r.body.tries_left);
+      else if (r.status !== 200 && r.body.code === "INVALID_ARGUMENT") dobMsg = t("confirm_invalid");
+      else if (r.status !== 200) dobMsg = t("pin_error");
+      render();
+    });
+  } else if (dob.length < 8) dob += k;
+  render();
 }
 
 function render() {
