@@ -15,7 +15,6 @@ import dataclasses
 import datetime
 import enum
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,13 +26,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from core.errors import MotcuaError
 from edge.camera.factory import make_source
 from edge.config import Config, load_config
 from edge.syncclient import persist
 from edge.syncclient.outbox import OutboxSender
 from models.pack import load_pack
-from sync.mqtt import broker_settings, make_client
+from proto import display_pb2, display_pb2_grpc
+from sync.mqtt import (
+    broker_settings,
+    connect_properties,
+    make_client,
+    session_client_id,
+    stop_client,
+)
 
 
 class Status(enum.Enum):
@@ -190,17 +198,36 @@ def check_store(ctx: Context) -> Finding:
 def check_broker(ctx: Context) -> Finding:
     """The district broker is reachable and accepts our credentials, over exactly the
     connection the service makes (``sync.mqtt.broker_settings`` and ``make_client``:
-    same address, credentials and TLS, which is on only when ``tls = true``)."""
+    same address, credentials and TLS, which is on only when ``tls = true``).
 
+    The broker binds the client id to the login (one login = one connection), so while the
+    terminal service runs the doctor asks it (``GetStatus``) instead of logging in beside
+    it, which would take its connection over. With the service stopped it logs in as the
+    terminal does (same client id, persistent session kept: ``clean_start`` off, the
+    service's session expiry) and acknowledges nothing, so batches queued for the terminal
+    stay queued for it."""
     sync = ctx.cfg.sync
     if not sync.broker:
         return warn("no broker in [sync]: this terminal runs on its local store only")
     try:
         settings = broker_settings(sync, "sync")
-        client = make_client(f"doctor-{ctx.cfg.terminal.id}-{os.getpid()}", settings)
     except MotcuaError as exc:
         return fail(f"credentials unusable: {exc}")
     where = f"{settings.host}:{settings.port}" + (" (TLS)" if settings.tls else "")
+    running = _running_terminal_status(ctx)
+    if running is not None:
+        if running.sync_connected:
+            return ok(f"{where}: the running terminal is connected (asked it; the doctor does "
+                      "not log in beside it)")
+        return fail(f"{where}: the running terminal is not connected to its broker (see "
+                    "`journalctl -u motcua-terminal`; stop the service and run the doctor "
+                    "again to test the login itself)")
+    try:
+        client = make_client(session_client_id(settings, f"motcua-{ctx.cfg.terminal.id}"),
+                             settings)
+    except MotcuaError as exc:
+        return fail(f"credentials unusable: {exc}")
+    client.manual_ack_set(True)  # never acknowledge: queued batches stay the terminal's
     done = threading.Event()
     result: dict[str, Any] = {}
 
@@ -210,10 +237,8 @@ def check_broker(ctx: Context) -> Finding:
 
     client.on_connect = on_connect
     try:
-        # unlike the service (sync.mqtt.start_client): a clean session that ends with the
-        # connection, under the doctor's own client id, so a run neither takes over the
-        # terminal's session nor leaves a week-long one on the broker
-        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
+        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s,
+                       clean_start=False, properties=connect_properties(settings))
     except (OSError, ValueError) as exc:
         hint = "certificate or clock problem" if "certificate" in str(exc).lower() else (
             "network, firewall or broker down")
@@ -225,12 +250,26 @@ def check_broker(ctx: Context) -> Finding:
                         f"{ctx.timeout:.0f} s")
     finally:
         client.disconnect()
-        client.loop_stop()
+        stop_client(client)
     reason = result["reason"]
     if reason.is_failure:
         return fail(f"{where} refused the connection: {reason} (check the user name "
                     "and password, or the device certificate)")
     return ok(f"{where} accepted our credentials")
+
+
+def _running_terminal_status(ctx: Context) -> Any:
+    """The running terminal's ``GetStatus`` answer, or None when it does not answer on
+    ``api.listen`` (not running, or TLS-only: the doctor checks plain loopback only)."""
+    api = ctx.cfg.api
+    if api.tls_cert is not None:
+        return None
+    try:
+        with grpc.insecure_channel(api.listen) as channel:
+            stub = display_pb2_grpc.DisplayStub(channel)
+            return stub.GetStatus(display_pb2.GetStatusRequest(), timeout=min(ctx.timeout, 3.0))
+    except grpc.RpcError:
+        return None
 
 
 def check_certificate(ctx: Context) -> Finding:
