@@ -383,6 +383,44 @@ class Ingestor:
         return EventResult(event_id=event.event_id, outcome="applied", seq=seq,
                            issued_pin=issued)
 
+    def apply_many(self, events: list[Any]) -> list[EventResult | IngestError]:
+        """Apply events in order in ONE transaction (one disk sync for all), each inside
+        its own savepoint: a refused event is undone alone and reported as its
+        IngestError, the others are applied. Photos are embedded before it starts."""
+        prepared: list[_Prepared | IngestError] = []
+        for event in events:
+            try:
+                prepared.append(self._prepare(event))
+            except IngestError as exc:
+                prepared.append(exc)
+        out: list[EventResult | IngestError] = []
+        applied = False
+        with self.log.transaction():
+            for event, prep in zip(events, prepared, strict=True):
+                if isinstance(prep, IngestError):
+                    out.append(prep)
+                    continue
+                entity = entity_of(event)
+                try:
+                    with self.log.savepoint():
+                        if (known := self._known(event, entity)) is not None:
+                            out.append(known)
+                            continue
+                        seq = self._apply(event, prep)
+                        self.log.record_ingest(event.event_id, event.kind, entity,
+                                               event.version, "applied", seq)
+                except IngestError as exc:
+                    out.append(exc)
+                    continue
+                applied = True
+                issued = prep.pin if (event.kind == "citizen.enrolled"
+                                      and not event.data.pin) else ""
+                out.append(EventResult(event_id=event.event_id, outcome="applied", seq=seq,
+                                       issued_pin=issued))
+        if applied and self.on_change is not None:
+            self.on_change()
+        return out
+
     def _dossier(self, code: str) -> Dossier:
         try:
             return self.log.dossier(code)

@@ -242,6 +242,23 @@ class DistrictLog:
                         self._db.execute("ROLLBACK")
                     raise DistrictError(f"{self.path}: commit failed: {exc}") from None
 
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside :meth:`transaction`: a part that an exception undoes alone (the rest of
+        the transaction stays), e.g. one refused event of a batch."""
+        with self._lock:
+            if self._depth == 0:
+                raise DistrictError("savepoint() needs an open transaction()")
+            name = f"sp{self._depth}"
+            self._db.execute(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                self._db.execute(f"ROLLBACK TO {name}")
+                self._db.execute(f"RELEASE {name}")
+                raise
+            self._db.execute(f"RELEASE {name}")
+
     def _next_seq(self) -> int:
         row = self._db.execute("SELECT max(seq) FROM log").fetchone()
         return int(row[0] or 0) + 1

@@ -297,23 +297,26 @@ def create_app(ingestor: Ingestor, token: str, metrics: Metrics, *,
               responses={401: {"model": ErrorOut}, 413: {"model": ErrorOut},
                          422: {"model": ErrorOut}})
     def post_batch(batch: BatchIn) -> Any:
-        """Apply events in order, each in its own transaction; every item is reported.
-        A malformed item rejects the whole batch (422, nothing applied); an item that
-        does not fit the current state is reported ``rejected`` and the others apply."""
+        """Apply events in order (one transaction, a savepoint each); every item is
+        reported. A malformed item rejects the whole batch (422, nothing applied); an
+        item that does not fit the current state is reported ``rejected`` (undone alone)
+        and the others apply."""
         if len(batch.events) > max_batch_events:
             return _error(413, "events", f"at most {max_batch_events} events in a batch")
         results, counts = [], {"applied": 0, "duplicate": 0, "stale": 0, "rejected": 0}
-        for i, event in enumerate(batch.events):
-            try:
-                r = one(event)
+        for i, (event, r) in enumerate(zip(batch.events, ingestor.apply_many(batch.events),
+                                           strict=True)):
+            if isinstance(r, IngestError):
+                results.append(ItemResult(index=i, event_id=event.event_id,
+                                          outcome="rejected", field=f"events[{i}].{r.field}",
+                                          error=r.message))
+                counts["rejected"] += 1
+                metrics.events.labels(event.kind, "rejected").inc()
+            else:
                 results.append(ItemResult(index=i, event_id=r.event_id, outcome=r.outcome,
                                           seq=r.seq, issued_pin=r.issued_pin))
                 counts[r.outcome] += 1
-            except IngestError as exc:
-                results.append(ItemResult(index=i, event_id=event.event_id,
-                                          outcome="rejected", field=f"events[{i}].{exc.field}",
-                                          error=exc.message))
-                counts["rejected"] += 1
+                metrics.events.labels(event.kind, r.outcome).inc()
         return BatchOut(results=results, **counts)
 
     app.add_middleware(BodyLimit, limit=max_body_bytes)  # type: ignore[arg-type]
