@@ -26,9 +26,11 @@ from core.errors import AuthenticationError, ConfigError, DistrictError
 from district.config import load_district_config
 from district.enrol import enrol, pipeline_embedder, read_records, write_pins
 from district.fleet import collect, format_table
+from district.importer import run_import
 from district.log import DistrictLog
 from district.pki import sign_terminal_csr
 from district.publisher import BATCH_MAX_CHANGES, REPLAY_WINDOW, Publisher
+from district.service import DistrictService, openapi_json, schema_app, setup_json_logging
 from district.untrusted import shown
 from faces.pipeline import load_pipeline
 from models.pack import load_manifest
@@ -398,8 +400,6 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from district.service import DistrictService, setup_json_logging
-
     path = _config_path(args)
     if path is None:
         raise ConfigError("--config: the district's configuration file is required to serve")
@@ -416,8 +416,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from district.importer import run_import
-
     cfg = load_district_config(_config_path(args))
     db = args.db or cfg.district.db
     if db is None:
@@ -426,7 +424,5 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_openapi(_args: argparse.Namespace) -> int:
-    from district.service import openapi_json, schema_app
-
     sys.stdout.write(openapi_json(schema_app()))
     return 0

@@ -32,6 +32,7 @@ from district.config import DistrictConfig
 from district.enrol import pipeline_embedder
 from district.ingest import Event, IngestError, Ingestor, parse_event
 from district.log import DistrictLog
+from faces.pipeline import FacePipeline, load_pipeline
 
 #: largest import file; 2 GiB holds ~5 million status changes, more than a district's
 #: decades; a bigger file is split by the exporter
@@ -194,7 +195,5 @@ def run_import(cfg: DistrictConfig, db: Path, path: Path, *, progress: bool = Tr
     return 1 if rejected else 0
 
 
-def _load_pipeline(cfg: DistrictConfig):  # type: ignore[no-untyped-def]
-    from faces.pipeline import load_pipeline
-
+def _load_pipeline(cfg: DistrictConfig) -> FacePipeline:
     return load_pipeline(cfg)

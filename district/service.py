@@ -43,6 +43,7 @@ from district.enrol import PhotoEmbedder, pipeline_embedder
 from district.ingest import Event, EventResult, IngestError, Ingestor, error_field
 from district.log import DistrictLog
 from district.publisher import Publisher
+from faces.pipeline import FacePipeline, load_pipeline
 from sync.keys import load_private_key
 from sync.mqtt import broker_settings
 
@@ -422,9 +423,7 @@ class DistrictService:
         log.info("district service stopped")
 
 
-def _load_pipeline(cfg: DistrictConfig):  # type: ignore[no-untyped-def]
-    from faces.pipeline import load_pipeline
-
+def _load_pipeline(cfg: DistrictConfig) -> FacePipeline:
     return load_pipeline(cfg)
 
 
