@@ -8,6 +8,9 @@ motcua district delete --db LOG CITIZEN_ID
 motcua district info --db LOG
 motcua district publish --db LOG --key KEY --broker HOST:PORT [TLS/auth options]
 motcua district fleet --district ID --broker HOST:PORT [TLS/auth options]
+motcua [--config district.toml] district serve      the district service (docs/district.md)
+motcua [--config district.toml] district import FILE [--db LOG]   bulk case-system events
+motcua district openapi                             the ingest API's OpenAPI schema (JSON)
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ import sys
 import threading
 from pathlib import Path
 
-from core.errors import ConfigError, DistrictError
+from core.errors import AuthenticationError, ConfigError, DistrictError
 from district.config import load_district_config
 from district.enrol import enrol, pipeline_embedder, read_records, write_pins
 from district.fleet import collect, format_table
+from district.importer import run_import
 from district.log import DistrictLog
 from district.pki import sign_terminal_csr
 from district.publisher import BATCH_MAX_CHANGES, REPLAY_WINDOW, Publisher
+from district.service import DistrictService, openapi_json, schema_app, setup_json_logging
 from district.untrusted import shown
 from faces.pipeline import load_pipeline
 from models.pack import load_manifest
@@ -128,11 +133,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _broker_args(pub)
     pub.set_defaults(func=cmd_publish)
 
+    sv = sub.add_parser("serve", help="run the district service: publisher, terminal "
+                        "requests and reports, the case system's ingest API (docs/district.md)")
+    _config_arg(sv)
+    sv.add_argument("--listen", help="HOST:PORT of the HTTP API (default: [ingest] listen)")
+    sv.set_defaults(func=cmd_serve)
+
+    im = sub.add_parser("import", help="apply a CSV/JSON file of case-system events "
+                        "(resumable: events already applied are skipped)")
+    _config_arg(im)
+    im.add_argument("file", type=Path, help=".json (a list), .jsonl or .csv of events")
+    im.add_argument("--db", type=Path, help="the change log (default: [district] db)")
+    im.add_argument("--quiet", action="store_true", help="no progress bar")
+    im.set_defaults(func=cmd_import)
+
+    oa = sub.add_parser("openapi", help="print the ingest API's OpenAPI schema")
+    oa.set_defaults(func=cmd_openapi)
+
     f = sub.add_parser("fleet", help="table of the district's terminals (retained state)")
     f.add_argument("--district", required=True)
     f.add_argument("--timeout", type=float, default=3.0, help="seconds to collect at most")
     _broker_args(f)
     f.set_defaults(func=cmd_fleet)
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: given here or before the subcommand (motcua --config X district serve)
+    p.add_argument("--config", default=argparse.SUPPRESS, metavar="TOML",
+                   help="the district's configuration file (district.toml)")
 
 
 def _db(p: argparse.ArgumentParser) -> None:
@@ -368,4 +396,33 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         broker_settings(args), Topics(args.prefix, args.district), timeout_s=args.timeout
     )
     print(format_table(head, rows))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    if path is None:
+        raise ConfigError("--config: the district's configuration file is required to serve")
+    setup_json_logging()
+    cfg = load_district_config(path)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    svc = DistrictService(cfg, stop_event=stop, listen=args.listen).start()
+    svc.wait()
+    if svc.publisher._auth_error:
+        raise AuthenticationError(svc.publisher._auth_error)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    cfg = load_district_config(_config_path(args))
+    db = args.db or cfg.district.db
+    if db is None:
+        raise ConfigError("--db: give the change log, or [district] db in --config")
+    return run_import(cfg, db, args.file, progress=not args.quiet)
+
+
+def cmd_openapi(_args: argparse.Namespace) -> int:
+    sys.stdout.write(openapi_json(schema_app()))
     return 0

@@ -1,10 +1,12 @@
 """The district server's configuration: one TOML file, validated once, passed down.
 
 Tables: ``[district]`` (its id, change log, signing key, topic prefix), ``[broker]`` (the
-MQTT broker, :class:`sync.mqtt.BrokerConfig`), and the face pipeline's ``[models]``,
-``[runtime]`` and ``[detector]`` (enrolment embeds the counter's photos with the same pack
-as the terminals). Secrets (the broker password, the signing key itself) are never values
-here: files or environment variable names. Command-line options override the file.
+MQTT broker, :class:`sync.mqtt.BrokerConfig`), ``[ingest]`` (the case system's HTTP API of
+``motcua district serve``: address, bearer token file, size limits), and the face
+pipeline's ``[models]``, ``[runtime]`` and ``[detector]`` (enrolment embeds the counter's
+photos with the same pack as the terminals). Secrets (the broker password, the signing
+key itself, the ingest token) are never values here: files or environment variable
+names. Command-line options override the file.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import dataclasses
 from pathlib import Path
 
 from core.errors import ConfigError
-from core.tomlconfig import build_section, read_toml
+from core.net import split_hostport
+from core.tomlconfig import build_section, read_secret, read_toml
 from faces.settings import DetectorConfig, ModelsConfig, RuntimeConfig
 from sync.mqtt import BrokerConfig
 from sync.topics import DEFAULT_PREFIX
@@ -40,12 +43,58 @@ class DistrictSection:
             raise ConfigError(f"{p}prefix: a topic prefix without leading or trailing '/'")
 
 
+#: the shortest bearer token accepted: 32 characters of ``openssl rand -hex 32`` output is
+#: 128 bits, beyond guessing through an HTTP endpoint
+MIN_TOKEN_LEN = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestSection:
+    """The ingest API of ``motcua district serve`` (``[ingest]``)."""
+
+    #: host:port the HTTP API listens on; loopback by default (a reverse proxy or the case
+    #: system on the same host); the health, readiness and metrics endpoints share it
+    listen: str = "127.0.0.1:8470"
+    #: file holding the case system's bearer token (one line, >= 32 characters, mode 0600)
+    token_file: Path | None = None
+    #: largest request body; an enrolment carries up to 8 photos of <= 2 MiB as base64
+    #: (~22 MiB), so 24 MiB fits one and bounds memory per request
+    max_body_bytes: int = 24 << 20
+    #: most events in one batch request: 1,000 status changes are ~300 KB and one
+    #: transaction-per-event pass of ~1 s, short enough for an HTTP client's timeout
+    max_batch_events: int = 1000
+    #: largest photo (decoded bytes); a counter's webcam JPEG is 100-500 KB
+    max_photo_bytes: int = 2 << 20
+
+    def validate(self, prefix: str) -> None:
+        p = f"{prefix}." if prefix else ""
+        split_hostport(self.listen, f"{p}listen")
+        if not 1024 <= self.max_body_bytes <= 256 << 20:
+            raise ConfigError(f"{p}max_body_bytes: expected 1 KiB..256 MiB")
+        if not 1 <= self.max_batch_events <= 10_000:
+            raise ConfigError(f"{p}max_batch_events: expected 1..10000")
+        if not 1024 <= self.max_photo_bytes <= 16 << 20:
+            raise ConfigError(f"{p}max_photo_bytes: expected 1 KiB..16 MiB")
+
+    def read_token(self, prefix: str = "ingest") -> str:
+        """The bearer token from ``token_file``; ConfigError when missing or short."""
+        if self.token_file is None:
+            raise ConfigError(f"{prefix}.token_file: required to serve the ingest API")
+        token = read_secret(file=self.token_file, key=f"{prefix}.token_file")
+        if len(token) < MIN_TOKEN_LEN or any(c.isspace() or ord(c) < 33 for c in token):
+            raise ConfigError(f"{prefix}.token_file: the token must be at least "
+                              f"{MIN_TOKEN_LEN} printable characters without spaces "
+                              "(openssl rand -hex 32)")
+        return token
+
+
 @dataclasses.dataclass(frozen=True)
 class DistrictConfig:
     """The whole district configuration tree."""
 
     district: DistrictSection = DistrictSection()
     broker: BrokerConfig = BrokerConfig()
+    ingest: IngestSection = IngestSection()
     models: ModelsConfig = ModelsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     detector: DetectorConfig = DetectorConfig()

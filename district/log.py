@@ -76,6 +76,19 @@ CREATE TABLE IF NOT EXISTS reports (   -- terminals' "not me" reports and rating
     received_at REAL NOT NULL,
     PRIMARY KEY (terminal_id, session_id, kind)
 );
+CREATE TABLE IF NOT EXISTS ingest_events (  -- case-system events seen (district/ingest.py)
+    event_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    entity TEXT NOT NULL,       -- "dossier:<code>" or "citizen:<id>"
+    version INTEGER NOT NULL,   -- the source's version of the entity
+    outcome TEXT NOT NULL,      -- applied | stale
+    seq INTEGER NOT NULL,       -- the change it became (0: none)
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ingest_versions (  -- newest source version applied per entity
+    entity TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+);
 """
 
 
@@ -228,6 +241,23 @@ class DistrictLog:
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
                     raise DistrictError(f"{self.path}: commit failed: {exc}") from None
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside :meth:`transaction`: a part that an exception undoes alone (the rest of
+        the transaction stays), e.g. one refused event of a batch."""
+        with self._lock:
+            if self._depth == 0:
+                raise DistrictError("savepoint() needs an open transaction()")
+            name = f"sp{self._depth}"
+            self._db.execute(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                self._db.execute(f"ROLLBACK TO {name}")
+                self._db.execute(f"RELEASE {name}")
+                raise
+            self._db.execute(f"RELEASE {name}")
 
     def _next_seq(self) -> int:
         row = self._db.execute("SELECT max(seq) FROM log").fetchone()
@@ -409,6 +439,52 @@ class DistrictLog:
                 (limit,),
             ).fetchall()
         return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    # ---- case-system events (district/ingest.py) ------------------------------------
+
+    def ingested(self, event_id: str) -> tuple[str, int] | None:
+        """(outcome, change number) of an event already processed, else None."""
+        with self._lock:
+            row = self._db.execute("SELECT outcome, seq FROM ingest_events WHERE event_id = ?",
+                                   (event_id,)).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    def entity_version(self, entity: str) -> int | None:
+        """The newest source version applied to ``entity``, None if none yet."""
+        with self._lock:
+            row = self._db.execute("SELECT version FROM ingest_versions WHERE entity = ?",
+                                   (entity,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def record_ingest(self, event_id: str, kind: str, entity: str, version: int,
+                      outcome: str, seq: int) -> None:
+        """Remember a processed event (call inside the transaction that applied it); an
+        applied one also becomes the entity's newest version."""
+        with self.transaction():
+            self._db.execute("INSERT INTO ingest_events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (event_id, kind, entity, version, outcome, seq, time.time()))
+            if outcome == "applied":
+                self._db.execute("INSERT OR REPLACE INTO ingest_versions VALUES (?, ?)",
+                                 (entity, version))
+
+    def citizen(self, citizen_id: str) -> CitizenUpsert | None:
+        """The citizen's current record (the upsert that produced it), None if unknown."""
+        with self._lock:
+            row = self._db.execute("SELECT change FROM citizens WHERE citizen_id = ?",
+                                   (citizen_id,)).fetchone()
+        if row is None:
+            return None
+        change = change_from_pb(pb.Change.FromString(row[0]), self.dim)
+        assert isinstance(change, CitizenUpsert)
+        return change
+
+    def oldest_unpublished_at(self) -> float | None:
+        """Unix time the oldest change not yet published was written (None: all are)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT created_at FROM log WHERE seq = (SELECT CAST(value AS INTEGER) + 1 "
+                "FROM meta WHERE key = 'published_seq')").fetchone()
+        return None if row is None else float(row[0])
 
     # ---- reading ------------------------------------------------------------------
 

@@ -62,3 +62,13 @@ def test_pipeline_benchmark_rejects_a_bad_provider_order() -> None:
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert "CPUExecutionProvider must be last" in proc.stderr
+
+
+def test_district_benchmark_quick() -> None:  # starts its own Mosquitto and district service
+    r = _last_json("district.py", "--quick")
+    for key in ("status_to_display_ms_p50", "status_to_display_ms_p99", "ingest_events_per_s",
+                "log_updates_per_s", "post_ms_p50"):
+        assert key in r, key
+    assert r["shown"] == r["events"] == 250 and r["wrong_status_shown"] == 0
+    assert r["service_exit_code"] == 0
+    assert float(r["ingest_events_per_s"]) > 0  # type: ignore[arg-type]
