@@ -6,10 +6,10 @@ only let the gRPC layer be tested without a camera.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 from edge.session.events import ConfirmReply, ConfirmStatus
+from edge.store.records import CitizenRecord
 from sync.changes import Dossier, DossierStatus
 from sync.pin import hash_pin
 
@@ -17,13 +17,10 @@ SALT = b"0123456789abcdef"
 PIN = "2468"
 
 
-@dataclasses.dataclass(frozen=True)
-class Citizen:
-    masked_name: str
-    pin_hash: bytes
-    pin_salt: bytes
-    dob_hash: bytes = b""
-    dob_salt: bytes = b""
+def Citizen(masked_name: str, pin_hash: bytes, pin_salt: bytes,  # noqa: N802
+            dob_hash: bytes = b"", dob_salt: bytes = b"") -> CitizenRecord:
+    """The store's own record (one embedding), as the fakes hand it to the display API."""
+    return CitizenRecord("", masked_name, pin_hash, pin_salt, 1, dob_hash, dob_salt)
 
 
 class FakeDirectory:

@@ -22,6 +22,7 @@ import grpc
 from edge.api.attempts import AttemptLimiter, Verdict
 from edge.api.masking import mask_code
 from edge.session import events as ev
+from edge.store.records import CitizenRecord
 from proto import display_pb2 as pb
 from sync.changes import Dossier, DossierStatus
 from sync.pin import valid_dob, valid_pin, verify_pin
@@ -32,23 +33,6 @@ log = logging.getLogger(__name__)
 #: whole screen state, so a slow screen that loses old ones still shows the right thing;
 #: 64 is minutes of normal traffic
 WATCHER_QUEUE = 64
-
-
-class CitizenRecord(Protocol):
-    @property
-    def masked_name(self) -> str: ...
-
-    @property
-    def pin_hash(self) -> bytes: ...
-
-    @property
-    def pin_salt(self) -> bytes: ...
-
-    @property
-    def dob_hash(self) -> bytes: ...
-
-    @property
-    def dob_salt(self) -> bytes: ...
 
 
 class CitizenDirectory(Protocol):

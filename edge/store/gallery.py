@@ -40,6 +40,7 @@ from edge.store.checkpoints import CHECKPOINT_DIR, PendingCheckpoint
 from edge.store.db import DB_NAME, Mapping
 from edge.store.hashing import hash_db
 from edge.store.index import HnswIndex
+from edge.store.records import CitizenRecord
 from edge.store.rwlock import RWLock
 from edge.store.search import Match
 from edge.store.validate import prepare, unit_rows
@@ -56,20 +57,6 @@ SNAPSHOT_CHUNK = 2000
 #: often enough that the old files go soon after space is back, rare enough not to
 #: spin on a full disk
 SCRUB_RETRY_S = 30.0
-
-
-@dataclasses.dataclass(frozen=True)
-class CitizenRecord:
-    """What the terminal knows about a citizen (never the face, never the full name)."""
-
-    citizen_id: str
-    masked_name: str
-    pin_hash: bytes
-    pin_salt: bytes
-    embedding_count: int
-    #: salted date-of-birth hash and salt (sync.pin); empty: no confirmation step
-    dob_hash: bytes = b""
-    dob_salt: bytes = b""
 
 
 class GalleryStore:

@@ -1,0 +1,20 @@
+"""The one record of a citizen that the terminal keeps: the store returns it, the display
+API reads it (edge.api.state), the confirmation step checks against it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class CitizenRecord:
+    """What the terminal knows about a citizen (never the face, never the full name)."""
+
+    citizen_id: str
+    masked_name: str
+    pin_hash: bytes
+    pin_salt: bytes
+    embedding_count: int
+    #: salted date-of-birth hash and salt (sync.pin); empty: no confirmation step
+    dob_hash: bytes = b""
+    dob_salt: bytes = b""
