@@ -32,7 +32,7 @@ from edge.camera.factory import make_source
 from edge.camera.grabber import Grabber
 from edge.config import Config
 from edge.session.audit import AuditLog, OutboxReporter
-from edge.session.decision import Matcher, OperatingPoint, operating_point
+from edge.session.decision import Matcher, adopt_published, operating_point
 from edge.session.events import ConfirmReply, ConfirmStatus, EventBus, SessionControl
 from edge.session.loop import FrameLoop, LoopStats
 from edge.session.machine import SessionMachine
@@ -338,15 +338,7 @@ class TerminalService:
         """Decide at the district's published operating point, unless ``[session]
         threshold`` is set (an explicit local override, logged); True when adopted."""
         assert self.matcher is not None
-        if self.cfg.session.threshold:
-            log.warning("district operating point (%s, threshold %.3f) NOT used: "
-                        "[session] threshold = %s overrides it", point.source(),
-                        point.threshold, self.cfg.session.threshold)
-            return False
-        self.matcher.set_point(OperatingPoint(point.threshold, point.margin, point.source(),
-                                              point.confirm_threshold))
-        log.info("decision: %s", self.matcher.point.describe())
-        return True
+        return adopt_published(self.matcher, point, self.cfg.session.threshold)
 
     def redact_removed_citizens(self) -> int:
         """Blank, in the audit log and the outbox, the ids of citizens no longer in the
