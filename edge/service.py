@@ -338,7 +338,8 @@ class TerminalService:
         """Decide at the district's published operating point, unless ``[session]
         threshold`` is set (an explicit local override, logged); True when adopted."""
         assert self.matcher is not None
-        return adopt_published(self.matcher, point, self.cfg.session.threshold)
+        return adopt_published(self.matcher, point, self.cfg.session.threshold,
+                               self.cfg.session.confirm_threshold)
 
     def redact_removed_citizens(self) -> int:
         """Blank, in the audit log and the outbox, the ids of citizens no longer in the

@@ -156,16 +156,19 @@ class Matcher:
         return classify(self.gallery.search(embedding, k), p, self.confirm_candidates)
 
 
-def adopt_published(matcher: Matcher, point: PublishedPoint, local_threshold: float) -> bool:
+def adopt_published(matcher: Matcher, point: PublishedPoint, local_threshold: float,
+                    local_confirm: float = 0.0) -> bool:
     """Switch ``matcher`` to the district's signed operating point (already checked by
     the sync), unless ``local_threshold`` (``[session] threshold``) is set: an explicit
-    local override wins and is logged as a warning. True when adopted."""
+    local override wins and is logged as a warning. A "pack" point (the district's gallery
+    was too small to calibrate) keeps the local ``[session] confirm_threshold``
+    (``local_confirm``). True when adopted."""
     if local_threshold:
         log.warning("district operating point (%s, threshold %.3f) NOT used: [session] "
                     "threshold = %s overrides it", point.source(), point.threshold,
                     local_threshold)
         return False
-    matcher.set_point(OperatingPoint(point.threshold, point.margin, point.source(),
-                                     point.confirm_threshold))
+    confirm = local_confirm if point.method == "pack" else point.confirm_threshold
+    matcher.set_point(OperatingPoint(point.threshold, point.margin, point.source(), confirm))
     log.info("decision: %s", matcher.point.describe())
     return True
