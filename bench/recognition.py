@@ -19,6 +19,10 @@
 4. A first look at calibration: the threshold whose leave-one-out gallery-vs-gallery
    impostor rate equals ``--target-fpir``, and the FPIR it predicts against the FPIR the
    non-mated probes really get, by gallery size.
+5. The product's calibration (district/calibration.py) at ``--target-fpir`` on each
+   split's enrolled gallery only, and the confirmation step through the terminal's real
+   ``Matcher`` (SURE / CONFIRM / NO): ``fpir`` (both paths), ``fnir_confirmed``,
+   ``face_only_share``, ``fpir_predicted``; checked first on the held-out split.
 
 Progress goes to stderr; the last line of stdout is one JSON object of the figures.
 docs/recognition.md describes the protocols and the figures.
@@ -47,8 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # project modules: kept to these lines so a package rename is a one-place change
 from core.errors import ImageError  # noqa: E402
+from district.calibration import CalibrationSettings, Predictor, derive, loo_scores  # noqa: E402
 from edge.config import Config, load_config  # noqa: E402
-from edge.session.decision import decide  # noqa: E402
+from edge.session.decision import Matcher, OperatingPoint, Verdict, decide  # noqa: E402
 from edge.session.ports import GalleryMatch  # noqa: E402
 from edge.store.gallery import Match  # noqa: E402
 from faces.align import MarginCrop, SimilarityAlign  # noqa: E402
@@ -651,6 +656,85 @@ def top_gallery_pairs(emb: Embeddings, split: Split, n: int) -> list[tuple[float
 
 
 # ---------------------------------------------------------------------------------------
+# the product's calibration and the confirmation step through the real Matcher
+
+
+class ArrayGallery:
+    """The terminal's Gallery port over a numpy matrix (exact cosine search)."""
+
+    def __init__(self, g: F32, ids: Sequence[str]) -> None:
+        self.g = g
+        self.ids = list(ids)
+
+    def search(self, embedding: F32, k: int) -> list[Match]:
+        s = self.g @ embedding
+        k = min(k, len(s))
+        part = np.argpartition(-s, k - 1)[:k]
+        part = part[np.argsort(-s[part])]
+        return [Match(self.ids[int(i)], float(s[i])) for i in part]
+
+
+def calibration_settings(cfg: Config, target: float) -> CalibrationSettings:
+    """The district's settings matching this terminal configuration (bench: no floor)."""
+    return CalibrationSettings(
+        target_fpir=target, margin=cfg.session.margin,
+        confirm_candidates=cfg.session.confirm_candidates,
+        confirm_tries=min(cfg.session.confirm_tries, cfg.api.pin_max_failures),
+        min_gallery=2)
+
+
+def confirmed_rates(emb: Embeddings, split: Split, cfg: Config,
+                    settings: CalibrationSettings) -> dict[str, Any]:
+    """Derive the point from the enrolled gallery only; run every probe through the real
+    Matcher at it."""
+    g = emb.matrix(split.gallery_paths)
+    point = derive(g, settings, pack_threshold=0.54)
+    matcher = Matcher(ArrayGallery(g, split.gallery_ids),
+                      OperatingPoint(point.threshold, point.margin, "bench calibration",
+                                     point.confirm_threshold),
+                      cfg.session.top_k, cfg.session.confirm_candidates)
+    guess = settings.guess_per_candidate
+    ns = nc = 0
+    nguess = 0.0
+    for v in emb.matrix([p for p, _ in split.nonmated]):
+        d = matcher.match(v)
+        if d.verdict is Verdict.SURE:
+            ns += 1
+        elif d.verdict is Verdict.CONFIRM:
+            nc += 1
+            nguess += min(1.0, len(d.candidates) * guess)
+    sure_right = sure_wrong = confirm_right = 0
+    for v, (_, who) in zip(emb.matrix([p for p, _ in split.mated]), split.mated, strict=True):
+        d = matcher.match(v)
+        if d.verdict is Verdict.SURE:
+            if d.citizen_id == who:
+                sure_right += 1
+            else:
+                sure_wrong += 1
+        elif d.verdict is Verdict.CONFIRM and who in d.candidates:
+            confirm_right += 1
+    n_n, n_m = max(len(split.nonmated), 1), max(len(split.mated), 1)
+    # the empirical-only prediction at the same point (no tail fit), for the method check
+    pred_emp = Predictor(loo_scores(g, keep=max(2, settings.confirm_candidates),
+                                    duplicate_score=settings.duplicate_score).top,
+                         settings, None)
+    emp = pred_emp.sure_rate(point.threshold) + pred_emp.confirm_rate(
+        point.threshold, point.confirm_threshold)
+    return {
+        "gallery": len(g), "threshold": point.threshold, "margin": point.margin,
+        "confirm_threshold": point.confirm_threshold,
+        "fpir_predicted": point.predicted_fpir, "predicted_sure": point.predicted_sure,
+        "predicted_confirm": point.predicted_confirm, "fpir_predicted_empirical": emp,
+        "fpir": (ns + nguess) / n_n, "fpir_sure": ns / n_n, "confirm_rate": nc / n_n,
+        "fpir_confirm": nguess / n_n, "stranger_sure_count": ns,
+        "fnir_confirmed": 1.0 - (sure_right + confirm_right) / n_m,
+        "mated_wrong_sure": sure_wrong / n_m, "mated_wrong_sure_count": sure_wrong,
+        "face_only_share": (sure_right + sure_wrong) / n_m,
+        "seconds_derive": point.seconds,
+    }
+
+
+# ---------------------------------------------------------------------------------------
 
 
 #: the settings compared on View 1, most likely gains first (each costs one embedding
@@ -899,8 +983,36 @@ def main() -> int:
                 f"({c['measured_std']:.4f})" for c in per))
         cal_summary.append(entry)
 
-    log("\nnot implemented yet, reported as null: fpir_predicted (the product's own "
-        "calibration), fnir_confirmed and face_only_share (the confirmation step)")
+    # -- the product's calibration + confirmation step: held-out split first, then splits
+    cset = calibration_settings(cfg, args.target_fpir)
+    log(f"\ncalibrated point for target {args.target_fpir:g} (district/calibration.py, "
+        f"gallery only), confirmation through the real Matcher; P(guess) <= "
+        f"{cset.confirm_tries} tries x candidates / {cset.plausible_dates} dates")
+
+    def show_conf(tag: str, c: dict[str, Any]) -> None:
+        log(f"  {tag}: gallery {c['gallery']} sure {c['threshold']:.3f}+{c['margin']} "
+            f"confirm {c['confirm_threshold']:.3f}: FPIR measured {c['fpir']:.5f} (sure "
+            f"{c['fpir_sure']:.5f} [{c['stranger_sure_count']}], confirm reached "
+            f"{c['confirm_rate']:.4f} -> guessed {c['fpir_confirm']:.5f}); predicted "
+            f"{c['fpir_predicted']:.5f} (empirical-only {c['fpir_predicted_empirical']:.5f})"
+            f"; FNIR confirmed {c['fnir_confirmed']:.4f}, mated SURE to a wrong person "
+            f"{c['mated_wrong_sure']:.5f} [{c['mated_wrong_sure_count']}], face-only "
+            f"{c['face_only_share']:.4f}")
+
+    dev_conf = confirmed_rates(emb, dev, cfg, cset)
+    show_conf(f"held-out split (seed {dev_seed})", dev_conf)
+    confs = []
+    for s in range(args.splits):
+        confs.append(confirmed_rates(emb, make_split(ds, args.enrol_share, args.seed + s),
+                                     cfg, cset))
+        show_conf(f"split {s}", confs[-1])
+
+    def mean(key: str) -> float:
+        return round(float(np.mean([c[key] for c in confs])), 6)
+
+    log(f"  mean of {args.splits} splits: FPIR {mean('fpir'):.5f} (predicted "
+        f"{mean('fpir_predicted'):.5f}), FNIR confirmed {mean('fnir_confirmed'):.4f}, "
+        f"face-only {mean('face_only_share'):.4f}")
     arr = np.array(sizes)
     out.update(
         gallery=int(round(arr[:, 0].mean())),
@@ -912,15 +1024,25 @@ def main() -> int:
         margin=margin,
         top_k=top,
         target_fpir=args.target_fpir,
-        fpir=round(float(np.mean(fp_op)), 5),
-        fpir_std=round(float(np.std(fp_op)), 5),
+        fpir_pack_point=round(float(np.mean(fp_op)), 5),
+        fpir_pack_point_std=round(float(np.std(fp_op)), 5),
+        fpir=mean("fpir"),
+        fpir_std=round(float(np.std([c["fpir"] for c in confs])), 6),
+        fpir_sure=mean("fpir_sure"),
+        fpir_confirm=mean("fpir_confirm"),
+        confirm_rate=mean("confirm_rate"),
+        calibrated_threshold=mean("threshold"),
+        calibrated_confirm_threshold=mean("confirm_threshold"),
+        mated_wrong_sure=mean("mated_wrong_sure"),
+        calibrated_splits=confs,
+        calibrated_dev=dev_conf,
         fnir_face=round(float(np.mean(fn_op)), 5),
         fnir_face_std=round(float(np.std(fn_op)), 5),
         fpir_no_margin=round(float(np.mean(fp_nm)), 5),
         fnir_no_margin=round(float(np.mean(fn_nm)), 5),
-        fpir_predicted=None,
-        fnir_confirmed=None,
-        face_only_share=None,
+        fpir_predicted=mean("fpir_predicted"),
+        fnir_confirmed=mean("fnir_confirmed"),
+        face_only_share=mean("face_only_share"),
         curve_columns=["threshold", "fpir", "fnir", "fpir_no_margin", "fnir_no_margin"],
         curve=curve,
         calibration=cal_summary,

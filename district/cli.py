@@ -6,6 +6,7 @@ motcua district enrol --db LOG --records FILE --photos DIR [--pins-out CSV]
 motcua district update --db LOG CODE [--status S] [--stage T] [--appointment DATE]
 motcua district delete --db LOG CITIZEN_ID
 motcua district info --db LOG
+motcua district calibration --db LOG [--recompute]
 motcua district publish --db LOG --key KEY --broker HOST:PORT [TLS/auth options]
 motcua district fleet --district ID --broker HOST:PORT [TLS/auth options]
 motcua [--config district.toml] district serve      the district service (docs/district.md)
@@ -16,6 +17,7 @@ motcua district openapi                             the ingest API's OpenAPI sch
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import signal
 import sys
@@ -23,6 +25,7 @@ import threading
 from pathlib import Path
 
 from core.errors import AuthenticationError, ConfigError, DistrictError
+from district import calibration as calib
 from district.config import load_district_config
 from district.enrol import enrol, pipeline_embedder, read_records, write_pins
 from district.fleet import collect, format_table
@@ -84,6 +87,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     n = sub.add_parser("info", help="show the log's district, epoch, head and counts")
     _db(n)
     n.set_defaults(func=cmd_info)
+
+    cal = sub.add_parser("calibration", help="the operating point derived from the gallery "
+                         "(published signed in the manifest): show, or --recompute")
+    _db(cal)
+    cal.add_argument("--recompute", action="store_true",
+                     help="derive it again now (else only when the gallery moved past "
+                     "[calibration] recompute_share, or never derived)")
+    cal.add_argument("--show", action="store_true", help="only show; never derive")
+    cal.set_defaults(func=cmd_calibration)
 
     c = sub.add_parser("compact", help="remove old published changes from the log "
                        "(terminals further behind get a snapshot)")
@@ -361,11 +373,61 @@ def cmd_reports(args: argparse.Namespace) -> int:
     return 0
 
 
+def pack_threshold(pack: str) -> float:
+    """The model pack's own match threshold (used below the calibration's gallery floor)."""
+    return float(load_manifest(pack).embedder["match_threshold"])
+
+
+def cmd_calibration(args: argparse.Namespace) -> int:
+    """Show the district's operating point; derive it when asked, stale or missing."""
+    dlog = _open(args)
+    cfg = load_district_config(_config_path(args))
+    settings = cfg.calibration
+    citizens = dlog.info().citizen_count
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rscoring citizens against each other: {done}/{total}", end="",
+              file=sys.stderr, flush=True)
+
+    point = calib.stored(dlog)
+    if not args.show and (args.recompute or calib.is_stale(point, citizens, settings)):
+        point = calib.recompute(dlog, settings, pack_threshold=pack_threshold(cfg.models.pack),
+                                progress=progress)
+        print(file=sys.stderr)
+    if point is None:
+        print(f"no operating point derived yet ({citizens} citizens)")
+        dlog.close()
+        return 0
+    at = datetime.datetime.fromtimestamp(point.derived_at_ms / 1000, datetime.timezone.utc)
+    print(f"operating point: threshold {point.threshold:.3f}, margin {point.margin:.3f}, "
+          + (f"confirm (date of birth) from {point.confirm_threshold:.3f}"
+             if point.confirm_threshold else "no confirmation step"))
+    print(f"target FPIR {point.target_fpir:g}; predicted {point.predicted_fpir:.2e} "
+          f"(face alone {point.predicted_sure:.2e} + confirmation guessed "
+          f"{point.predicted_confirm:.2e})")
+    print(f"derived at {at.isoformat(timespec='seconds')} from {point.gallery_size} citizens "
+          f"(now {citizens}; re-derived past a {settings.recompute_share:.0%} change), "
+          f"{point.duplicate_pairs} duplicate pair(s) left out (>= {settings.duplicate_score})"
+          f", {point.seconds:.1f} s")
+    print(f"date-of-birth guess bound: {settings.confirm_tries} tries x candidates / "
+          f"{settings.plausible_dates} plausible dates")
+    if point.method == "pack":
+        print(f"WARNING: {point.gallery_size} citizens < [calibration] min_gallery "
+              f"{settings.min_gallery}: too few to predict a rate of {point.target_fpir:g}; "
+              "the model pack's threshold is published, without a confirmation step")
+    print("known limits:")
+    for line in calib.LIMITS:
+        print(f"  - {line}")
+    dlog.close()
+    return 0
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     dlog = _open(args)
     key = load_private_key(args.key)
+    cfg = load_district_config(_config_path(args))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -378,6 +440,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         stop=stop,
         replay_window=args.replay_window or REPLAY_WINDOW,
         batch_max_changes=args.batch_max_changes or BATCH_MAX_CHANGES,
+        calibration=cfg.calibration,
+        pack_threshold=pack_threshold(cfg.models.pack),
     )
     log.info(
         "publishing district %s from %s (head %d, published %d)",

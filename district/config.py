@@ -17,6 +17,7 @@ from pathlib import Path
 from core.errors import ConfigError
 from core.net import split_hostport
 from core.tomlconfig import build_section, read_secret, read_toml
+from district.calibration import CalibrationSettings
 from faces.settings import DetectorConfig, ModelsConfig, RuntimeConfig
 from sync.mqtt import BrokerConfig
 from sync.topics import DEFAULT_PREFIX
@@ -98,6 +99,8 @@ class DistrictConfig:
     models: ModelsConfig = ModelsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     detector: DetectorConfig = DetectorConfig()
+    #: the operating point derived from the gallery (district/calibration.py)
+    calibration: CalibrationSettings = CalibrationSettings()
 
 
 def load_district_config(path: Path | None) -> DistrictConfig:

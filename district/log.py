@@ -552,6 +552,34 @@ class DistrictLog:
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (str(epoch),))
         return epoch
 
+    def get_meta(self, key: str) -> str:
+        """A free-form ``meta`` value ("" when absent), e.g. the calibration record."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return "" if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a free-form ``meta`` value (not a change: terminals never see it as one)."""
+        with self.transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                             (key, value))
+
+    def first_embeddings(self) -> npt.NDArray[np.float32]:
+        """The first embedding of every current citizen, (N, dim) float32, id order."""
+        with self._lock:
+            blobs = [b for (b,) in self._db.execute(
+                "SELECT change FROM citizens ORDER BY citizen_id")]
+        out = np.empty((len(blobs), self.dim), np.float32)
+        row = 0
+        for blob in blobs:
+            up = pb.Change.FromString(blob).citizen_upsert
+            raw = np.frombuffer(up.embeddings, dtype="<f4")
+            if up.count < 1 or raw.size < self.dim:
+                continue
+            out[row] = raw[: self.dim]
+            row += 1
+        return out[:row]
+
     def info(self) -> LogInfo:
         with self._lock:
             nc = self._db.execute("SELECT count(*) FROM citizens").fetchone()[0]

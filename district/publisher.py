@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
 
 from core.errors import AuthenticationError, DistrictError, SyncError
+from district import calibration as calib
 from district.log import DistrictLog
 from district.reports import ReportGate, ReportWriter, check_report
 from proto import sync_pb2 as pb
@@ -87,6 +88,9 @@ REQUEST_TERMINALS_MAX = 10_000
 RETRY_S = 1.0
 #: give up waiting for one PUBACK after this long and re-check the connection
 PUBACK_WAIT_S = 1.0
+#: how often the calibration thread checks whether the gallery moved past
+#: ``[calibration] recompute_share``: a count query; enrolment adds hundreds a day at most
+CALIBRATION_CHECK_S = 60.0
 
 
 @dataclass
@@ -229,6 +233,9 @@ class Publisher:
         request_bytes_per_s: float = REQUEST_BYTES_PER_S,
         request_burst_bytes: float = REQUEST_BURST_BYTES,
         replay_max_bytes: int = REPLAY_MAX_BYTES,
+        calibration: calib.CalibrationSettings | None = None,
+        pack_threshold: float = 0.0,
+        calibration_check_s: float = CALIBRATION_CHECK_S,
     ) -> None:
         self.log = dlog
         self.key = key
@@ -242,6 +249,10 @@ class Publisher:
         self.request_bytes_per_s = request_bytes_per_s
         self.request_burst_bytes = request_burst_bytes
         self.replay_max_bytes = replay_max_bytes
+        #: None: publish whatever point the log holds, never derive one here
+        self.calibration = calibration
+        self.pack_threshold = pack_threshold
+        self.calibration_check_s = calibration_check_s
         self._buckets: dict[str, ByteBucket] = {}
         self.stats = PublisherStats()
         self._wake = threading.Event()
@@ -351,10 +362,13 @@ class Publisher:
     def start(self) -> Publisher:
         self.report_writer.start()
         start_client(self.client, self.broker)
-        for name, target in (
+        loops: list[tuple[str, Callable[[], None]]] = [
             ("district-publish", self._publish_loop),
             ("district-serve", self._serve_loop),
-        ):
+        ]
+        if self.calibration is not None:
+            loops.append(("district-calibrate", self._calibrate_loop))
+        for name, target in loops:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -420,7 +434,31 @@ class Publisher:
         """Oldest change a replay may start from: the last ``replay_window`` changes."""
         return max(self.log.replay_from_seq, head - self.replay_window + 1, 1)
 
+    def _calibrate_loop(self) -> None:
+        """Re-derive the operating point when the gallery moved past the share (minutes
+        at 100k citizens: never on the publishing thread)."""
+        assert self.calibration is not None
+        while not self.stop_event.is_set():
+            try:
+                before = calib.stored(self.log)
+                after = calib.ensure_current(self.log, self.calibration,
+                                             pack_threshold=self.pack_threshold)
+                if after != before:
+                    self._manifest_due.set()
+                    self._wake.set()
+            except (DistrictError, sqlite3.Error) as exc:
+                log.error("calibration: %s", exc)
+            self.stop_event.wait(self.calibration_check_s)
+
+    def _point(self) -> calib.CalibratedPoint | None:
+        try:
+            return calib.stored(self.log)
+        except DistrictError as exc:
+            log.error("%s; the manifest goes out without an operating point", exc)
+            return None
+
     def _manifest(self, head: int) -> bytes:
+        point = self._point()
         body = pb.Manifest(
             district_id=self.log.district_id,
             epoch=self.log.epoch,
@@ -429,6 +467,11 @@ class Publisher:
             dim=self.log.dim,
             replay_from_seq=self.replay_from_seq(head),
             published_at_ms=int(time.time() * 1000),
+            point=None if point is None else pb.OperatingPoint(
+                threshold=point.threshold, margin=point.margin,
+                confirm_threshold=point.confirm_threshold, target_fpir=point.target_fpir,
+                predicted_fpir=point.predicted_fpir, gallery_size=point.gallery_size,
+                derived_at_ms=point.derived_at_ms, method=point.method),
         ).SerializeToString()
         return seal(self.key, self.log.district_id, pb.PAYLOAD_KIND_MANIFEST, body)
 
@@ -466,7 +509,7 @@ class Publisher:
 
     def _publish_loop(self) -> None:
         state = {"last_manifest_t": 0.0, "manifest_head": -1, "manifest_epoch": -1,
-                 "manifest_replay_from": -1}
+                 "manifest_replay_from": -1, "manifest_point_at": -1}
         while not self.stop_event.is_set():
             try:
                 if not self._publish_step(state):
@@ -499,7 +542,10 @@ class Publisher:
         # a new epoch or a compaction (district new-epoch / compact, maybe from another
         # process) changes what terminals must do: tell them at once
         epoch, replay_from = self.log.epoch, self.log.replay_from_seq
-        changed = (epoch != st["manifest_epoch"] or replay_from != st["manifest_replay_from"])
+        point = self._point()  # a recalibration (maybe by `district calibration --recompute`)
+        point_at = point.derived_at_ms if point is not None else 0
+        changed = (epoch != st["manifest_epoch"] or replay_from != st["manifest_replay_from"]
+                   or point_at != st["manifest_point_at"])
         if self._manifest_due.is_set() or changed or (
             manifest_head != published and (not busy or now - last_manifest_t > MANIFEST_INTERVAL_S)
         ):
@@ -508,6 +554,7 @@ class Publisher:
                 return False
             st["manifest_head"], st["last_manifest_t"] = published, now
             st["manifest_epoch"], st["manifest_replay_from"] = epoch, replay_from
+            st["manifest_point_at"] = point_at
         return True
 
     # ---- replays and snapshots --------------------------------------------------------

@@ -32,7 +32,7 @@ from edge.camera.factory import make_source
 from edge.camera.grabber import Grabber
 from edge.config import Config
 from edge.session.audit import AuditLog, OutboxReporter
-from edge.session.decision import Matcher, operating_point
+from edge.session.decision import Matcher, adopt_published, operating_point
 from edge.session.events import ConfirmReply, ConfirmStatus, EventBus, SessionControl
 from edge.session.loop import FrameLoop, LoopStats
 from edge.session.machine import SessionMachine
@@ -45,6 +45,7 @@ from faces.pipeline import BgrPorts, load_pipeline
 from proto import display_pb2 as pb
 from sync.changes import Dossier
 from sync.topics import DEFAULT_PREFIX
+from sync.wire import PublishedPoint
 
 if TYPE_CHECKING:
     from edge.syncclient.engine import SyncEngine, SyncStats
@@ -328,7 +329,17 @@ class TerminalService:
             outbox_dir=self.state_dir / "outbox",
         )
         self.subscriber.engine.on_citizens_removed = self.redact_removed_citizens
+        self.subscriber.engine.on_point = self.adopt_point
+        if self.subscriber.engine.point is not None:  # persisted: used before the manifest
+            self.adopt_point(self.subscriber.engine.point)
         self.subscriber.start()
+
+    def adopt_point(self, point: PublishedPoint) -> bool:
+        """Decide at the district's published operating point, unless ``[session]
+        threshold`` is set (an explicit local override, logged); True when adopted."""
+        assert self.matcher is not None
+        return adopt_published(self.matcher, point, self.cfg.session.threshold,
+                               self.cfg.session.confirm_threshold)
 
     def redact_removed_citizens(self) -> int:
         """Blank, in the audit log and the outbox, the ids of citizens no longer in the

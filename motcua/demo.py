@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 
 from core.errors import ImageError, MotcuaError, SyncError
+from district import calibration
+from district.calibration import CalibrationSettings
 from district.log import DistrictLog
 from district.publisher import Publisher
 from edge.config import (
@@ -412,6 +414,17 @@ def run_demo(
             enrolled += 1
             say(f"      {p.citizen_id} {p.masked_name:<18} <- {p.label:<22} "
                 f"born {p.dob_shown}", out)
+        # the district derives its operating point from its gallery; the demo's few
+        # citizens are far below [calibration] min_gallery, so it publishes the pack's
+        # threshold and says so (a district of thousands gets a calibrated one)
+        cal = calibration.recompute(dlog, CalibrationSettings(margin=base.session.margin),
+                                    pack_threshold=vision.threshold)
+        say(f"      operating point published: {cal.describe()}", out)
+        if cal.method == "pack":
+            say(f"      WARNING: {cal.gallery_size} citizens is too few to calibrate for a "
+                f"stranger rate of {cal.target_fpir:g} (needs >= "
+                f"{CalibrationSettings().min_gallery}): the model pack's threshold is used",
+                out)
         settings = BrokerSettings(host=broker.host, port=broker.port,
                                   reconnect_min_s=0.2, reconnect_max_s=2.0)
         publisher = Publisher(dlog, load_private_key(workdir / "district.key"), settings,
@@ -468,7 +481,8 @@ def run_demo(
         def wait_for_sync() -> None:
             deadline = time.monotonic() + SYNC_TIMEOUT_S
             while service.store.citizen_count < enrolled or \
-                    service.store.last_seq < dlog.head_seq:
+                    service.store.last_seq < dlog.head_seq or \
+                    service.subscriber.engine.point is None:  # the signed point too
                 if time.monotonic() > deadline or stop.is_set():
                     raise SyncError(f"the terminal did not receive the district's changes "
                                     f"within {SYNC_TIMEOUT_S:.0f} s (broker log: "
@@ -478,6 +492,7 @@ def run_demo(
                 f"{service.store.last_seq}", out)
 
         service.start(before_camera=wait_for_sync)
+        say(f"      decision: {service.matcher.point.describe()}", out)
         say(f"      display API on 127.0.0.1:{service.api.port} (health SERVING)", out)
 
         say("[5/6] kiosk page", out)

@@ -156,7 +156,7 @@ class Batch(_message.Message):
     def __init__(self, district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., embedder_id: _Optional[str] = ..., dim: _Optional[int] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., origin: _Optional[_Union[BatchOrigin, str]] = ..., published_at_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Manifest(_message.Message):
-    __slots__ = ("district_id", "epoch", "head_seq", "embedder_id", "dim", "replay_from_seq", "published_at_ms")
+    __slots__ = ("district_id", "epoch", "head_seq", "embedder_id", "dim", "replay_from_seq", "published_at_ms", "point")
     DISTRICT_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,7 @@ class Manifest(_message.Message):
     DIM_FIELD_NUMBER: _ClassVar[int]
     REPLAY_FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    POINT_FIELD_NUMBER: _ClassVar[int]
     district_id: str
     epoch: int
     head_seq: int
@@ -171,7 +172,28 @@ class Manifest(_message.Message):
     dim: int
     replay_from_seq: int
     published_at_ms: int
-    def __init__(self, district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., head_seq: _Optional[int] = ..., embedder_id: _Optional[str] = ..., dim: _Optional[int] = ..., replay_from_seq: _Optional[int] = ..., published_at_ms: _Optional[int] = ...) -> None: ...
+    point: OperatingPoint
+    def __init__(self, district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., head_seq: _Optional[int] = ..., embedder_id: _Optional[str] = ..., dim: _Optional[int] = ..., replay_from_seq: _Optional[int] = ..., published_at_ms: _Optional[int] = ..., point: _Optional[_Union[OperatingPoint, _Mapping]] = ...) -> None: ...
+
+class OperatingPoint(_message.Message):
+    __slots__ = ("threshold", "margin", "confirm_threshold", "target_fpir", "predicted_fpir", "gallery_size", "derived_at_ms", "method")
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FPIR_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_FPIR_FIELD_NUMBER: _ClassVar[int]
+    GALLERY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DERIVED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    threshold: float
+    margin: float
+    confirm_threshold: float
+    target_fpir: float
+    predicted_fpir: float
+    gallery_size: int
+    derived_at_ms: int
+    method: str
+    def __init__(self, threshold: _Optional[float] = ..., margin: _Optional[float] = ..., confirm_threshold: _Optional[float] = ..., target_fpir: _Optional[float] = ..., predicted_fpir: _Optional[float] = ..., gallery_size: _Optional[int] = ..., derived_at_ms: _Optional[int] = ..., method: _Optional[str] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
     __slots__ = ("district_id", "epoch", "embedder_id", "dim", "snapshot_id", "last_seq", "index", "last", "changes", "request_id", "citizen_count", "dossier_count")

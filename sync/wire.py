@@ -8,6 +8,9 @@ needs no store (size, parse, version, district, signature) and raises
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -51,6 +54,56 @@ UNEXPECTED = "unexpected"  # a valid message the terminal did not ask for (stale
 #: signed, but older than what the terminal already accepted (a replayed old epoch or
 #: state; the terminal persists its floor across restarts)
 ROLLBACK = "rollback"
+#: a signed manifest whose operating point is nonsense (NaN, threshold outside (0, 1],
+#: confirm >= threshold); the rest of the manifest is still used, the point is not
+BAD_POINT = "bad_point"
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedPoint:
+    """The district's operating point as a signed manifest carries it (checked)."""
+
+    threshold: float
+    margin: float
+    confirm_threshold: float
+    target_fpir: float
+    predicted_fpir: float
+    gallery_size: int
+    derived_at_ms: int
+    method: str
+
+    def source(self) -> str:
+        """How the terminal names where its threshold came from."""
+        if self.method == "pack":
+            return (f"district: model pack threshold (gallery {self.gallery_size} too small "
+                    "to calibrate)")
+        return (f"district calibration (gallery {self.gallery_size}, "
+                f"target {self.target_fpir:g})")
+
+
+def point_from_pb(m: pb.Manifest) -> PublishedPoint | None:
+    """The manifest's operating point (None when it has none); MessageRejected(BAD_POINT)
+    when it is nonsense."""
+    if not m.HasField("point"):
+        return None
+    p = m.point
+    values = (p.threshold, p.margin, p.confirm_threshold, p.target_fpir)
+    if not all(math.isfinite(v) for v in values):
+        raise MessageRejected(BAD_POINT, "operating point has a NaN or infinite value")
+    if not 0.0 < p.threshold <= 1.0:
+        raise MessageRejected(BAD_POINT, f"threshold {p.threshold} outside (0, 1]")
+    if not 0.0 <= p.margin < 1.0:
+        raise MessageRejected(BAD_POINT, f"margin {p.margin} outside [0, 1)")
+    if p.confirm_threshold != 0.0 and not 0.0 < p.confirm_threshold < p.threshold:
+        raise MessageRejected(BAD_POINT, f"confirm threshold {p.confirm_threshold} not in "
+                                         f"(0, threshold {p.threshold})")
+    if not 0.0 < p.target_fpir < 1.0 or len(p.method) > 32:
+        raise MessageRejected(BAD_POINT, "target FPIR outside (0, 1) or a bad method name")
+    return PublishedPoint(
+        threshold=float(p.threshold), margin=float(p.margin),
+        confirm_threshold=float(p.confirm_threshold), target_fpir=float(p.target_fpir),
+        predicted_fpir=float(p.predicted_fpir), gallery_size=int(p.gallery_size),
+        derived_at_ms=int(p.derived_at_ms), method=p.method)
 
 _STATUS_TO_PB = {
     DossierStatus.RECEIVED: pb.DOSSIER_STATUS_RECEIVED,

@@ -214,6 +214,9 @@ def test_demo_without_sample_media_runs_on_the_astronaut(tmp_path: Path) -> None
     # the made-up date of birth is printed with the PIN, so a visitor can type it
     assert "born 15/08/1980" in text and "demo PIN for every citizen: 2468" in text
     assert "type the citizen's (DDMMYYYY" in text
+    # one citizen: too few to calibrate; the pack's point, signed, is what the terminal uses
+    assert "operating point published" in text and "too few to calibrate" in text
+    assert "decision: threshold" in text and "district: model pack threshold (gallery 1" in text
     assert result.matched and set(result.matched) == {"astronaut (scikit-image)"}
     assert summarise(result, io.StringIO()) == 0
     st = seen.get("state")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import threading
 from collections.abc import Sequence
 
@@ -24,6 +25,9 @@ import numpy.typing as npt
 
 from edge.config import SessionConfig
 from edge.session.ports import Gallery, GalleryMatch
+from sync.wire import PublishedPoint
+
+log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 
@@ -150,3 +154,21 @@ class Matcher:
         p = self.point
         k = max(self.top_k, self.confirm_candidates) if p.confirm_on else self.top_k
         return classify(self.gallery.search(embedding, k), p, self.confirm_candidates)
+
+
+def adopt_published(matcher: Matcher, point: PublishedPoint, local_threshold: float,
+                    local_confirm: float = 0.0) -> bool:
+    """Switch ``matcher`` to the district's signed operating point (already checked by
+    the sync), unless ``local_threshold`` (``[session] threshold``) is set: an explicit
+    local override wins and is logged as a warning. A "pack" point (the district's gallery
+    was too small to calibrate) keeps the local ``[session] confirm_threshold``
+    (``local_confirm``). True when adopted."""
+    if local_threshold:
+        log.warning("district operating point (%s, threshold %.3f) NOT used: [session] "
+                    "threshold = %s overrides it", point.source(), point.threshold,
+                    local_threshold)
+        return False
+    confirm = local_confirm if point.method == "pack" else point.confirm_threshold
+    matcher.set_point(OperatingPoint(point.threshold, point.margin, point.source(), confirm))
+    log.info("decision: %s", matcher.point.describe())
+    return True

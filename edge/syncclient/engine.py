@@ -205,6 +205,10 @@ class SyncEngine:
         #: citizen delete was applied, or a snapshot installed (the terminal redacts
         #: their ids from its audit log and outbox)
         self.on_citizens_removed: Callable[[], object] | None = None
+        #: the district's operating point (signed manifest, else the persisted one)
+        self.point: wire.PublishedPoint | None = self._load_point()
+        #: called (sync thread) with each newly accepted operating point
+        self.on_point: Callable[[wire.PublishedPoint], object] | None = None
 
     # ---- helpers -----------------------------------------------------------------
 
@@ -312,6 +316,35 @@ class SyncEngine:
                 f"{self.store.embedder_id!r}/{self.store.dim}",
             )
 
+    def _load_point(self) -> wire.PublishedPoint | None:
+        raw = self.persisted.point
+        if not raw:
+            return None
+        try:
+            m = pb.Manifest(point=pb.OperatingPoint(**raw))  # type: ignore[arg-type]
+            return wire.point_from_pb(m)
+        except (MessageRejected, TypeError, ValueError) as exc:
+            log.warning("ignoring the stored operating point: %s", exc)
+            return None
+
+    def _take_point(self, m: pb.Manifest) -> None:
+        """Adopt the manifest's operating point if it is new and sane (a bad one is
+        counted as ``bad_point`` and the previous point stays)."""
+        try:
+            point = wire.point_from_pb(m)
+        except MessageRejected as exc:
+            self._reject(exc)
+            return
+        if point is None or point == self.point:
+            return
+        if self.point is not None and point.derived_at_ms < self.point.derived_at_ms:
+            return  # an older point replayed in a manifest of the same head: keep ours
+        self.point = point
+        self.persisted.point = dataclasses.asdict(point)
+        self._save()
+        if self.on_point is not None:
+            self.on_point(point)
+
     def _on_manifest(self, m: pb.Manifest) -> None:
         self._check_space(m.embedder_id, m.dim)
         self._below_floor(m.epoch, None, "manifest")
@@ -319,6 +352,7 @@ class SyncEngine:
             m.epoch == self.district_epoch and m.head_seq < self.district_head
         ):
             return  # an older manifest (replayed or reordered): keep what we know
+        self._take_point(m)
         self.district_epoch = m.epoch
         self.district_head = m.head_seq
         # a signed manifest of a newer epoch: never accept the older one again, even

@@ -52,6 +52,9 @@ class SyncState:
     #: the pull stopped after too many failures (until a new manifest, a restart or
     #: ``snapshot_retry_at``)
     snapshot_paused: bool = False
+    #: the district's last accepted operating point (sync.wire.PublishedPoint fields), so a
+    #: restart decides with it before the next manifest; None = none received
+    point: dict[str, object] | None = None
 
     @property
     def floor(self) -> tuple[int, int]:
@@ -82,10 +85,20 @@ def load(path: Path) -> SyncState:
             snapshot_error=str(data.get("snapshot_error", ""))[:200],
             snapshot_retry_at=float(data.get("snapshot_retry_at", 0.0)),
             snapshot_paused=bool(data.get("snapshot_paused", False)),
+            point=_point(data.get("point")),
         )
     except (ValueError, TypeError) as exc:
         log.warning("ignoring damaged %s: %s", path, exc)
         return SyncState()
+
+
+def _point(value: object) -> dict[str, object] | None:
+    """A stored point's fields (checked again by the engine before use)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("point: not an object")
+    return {str(k): v for k, v in value.items()}
 
 
 def _nonneg_int(value: object) -> int:
