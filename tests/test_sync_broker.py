@@ -222,15 +222,17 @@ def test_offline_terminal_beyond_broker_queue_converges_via_snapshot(tmp_path: P
         ).start()
         store = rig.store("t-a")
         t = rig.terminal("t-a", store)
+        # how the first sync happens (live batches if the terminal subscribed before they
+        # went out, else a snapshot) depends on timing and is not what this test is about
         wait_for(lambda: rig.converged(t), what="initial sync")
-        snapshots_before = t.engine.snapshots_applied
         t.stop()  # offline; the broker keeps its session and queues at most 5 messages
         for i in range(30):
             rig.dlog.update_dossier(f"HS-{i % 10:07d}", stage=f"bước {i}")
         wait_for(lambda: rig.dlog.published_seq == rig.dlog.head_seq, what="all published")
         t2 = rig.terminal("t-a", store)  # back online with the same store and session
         wait_for(lambda: rig.converged(t2), timeout=60, what="convergence after long offline")
-        assert t2.engine.snapshots_applied == 1 and snapshots_before == 1
+        # 30 changes behind, 5 kept by the broker, replay window 10: only a snapshot heals
+        assert t2.engine.snapshots_applied == 1
     finally:
         rig.close()
         broker.close()
