@@ -10,6 +10,7 @@ both (what a CI cache-warming step would run).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 SUITE = "bookworm"
@@ -112,6 +114,38 @@ def unpack(tarball: Path, dest: Path) -> Path:
     subprocess.run(["tar", "--numeric-owner", "-xpf", str(tarball), "-C", str(dest)],
                    check=True)
     return dest
+
+
+@contextlib.contextmanager
+def system_mounts(root: Path) -> Iterator[None]:
+    """Read-only /proc and /sys in ``root`` (onnxruntime's cpuinfo reads both and aborts
+    without them, as on a real Pi where they are always there)."""
+    mounted: list[Path] = []
+    try:
+        for fstype, target in (("proc", root / "proc"), ("sysfs", root / "sys")):
+            target.mkdir(exist_ok=True)
+            subprocess.run(["mount", "-t", fstype, "-o", "ro,nosuid,nodev,noexec", fstype,
+                            str(target)], check=True)
+            mounted.append(target)
+        yield
+    finally:
+        for target in reversed(mounted):
+            subprocess.run(["umount", str(target)], check=False)
+
+
+def mounts_under(root: Path) -> list[str]:
+    prefix = str(root.resolve())
+    with open("/proc/mounts") as fh:
+        points = [line.split()[1].replace("\\040", " ") for line in fh]
+    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
+def remove_root(root: Path) -> None:
+    """Delete an unpacked root, never while something is still mounted inside it."""
+    left = mounts_under(root)
+    if left:
+        raise RuntimeError(f"still mounted inside {root}: {left}; not deleting it")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def chroot(root: Path, *cmd: str, env: dict[str, str] | None = None,

@@ -35,7 +35,16 @@ import numpy as np
 import pytest
 
 from tests import arm64_probe
-from tests.arm64_root import CACHE, chroot, ensure_binfmt, root_key, root_tarball, unpack
+from tests.arm64_root import (
+    CACHE,
+    chroot,
+    ensure_binfmt,
+    remove_root,
+    root_key,
+    root_tarball,
+    system_mounts,
+    unpack,
+)
 from tests.broker import MosquittoBroker
 from tests.conftest import REPO
 from tests.sync_helpers import add_citizens, new_district, reference_store
@@ -78,9 +87,10 @@ def root(arm64_tarball: Path, tmp_path_factory: pytest.TempPathFactory):  # type
     ensure_binfmt()
     path = unpack(arm64_tarball, tmp_path_factory.mktemp("arm64") / "root")
     try:
-        yield path
+        with system_mounts(path):
+            yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_root(path)
 
 
 def hnswlib_cache_key(release: Path) -> str:
@@ -286,3 +296,45 @@ def test_sync_from_x86_district(provisioned: Path, tmp_path: Path) -> None:
         assert result["content_hash"] == ref.content_hash()
     finally:
         ref.close()
+
+
+def onnxruntime_spec():  # type: ignore[no-untyped-def]
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    (req,) = [Requirement(d) for d in deps if Requirement(d).name == "onnxruntime"]
+    return req.specifier
+
+
+@pytest.mark.parametrize("version", ["1.21.0", "1.21.1"])
+def test_onnxruntime_pin_matches_the_pi4_model(root: Path, wheelhouse: Path,
+                                               version: str) -> None:
+    """pyproject.toml admits an onnxruntime release exactly when it imports on qemu's
+    Cortex-A72 (1.21.0 dies there with SIGILL: microsoft/onnxruntime#23957); every
+    release imports on the Cortex-A76."""
+    import zipfile
+
+    dl = root / "tmp" / f"ort-dl-{version}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+         "--no-deps", "--only-binary=:all:", "--platform", "manylinux_2_28_aarch64",
+         "--python-version", "3.11", "--implementation", "cp", "-d", str(dl),
+         f"onnxruntime=={version}"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    site = root / "tmp" / f"ort-{version}"
+    for wheel in [*dl.glob("onnxruntime-*.whl"), *wheelhouse.glob("numpy-*.whl")]:
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(site)
+    for p in site.rglob("*.so*"):
+        p.chmod(0o755)
+    code = "import onnxruntime as o; print(o.__version__)"
+    env = {"PYTHONPATH": f"/tmp/ort-{version}"}
+    pi4 = chroot(root, "python3", "-c", code, env={**env, "QEMU_CPU": PI4_CPU})
+    pi5 = chroot(root, "python3", "-c", code, env={**env, "QEMU_CPU": PI5_CPU})
+    log(f"onnxruntime {version}: exit {pi4.returncode} on {PI4_CPU}, {pi5.returncode} on "
+        f"{PI5_CPU}")
+    assert pi5.returncode == 0 and pi5.stdout.strip() == version, pi5.stderr[-2000:]
+    assert pi4.returncode in (0, -4), pi4.stderr[-2000:]  # runs, or SIGILL
+    assert (pi4.returncode == 0) == (version in onnxruntime_spec()), pi4.stderr[-500:]
