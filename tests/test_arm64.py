@@ -93,12 +93,12 @@ def root(arm64_tarball: Path, tmp_path_factory: pytest.TempPathFactory):  # type
         remove_root(path)
 
 
-def hnswlib_cache_key(release: Path) -> str:
-    """What goes into the hnswlib wheel: the root, the build script, hnswlib's spec."""
+def hnswlib_cache_key() -> str:
+    """What goes into the hnswlib wheel: the root (compiler, Python), hnswlib's spec and
+    the build's environment."""
     spec = [ln for ln in (REPO / "pyproject.toml").read_text().splitlines()
             if ln.strip().startswith('"hnswlib')]
-    script = (REPO / "deploy/raspberrypi/build_wheelhouse.py").read_bytes()
-    h = hashlib.sha256(root_key().encode() + repr(spec).encode() + script)
+    h = hashlib.sha256(f"{root_key()} {spec} HNSWLIB_NO_NATIVE=1 cp311".encode())
     return h.hexdigest()[:12]
 
 
@@ -122,7 +122,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def wheelhouse(root: Path, release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """build-wheelhouse.sh's output; the hnswlib wheel comes from the cache when there."""
     out = tmp_path_factory.mktemp("wh") / "wheelhouse"
-    cached_dir = CACHE / f"hnswlib-{hnswlib_cache_key(release)}"
+    cached_dir = CACHE / f"hnswlib-{hnswlib_cache_key()}"
     cached = sorted(cached_dir.glob("hnswlib-*.whl"))
     cmd = [str(BUILD_WHEELHOUSE), str(out), "--release", str(release)]
     cmd += ["--hnswlib-wheel", str(cached[0])] if cached else ["--arm64-root", str(root)]

@@ -160,12 +160,13 @@ def build_hnswlib(spec: str, builder: Builder, python_version: str, out: Path
                         f"{inside}/src", "--no-deps", "-w", f"{inside}/out",
                         f"{inside}/src/{sdist.name}"], env={"HNSWLIB_NO_NATIVE": "1"})
     build_s = time.monotonic() - start
-    (out / "hnswlib-build.log").write_text(proc.stdout + proc.stderr)
+    build_log = proc.stdout + proc.stderr  # pip -v puts the compiler lines on stderr
+    (out / "hnswlib-build.log").write_text(build_log)
     if proc.returncode != 0:
         raise WheelhouseError("the hnswlib build failed (python3-dev and build-essential "
                               f"installed?); see {out / 'hnswlib-build.log'}")
-    compiles = [ln for ln in proc.stdout.splitlines()
-                if re.search(r"\b(?:[\w-]*g\+\+|[\w-]*gcc|c\+\+|cc)\b.*\s-c\s", ln)]
+    compiles = [ln for ln in build_log.splitlines()
+                if re.search(r"(?:^|\s)\S*(?:g\+\+|gcc|c\+\+)\s.*\s-c\s", ln)]
     if not compiles:
         raise WheelhouseError("no compiler command in the hnswlib build log; cannot check "
                               "its flags")
@@ -178,8 +179,15 @@ def build_hnswlib(spec: str, builder: Builder, python_version: str, out: Path
     scan = scan_wheel(wheel, builder)
     shutil.copy2(wheel, out / wheel.name)
     flags = sorted({f for ln in compiles for f in ln.split() if f.startswith(("-O", "-m"))})
+    # with no -march/-mcpu flag the compiler's default target applies: armv8-a on Debian
+    target = builder.run(["gcc", "-Q", "--help=target"])
+    march = re.search(r"^\s*-march=\s*(\S+)", target.stdout, re.M)
+    default_march = march.group(1) if march else "unknown"
+    if default_march not in ("armv8-a", "unknown"):
+        raise WheelhouseError(f"the compiler's default target is {default_march}, not armv8-a")
     return {"wheel": wheel.name, "env": "HNSWLIB_NO_NATIVE=1", "compile_flags": flags,
-            "build_seconds": round(build_s), "instruction_check": scan}
+            "default_march": default_march, "build_seconds": round(build_s),
+            "instruction_check": scan}
 
 
 def scan_wheel(wheel: Path, builder: Builder) -> str:
