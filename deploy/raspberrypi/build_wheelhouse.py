@@ -257,12 +257,16 @@ def build(args: argparse.Namespace) -> int:
         raise WheelhouseError("hnswlib must be compiled on arm64: run this on a Pi, or give "
                               "--arm64-root (a Debian bookworm arm64 root with python3-venv, "
                               "python3-dev, build-essential; qemu-user-static runs it)")
+    for c in args.constraint:
+        if not c.is_file():
+            raise WheelhouseError(f"--constraint: {c} is not a file")
     if args.arm64_root is not None and not (args.arm64_root / "usr/bin/python3").exists():
         raise WheelhouseError(f"--arm64-root: {args.arm64_root} has no usr/bin/python3")
     reqs = requirements(release)
     hnsw = [r for r in reqs if re.match(r"^hnswlib\b", r, re.I)]
     out.mkdir(parents=True, exist_ok=True)
     record: dict[str, object] = {"release": release.name, "python": args.python_version,
+                                 "constraints": [c.read_text() for c in args.constraint],
                                  "platform": "aarch64 (Raspberry Pi 4 and 5, bookworm)"}
     if args.hnswlib_wheel is not None:
         shutil.copy2(args.hnswlib_wheel, out / args.hnswlib_wheel.name)
@@ -275,9 +279,10 @@ def build(args: argparse.Namespace) -> int:
         finally:
             builder.cleanup()
     log("downloading the release's dependencies as aarch64 wheels")
+    constraints = [a for c in args.constraint for a in ("-c", str(c))]
     pip("download", "--quiet", "--only-binary=:all:", *platform_args(), "--python-version",
-        args.python_version, "--implementation", "cp", "--find-links", str(out), "-d",
-        str(out), str(release))
+        args.python_version, "--implementation", "cp", "--find-links", str(out), *constraints,
+        "-d", str(out), str(release))
     if not (out / release.name).is_file():
         shutil.copy2(release, out / release.name)
     wheels = sorted(p for p in out.glob("*.whl"))
@@ -301,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="Debian arm64 root to compile hnswlib in (needed on a non-arm64 host)")
     p.add_argument("--hnswlib-wheel", type=Path,
                    help="an hnswlib wheel this script built before (skips the compile)")
+    p.add_argument("--constraint", type=Path, action="append", default=[],
+                   help="pip constraints file for the downloads (e.g. hold a release back)")
     args = p.parse_args(argv)
     try:
         return build(args)
