@@ -277,7 +277,8 @@ def test_sync_from_x86_district(provisioned: Path, tmp_path: Path) -> None:
             ["chroot", str(provisioned), PYTHON, "/tmp/arm64_probe.py", "sync", "/tmp/sync",
              str(broker.port), "/tmp/district.pub", str(dlog.head_seq)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={"PATH": "/usr/bin:/bin", "QEMU_CPU": PI4_CPU, "LANG": "C.UTF-8"})
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "QEMU_CPU": PI4_CPU,
+                 "LANG": "C.UTF-8"})
         assert sub.stdout is not None
         ready, _, _ = select.select([sub.stdout], [], [], 300)
         line = sub.stdout.readline() if ready else ""
