@@ -23,6 +23,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# arm64 binaries (tests/test_arm64.py's emulated Pi root) run through qemu-aarch64: mount
+# binfmt_misc when a container left it empty and enable qemu's registration
+if [ "$(id -u)" -eq 0 ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+    [ -e /proc/sys/fs/binfmt_misc/register ] \
+        || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+    update-binfmts --enable qemu-aarch64 || echo "install.sh: cannot enable qemu-aarch64" >&2
+fi
+
 if [ ! -x .venv/bin/python ]; then
     echo "install.sh: creating .venv"
     python3 -m venv .venv

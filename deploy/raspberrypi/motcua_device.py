@@ -366,6 +366,35 @@ def check_model_pack(path: Path, expected: str | None) -> tuple[str, str]:
     return actual, name
 
 
+def check_wheelhouse(path: Path) -> None:
+    """A wheelhouse folder; when it has build-wheelhouse.sh's SHA256SUMS, every wheel in
+    it must be listed there with that digest (a damaged or swapped copy stops here)."""
+    if not path.is_dir():
+        raise ProvisionError(f"--wheelhouse: {path} is not a directory")
+    wheels = sorted(p.name for p in path.glob("*.whl"))
+    if not wheels:
+        raise ProvisionError(f"--wheelhouse: {path} holds no wheels")
+    sums = path / "SHA256SUMS"
+    if not sums.is_file():
+        return
+    listed: dict[str, str] = {}
+    for line in sums.read_text(encoding="ascii", errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) != 2 or not re.fullmatch(r"[0-9a-f]{64}", parts[0]):
+            raise ProvisionError(f"--wheelhouse: {sums} has a bad line: {line[:80]!r}")
+        listed[parts[1].lstrip("*")] = parts[0]
+    unlisted = [w for w in wheels if w not in listed]
+    if unlisted:
+        raise ProvisionError(f"--wheelhouse: {', '.join(unlisted[:5])} not in SHA256SUMS")
+    for name, digest in listed.items():
+        f = path / name
+        if not f.is_file():
+            raise ProvisionError(f"--wheelhouse: {name} (in SHA256SUMS) is missing")
+        if sha256_file(f) != digest:
+            raise ProvisionError(f"--wheelhouse: {name} does not match SHA256SUMS: the copy "
+                                 "is damaged or not the district's")
+
+
 def parse_broker(value: str) -> tuple[str, int, bool]:
     """``[mqtt://|mqtts://]host[:port]`` -> (host, port, tls)."""
     tls = False
@@ -475,8 +504,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
             release = check_wheel(wheel)
         except ProvisionError as exc:
             problems.append(str(exc))
-    if args.wheelhouse is not None and not args.wheelhouse.is_dir():
-        problems.append(f"--wheelhouse: {args.wheelhouse} is not a directory")
+    if args.wheelhouse is not None:
+        try:
+            check_wheelhouse(args.wheelhouse)
+        except ProvisionError as exc:
+            problems.append(str(exc))
     root = Path(args.root)
     if not root.is_dir():
         problems.append(f"--root: {root} is not a directory")
@@ -590,7 +622,9 @@ def install_release(t: Target, rel: Release, wheelhouse: Path | None) -> Path:
         shutil.copytree(wheelhouse, t.path(house))
         pip += ["--no-index", "--find-links", str(house)]
     try:
-        t.run([*pip, str(cached)])
+        # hnswlib has no aarch64 wheel on PyPI; when pip compiles it here, build for any
+        # arm64 core (its setup.py adds -march=native otherwise: a Pi 5 build stops a Pi 4)
+        t.run([*pip, str(cached)], env={"HNSWLIB_NO_NATIVE": "1"})
     finally:
         shutil.rmtree(t.path(house), ignore_errors=True)
     record = {"id": rel.id, "version": rel.version, "wheel": rel.wheel.name,
