@@ -315,7 +315,6 @@ def test_sync_from_x86_district(provisioned: Path, tmp_path: Path) -> None:
 
 def onnxruntime_spec():  # type: ignore[no-untyped-def]
     import tomllib
-
     from packaging.requirements import Requirement
 
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]

@@ -36,10 +36,11 @@ import sys
 import tarfile
 import tempfile
 import time
-import tomllib
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+
+import tomllib
 
 #: Raspberry Pi OS bookworm's Python
 DEFAULT_PYTHON = "3.11"
