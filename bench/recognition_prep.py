@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +61,9 @@ SETTINGS: dict[str, Setting] = {
     "m24_flip_mean": Setting(rb.Prep(margin=24), flip="mean"),
     "m24_flip_concat": Setting(rb.Prep(margin=24), flip="concat"),
     "m20_flip_mean": Setting(rb.Prep(margin=20), flip="mean"),
+    "m20_flip_concat": Setting(rb.Prep(margin=20), flip="concat"),
+    "m20_prewhiten": Setting(rb.Prep(margin=20), standardise="prewhiten"),
+    "sim20": Setting(rb.Prep(crop="similarity", margin=20)),
     "m16_flip_mean": Setting(rb.Prep(margin=16), flip="mean"),
     "src32": Setting(rb.Prep(crop="margin_src", margin=32)),
     "sim24": Setting(rb.Prep(crop="similarity", margin=24)),
@@ -84,6 +88,24 @@ class MirrorEmbeddings(rb.Embeddings):
         return self.pipe.embedder.embed(np.ascontiguousarray(crops[:, :, ::-1]))
 
 
+#: the trailing part of an embedder id that names the crop (``-m24``, ``-m20-flip``): the
+#: cache key carries the crop settings itself (Prep, standardisation, mirror), so the
+#: cache is keyed by the id of the network and its standardisation alone and a pack
+#: whose id only names a new crop reuses the embeddings already computed
+CROP_SUFFIX = re.compile(r"-m\d+(-flip)?$")
+
+
+class _CacheView:
+    """The pipeline as the bench's cache sees it: the embedder id without the crop."""
+
+    def __init__(self, pipe: FacePipeline) -> None:
+        self._pipe = pipe
+        self.embedder_id = CROP_SUFFIX.sub("", pipe.embedder_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+
 class Combined:
     """The embeddings a Setting gives, with the interface the bench's protocols use."""
 
@@ -91,8 +113,12 @@ class Combined:
                  cache: Path) -> None:
         emb: Any = pipe.embedder
         emb.standardise = PREPROCESSING[setting.standardise]
-        self.plain = rb.Embeddings(pipe, cfg, setting.prep, root, cache)
-        self.mirror = (MirrorEmbeddings(pipe, cfg, setting.prep, root, cache)
+        # the pack's own test-time flip (``[embedder] flip``) is off here: the setting says
+        # whether to flip, and the cache key (embedder id + Prep) must say what was done
+        emb.flip = False
+        view: Any = _CacheView(pipe)
+        self.plain = rb.Embeddings(view, cfg, setting.prep, root, cache)
+        self.mirror = (MirrorEmbeddings(view, cfg, setting.prep, root, cache)
                        if setting.flip else None)
         self.flip = setting.flip
         self.face = self.plain.face
