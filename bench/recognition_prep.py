@@ -150,12 +150,12 @@ def dev_train_people(lfw: Path, meta: Path) -> rb.Dataset:
 
 
 def rethreshold(pipe: FacePipeline, cfg: Any, lfw: Path, meta: Path, cache: Path, old: str,
-                names: Sequence[str], splits: int) -> int:
+                names: Sequence[str], splits: int, old_threshold: float | None) -> int:
     """The threshold that keeps the open-set FPIR (View 1 DevTrain people, the bench's
     protocol and the terminal's decide() with its margin) where setting ``old`` has it at
     the pack's threshold."""
     ds = dev_train_people(lfw, meta)
-    pack_t = cfg.session.threshold or pipe.match_threshold
+    pack_t = old_threshold or cfg.session.threshold or pipe.match_threshold
     margin, k = cfg.session.margin, cfg.session.top_k
     grid = sorted({pack_t, *(round(x, 3) for x in np.arange(0.40, 0.80, 0.005))})
     out: dict[str, Any] = {"people": len(set(ds.labels)), "photos": len(ds.paths),
@@ -195,6 +195,8 @@ def main() -> int:
     ap.add_argument("--rethreshold", metavar="OLD",
                     help="open-set on View 1's DevTrain people: FPIR of setting OLD at the "
                          "pack's threshold, and each NAME's threshold giving the same FPIR")
+    ap.add_argument("--old-threshold", type=float,
+                    help="OLD's threshold for --rethreshold (default: the pack's)")
     ap.add_argument("--splits", type=int, default=5, help="open-set splits (--rethreshold)")
     ap.add_argument("--cache-dir")
     args = ap.parse_args()
@@ -205,7 +207,8 @@ def main() -> int:
     meta = lfw.parent / "lfw-meta"
     cache = rb.cache_dir(args.cache_dir)
     if args.rethreshold:
-        return rethreshold(pipe, cfg, lfw, meta, cache, args.rethreshold, names, args.splits)
+        return rethreshold(pipe, cfg, lfw, meta, cache, args.rethreshold, names, args.splits,
+                           args.old_threshold)
     rows = []
     for name in names:
         st = SETTINGS[name]

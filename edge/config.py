@@ -136,8 +136,8 @@ class SessionConfig:
     good_frames: int = 3
     #: good frontal frames embedded and averaged for the decision (more = steadier score).
     #: On LFW (bench/recognition_multi.py, docs/recognition.md) averaging P photos of a
-    #: person, one enrolment photo, at the threshold giving FPIR 1e-2 per P: FNIR 0.49 at
-    #: 1, 0.30 at 2, 0.24 at 3, 0.19 at 4. LFW photos are other days, not frames of one
+    #: person, one enrolment photo, at the threshold giving FPIR 1e-2 per P: FNIR 0.43 at
+    #: 1, 0.25 at 2, 0.20 at 3, 0.18 at 4. LFW photos are other days, not frames of one
     #: session, so a session gains less; 4 costs one frame (~0.1 s) and one embedding
     embed_frames: int = 4
     # -- liveness
