@@ -69,6 +69,7 @@ class FacenetEmbedder:
         dim: int = 512,
         size: int = 160,
         preprocessing: str = "fixed_standardization",
+        flip: bool = False,
     ) -> None:
         if preprocessing not in PREPROCESSING:
             raise ModelError(
@@ -76,6 +77,9 @@ class FacenetEmbedder:
                 f"(known: {', '.join(sorted(PREPROCESSING))})"
             )
         self.standardise = PREPROCESSING[preprocessing]
+        #: test-time flip: a face's embedding is the unit mean of its crop's and its
+        #: mirror's (twice the model runs; docs/recognition.md has what it gains)
+        self.flip = flip
         self.model = OnnxModel(path, runtime)
         self.embedder_id = embedder_id
         self.dim = dim
@@ -88,6 +92,13 @@ class FacenetEmbedder:
         """Unit-length embeddings float32 (n, dim) for uint8 crops (n, size, size, 3)."""
         if crops.ndim != 4 or crops.shape[1:] != (self.size, self.size, 3):
             raise ValueError(f"expected crops (n, {self.size}, {self.size}, 3), got {crops.shape}")
+        out = self._embed_unit(crops)
+        if self.flip:
+            out += self._embed_unit(np.ascontiguousarray(crops[:, :, ::-1]))
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+    def _embed_unit(self, crops: npt.NDArray[np.uint8]) -> FloatArray:
         out = np.empty((len(crops), self.dim), np.float32)
         for start in range(0, len(crops), MAX_BATCH):
             batch = self.standardise(crops[start : start + MAX_BATCH])
@@ -112,8 +123,12 @@ def build_embedder(spec: EmbedderSpec, config: PipelineSettings) -> FacenetEmbed
     h, w = spec.input_size
     if h != w:
         raise ModelError(f"model pack embedder {spec.id}: input_size must be square")
+    flip = spec.params.get("flip", False)
+    if not isinstance(flip, bool):
+        raise ModelError(f"model pack embedder {spec.id}: flip must be true or false")
     return FacenetEmbedder(
-        spec.path, config.runtime, spec.id, dim=spec.dim, size=h, preprocessing=spec.preprocessing
+        spec.path, config.runtime, spec.id, dim=spec.dim, size=h,
+        preprocessing=spec.preprocessing, flip=flip,
     )
 
 

