@@ -296,10 +296,15 @@ def test_sync_from_x86_district(provisioned: Path, tmp_path: Path) -> None:
         result = json.loads(out.strip().splitlines()[-1])
     finally:
         for p in (pub, sub):
-            if p is not None and p.poll() is None:
+            if p is None:
+                continue
+            if p.poll() is None:
                 p.terminate()
                 p.wait(timeout=30)
-        broker.stop()
+            for stream in (p.stdout, p.stderr):  # the publisher's stderr was never read
+                if stream is not None:
+                    stream.close()
+        broker.close()
     from edge.store.gallery import GalleryStore
 
     ref = reference_store(dlog, GalleryStore.open(tmp_path / "ref", embedder_id=
