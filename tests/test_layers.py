@@ -81,3 +81,12 @@ def test_no_project_import_is_hidden_inside_a_function() -> None:
                 if any(n.split(".")[0] in PACKAGES for n in names):
                     hidden.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert hidden == []
+
+
+def test_docs_index_lists_every_document() -> None:
+    """docs/README.md names every file of docs/ (a newcomer finds them all there)."""
+    docs = ROOT / "docs"
+    index = (docs / "README.md").read_text(encoding="utf-8")
+    missing = [p.name for p in sorted(docs.iterdir())
+               if p.is_file() and p.name != "README.md" and f"`{p.name}`" not in index]
+    assert missing == []
