@@ -16,7 +16,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import tomllib
+
+try:
+    import tomllib  # novermin (guarded: Python 3.10 takes the tomli branch below)
+except ModuleNotFoundError:  # Python 3.10 (JetPack 6)
+    import tomli as tomllib
 from packaging.requirements import Requirement
 
 from tests.conftest import REPO

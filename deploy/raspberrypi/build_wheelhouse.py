@@ -40,7 +40,10 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib  # novermin (guarded: Python 3.10 takes the tomli branch below)
+except ModuleNotFoundError:  # Python 3.10 (JetPack 6)
+    import tomli as tomllib
 
 #: Raspberry Pi OS bookworm's Python
 DEFAULT_PYTHON = "3.11"
