@@ -308,15 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except ProvisionError as exc:
-        print(f"motcua-device: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("motcua-device: interrupted", file=sys.stderr)
-        return 130
+    return int(base.main(argv, build_parser))
 
 
 if __name__ == "__main__":

@@ -1079,8 +1079,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None,
+         parser: Callable[[], argparse.ArgumentParser] | None = None) -> int:
+    """Run the command line; ``parser`` builds another command set (deploy/jetson's)."""
+    args = (parser or build_parser)().parse_args(argv)
     try:
         return int(args.func(args))
     except ProvisionError as exc:
