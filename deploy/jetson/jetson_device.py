@@ -102,16 +102,7 @@ def check_ort_wheel(path: Path) -> Path:
             f"--ort-wheel: {path.name} is not an onnxruntime-gpu wheel for the Jetson "
             "(onnxruntime_gpu-VERSION-cp310-cp310-linux_aarch64.whl from NVIDIA's Jetson "
             "index for JetPack 6); the CPU onnxruntime would run the models on the CPU only")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ProvisionError(f"--ort-wheel: {path} is not a readable wheel: {exc}") from None
-    if bad is not None:
-        raise ProvisionError(f"--ort-wheel: {path}: member {bad} is corrupt")
-    if "onnxruntime/__init__.py" not in names:
-        raise ProvisionError(f"--ort-wheel: {path} does not contain the onnxruntime package")
+    base.check_wheel_member(path, "onnxruntime/__init__.py", "--ort-wheel", "onnxruntime")
     return path
 
 

@@ -314,17 +314,23 @@ def check_wheel(path: Path) -> Release:
         raise ProvisionError(
             f"--release: {path.name} is not a motcua wheel (motcua-VERSION-py3-none-any.whl)"
         )
+    check_wheel_member(path, "motcua/cli.py", "--release", "motcua")
+    return Release(path, m.group(1), sha256_file(path))
+
+
+def check_wheel_member(path: Path, member: str, option: str, package: str) -> None:
+    """``path`` is a readable, uncorrupted wheel holding ``member`` (else ProvisionError
+    naming ``option``)."""
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
             bad = zf.testzip()
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ProvisionError(f"--release: {path} is not a readable wheel: {exc}") from None
+        raise ProvisionError(f"{option}: {path} is not a readable wheel: {exc}") from None
     if bad is not None:
-        raise ProvisionError(f"--release: {path}: member {bad} is corrupt")
-    if "motcua/cli.py" not in names:
-        raise ProvisionError(f"--release: {path} does not contain the motcua package")
-    return Release(path, m.group(1), sha256_file(path))
+        raise ProvisionError(f"{option}: {path}: member {bad} is corrupt")
+    if member not in names:
+        raise ProvisionError(f"{option}: {path} does not contain the {package} package")
 
 
 def check_model_pack(path: Path, expected: str | None) -> tuple[str, str]:
