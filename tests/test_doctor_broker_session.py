@@ -97,7 +97,6 @@ def test_doctor_asks_the_running_terminal_and_keeps_its_session(tmp_path: Path) 
         # 2. the service is stopped; a batch is queued in its persistent session
         server.stop(0).wait()
         t2.stop()
-        requests_before = dict(t2.engine.requests)
         add_citizens(dlog, 1, start=200)
         head = dlog.head_seq
         with PortReservation() as dead:  # no terminal API answers: the doctor logs in
@@ -106,7 +105,11 @@ def test_doctor_asks_the_running_terminal_and_keeps_its_session(tmp_path: Path) 
         # the terminal comes back: the queued batch is still there for it (no replay)
         t2 = subscriber()
         wait_for(lambda: store.last_seq == head, what="queued batch after the doctor")
-        assert dict(t2.engine.requests) == {} or dict(t2.engine.requests) == requests_before, (
+        # a fresh engine: any count here is a replay/snapshot the drained queue forced.
+        # Known weakness: this second half also passed with the old doctor (checked by
+        # hand), so it shows the login works with the service stopped, not that the
+        # queue survives it; the first half is what failed before the fix.
+        assert dict(t2.engine.requests) == {}, (
             f"the terminal had to ask for a replay: {dict(t2.engine.requests)}")
     finally:
         server.stop(0)
