@@ -283,11 +283,12 @@ def test_sync_from_x86_district(provisioned: Path, tmp_path: Path) -> None:
         ready, _, _ = select.select([sub.stdout], [], [], 300)
         line = sub.stdout.readline() if ready else ""
         assert line.strip() == "connected", (line, sub.poll())
-        pub = subprocess.Popen(
-            [sys.executable, "-m", "motcua", "district", "publish", "--db",
-             str(tmp_path / "d.sqlite"), "--key", str(keys / "district.key"), "--broker",
-             f"127.0.0.1:{broker.port}"], cwd=REPO, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+        with open(tmp_path / "publisher.log", "wb") as pub_log:
+            pub = subprocess.Popen(
+                [sys.executable, "-m", "motcua", "district", "publish", "--db",
+                 str(tmp_path / "d.sqlite"), "--key", str(keys / "district.key"), "--broker",
+                 f"127.0.0.1:{broker.port}"], cwd=REPO, stdout=subprocess.DEVNULL,
+                stderr=pub_log, env={**os.environ, "PYTHONPATH": str(REPO)})
         start = time.monotonic()
         out, err = sub.communicate(timeout=600)
         assert sub.returncode == 0, err[-3000:]
@@ -299,6 +300,10 @@ def test_sync_from_x86_district(provisioned: Path, tmp_path: Path) -> None:
             if p is not None and p.poll() is None:
                 p.terminate()
                 p.wait(timeout=30)
+        if sub is not None:
+            for f in (sub.stdout, sub.stderr):
+                if f is not None:
+                    f.close()
         broker.stop()
     from edge.store.gallery import GalleryStore
 
