@@ -300,6 +300,12 @@ def test_demo_with_the_liveness_challenge_refuses_the_still_photo(tmp_path: Path
     kinds = [k for _, k, _ in result.events]
     assert "challenge" in kinds and "liveness_failed" in kinds, out.getvalue()
     assert result.matched == [] and "matched" not in kinds
+    # no planned second look with liveness on: the status change is posted when the camera
+    # starts and only the terminal's store is checked
+    sc = result.status_change
+    assert sc is not None and sc.ok and not sc.looks, out.getvalue()
+    assert sc.applied_s is not None and sc.shown_s is None
+    assert "again, after the status change" not in out.getvalue()
 
 
 @pytest.mark.slow
