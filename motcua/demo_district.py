@@ -170,7 +170,7 @@ class StatusChange:
 
     def _case_system(self, url: str, token: str, store: Any, stop: threading.Event) -> None:
         while not self._trigger.wait(0.05):
-            if stop.is_set():
+            if stop.is_set() or self.done.is_set():
                 return
             if self._post_by is not None and time.monotonic() >= self._post_by:
                 self.say(f"{_clock()} case system: {self.masked_name} not matched yet; "
@@ -196,6 +196,8 @@ class StatusChange:
                  f"{self.masked_code} -> {self.new.value}: {self.post_outcome} "
                  f"({(time.monotonic() - t0) * 1000:.0f} ms)")
         while store.last_seq < self.seq:
+            if self.done.is_set():
+                return  # finish() gave up (the demo is closing the store)
             if time.monotonic() - t0 > self.timeout_s or stop.is_set():
                 self._fail(f"the terminal did not apply change {self.seq} within "
                            f"{self.timeout_s:.0f} s of the POST")
