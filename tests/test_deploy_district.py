@@ -5,6 +5,8 @@ changes nothing."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +112,69 @@ def test_bad_arguments_change_nothing(tmp_path: Path, bad: list[str]) -> None:
     proc = _provision(root, _motcua(tmp_path), *bad)
     assert proc.returncode == 2 and "nothing was changed" in proc.stderr, proc.stderr
     assert list(root.iterdir()) == []
+
+
+def _guide_section() -> str:
+    text = (REPO / "docs" / "technician-guide.md").read_text()
+    return text.split("## Provisioning the district server\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _guide_command() -> list[str]:
+    """The provision.sh command of the technician guide, as its words."""
+    section = _guide_section()
+    start = section.index("    deploy/district/provision.sh ")
+    lines = []
+    for line in section[start:].splitlines():
+        lines.append(line.strip().rstrip("\\"))
+        if not line.rstrip().endswith("\\"):
+            break
+    return shlex.split(" ".join(lines))
+
+
+def test_the_technician_guide_options_are_provision_options() -> None:
+    usage = (DEPLOY / "provision.sh").read_text()
+    words = _guide_command()
+    assert words[0] == "deploy/district/provision.sh"
+    table = re.findall(r"^\| `(--[a-z-]+)", _guide_section(), re.M)
+    for option in [w for w in words if w.startswith("--")] + table:
+        assert f"        {option})" in usage, option  # the script's case arm
+    # every option of the script is in the guide's table
+    assert set(re.findall(r"^        (--[a-z-]+)\)", usage, re.M)) == set(table)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="provision.sh runs as root")
+def test_the_technician_guide_command_creates_what_the_guide_lists(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    words = _guide_command()[1:]
+    # --source would pip-install the sources into the image: the test's motcua instead
+    i = words.index("--source")
+    del words[i:i + 2]
+    proc = _provision(root, _motcua(tmp_path), *words)
+    assert proc.returncode == 0, proc.stderr
+    listed = re.findall(r"^\| `(/[^`]+)`", _guide_section(), re.M)
+    assert len(listed) >= 8, listed
+    for path in listed:
+        if path.startswith("/opt/"):
+            continue  # made by --source, left out above
+        assert (root / path.lstrip("/")).exists(), path
+    state = root / "var/lib/motcua-district"
+    assert state.stat().st_mode & 0o777 == 0o700
+    for secret in ("ingest.token", "keys/district.key"):
+        assert (state / secret).stat().st_mode & 0o777 == 0o600, secret
+    cfg = load_district_config(root / "etc/motcua/district.toml")
+    assert cfg.district.id == words[words.index("--district") + 1]
+    assert cfg.broker.broker == words[words.index("--broker") + 1]
+    assert cfg.models.pack == words[words.index("--pack") + 1]
+    assert cfg.ingest.listen == "127.0.0.1:8470"  # the address the guide's checks use
+    assert "curl -fsS http://127.0.0.1:8470/readyz" in _guide_section()
+    # the broker lines the guide tells the technician to add load as a [broker] table
+    toml = _guide_section().split("    [broker]\n", 1)[1].split("\n\n", 1)[0]
+    conf = root / "etc/motcua/district.toml"
+    text = conf.read_text()
+    head, _, rest = text.partition("[broker]\n")
+    rest = rest.split("\n", 1)[1]  # drop the written broker line: the guide gives it
+    added = "\n".join(line.strip() for line in toml.splitlines())
+    conf.write_text(head + "[broker]\n" + added + "\n" + rest)
+    cfg = load_district_config(conf)
+    assert cfg.broker.tls and cfg.broker.username == "district-hcm-q1"

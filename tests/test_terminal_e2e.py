@@ -5,7 +5,8 @@
   answer a random challenge; the liveness part is tested by the session tests);
 - ``motcua terminal run`` as a real process: health SERVING, status, clean SIGTERM;
 - ``motcua demo`` without sample media (scikit-image's astronaut) end to end through a real
-  Mosquitto, the district publisher, the sync subscriber and the kiosk page.
+  Mosquitto, the district service (ingest API, publisher), the sync subscriber and the
+  kiosk page: a status change POSTed to the ingest API is on the kiosk at the next look.
 """
 
 from __future__ import annotations
@@ -218,7 +219,29 @@ def test_demo_without_sample_media_runs_on_the_astronaut(tmp_path: Path) -> None
     assert "operating point published" in text and "too few to calibrate" in text
     assert "decision: threshold" in text and "district: model pack threshold (gallery 1" in text
     assert result.matched and set(result.matched) == {"astronaut (scikit-image)"}
-    assert summarise(result, io.StringIO()) == 0
+    # the district service: the case system's status change reaches the kiosk
+    assert "district service (as `motcua district serve`): ingest API on http://127.0.0.1:" \
+        in text and "GET /readyz: ready after" in text
+    assert "camera at  10.5 s: astronaut (scikit-image) again, after the status change" \
+        in text, text
+    sc = result.status_change
+    assert sc is not None and sc.ok, text
+    assert sc.shown_before is sc.old and sc.shown_after is sc.new is DossierStatus.RESULT_READY
+    assert sc.applied_s is not None and sc.shown_s is not None and sc.applied_s < sc.shown_s
+    lines = text.splitlines()
+    posted = [ln for ln in lines if "case system: POST http://127.0.0.1:" in ln]
+    assert len(posted) == 1 and "/v1/events dossier.status_changed ***" in posted[0]
+    assert "-> result_ready: applied, change " in posted[0], posted
+    assert any(f"terminal: change {sc.seq} applied " in ln and " ms after the POST" in ln
+               for ln in lines), text
+    shown = [ln for ln in lines if "kiosk: ***" in ln]
+    assert len(shown) == 2 and f'"{sc.old.label_vi}" ({sc.old.value})' in shown[0], shown
+    assert '"Đã có kết quả" (result_ready), ' in shown[1] and "s after the POST" in shown[1]
+    summary = io.StringIO()
+    assert summarise(result, summary) == 0
+    assert f"status change: {sc.masked_code} of Nguyễn T. T*** {sc.old.value} -> " \
+        "result_ready; POST -> terminal " in summary.getvalue()
+    assert "POST -> kiosk " in summary.getvalue() and "(at the next look)" in summary.getvalue()
     st = seen.get("state")
     assert isinstance(st, dict) and st["state"] in ("matched", "ended"), st
     if st["state"] == "matched":
@@ -277,6 +300,12 @@ def test_demo_with_the_liveness_challenge_refuses_the_still_photo(tmp_path: Path
     kinds = [k for _, k, _ in result.events]
     assert "challenge" in kinds and "liveness_failed" in kinds, out.getvalue()
     assert result.matched == [] and "matched" not in kinds
+    # no planned second look with liveness on: the status change is posted when the camera
+    # starts and only the terminal's store is checked
+    sc = result.status_change
+    assert sc is not None and sc.ok and not sc.looks, out.getvalue()
+    assert sc.applied_s is not None and sc.shown_s is None
+    assert "again, after the status change" not in out.getvalue()
 
 
 @pytest.mark.slow
@@ -296,3 +325,18 @@ def test_readme_demo_command_on_the_sample_media(media_dir: Path, tmp_path: Path
     matched = [line.split("= ", 1)[1].split(" ", 1)[0] for line in out.splitlines()
                if "MATCHED" in line]
     assert len(matched) >= 5 and "shea_whigham" not in matched, matched
+    # the district service runs; the case system's status change reaches the kiosk at the
+    # clip person's second look (his photo right after the clip)
+    assert "district service (as `motcua district serve`): ingest API on http://" in out
+    assert "lin_manuel_miranda again, after the status change" in out
+    lines = out.splitlines()
+    post = [ln for ln in lines if "case system: POST http://127.0.0.1:" in ln]
+    assert len(post) == 1 and "dossier.status_changed" in post[0] \
+        and "-> result_ready: applied, change 28" in post[0], post
+    assert any("terminal: change 28 applied " in ln for ln in lines), out
+    kiosk = [ln for ln in lines if "kiosk: ***" in ln]
+    assert '"Đã có kết quả" (result_ready), ' in kiosk[-1] \
+        and "s after the POST" in kiosk[-1], kiosk
+    assert any(ln.startswith("status change: ") and "of Đặng V. B*** " in ln
+               and "-> result_ready; POST -> terminal " in ln and "POST -> kiosk " in ln
+               for ln in lines), out
