@@ -342,7 +342,7 @@ class DistrictService:
             raise ConfigError(f"district.id: {d.id!r}, but {d.db} is the log of district "
                               f"{self.log.district_id!r}")
         self.publisher = Publisher(self.log, self.key, self.broker, prefix=d.prefix,
-                                   stop=self.stop_event)
+                                   stop=self.stop_event, worker=d.worker)
         if self.embedder is None:
             cfg = self.cfg
             self.embedder = lambda: pipeline_embedder(_load_pipeline(cfg))
