@@ -41,6 +41,7 @@ from core.net import split_hostport
 from district.config import DistrictConfig
 from district.enrol import PhotoEmbedder, pipeline_embedder
 from district.ingest import Event, EventResult, IngestError, Ingestor, error_field
+from district.lease import LeaseCollector
 from district.log import DistrictLog
 from district.publisher import Publisher
 from faces.pipeline import FacePipeline, load_pipeline
@@ -349,6 +350,7 @@ class DistrictService:
         self.ingestor = Ingestor(self.log, self.embedder, max_photo_bytes=ing.max_photo_bytes,
                                  on_change=self.publisher.notify)
         self.metrics = Metrics(self.log)
+        self.metrics.registry.register(LeaseCollector(self.publisher.lease))
         self.app = create_app(self.ingestor, self.token, self.metrics, ready=self.ready,
                               max_body_bytes=ing.max_body_bytes,
                               max_batch_events=ing.max_batch_events)

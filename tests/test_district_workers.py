@@ -101,6 +101,14 @@ class Worker:
         except (urllib.error.URLError, OSError):
             return None
 
+    def metric(self, name: str) -> float:
+        """One unlabelled value from the worker's /metrics."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise AssertionError(f"no {name} in worker {self.name}'s metrics")
+
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -394,6 +402,9 @@ def test_holder_stopped_past_its_lease_does_not_publish_after_sigcont(tmp_path: 
         from_stale = [(tp, w) for _t, tp, w in after if w.startswith(stale)]
         assert from_stale == [], f"the stale worker published after SIGCONT: {from_stale}"
         assert holder_of(d.db) == (standby.name, old_gen + 1)
+        assert (holder.metric("motcua_district_lease_held"),
+                standby.metric("motcua_district_lease_held")) == (0.0, 1.0)
+        assert standby.metric("motcua_district_lease_generation") == old_gen + 1
         for w in d.workers:
             assert w.stop() == 0, w.log_path.read_text()[-2000:]
     finally:
