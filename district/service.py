@@ -1,6 +1,7 @@
 """``motcua district serve``: the district server as one long-running service.
 
-One process per district runs, with one stop event (SIGTERM/SIGINT set it):
+One process per district (or several "workers" sharing the log: docs/scale.md; only the
+holder of the publisher lease publishes) runs, with one stop event (SIGTERM/SIGINT set it):
 - the publisher (district/publisher.py: threads ``district-publish``, ``district-serve``,
   ``district-reports`` and paho's network thread): batches, manifest, replays, snapshots,
   terminals' reports;
