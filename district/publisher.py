@@ -103,8 +103,9 @@ PUBACK_WAIT_S = 1.0
 #: how often the calibration thread checks whether the gallery moved past
 #: ``[calibration] recompute_share``: a count query; enrolment adds hundreds a day at most
 CALIBRATION_CHECK_S = 60.0
-#: MQTT v5 user property on everything a worker publishes: "<holder>#<generation>"
-#: (generation 0: not the lease holder, e.g. a replay); who sent what, for people and tests
+#: MQTT v5 user property on everything a worker publishes: "<worker>@<random>#<generation>"
+#: (the random part of its lease holder name; generation 0: not as the lease holder, e.g.
+#: a replay): who sent what, for people and tests
 WRITER_PROPERTY = "motcua-writer"
 
 
@@ -295,6 +296,9 @@ class Publisher:
         #: only the holder of this lease publishes batches and the manifest
         self.lease = lease or Lease(dlog.path, new_holder_id(worker))
         self._lease_wake = threading.Event()
+        # the holder name without host and pid: terminals see it on every message
+        holder = self.lease.holder
+        self._writer_tag = f"{holder.split('@', 1)[0]}@{holder.rsplit(':', 1)[-1]}"
         self.share_group = share_group(key, dlog.district_id)
         default_cid = f"motcua-district-{dlog.district_id}" + (f"-{worker}" if worker else "")
         cid = client_id or session_client_id(broker, default_cid)
@@ -468,7 +472,7 @@ class Publisher:
                 return False
         generation = self.lease.fence()[1] if fenced else 0  # the last check before sending
         props = Properties(PacketTypes.PUBLISH)
-        props.UserProperty = (WRITER_PROPERTY, f"{self.lease.holder}#{generation}")
+        props.UserProperty = (WRITER_PROPERTY, f"{self._writer_tag}#{generation}")
         info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise SyncError(f"publish on {topic} failed: {mqtt.error_string(info.rc)}")
