@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.errors import DistrictError
-from district.lease import LEASE_SCHEMA, PUBLISHER_LEASE, LeaseLost
+from district.lease import LEASE_SCHEMA, PUBLISHER_LEASE, LeaseLost, LeaseRow, read_lease
 from proto import sync_pb2 as pb
 from sync.changes import (
     CitizenDelete,
@@ -561,6 +561,11 @@ class DistrictLog:
             epoch = self.epoch + 1
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (str(epoch),))
         return epoch
+
+    def lease(self) -> LeaseRow | None:
+        """The publisher lease as stored (district/lease.py); None before any worker."""
+        with self._lock:
+            return read_lease(self._db)
 
     def get_meta(self, key: str) -> str:
         """A free-form ``meta`` value ("" when absent), e.g. the calibration record."""

@@ -405,6 +405,11 @@ def test_holder_stopped_past_its_lease_does_not_publish_after_sigcont(tmp_path: 
         assert (holder.metric("motcua_district_lease_held"),
                 standby.metric("motcua_district_lease_held")) == (0.0, 1.0)
         assert standby.metric("motcua_district_lease_generation") == old_gen + 1
+        info = subprocess.run([sys.executable, "-m", "motcua", "district", "info", "--db",
+                               str(d.db)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              capture_output=True, text=True, timeout=60)
+        assert f"publisher lease: {standby.name}@" in info.stdout, info.stdout + info.stderr
+        assert f"generation {old_gen + 1}, renewed" in info.stdout
         for w in d.workers:
             assert w.stop() == 0, w.log_path.read_text()[-2000:]
     finally:
