@@ -402,6 +402,23 @@ def test_holder_stopped_past_its_lease_does_not_publish_after_sigcont(tmp_path: 
         from_stale = [(tp, w) for _t, tp, w in after if w.startswith(stale)]
         assert from_stale == [], f"the stale worker published after SIGCONT: {from_stale}"
         assert holder_of(d.db) == (standby.name, old_gen + 1)
+
+        # ingest on both workers is safe: the same event posted to both at once is
+        # applied once (SQLite serialises the two processes' transactions)
+        def post_into(outs: list[dict[str, object] | None], k: int, i: int) -> None:
+            outs[k] = d.workers[k].post(status_event(i))
+
+        for i in range(100, 110):
+            outs: list[dict[str, object] | None] = [None, None]
+            posts = [threading.Thread(target=post_into, args=(outs, k, i)) for k in (0, 1)]
+            for p in posts:
+                p.start()
+            for p in posts:
+                p.join(30)
+            assert sorted(str(o["outcome"]) for o in outs if o is not None) == [
+                "applied", "duplicate"], outs
+        wait_for(lambda: published(d.base + 26), 30, "the concurrent events published")
+        assert query(d.db, "SELECT count(*) FROM ingest_events") == [(26,)]
         assert (holder.metric("motcua_district_lease_held"),
                 standby.metric("motcua_district_lease_held")) == (0.0, 1.0)
         assert standby.metric("motcua_district_lease_generation") == old_gen + 1
