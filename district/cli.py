@@ -22,6 +22,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from core.errors import AuthenticationError, ConfigError, DistrictError
@@ -300,13 +301,18 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = _open(args).info()
+    dlog = _open(args)
+    info = dlog.info()
     print(
         f"district {info.district_id}  epoch {info.epoch}  embedder {info.embedder_id} "
         f"({info.dim}-d)\nhead {info.head_seq}  published {info.published_seq}  "
         f"citizens {info.citizen_count}  dossiers {info.dossier_count}"
         + (f"\ncompacted up to change {info.compacted_to}" if info.compacted_to else "")
     )
+    lease = dlog.lease()  # docs/scale.md: which worker publishes
+    if lease is not None:
+        print(f"publisher lease: {lease.holder or 'free'}, generation {lease.generation}, "
+              f"renewed {max(0.0, time.time() - lease.renewed_at):.0f} s ago")
     return 0
 
 

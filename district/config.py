@@ -35,11 +35,18 @@ class DistrictSection:
     key_file: Path | None = None
     #: topic prefix shared with the terminals' ``[sync] prefix``
     prefix: str = DEFAULT_PREFIX
+    #: this worker's name when several ``district serve`` processes share the log
+    #: (docs/scale.md): part of its broker client id without a login ("" = the only one)
+    worker: str = ""
 
     def validate(self, prefix: str) -> None:
         p = f"{prefix}." if prefix else ""
         if self.id and not all(c.isalnum() or c in "-_" for c in self.id):
             raise ConfigError(f"{p}id: letters, digits, '-' and '_' only, got {self.id!r}")
+        if len(self.worker) > 32 or not all(
+                (c.isascii() and c.isalnum()) or c in "-_" for c in self.worker):
+            raise ConfigError(f"{p}worker: at most 32 letters, digits, '-' and '_', "
+                              f"got {self.worker!r}")
         if not self.prefix or self.prefix.startswith("/") or self.prefix.endswith("/"):
             raise ConfigError(f"{p}prefix: a topic prefix without leading or trailing '/'")
 

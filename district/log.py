@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.errors import DistrictError
+from district.lease import LEASE_SCHEMA, PUBLISHER_LEASE, LeaseLost, LeaseRow, read_lease
 from proto import sync_pb2 as pb
 from sync.changes import (
     CitizenDelete,
@@ -167,6 +168,7 @@ class DistrictLog:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA secure_delete = ON")
             conn.executescript(_SCHEMA)
+            conn.executescript(LEASE_SCHEMA)  # district/lease.py: one publishing worker
         except sqlite3.Error as exc:
             raise DistrictError(f"{path}: cannot open change log: {exc}") from None
         return conn
@@ -401,9 +403,17 @@ class DistrictLog:
             )
         return seq
 
-    def mark_published(self, seq: int) -> None:
-        """Record that changes up to ``seq`` reached the broker (PUBACK)."""
+    def mark_published(self, seq: int, fence: tuple[str, int] | None = None) -> None:
+        """Record that changes up to ``seq`` reached the broker (PUBACK). With ``fence``
+        (holder, generation: district/lease.py) only while the lease still names them,
+        checked in the same transaction; else LeaseLost and nothing is written."""
         with self.transaction():
+            if fence is not None:
+                row = self._db.execute("SELECT holder, generation FROM lease WHERE name = ?",
+                                       (PUBLISHER_LEASE,)).fetchone()
+                if row is None or (str(row[0]), int(row[1])) != fence:
+                    raise LeaseLost(f"published_seq not written: the lease is no longer "
+                                    f"{fence[0]} generation {fence[1]}")
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'published_seq'", (str(seq),))
 
     def add_report(
@@ -551,6 +561,11 @@ class DistrictLog:
             epoch = self.epoch + 1
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (str(epoch),))
         return epoch
+
+    def lease(self) -> LeaseRow | None:
+        """The publisher lease as stored (district/lease.py); None before any worker."""
+        with self._lock:
+            return read_lease(self._db)
 
     def get_meta(self, key: str) -> str:
         """A free-form ``meta`` value ("" when absent), e.g. the calibration record."""

@@ -13,11 +13,19 @@ the ``district-reports`` thread stores them in the log's ``reports`` table, once
 (terminal, session, kind), and only then is the PUBACK sent (manual acknowledgement).
 The network thread never waits for SQLite, so a report flood cannot stall the PUBACKs
 of the district's own batches.
+
+Several workers (``motcua district serve`` processes) may run against one log: each has
+its own client id and subscribes to requests and reports through one MQTT v5 shared
+subscription (``$share/<group>/...``: each message goes to one worker); only the holder
+of the publisher lease (district/lease.py, thread ``district-lease``) publishes batches
+and the manifest. docs/scale.md, "Several district workers".
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
+import hmac
 import logging
 import sqlite3
 import threading
@@ -28,11 +36,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from core.errors import AuthenticationError, DistrictError, SyncError
 from district import calibration as calib
+from district.lease import LEASE_RENEW_S, Lease, LeaseLost, new_holder_id
 from district.log import DistrictLog
 from district.reports import ReportGate, ReportWriter, check_report
 from proto import sync_pb2 as pb
@@ -91,6 +103,22 @@ PUBACK_WAIT_S = 1.0
 #: how often the calibration thread checks whether the gallery moved past
 #: ``[calibration] recompute_share``: a count query; enrolment adds hundreds a day at most
 CALIBRATION_CHECK_S = 60.0
+#: MQTT v5 user property on everything a worker publishes: "<worker>@<random>#<generation>"
+#: (the random part of its lease holder name; generation 0: not as the lease holder, e.g.
+#: a replay): who sent what, for people and tests
+WRITER_PROPERTY = "motcua-writer"
+
+
+def share_group(key: Ed25519PrivateKey, district_id: str) -> str:
+    """The shared-subscription group of a district's workers: derived from the signing
+    key, so every worker finds the same name and no terminal can guess it. Mosquitto
+    2.0 lets any login join any group and then drops that member's share of the
+    messages at its read ACL: a known group name would let one terminal's credentials
+    make the district miss part of every terminal's requests and reports."""
+    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                            serialization.NoEncryption())
+    tag = hmac.new(raw, f"motcua share group {district_id}".encode(), hashlib.sha256)
+    return f"motcua-{tag.hexdigest()[:32]}"
 
 
 @dataclass
@@ -236,6 +264,8 @@ class Publisher:
         calibration: calib.CalibrationSettings | None = None,
         pack_threshold: float = 0.0,
         calibration_check_s: float = CALIBRATION_CHECK_S,
+        worker: str = "",
+        lease: Lease | None = None,
     ) -> None:
         self.log = dlog
         self.key = key
@@ -263,7 +293,15 @@ class Publisher:
         self._snapshot_sent_at: dict[str, float] = {}
         self._auth_error: str | None = None
         self._threads: list[threading.Thread] = []
-        cid = client_id or session_client_id(broker, f"motcua-district-{dlog.district_id}")
+        #: only the holder of this lease publishes batches and the manifest
+        self.lease = lease or Lease(dlog.path, new_holder_id(worker))
+        self._lease_wake = threading.Event()
+        # the holder name without host and pid: terminals see it on every message
+        holder = self.lease.holder
+        self._writer_tag = f"{holder.split('@', 1)[0]}@{holder.rsplit(':', 1)[-1]}"
+        self.share_group = share_group(key, dlog.district_id)
+        default_cid = f"motcua-district-{dlog.district_id}" + (f"-{worker}" if worker else "")
+        cid = client_id or session_client_id(broker, default_cid)
         self.client = make_client(cid, broker)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -290,13 +328,21 @@ class Publisher:
                 self.stop_event.set()
             return
         self._link += 1
-        client.subscribe([(self.topics.all_requests, 1), (self.topics.all_reports, 1)])
+        # a session from before shared subscriptions still holds the plain ones
+        client.unsubscribe([self.topics.all_requests, self.topics.all_reports])
+        client.subscribe([(self.shared(self.topics.all_requests), 1),
+                          (self.shared(self.topics.all_reports), 1)])
         self._connected.set()
+        self._lease_wake.set()
         self._manifest_due.set()
         self._wake.set()
 
     def _on_disconnect(self, *_a: object) -> None:
         self._connected.clear()
+
+    def shared(self, topic_filter: str) -> str:
+        """The filter as this district's workers' shared subscription."""
+        return f"$share/{self.share_group}/{topic_filter}"
 
     def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         terminal = self.topics.terminal_of(msg.topic)
@@ -363,6 +409,7 @@ class Publisher:
         self.report_writer.start()
         start_client(self.client, self.broker)
         loops: list[tuple[str, Callable[[], None]]] = [
+            ("district-lease", self._lease_loop),
             ("district-publish", self._publish_loop),
             ("district-serve", self._serve_loop),
         ]
@@ -377,8 +424,11 @@ class Publisher:
     def stop(self) -> None:
         self.stop_event.set()
         self._wake.set()
+        self._lease_wake.set()
         for t in self._threads:
             t.join(timeout=30)
+        self.lease.release()  # a standby takes over at its next tick, not after the TTL
+        self.lease.close()
         self.report_writer.join(timeout=30)
         self.client.disconnect()
         stop_client(self.client)
@@ -409,8 +459,10 @@ class Publisher:
             self._acked.add(mid)
             self._acked_cv.notify_all()
 
-    def _send(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
-        """Publish QoS 1 and wait for the PUBACK; False if stopped first.
+    def _send(self, topic: str, payload: bytes, *, retain: bool = False,
+              fenced: bool = False) -> bool:
+        """Publish QoS 1 and wait for the PUBACK; False if stopped first. ``fenced``
+        (batches, manifest): only while this worker holds the lease, else LeaseLost.
 
         A message published while the link is down stays queued in paho and is sent
         again after the reconnect, so it is published exactly once here.
@@ -418,7 +470,10 @@ class Publisher:
         while not self._connected.wait(0.1):
             if self.stop_event.is_set():
                 return False
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        generation = self.lease.fence()[1] if fenced else 0  # the last check before sending
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = (WRITER_PROPERTY, f"{self._writer_tag}#{generation}")
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise SyncError(f"publish on {topic} failed: {mqtt.error_string(info.rc)}")
         with self._acked_cv:
@@ -507,6 +562,19 @@ class Publisher:
             out.append(cur)
         return out
 
+    def _lease_loop(self) -> None:
+        """Renew the lease (holder) or watch it (standby), every LEASE_RENEW_S; only a
+        worker connected to the broker takes or keeps it."""
+        was = False
+        while not self.stop_event.is_set():
+            held = self.lease.tick(eligible=self._connected.is_set())
+            if held and not was:
+                self._manifest_due.set()  # a new holder states the head at once
+                self._wake.set()
+            was = held
+            self._lease_wake.wait(LEASE_RENEW_S)
+            self._lease_wake.clear()
+
     def _publish_loop(self) -> None:
         state = {"last_manifest_t": 0.0, "manifest_head": -1, "manifest_epoch": -1,
                  "manifest_replay_from": -1, "manifest_point_at": -1}
@@ -514,6 +582,8 @@ class Publisher:
             try:
                 if not self._publish_step(state):
                     return
+            except LeaseLost as exc:  # a standby from now on; the lease thread says more
+                log.info("publish: %s", exc)
             except (DistrictError, SyncError, sqlite3.Error) as exc:  # busy log, broker: retry
                 log.error("publish: %s", exc)
                 self.stop_event.wait(RETRY_S)
@@ -525,15 +595,19 @@ class Publisher:
         self._wake.clear()
         if not self._connected.is_set():
             return True
+        if not self.lease.held():  # a standby: requests and reports only
+            self._manifest_due.set()  # whenever it becomes the holder: the manifest first
+            return True
         published = self.log.published_seq
         head = self.log.head_seq
         if published < head:
             last = min(head, published + self.batch_max_changes)
             for part in self._split(self.log.changes(published + 1, last)):
-                if not self._send(self.topics.batch, self._batch(part, pb.BATCH_ORIGIN_LIVE)):
+                if not self._send(self.topics.batch, self._batch(part, pb.BATCH_ORIGIN_LIVE),
+                                  fenced=True):
                     return False
                 published += len(part)
-                self.log.mark_published(published)
+                self.log.mark_published(published, self.lease.fence())
                 self.stats.batches += 1
                 self.stats.changes += len(part)
             self._wake.set()  # look again at once: more may be waiting
@@ -550,7 +624,8 @@ class Publisher:
             manifest_head != published and (not busy or now - last_manifest_t > MANIFEST_INTERVAL_S)
         ):
             self._manifest_due.clear()
-            if not self._send(self.topics.manifest, self._manifest(published), retain=True):
+            if not self._send(self.topics.manifest, self._manifest(published), retain=True,
+                              fenced=True):
                 return False
             st["manifest_head"], st["last_manifest_t"] = published, now
             st["manifest_epoch"], st["manifest_replay_from"] = epoch, replay_from

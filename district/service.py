@@ -1,6 +1,7 @@
 """``motcua district serve``: the district server as one long-running service.
 
-One process per district runs, with one stop event (SIGTERM/SIGINT set it):
+One process per district (or several "workers" sharing the log: docs/scale.md; only the
+holder of the publisher lease publishes) runs, with one stop event (SIGTERM/SIGINT set it):
 - the publisher (district/publisher.py: threads ``district-publish``, ``district-serve``,
   ``district-reports`` and paho's network thread): batches, manifest, replays, snapshots,
   terminals' reports;
@@ -41,6 +42,7 @@ from core.net import split_hostport
 from district.config import DistrictConfig
 from district.enrol import PhotoEmbedder, pipeline_embedder
 from district.ingest import Event, EventResult, IngestError, Ingestor, error_field
+from district.lease import LeaseCollector
 from district.log import DistrictLog
 from district.publisher import Publisher
 from faces.pipeline import FacePipeline, load_pipeline
@@ -342,13 +344,14 @@ class DistrictService:
             raise ConfigError(f"district.id: {d.id!r}, but {d.db} is the log of district "
                               f"{self.log.district_id!r}")
         self.publisher = Publisher(self.log, self.key, self.broker, prefix=d.prefix,
-                                   stop=self.stop_event)
+                                   stop=self.stop_event, worker=d.worker)
         if self.embedder is None:
             cfg = self.cfg
             self.embedder = lambda: pipeline_embedder(_load_pipeline(cfg))
         self.ingestor = Ingestor(self.log, self.embedder, max_photo_bytes=ing.max_photo_bytes,
                                  on_change=self.publisher.notify)
         self.metrics = Metrics(self.log)
+        self.metrics.registry.register(LeaseCollector(self.publisher.lease))
         self.app = create_app(self.ingestor, self.token, self.metrics, ready=self.ready,
                               max_body_bytes=ing.max_body_bytes,
                               max_batch_events=ing.max_batch_events)
