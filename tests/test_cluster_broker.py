@@ -1,0 +1,232 @@
+"""The sync end to end on a clustered MQTT broker (docs/scale.md), and the client's
+list of brokers (``fallback_brokers``).
+
+The cluster is two ejabberd nodes on loopback (tests/ejabberd_cluster.py): the
+district publishes on node B, terminals (real engines and stores) connect to node A
+with B second in their list; node A is killed; the terminals move to B and converge
+to the district's content hash after more changes.
+
+The same test runs against an external cluster (EMQX, VerneMQ, HiveMQ: docs/scale.md)
+when ``MOTCUA_CLUSTER_BROKERS=hostA:port,hostB:port`` is set, with
+``MOTCUA_CLUSTER_KILL_A`` a shell command that kills node A (e.g. ``docker kill emqx1``)
+and ``MOTCUA_CLUSTER_PASSWORD`` the password of the logins ``district-q1``, ``t-a``,
+``t-b`` (unset: no logins).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.errors import ConfigError
+from core.tomlconfig import build_section
+from district.config import DistrictConfig
+from district.publisher import Publisher
+from edge.config import Config
+from edge.store.gallery import GalleryStore
+from edge.syncclient.subscriber import TerminalSubscriber
+from sync.changes import DossierStatus
+from sync.localbroker import PortReservation
+from sync.mqtt import BrokerConfig, BrokerSettings, broker_settings
+from tests.broker import MosquittoBroker
+from tests.ejabberd_cluster import EjabberdCluster
+from tests.sync_helpers import DISTRICT, EMBEDDER, add_citizens, new_district, new_key, wait_for
+from tests.test_sync_broker import FAST, Rig
+
+PASSWORD = "cluster-test-password"
+DISTRICT_USER = f"district-{DISTRICT}"
+TERMINALS = ("t-a", "t-b")
+
+
+# ---- configuration: fallback_brokers -----------------------------------------------
+
+
+def test_single_broker_config_is_unchanged() -> None:
+    s = broker_settings(BrokerConfig(broker="10.0.0.5:1883"))
+    assert (s.host, s.port, s.fallbacks) == ("10.0.0.5", 1883, ())
+    assert s.addresses == (("10.0.0.5", 1883),)
+
+
+def test_fallback_brokers_from_terminal_and_district_toml() -> None:
+    sync = {"broker": "a.q1:1883", "fallback_brokers": ["b.q1:1883", "c.q1:8883"]}
+    cfg = build_section(Config, {"sync": sync})
+    s = broker_settings(cfg.sync, "sync")
+    assert s.addresses == (("a.q1", 1883), ("b.q1", 1883), ("c.q1", 8883))
+    dcfg = build_section(DistrictConfig, {"broker": sync})
+    assert broker_settings(dcfg.broker, "broker").addresses == s.addresses
+
+
+@pytest.mark.parametrize(("sync", "error"), [
+    ({"broker": "a:1883", "fallback_brokers": "b:1883"},
+     "sync.fallback_brokers: expected a list"),
+    ({"broker": "a:1883", "fallback_brokers": ["b:1883", 7]},
+     "sync.fallback_brokers[1]: expected a string"),
+    ({"broker": "a:1883", "fallback_brokers": ["b:1883", "b"]},
+     "sync.fallback_brokers[1]:"),
+    ({"broker": "a:1883", "fallback_brokers": ["b:1883", "a:1883"]},
+     "sync.fallback_brokers[1]: 'a:1883' is listed twice"),
+    ({"fallback_brokers": ["b:1883"]}, "sync.fallback_brokers: needs broker"),
+    ({"broker": "a:1883", "fallback_brokers": [f"b:{1000 + i}" for i in range(17)]},
+     "sync.fallback_brokers: at most 16 entries"),
+])
+def test_bad_fallback_brokers_name_the_key(sync: dict[str, object], error: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        build_section(Config, {"sync": sync})
+    assert str(exc.value).startswith(error), str(exc.value)
+
+
+def test_district_fallback_error_names_the_broker_table() -> None:
+    with pytest.raises(ConfigError, match=r"^broker\.fallback_brokers\[0\]:"):
+        build_section(DistrictConfig, {"broker": {"broker": "a:1", "fallback_brokers": ["x"]}})
+
+
+def test_client_skips_a_dead_broker_and_keeps_reconnecting(tmp_path: Path) -> None:
+    """The first broker of the list is down: the terminal connects to the second; when
+    that one dies and the first comes up, it goes back to the first."""
+    with PortReservation() as dead, MosquittoBroker(tmp_path / "b2") as second:
+        first = MosquittoBroker(tmp_path / "b1")  # its port reserved, not yet listening
+        rig = Rig(tmp_path, second)
+        try:
+            add_citizens(rig.dlog, 5)
+            rig.start_publisher()
+            store = rig.store("t-a")
+            t = TerminalSubscriber(
+                store,
+                BrokerSettings(host=first.host, port=first.port,
+                               fallbacks=((second.host, dead.port), (second.host, second.port)),
+                               **FAST),  # type: ignore[arg-type]
+                district_id=DISTRICT, terminal_id="t-a", public_key=rig.key.public_key(),
+                spool_dir=tmp_path, gap_timeout_s=0.3, request_retry_s=0.5,
+                state_interval_s=0.2)
+            rig.terminals.append(t)
+            t.start()
+            wait_for(lambda: rig.converged(t), what="sync through the third broker of the list")
+            assert t.client.port == second.port
+            first.start()
+            second.kill()
+            wait_for(lambda: t.connected.is_set() and t.client.port == first.port,
+                     what="reconnected to the first broker")
+        finally:
+            rig.close()
+            first.close()
+
+
+# ---- a real cluster ----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ClusterUnderTest:
+    """Node A and node B of a broker cluster and how to kill node A."""
+
+    a: tuple[str, int]
+    b: tuple[str, int]
+    kill_a: object  # () -> None
+    username_password: bool
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[ClusterUnderTest]:
+    external = os.environ.get("MOTCUA_CLUSTER_BROKERS")
+    if external:
+        from core.net import split_hostport
+
+        a, b = (split_hostport(x.strip(), "MOTCUA_CLUSTER_BROKERS") for x in external.split(","))
+        kill = os.environ.get("MOTCUA_CLUSTER_KILL_A")
+        if not kill:
+            raise ConfigError("MOTCUA_CLUSTER_KILL_A: a shell command that kills node A")
+        yield ClusterUnderTest(
+            a, b, lambda: subprocess.run(kill, shell=True, check=True),
+            username_password=bool(os.environ.get("MOTCUA_CLUSTER_PASSWORD")))
+        return
+    users = {DISTRICT_USER: PASSWORD, **{t: PASSWORD for t in TERMINALS}}
+    with EjabberdCluster(tmp_path / "ejabberd", users=users, district=DISTRICT,
+                         district_user=DISTRICT_USER) as c:
+        node_a, node_b = c.nodes
+        yield ClusterUnderTest((node_a.host, node_a.port), (node_b.host, node_b.port),
+                               node_a.kill, username_password=True)
+
+
+def cluster_settings(first: tuple[str, int], then: tuple[str, int], user: str,
+                     logins: bool) -> BrokerSettings:
+    password = os.environ.get("MOTCUA_CLUSTER_PASSWORD", PASSWORD)
+    return BrokerSettings(host=first[0], port=first[1], fallbacks=(then,),
+                          username=user if logins else None,
+                          password=password if logins else None,
+                          **FAST)  # type: ignore[arg-type]
+
+
+def test_sync_survives_losing_a_cluster_node(tmp_path: Path,
+                                             cluster: ClusterUnderTest) -> None:
+    dlog = new_district(tmp_path / "district.sqlite", dim=32)
+    key = new_key()
+    stores: list[GalleryStore] = []
+    terminals: list[TerminalSubscriber] = []
+    publisher: Publisher | None = None
+    expected: dict[int, str] = {}
+
+    def expected_hash() -> str:
+        from tests.sync_helpers import reference_store
+
+        head = dlog.head_seq
+        if head not in expected:
+            ref = GalleryStore.open(tmp_path / f"ref-{head}", embedder_id=EMBEDDER, dim=dlog.dim)
+            stores.append(ref)
+            expected[head] = reference_store(dlog, ref).content_hash()
+        return expected[head]
+
+    def converged(t: TerminalSubscriber) -> bool:
+        return (t.engine.store.last_seq == dlog.head_seq
+                and t.engine.store.content_hash() == expected_hash())
+
+    try:
+        add_citizens(dlog, 40)
+        # terminals first, on node A (B second in their list): they are subscribed (on
+        # A) before the district publishes anything (on B)
+        for name in TERMINALS:
+            store = GalleryStore.open(tmp_path / "stores" / name, embedder_id=EMBEDDER,
+                                      dim=dlog.dim)
+            stores.append(store)
+            t = TerminalSubscriber(
+                store, cluster_settings(cluster.a, cluster.b, name, cluster.username_password),
+                district_id=DISTRICT, terminal_id=name, public_key=key.public_key(),
+                spool_dir=tmp_path / name, gap_timeout_s=0.3, request_retry_s=0.5,
+                state_interval_s=0.2, stop=threading.Event())
+            terminals.append(t.start())
+        for t in terminals:
+            wait_for(t.connected.is_set, what=f"{t.terminal_id} connected to node A")
+            assert (t.client.host, t.client.port) == cluster.a
+        publisher = Publisher(
+            dlog, key,
+            cluster_settings(cluster.b, cluster.a, DISTRICT_USER, cluster.username_password),
+            snapshot_min_interval_s=0.5).start()
+        for t in terminals:
+            wait_for(lambda t=t: converged(t), timeout=60, what=f"{t.terminal_id} first sync")
+        assert (publisher.client.host, publisher.client.port) == cluster.b
+
+        cluster.kill_a()  # type: ignore[operator]
+        # the district keeps changing while the terminals move from A to B
+        add_citizens(dlog, 10, start=100)
+        dlog.update_dossier("HS-0000003", status=DossierStatus.RESULT_READY, stage="Trả kết quả")
+        dlog.delete_citizen("c0000007")
+        for t in terminals:
+            wait_for(lambda t=t: converged(t), timeout=60,
+                     what=f"{t.terminal_id} converged on node B")
+            assert (t.client.host, t.client.port) == cluster.b
+            assert t.connects >= 2
+            assert t.engine.store.citizen("c0000007") is None
+        add_citizens(dlog, 5, start=200)  # and live batches flow on B
+        for t in terminals:
+            wait_for(lambda t=t: converged(t), timeout=60, what=f"{t.terminal_id} live on B")
+    finally:
+        for t in terminals:
+            t.stop()
+        if publisher is not None:
+            publisher.stop()
+        for s in stores:
+            s.close()
