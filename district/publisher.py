@@ -61,6 +61,11 @@ BATCH_MAX_BYTES = 1 << 20
 CHUNK_MAX_BYTES = 1 << 20
 #: re-publish the manifest at least this often while busy, so terminals learn the head
 MANIFEST_INTERVAL_S = 2.0
+#: re-publish the manifest at least this often while idle: a broker that lost the
+#: retained copy, or never shows it to some subscribers (ejabberd 23.01 across cluster
+#: nodes, docs/scale.md), gets it to every subscribed terminal live within this time;
+#: one small message a minute per district costs nothing
+MANIFEST_REFRESH_S = 60.0
 #: a terminal gets at most one snapshot per this many seconds (a confused or hostile
 #: terminal cannot make the district stream its whole gallery in a loop)
 SNAPSHOT_MIN_INTERVAL_S = 5.0
@@ -236,6 +241,7 @@ class Publisher:
         calibration: calib.CalibrationSettings | None = None,
         pack_threshold: float = 0.0,
         calibration_check_s: float = CALIBRATION_CHECK_S,
+        manifest_refresh_s: float = MANIFEST_REFRESH_S,
     ) -> None:
         self.log = dlog
         self.key = key
@@ -253,6 +259,7 @@ class Publisher:
         self.calibration = calibration
         self.pack_threshold = pack_threshold
         self.calibration_check_s = calibration_check_s
+        self.manifest_refresh_s = manifest_refresh_s
         self._buckets: dict[str, ByteBucket] = {}
         self.stats = PublisherStats()
         self._wake = threading.Event()
@@ -548,7 +555,7 @@ class Publisher:
                    or point_at != st["manifest_point_at"])
         if self._manifest_due.is_set() or changed or (
             manifest_head != published and (not busy or now - last_manifest_t > MANIFEST_INTERVAL_S)
-        ):
+        ) or now - last_manifest_t > self.manifest_refresh_s:
             self._manifest_due.clear()
             if not self._send(self.topics.manifest, self._manifest(published), retain=True):
                 return False
