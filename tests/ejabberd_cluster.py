@@ -14,6 +14,7 @@ control node (``erl -hidden -eval``), since ``ejabberdctl`` switches to the
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 import shutil
@@ -27,8 +28,9 @@ from core.errors import SyncError
 from sync.localbroker import PortReservation, free_port
 from sync.mqtt import MAX_PACKET_BYTES
 
-#: where Debian's ejabberd keeps its Erlang applications (ejabberdctl sets the same)
-ERL_LIBS = "/usr/lib/x86_64-linux-gnu"
+#: Debian's ejabberd application file, under the multiarch library directory that
+#: ejabberdctl passes as ERL_LIBS (/usr/lib/x86_64-linux-gnu on amd64)
+EJABBERD_APP_GLOB = "/usr/lib/*/ejabberd-*/ebin/ejabberd.app"
 #: an ejabberd node starts in ~1 s here; 60 s covers a loaded 2-core CI machine
 START_TIMEOUT_S = 60.0
 #: a control call (start a hidden node, one rpc, halt) takes ~1 s
@@ -107,6 +109,12 @@ class EjabberdNode:
 
     def start(self) -> EjabberdNode:
         """Start the node and wait until its MQTT port answers."""
+        self.spawn()
+        self.wait_listening()
+        return self
+
+    def spawn(self) -> None:
+        """Start the node's VM (not waiting for it)."""
         assert self.proc is None, "already running"
         env = {**self.cluster.env, "HOME": str(self.dir),
                "EJABBERD_CONFIG_PATH": str(self.conf_path),
@@ -117,8 +125,6 @@ class EjabberdNode:
              "-mnesia", "dir", f'"{self.dir / "spool"}"', "-s", "ejabberd"],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
-        self.wait_listening()
-        return self
 
     def wait_listening(self, timeout: float = START_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
@@ -160,12 +166,10 @@ class EjabberdCluster:
     def __init__(self, workdir: Path, *, names: tuple[str, ...] = ("a", "b"),
                  users: dict[str, str], district: str, district_user: str,
                  prefix: str = "motcua/v1") -> None:
-        for tool in ("erl", "epmd"):
-            if shutil.which(tool) is None:
-                raise SyncError(f"{tool} not found: install ejabberd (scripts/debian-packages.txt)")
-        if not Path(ERL_LIBS, "ejabberd-23.01-1").is_dir() and not list(
-                Path(ERL_LIBS).glob("ejabberd-*")):
+        apps = sorted(glob.glob(EJABBERD_APP_GLOB))
+        if not apps or shutil.which("erl") is None or shutil.which("epmd") is None:
             raise SyncError("ejabberd is not installed (scripts/debian-packages.txt)")
+        erl_libs = str(Path(apps[-1]).parents[2])
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.district, self.district_user, self.prefix = district, district_user, prefix
@@ -175,7 +179,7 @@ class EjabberdCluster:
         self.token = secrets.token_hex(4)
         self.cookie = secrets.token_hex(16)
         self.epmd_port = free_port()
-        self.env = {**os.environ, "ERL_LIBS": ERL_LIBS,
+        self.env = {**os.environ, "ERL_LIBS": erl_libs,
                     "ERL_EPMD_PORT": str(self.epmd_port),
                     "ERL_EPMD_ADDRESS": "127.0.0.1", "ERL_CRASH_DUMP_BYTES": "0"}
         #: Erlang distribution on loopback only
@@ -186,21 +190,24 @@ class EjabberdCluster:
     def start(self) -> EjabberdCluster:
         try:
             self._start_epmd()
+            for node in self.nodes:  # all VMs boot at once (each takes ~1 s of CPU)
+                node.spawn()
             for node in self.nodes:
-                node.start()
+                node.wait_listening()
             seed = self.nodes[0]
             for node in self.nodes[1:]:
                 self.control(node, f"ejabberd_admin:join_cluster(<<\"{seed.node}\">>)", "ok")
                 node.wait_listening()  # joining restarts ejabberd on that node
-            registrations = ", ".join(
-                f"ejabberd_auth:try_register(<<\"{u}\">>, <<\"{DOMAIN}\">>, <<\"{p}\">>)"
+            # one control call (each starts an Erlang VM): register, then list the members
+            registrations = "".join(
+                f"ejabberd_auth:try_register(<<\"{u}\">>, <<\"{DOMAIN}\">>, <<\"{p}\">>), "
                 for u, p in self.users.items())
-            self.control(seed, f"[{registrations}]",
-                         "[" + ",".join(["ok"] * len(self.users)) + "]")
-            members = self.control(seed, "lists:sort(ejabberd_admin:list_cluster())")
-            want = sorted(f"'{n.node}'" for n in self.nodes)
-            if members.replace(" ", "").replace("\n", "") != "[" + ",".join(want) + "]":
-                raise SyncError(f"cluster members {members!r}, expected {want}")
+            members = sorted(f"'{n.node}'" for n in self.nodes)
+            got = self.control(seed, f"[{registrations}lists:sort(ejabberd_admin:list_cluster())]")
+            want = "[" + "ok," * len(self.users) + "[" + ",".join(members) + "]]"
+            if "".join(got.split()) != want:
+                raise SyncError(f"registering users and listing the cluster: {got!r}, "
+                                f"expected {want}")
         except BaseException:
             self.close()
             raise

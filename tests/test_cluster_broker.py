@@ -94,6 +94,19 @@ def test_district_fallback_error_names_the_broker_table() -> None:
         build_section(DistrictConfig, {"broker": {"broker": "a:1", "fallback_brokers": ["x"]}})
 
 
+def test_district_commands_take_fallback_brokers() -> None:
+    import argparse
+
+    from district.cli import broker_settings as cli_settings
+
+    base = dict(broker="a:1883", ca_file=None, cert_file=None, key_file=None, username=None,
+                password_file=None, password_env=None)
+    s = cli_settings(argparse.Namespace(**base, fallback_broker=["b:1883"]))
+    assert s.addresses == (("a", 1883), ("b", 1883))
+    with pytest.raises(ConfigError, match=r"^--fallback-broker\[1\]:"):
+        cli_settings(argparse.Namespace(**base, fallback_broker=["b:1883", "c"]))
+
+
 def test_client_skips_a_dead_broker_and_keeps_reconnecting(tmp_path: Path) -> None:
     """The first broker of the list is down: the terminal connects to the second; when
     that one dies and the first comes up, it goes back to the first."""
