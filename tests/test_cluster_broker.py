@@ -32,6 +32,7 @@ from edge.config import Config
 from edge.store.gallery import GalleryStore
 from edge.syncclient.subscriber import TerminalSubscriber
 from sync.brokercheck import CHECKS, Target, run_checks
+from sync.brokercheck import main as brokercheck_main
 from sync.changes import DossierStatus
 from sync.localbroker import PortReservation
 from sync.mqtt import BrokerConfig, BrokerSettings, broker_settings
@@ -287,7 +288,7 @@ def checklist_target(a: tuple[str, int], b: tuple[str, int], password: str | Non
 
 
 @pytest.mark.cluster
-def test_broker_checklist_on_the_ejabberd_cluster(cluster: ClusterUnderTest) -> None:
+def test_broker_checklist_on_the_cluster(cluster: ClusterUnderTest) -> None:
     """sync.brokercheck on node A and node B; on an external cluster every need must
     pass, on ejabberd 23.01 the results are the ones recorded in EJABBERD_23_01."""
     external = bool(os.environ.get("MOTCUA_CLUSTER_BROKERS"))
@@ -298,14 +299,23 @@ def test_broker_checklist_on_the_ejabberd_cluster(cluster: ClusterUnderTest) -> 
     assert got == want, "\n".join(f"{r.need}: {r.ok} {r.detail}" for r in results)
 
 
-def test_broker_checklist_passes_on_the_shipped_mosquitto(tmp_path: Path) -> None:
+def test_broker_checklist_passes_on_the_shipped_mosquitto(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The reference: one Mosquitto with the shipped settings and ACL passes every
     check (node A = node B), so each check can pass and its failures above are the
-    broker's."""
+    broker's. Run through the command line (``python -m sync.brokercheck``)."""
     users = {DISTRICT_USER: PASSWORD, f"fleet-{DISTRICT}": PASSWORD,
              **{t: PASSWORD for t in TERMINALS}}
     acl = (REPO / "deploy" / "mosquitto" / "motcua-sync.acl").read_text()
+    monkeypatch.setenv("MQTT_TEST_PW", PASSWORD)
     with MosquittoBroker(tmp_path / "mosquitto", users=users, acl=acl,
                          include=REPO / "deploy" / "mosquitto" / "motcua-sync.conf") as m:
-        results = run_checks(checklist_target((m.host, m.port), (m.host, m.port), PASSWORD))
-    assert all(r.ok for r in results), "\n".join(f"{r.need}: {r.detail}" for r in results)
+        rc = brokercheck_main([
+            "--broker", f"{m.host}:{m.port}", "--district", DISTRICT,
+            "--district-user", DISTRICT_USER, "--terminal-user", TERMINALS[0],
+            "--terminal-user", TERMINALS[1], "--password-env", "MQTT_TEST_PW"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert sorted(line.split()[1] for line in out.splitlines()) == sorted(CHECKS), out
+    assert all(line.startswith("PASS ") for line in out.splitlines()), out
