@@ -4,13 +4,14 @@ list of brokers (``fallback_brokers``).
 The cluster is two ejabberd nodes on loopback (tests/ejabberd_cluster.py): the
 district publishes on node B, terminals (real engines and stores) connect to node A
 with B second in their list; node A is killed; the terminals move to B and converge
-to the district's content hash after more changes.
+to the district's content hash after more changes. ``sync.brokercheck`` records what
+the cluster gives of each need (docs/scale.md).
 
 The same test runs against an external cluster (EMQX, VerneMQ, HiveMQ: docs/scale.md)
 when ``MOTCUA_CLUSTER_BROKERS=hostA:port,hostB:port`` is set, with
 ``MOTCUA_CLUSTER_KILL_A`` a shell command that kills node A (e.g. ``docker kill emqx1``)
 and ``MOTCUA_CLUSTER_PASSWORD`` the password of the logins ``district-q1``, ``t-a``,
-``t-b`` (unset: no logins).
+``t-b``, ``t-c`` (unset: no logins); there every check must pass.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import dataclasses
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,7 @@ class ClusterUnderTest:
 
     a: tuple[str, int]
     b: tuple[str, int]
-    kill_a: object  # () -> None
+    kill_a: Callable[[], object]
     username_password: bool
 
 
@@ -240,7 +241,7 @@ def test_sync_survives_losing_a_cluster_node(tmp_path: Path,
         late = terminal(LATE)
         wait_for(lambda: converged(late), timeout=30, what="late terminal's first sync")
 
-        cluster.kill_a()  # type: ignore[operator]
+        cluster.kill_a()
         # the district keeps changing while the terminals move from A to B
         add_citizens(dlog, 10, start=100)
         dlog.update_dossier("HS-0000003", status=DossierStatus.RESULT_READY, stage="Trả kết quả")
