@@ -3,8 +3,9 @@
 
 Each check is a few MQTT v5 exchanges with plain paho clients, node A and node B
 playing the terminal's and the district's side (give the same address twice for a
-single broker). The logins are the project's: the district's user and two terminal
-users, one password for all three (a test deployment). Checks:
+single broker), over TLS when given the listeners' CA. The logins are the project's:
+the district's user and two terminal users, one password for all three (a test
+deployment). Checks:
 
 ``qos1``: a QoS 1 PUBLISH from B is acknowledged and reaches a QoS 1 subscriber on A.
 ``retained``: a retained message published on B for a topic nobody used before is
@@ -33,10 +34,12 @@ import dataclasses
 import os
 import secrets
 import socket
+import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -75,6 +78,9 @@ class Target:
     district_user: str | None
     terminal_users: tuple[str, str]
     password: str | None
+    #: the CA of the brokers' TLS listeners (server certificates checked, host names
+    #: included); None = plain TCP
+    ca_file: Path | None = None
 
 
 @dataclasses.dataclass
@@ -95,6 +101,8 @@ class Probe:
                                   protocol=mqtt.MQTTv5, reconnect_on_failure=False)
         if user is not None and target.password is not None:
             self.client.username_pw_set(user, target.password)
+        if target.ca_file is not None:
+            self.client.tls_set_context(ssl.create_default_context(cafile=str(target.ca_file)))
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.node, self.max_packet, self.expiry_s = node, max_packet, expiry_s
@@ -409,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--terminal-user", action="append", default=[],
                    help="two terminal logins (user names = terminal ids)")
     p.add_argument("--password-env", help="environment variable with the logins' password")
+    p.add_argument("--ca-file", type=Path, help="CA of the brokers' TLS listeners (enables TLS)")
     p.add_argument("--check", action="append", choices=sorted(CHECKS))
     args = p.parse_args(argv)
     try:
@@ -423,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         p.error(str(exc))
     target = Target(nodes[0], nodes[-1], Topics(args.prefix, args.district),
-                    args.district_user, tuple(args.terminal_user), password)  # type: ignore[arg-type]
+                    args.district_user, tuple(args.terminal_user), password,  # type: ignore[arg-type]
+                    args.ca_file)
     results = run_checks(target, tuple(args.check or CHECKS))
     for r in results:
         print(f"{'PASS' if r.ok else 'FAIL'}  {r.need:<11} {r.detail}")

@@ -39,21 +39,26 @@ CONTROL_TIMEOUT_S = 60.0
 DOMAIN = "motcua.test"
 
 
-def _config(port: int, district: str, district_user: str, prefix: str) -> str:
-    """ejabberd.yml for one node: MQTT only, logins, the project's ACL (the same rules
-    as deploy/mosquitto/motcua-sync.acl, with ``%u`` = the login)."""
+def _config(port: int, district: str, district_user: str, prefix: str,
+            tls: tuple[Path, Path] | None) -> str:
+    """ejabberd.yml for one node: MQTT only (over TLS with ``tls`` = (certificate, key)),
+    logins, the project's ACL (the same rules as deploy/mosquitto/motcua-sync.acl, with
+    ``%u`` = the login)."""
     base = f"{prefix}/{district}"
+    certfiles = f'certfiles: ["{tls[0]}", "{tls[1]}"]' if tls else ""
     return f"""\
 hosts: ["{DOMAIN}"]
 loglevel: info
 log_rotate_count: 0
 auth_method: [internal]
+{certfiles}
 listen:
   -
     port: {port}
     ip: "127.0.0.1"
     module: mod_mqtt
     backlog: 1000
+    tls: {"true" if tls else "false"}
     # the largest PUBLISH payload the broker takes (MAX_PACKET_BYTES in sync/mqtt.py)
     max_payload_size: {MAX_PACKET_BYTES}
 acl:
@@ -100,7 +105,8 @@ class EjabberdNode:
         self.log_path = self.dir / "ejabberd.log"
         self.conf_path = self.dir / "ejabberd.yml"
         self.conf_path.write_text(
-            _config(self.port, cluster.district, cluster.district_user, cluster.prefix))
+            _config(self.port, cluster.district, cluster.district_user, cluster.prefix,
+                    cluster.tls))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -161,11 +167,12 @@ class EjabberdNode:
 
 class EjabberdCluster:
     """Nodes named ``names`` joined into one ejabberd cluster (the first is the seed),
-    with MQTT logins ``users`` (name -> password) registered."""
+    with MQTT logins ``users`` (name -> password) registered; ``tls``: the listeners'
+    (certificate, key), else plain TCP."""
 
     def __init__(self, workdir: Path, *, names: tuple[str, ...] = ("a", "b"),
                  users: dict[str, str], district: str, district_user: str,
-                 prefix: str = "motcua/v1") -> None:
+                 prefix: str = "motcua/v1", tls: tuple[Path, Path] | None = None) -> None:
         apps = sorted(glob.glob(EJABBERD_APP_GLOB))
         if not apps or shutil.which("erl") is None or shutil.which("epmd") is None:
             raise SyncError("ejabberd is not installed (scripts/debian-packages.txt)")
@@ -173,6 +180,8 @@ class EjabberdCluster:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.district, self.district_user, self.prefix = district, district_user, prefix
+        #: (certificate, key) of the MQTT listeners' TLS (both nodes); None = plain TCP
+        self.tls = tls
         self.users = users
         #: node names and the cookie are ours alone (another run on this machine, or a
         #: system ejabberd, can neither join nor be joined)

@@ -151,10 +151,17 @@ class ClusterUnderTest:
     b: tuple[str, int]
     kill_a: Callable[[], object]
     username_password: bool
+    #: the CA of the nodes' TLS listeners; None = plain TCP
+    ca_file: Path | None = None
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[ClusterUnderTest]:
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ClusterUnderTest]:
+    """Node A and node B: two ejabberd nodes of our own, or the external cluster named by
+    MOTCUA_CLUSTER_BROKERS. Indirect parameter "tls": the ejabberd listeners speak TLS
+    with a certificate from a throw-away CA (an external cluster: MOTCUA_CLUSTER_CA_FILE,
+    if set)."""
+    tls = getattr(request, "param", "plain") == "tls"
     external = os.environ.get("MOTCUA_CLUSTER_BROKERS")
     if external:
         from core.net import split_hostport
@@ -163,28 +170,39 @@ def cluster(tmp_path: Path) -> Iterator[ClusterUnderTest]:
         kill = os.environ.get("MOTCUA_CLUSTER_KILL_A")
         if not kill:
             raise ConfigError("MOTCUA_CLUSTER_KILL_A: a shell command that kills node A")
+        ca = os.environ.get("MOTCUA_CLUSTER_CA_FILE")
         yield ClusterUnderTest(
             a, b, lambda: subprocess.run(kill, shell=True, check=True),
-            username_password=bool(os.environ.get("MOTCUA_CLUSTER_PASSWORD")))
+            username_password=bool(os.environ.get("MOTCUA_CLUSTER_PASSWORD")),
+            ca_file=Path(ca) if tls and ca else None)
         return
     users = {DISTRICT_USER: PASSWORD, **{t: PASSWORD for t in (*TERMINALS, LATE)}}
+    server_tls, ca_file = None, None
+    if tls:
+        from tests.certs import CA
+
+        ca = CA(tmp_path / "pki", "cluster-ca")
+        server_tls, ca_file = ca.issue("broker", server=True), ca.cert_path
     with EjabberdCluster(tmp_path / "ejabberd", users=users, district=DISTRICT,
-                         district_user=DISTRICT_USER) as c:
+                         district_user=DISTRICT_USER, tls=server_tls) as c:
         node_a, node_b = c.nodes
         yield ClusterUnderTest((node_a.host, node_a.port), (node_b.host, node_b.port),
-                               node_a.kill, username_password=True)
+                               node_a.kill, username_password=True, ca_file=ca_file)
 
 
-def cluster_settings(first: tuple[str, int], then: tuple[str, int], user: str,
-                     logins: bool) -> BrokerSettings:
+def cluster_settings(cluster: ClusterUnderTest, first: tuple[str, int],
+                     then: tuple[str, int], user: str) -> BrokerSettings:
     password = os.environ.get("MOTCUA_CLUSTER_PASSWORD", PASSWORD)
+    logins = cluster.username_password
     return BrokerSettings(host=first[0], port=first[1], fallbacks=(then,),
+                          ca_file=cluster.ca_file,
                           username=user if logins else None,
                           password=password if logins else None,
                           **FAST)  # type: ignore[arg-type]
 
 
 @pytest.mark.cluster
+@pytest.mark.parametrize("cluster", ["tls"], indirect=True)
 def test_sync_survives_losing_a_cluster_node(tmp_path: Path,
                                              cluster: ClusterUnderTest) -> None:
     dlog = new_district(tmp_path / "district.sqlite", dim=32)
@@ -213,7 +231,7 @@ def test_sync_survives_losing_a_cluster_node(tmp_path: Path,
                                   dim=dlog.dim)
         stores.append(store)
         t = TerminalSubscriber(
-            store, cluster_settings(cluster.a, cluster.b, name, cluster.username_password),
+            store, cluster_settings(cluster, cluster.a, cluster.b, name),
             district_id=DISTRICT, terminal_id=name, public_key=key.public_key(),
             spool_dir=tmp_path / name, gap_timeout_s=0.3, request_retry_s=0.5,
             state_interval_s=0.2, stop=threading.Event())
@@ -230,7 +248,7 @@ def test_sync_survives_losing_a_cluster_node(tmp_path: Path,
             terminal(name)
         publisher = Publisher(
             dlog, key,
-            cluster_settings(cluster.b, cluster.a, DISTRICT_USER, cluster.username_password),
+            cluster_settings(cluster, cluster.b, cluster.a, DISTRICT_USER),
             snapshot_min_interval_s=0.5, manifest_refresh_s=MANIFEST_REFRESH_S).start()
         for t in terminals:
             wait_for(lambda t=t: converged(t), timeout=60, what=f"{t.terminal_id} first sync")
@@ -284,17 +302,21 @@ EJABBERD_23_01 = {
 }
 
 
-def checklist_target(a: tuple[str, int], b: tuple[str, int], password: str | None) -> Target:
-    return Target(a, b, Topics("motcua/v1", DISTRICT), DISTRICT_USER, TERMINALS, password)
+def checklist_target(a: tuple[str, int], b: tuple[str, int], password: str | None,
+                     ca_file: Path | None = None) -> Target:
+    return Target(a, b, Topics("motcua/v1", DISTRICT), DISTRICT_USER, TERMINALS, password,
+                  ca_file)
 
 
 @pytest.mark.cluster
+@pytest.mark.parametrize("cluster", ["tls"], indirect=True)
 def test_broker_checklist_on_the_cluster(cluster: ClusterUnderTest) -> None:
     """sync.brokercheck on node A and node B; on an external cluster every need must
     pass, on ejabberd 23.01 the results are the ones recorded in EJABBERD_23_01."""
     external = bool(os.environ.get("MOTCUA_CLUSTER_BROKERS"))
     password = os.environ.get("MOTCUA_CLUSTER_PASSWORD", PASSWORD if not external else "")
-    results = run_checks(checklist_target(cluster.a, cluster.b, password or None))
+    results = run_checks(checklist_target(cluster.a, cluster.b, password or None,
+                                          cluster.ca_file))
     got = {r.need: r.ok for r in results}
     want = dict.fromkeys(CHECKS, True) if external else EJABBERD_23_01
     assert got == want, "\n".join(f"{r.need}: {r.ok} {r.detail}" for r in results)
