@@ -182,6 +182,9 @@ def _db(p: argparse.ArgumentParser) -> None:
 
 def _broker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", required=True, help="HOST:PORT of the MQTT broker")
+    p.add_argument("--fallback-broker", action="append", default=[], metavar="HOST:PORT",
+                   help="a further node of the broker cluster, tried when the one before is "
+                        "down (repeatable; docs/scale.md)")
     p.add_argument("--ca-file", type=Path, help="CA of the broker (enables TLS)")
     p.add_argument("--cert-file", type=Path, help="client certificate (PEM)")
     p.add_argument("--key-file", type=Path, help="client certificate key (PEM)")
@@ -197,13 +200,16 @@ def broker_settings(args: argparse.Namespace) -> BrokerSettings:
     cfg = BrokerConfig(broker=args.broker, tls=args.ca_file is not None, ca_file=args.ca_file,
                        cert_file=args.cert_file, key_file=args.key_file,
                        username=args.username, password_file=args.password_file,
-                       password_env=args.password_env)
+                       password_env=args.password_env,
+                       fallback_brokers=tuple(getattr(args, "fallback_broker", None) or ()))
     try:
         cfg.validate("options")
         return settings_from_config(cfg, key="options")
     except ConfigError as exc:  # name the option: "--cert-file: cert_file and key_file ..."
         name, _, rest = str(exc).removeprefix("options.").partition(":")
         rest = rest.replace("host:port", "HOST:PORT")
+        # "fallback_brokers[1]" is the second --fallback-broker
+        name = name.replace("fallback_brokers", "fallback_broker")
         raise ConfigError(f"--{name.replace('_', '-')}:{rest}") from None
 
 

@@ -73,6 +73,11 @@ BATCH_MAX_BYTES = 1 << 20
 CHUNK_MAX_BYTES = 1 << 20
 #: re-publish the manifest at least this often while busy, so terminals learn the head
 MANIFEST_INTERVAL_S = 2.0
+#: re-publish the manifest at least this often while idle: a broker that lost the
+#: retained copy, or never shows it to some subscribers (ejabberd 23.01 across cluster
+#: nodes, docs/scale.md), gets it to every subscribed terminal live within this time;
+#: one small message a minute per district costs nothing
+MANIFEST_REFRESH_S = 60.0
 #: a terminal gets at most one snapshot per this many seconds (a confused or hostile
 #: terminal cannot make the district stream its whole gallery in a loop)
 SNAPSHOT_MIN_INTERVAL_S = 5.0
@@ -266,6 +271,7 @@ class Publisher:
         calibration_check_s: float = CALIBRATION_CHECK_S,
         worker: str = "",
         lease: Lease | None = None,
+        manifest_refresh_s: float = MANIFEST_REFRESH_S,
     ) -> None:
         self.log = dlog
         self.key = key
@@ -283,6 +289,7 @@ class Publisher:
         self.calibration = calibration
         self.pack_threshold = pack_threshold
         self.calibration_check_s = calibration_check_s
+        self.manifest_refresh_s = manifest_refresh_s
         self._buckets: dict[str, ByteBucket] = {}
         self.stats = PublisherStats()
         self._wake = threading.Event()
@@ -300,6 +307,11 @@ class Publisher:
         holder = self.lease.holder
         self._writer_tag = f"{holder.split('@', 1)[0]}@{holder.rsplit(':', 1)[-1]}"
         self.share_group = share_group(key, dlog.district_id)
+        #: requests and reports through a shared subscription only when this is one of
+        #: several named workers (``[district] worker``): a lone publisher subscribes
+        #: plainly, so that brokers without ``$share`` (ejabberd 23.01 drops the client,
+        #: docs/scale.md) still carry a one-worker district
+        self.shared_subscriptions = bool(worker)
         default_cid = f"motcua-district-{dlog.district_id}" + (f"-{worker}" if worker else "")
         cid = client_id or session_client_id(broker, default_cid)
         self.client = make_client(cid, broker)
@@ -328,10 +340,13 @@ class Publisher:
                 self.stop_event.set()
             return
         self._link += 1
-        # a session from before shared subscriptions still holds the plain ones
-        client.unsubscribe([self.topics.all_requests, self.topics.all_reports])
-        client.subscribe([(self.shared(self.topics.all_requests), 1),
-                          (self.shared(self.topics.all_reports), 1)])
+        if self.shared_subscriptions:
+            # a session from before shared subscriptions still holds the plain ones
+            client.unsubscribe([self.topics.all_requests, self.topics.all_reports])
+            client.subscribe([(self.shared(self.topics.all_requests), 1),
+                              (self.shared(self.topics.all_reports), 1)])
+        else:
+            client.subscribe([(self.topics.all_requests, 1), (self.topics.all_reports, 1)])
         self._connected.set()
         self._lease_wake.set()
         self._manifest_due.set()
@@ -622,7 +637,7 @@ class Publisher:
                    or point_at != st["manifest_point_at"])
         if self._manifest_due.is_set() or changed or (
             manifest_head != published and (not busy or now - last_manifest_t > MANIFEST_INTERVAL_S)
-        ):
+        ) or now - last_manifest_t > self.manifest_refresh_s:
             self._manifest_due.clear()
             if not self._send(self.topics.manifest, self._manifest(published), retain=True,
                               fenced=True):

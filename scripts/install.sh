@@ -19,8 +19,23 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     echo "install.sh: installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # services must not start on install (ejabberd, epmd, mosquitto: the tests start
+    # their own as the current user): a policy-rc.d that denies every start, unless the
+    # machine has its own (a container's usually does), removed again afterwards
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# scripts/install.sh: no service starts while installing\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        own_policy=1
+        trap 'rm -f "$policy"' EXIT
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [ "$own_policy" -eq 1 ]; then
+        rm -f "$policy"
+        trap - EXIT
+    fi
 fi
 
 # arm64 binaries (tests/test_arm64.py's emulated Pi root) run through qemu-aarch64: mount

@@ -31,6 +31,11 @@ MAX_PACKET_BYTES = (4 << 20) + (64 << 10)
 #: CONNACK reason codes after which retrying cannot help (MQTT v5 3.2.2.2)
 AUTH_FAILURE_CODES = frozenset({0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
 
+#: the most fallback brokers a client takes: a cluster behind one district has a few
+#: nodes (docs/scale.md); a longer list is a configuration mistake, and each entry costs
+#: one failed connect per round while its node is down
+MAX_FALLBACK_BROKERS = 16
+
 
 @dataclasses.dataclass(frozen=True)
 class BrokerSettings:
@@ -38,6 +43,9 @@ class BrokerSettings:
 
     host: str = "127.0.0.1"
     port: int = 1883
+    #: further (host, port) nodes of the same broker cluster, tried in turn after
+    #: ``host``:``port`` when a connection attempt fails or a connection drops
+    fallbacks: tuple[tuple[str, int], ...] = ()
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -58,6 +66,11 @@ class BrokerSettings:
     def tls(self) -> bool:
         return self.ca_file is not None
 
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every broker node to try, in order: ``host``:``port`` first, then the fallbacks."""
+        return ((self.host, self.port), *self.fallbacks)
+
 
 @dataclasses.dataclass(frozen=True)
 class BrokerConfig:
@@ -70,6 +83,9 @@ class BrokerConfig:
 
     #: host:port of the district broker; "" = none configured
     broker: str = ""
+    #: host:port of further nodes of the same broker cluster (docs/scale.md), tried in
+    #: turn when the one before is down; empty = one broker, as before
+    fallback_brokers: tuple[str, ...] = ()
     #: TLS to the broker (needs ca_file; cert_file/key_file for client certificates)
     tls: bool = False
     ca_file: Path | None = None
@@ -92,6 +108,7 @@ class BrokerConfig:
         p = f"{prefix}." if prefix else ""
         if self.broker:
             split_hostport(self.broker, f"{p}broker")
+        self._validate_fallbacks(p)
         if not 5 <= self.keepalive_s <= 3600:
             raise ConfigError(f"{p}keepalive_s: expected 5..3600 seconds")
         if self.session_expiry_s < 0:
@@ -103,17 +120,33 @@ class BrokerConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ConfigError(f"{p}cert_file: cert_file and key_file go together")
 
+    def _validate_fallbacks(self, p: str) -> None:
+        if not self.fallback_brokers:
+            return
+        if not self.broker:
+            raise ConfigError(f"{p}fallback_brokers: needs broker (the first node to try)")
+        if len(self.fallback_brokers) > MAX_FALLBACK_BROKERS:
+            raise ConfigError(f"{p}fallback_brokers: at most {MAX_FALLBACK_BROKERS} entries")
+        seen = {split_hostport(self.broker, f"{p}broker")}
+        for i, entry in enumerate(self.fallback_brokers):
+            address = split_hostport(entry, f"{p}fallback_brokers[{i}]")
+            if address in seen:
+                raise ConfigError(f"{p}fallback_brokers[{i}]: {entry!r} is listed twice")
+            seen.add(address)
+
 
 def broker_settings(cfg: BrokerConfig, key: str = "sync") -> BrokerSettings:
     """The one mapping from configuration to connection settings: address parsed, the
     password read from its file or environment variable, TLS only when ``tls`` is on.
     ``key`` names the configuration table in errors."""
     host, port = split_hostport(cfg.broker, f"{key}.broker")
+    fallbacks = tuple(split_hostport(entry, f"{key}.fallback_brokers[{i}]")
+                      for i, entry in enumerate(cfg.fallback_brokers))
     password = None
     if cfg.username and (cfg.password_file is not None or cfg.password_env is not None):
         password = read_secret(file=cfg.password_file, env=cfg.password_env,
                                key=f"{key}.password_file")
-    return BrokerSettings(host=host, port=port,
+    return BrokerSettings(host=host, port=port, fallbacks=fallbacks,
                           ca_file=cfg.ca_file if cfg.tls else None,
                           cert_file=cfg.cert_file if cfg.tls else None,
                           key_file=cfg.key_file if cfg.tls else None,
@@ -174,10 +207,33 @@ def connect_properties(settings: BrokerSettings) -> Properties:
     return props
 
 
+class BrokerRotation:
+    """paho ``on_pre_connect`` hook that walks a list of broker nodes: the first attempt
+    goes to the first node, every later attempt (after a failed attempt or a dropped
+    connection) to the next one, round robin. paho calls the hook in ``reconnect()``
+    after closing the old socket and before opening the new one, which is where the
+    address may change; its reconnect delays (make_client) still apply between attempts,
+    so a whole cluster down is retried at the same pace as one broker down."""
+
+    def __init__(self, addresses: tuple[tuple[str, int], ...]) -> None:
+        self.addresses = addresses
+        #: index of the node of the current (or last) attempt; -1 = none yet
+        self.index = -1
+
+    def __call__(self, client: mqtt.Client, _userdata: object) -> None:
+        self.index = (self.index + 1) % len(self.addresses)
+        # the public host/port setters refuse while the state is "connecting", which
+        # it already is here; reconnect() reads these two right after this hook
+        client._host, client._port = self.addresses[self.index]
+
+
 def start_client(client: mqtt.Client, settings: BrokerSettings) -> None:
     """Connect in the background with a persistent session (MQTT v5, ``clean_start``
     off, the settings' session expiry) and start paho's network thread; the client's
-    own reconnect delays (make_client) apply after a drop."""
+    own reconnect delays (make_client) apply after a drop. With fallback brokers each
+    attempt goes to the next node of the list (:class:`BrokerRotation`)."""
+    if settings.fallbacks:
+        client.on_pre_connect = BrokerRotation(settings.addresses)
     client.connect_async(
         settings.host,
         settings.port,
