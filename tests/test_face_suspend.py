@@ -14,6 +14,7 @@ import pytest
 from store_helpers import DIM, FACES, cid, dossier, fill, open_store, upsert
 
 from core.errors import DistrictError, MessageRejected, StoreError
+from district.ingest import Ingestor, parse_event
 from district.log import DistrictLog
 from district.reports import suspend_for_report
 from edge.store import CitizenDelete, CitizenUpsert
@@ -358,4 +359,39 @@ def test_engine_applies_a_signed_suspension_and_rejects_forged_or_malformed_ones
     assert store.index_stats()["live"] == live - 1 and store.citizen(victim) is not None
     assert eng.rejections == {"signature": 1, "malformed": 3}
     store.close()
+    dlog.close()
+
+
+def test_ingest_update_without_photos_keeps_the_face_suspended(tmp_path: Path) -> None:
+    dlog = new_district(tmp_path / "log.sqlite", dim=LOG_DIM)
+    (a,) = add_citizens(dlog, 1)
+    dlog.suspend_face(a, reason="x")
+    ingest = Ingestor(dlog, None)  # no face pipeline: no photos can be embedded
+    res = ingest.apply(parse_event({
+        "event_id": "upd-1", "kind": "citizen.updated", "version": 1,
+        "data": {"citizen_id": a, "full_name": "Trần Thị Bích", "pin": "2468"}}))
+    assert res.outcome == "applied" and res.seq == dlog.head_seq
+    assert dlog.face_suspended(a)
+    assert dlog.citizen(a).masked_name == "Trần T. B***"  # type: ignore[union-attr]
+
+
+def test_a_terminal_replaying_the_log_after_a_suspension_never_gets_the_face(
+    tmp_path: Path,
+) -> None:
+    dlog = new_district(tmp_path / "d.sqlite", dim=LOG_DIM)
+    a, _b = add_citizens(dlog, 2)
+    face = dlog.citizen(a).embeddings[0]  # type: ignore[union-attr]
+    dlog.update_dossier("HS-0000000", stage="Phòng Tư pháp")
+    dlog.suspend_face(a, reason="x")
+    head = dlog.head_seq
+    ref = reference_store(dlog, GalleryStore.open(tmp_path / "ref", embedder_id=EMBEDDER,
+                                                  dim=LOG_DIM))
+    with GalleryStore.open(tmp_path / "t", embedder_id=EMBEDDER, dim=LOG_DIM) as s:
+        for seq in range(1, head + 1):  # one change at a time, as replays may cut it
+            (change,) = [change_from_pb(c, LOG_DIM) for c in log_changes(dlog, seq, seq)]
+            s.apply([change], epoch=1)
+            assert all(m.citizen_id != a for m in s.search(face, 2)), seq
+        assert s.content_hash() == ref.content_hash()
+        assert [d.stage for d in s.dossiers(a)] == ["Phòng Tư pháp"]
+    ref.close()
     dlog.close()
