@@ -314,10 +314,10 @@ class DistrictLog:
         embeddings lift a face suspension (re-enrolment); zero embeddings are accepted
         only for a citizen whose face is suspended (it stays suspended)."""
         emb = np.asarray(embeddings, dtype=np.float32)
-        # zero rows only for a citizen whose face is suspended: an update of their name,
-        # PIN or date of birth without new photos keeps the face suspended
-        keep_suspended = (emb.ndim == 2 and emb.shape == (0, self.dim)
-                          and self.face_suspended(citizen_id))
+        # zero rows only for a citizen whose face is suspended (checked below, in the
+        # transaction): an update of their name, PIN or date of birth without new
+        # photos keeps the face suspended
+        keep_suspended = emb.ndim == 2 and emb.shape == (0, self.dim)
         if not keep_suspended and (
                 emb.ndim != 2 or emb.shape[0] < 1 or emb.shape[1] != self.dim):
             raise DistrictError(f"citizen {citizen_id}: embeddings must be (k, {self.dim})")
@@ -348,6 +348,9 @@ class DistrictLog:
             )
         )
         with self.transaction():
+            if keep_suspended and not self.face_suspended(citizen_id):
+                raise DistrictError(f"citizen {citizen_id}: embeddings must be (k, {self.dim})"
+                                    " (none only for a citizen whose face is suspended)")
             seq = self._append(change, citizen_id)
             self._db.execute(
                 "INSERT OR REPLACE INTO citizens (citizen_id, seq, change) VALUES (?, ?, ?)",
