@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from district.enrol import pipeline_embedder
@@ -36,6 +37,21 @@ PEOPLE = {
 }
 SUSPENDED = "barack_obama"
 FAST = dict(reconnect_min_s=0.0, reconnect_max_s=0.5)
+#: deadline of each wait: generous, the shared machine runs at load averages above 100
+WAIT_S = 180.0
+
+
+def _converge(sub: TerminalSubscriber, cond: Callable[[], bool], what: str) -> None:
+    """Wait for ``cond``; on timeout say where the terminal's sync stands."""
+    try:
+        wait_for(cond, timeout=WAIT_S, what=what)
+    except AssertionError as exc:
+        e = sub.engine
+        raise AssertionError(
+            f"{exc}: store at {e.store.epoch}/{e.store.last_seq}, district head "
+            f"{e.district_epoch}/{e.district_head}, snapshots {e.snapshots_applied}, "
+            f"requests {dict(e.requests)}, rejections {dict(e.rejections)}, "
+            f"last error {e.last_error!r}") from None
 
 
 def _motcua(*args: str) -> subprocess.CompletedProcess[str]:
@@ -101,7 +117,7 @@ def test_suspend_face_reaches_terminals_snapshots_and_reenrolment_lifts_it(
     pub.start()
     sub1.start()
     try:
-        wait_for(lambda: s1.last_seq == dlog.head_seq, timeout=60, what="t1 synced")
+        _converge(sub1, lambda: s1.last_seq == dlog.head_seq, "t1 synced")
         assert all(finds(s1, p) for p in PEOPLE)
         before = s1.citizen(SUSPENDED)
         assert before is not None and before.embedding_count == 2 and before.pin_hash
@@ -114,7 +130,7 @@ def test_suspend_face_reaches_terminals_snapshots_and_reenrolment_lifts_it(
         assert out.returncode == 0, out.stderr
         seq = int(out.stdout.split()[-1])
         assert seq == dlog.head_seq and dlog.face_suspended(SUSPENDED)
-        wait_for(lambda: s1.last_seq >= seq, timeout=30, what="t1 applied the suspension")
+        _converge(sub1, lambda: s1.last_seq >= seq, "t1 applied the suspension")
         assert never_finds(s1, SUSPENDED)
         assert finds(s1, "joe_biden") and finds(s1, "kit_harington")
         assert s1.index_stats()["live"] == live - 2
@@ -136,9 +152,9 @@ def test_suspend_face_reaches_terminals_snapshots_and_reenrolment_lifts_it(
         # a new terminal (empty store) installs a snapshot taken after the suspension
         s2, sub2 = _terminal(tmp_path, "t2", broker, key, face_pipeline.embedder_id)
         sub2.start()
-        wait_for(lambda: sub2 is not None and sub2.engine.snapshots_applied == 1
-                 and s2 is not None and s2.last_seq == dlog.head_seq, timeout=60,
-                 what="t2 installed a snapshot")
+        _converge(sub2, lambda: sub2 is not None and sub2.engine.snapshots_applied >= 1
+                  and s2 is not None and s2.last_seq == dlog.head_seq,
+                  "t2 installed a snapshot")
         assert never_finds(s2, SUSPENDED) and finds(s2, "joe_biden")
         rec2 = s2.citizen(SUSPENDED)
         assert rec2 is not None and rec2.embedding_count == 0 and rec2.pin_hash
@@ -146,12 +162,13 @@ def test_suspend_face_reaches_terminals_snapshots_and_reenrolment_lifts_it(
         assert s2.content_hash() == s1.content_hash()
 
         # a new epoch: both terminals install a snapshot taken after the suspension
+        # (how t1 first synced, live batches or a snapshot, depends on timing)
+        had = {sub1: sub1.engine.snapshots_applied, sub2: sub2.engine.snapshots_applied}
         epoch = dlog.new_epoch()
         for sub, store in ((sub1, s1), (sub2, s2)):
-            want = 2 if sub is sub2 else 1
-            wait_for(lambda st=store, su=sub, n=want: su.engine.snapshots_applied == n
-                     and st.epoch == epoch and st.last_seq == dlog.head_seq,
-                     timeout=60, what="snapshot of the new epoch installed")
+            _converge(sub, lambda st=store, su=sub: su.engine.snapshots_applied > had[su]
+                      and st.epoch == epoch and st.last_seq == dlog.head_seq,
+                      "snapshot of the new epoch installed")
             assert never_finds(store, SUSPENDED) and finds(store, "kit_harington")
             rec = store.citizen(SUSPENDED)
             assert rec is not None and rec.embedding_count == 0
@@ -168,9 +185,8 @@ def test_suspend_face_reaches_terminals_snapshots_and_reenrolment_lifts_it(
             "data": {"citizen_id": SUSPENDED, "full_name": "Nguyễn Văn Ba", "pin": "135790",
                      "date_of_birth": "02/09/1985", "photos": photos}}))
         assert res.outcome == "applied" and not dlog.face_suspended(SUSPENDED)
-        for store in (s1, s2):
-            wait_for(lambda st=store: st.last_seq >= res.seq, timeout=30,
-                     what="re-enrolment applied")
+        for sub, store in ((sub1, s1), (sub2, s2)):
+            _converge(sub, lambda st=store: st.last_seq >= res.seq, "re-enrolment applied")
             assert finds(store, SUSPENDED)
             rec = store.citizen(SUSPENDED)
             assert rec is not None and rec.embedding_count == 1
