@@ -535,11 +535,17 @@ class DistrictLog:
         return None if row is None else str(row[0])
 
     def report_suspension(self, report: str) -> int | None:
-        """The change number of the face suspension made for ``report``
-        ("terminal/session"), None if none was."""
+        """Whether a "not me" report ("terminal/session") was acted on: the change number
+        of the face suspension made for it, or else of one of its citizen's face made
+        after the report arrived (e.g. by ``district suspend-face``); None if neither."""
+        terminal, _, session = report.partition("/")
         with self._lock:
-            row = self._db.execute("SELECT max(seq) FROM face_suspensions WHERE report = ?",
-                                   (report,)).fetchone()
+            row = self._db.execute(
+                "SELECT max(seq) FROM face_suspensions WHERE report = ? OR citizen_id IN ("
+                "  SELECT r.citizen_id FROM reports r WHERE r.terminal_id = ? "
+                "  AND r.session_id = ? AND r.kind = 'not_me' AND r.citizen_id != '' "
+                "  AND face_suspensions.created_at >= r.received_at)",
+                (report, terminal, session)).fetchone()
         return None if row[0] is None else int(row[0])
 
     def mark_published(self, seq: int) -> None:

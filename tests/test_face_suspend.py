@@ -179,6 +179,11 @@ def test_suspend_for_report_acts_on_a_not_me_report(tmp_path: Path) -> None:
             suspend_for_report(dlog, bad)
     dlog.add_report(terminal_id="t2", session_id="s:3", kind="not_me", time=when,
                     citizen_id=b, rating=0, score=0.6)
+    # a suspension made without naming the report (the CLI) also acts on it
+    assert dlog.report_suspension("t2/s:3") is None
+    seq_b = dlog.suspend_face(b, reason="from the command line")
+    assert dlog.report_suspension("t2/s:3") == seq_b
+    assert dlog.report_suspension("t1/s:2") is None  # a rating: never acted on
     dlog.delete_citizen(b)
     with pytest.raises(DistrictError, match="deleted since"):
         suspend_for_report(dlog, "t2/s:3")
