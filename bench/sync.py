@@ -10,6 +10,7 @@ Figures, 512-d synthetic embeddings:
 3. latency: single citizen upserts, one at a time, from the district's commit to the
    change being searchable on the terminal (p50/p95/p99);
 4. delete -> unmatchable: a deleted citizen's own embedding no longer finds them;
+   and face suspension -> unmatchable (DistrictLog.suspend_face), the same way;
 5. snapshot: a new terminal joins a district of S citizens (time, bytes on the wire),
    then the store's own install of the same S citizens (GalleryStore.replace_all, in this
    process, after the terminal's) -> snapshot_ratio = sync / store alone.
@@ -227,6 +228,22 @@ def live(work: Path, broker: MosquittoBroker, embs: Embeddings, burst: int, samp
         dels.append(time.perf_counter() - t0)
     progress(f"delete -> unmatchable median {np.median(dels) * 1000:.1f} ms, "
              f"max {max(dels) * 1000:.1f} ms")
+
+    # 4b. face suspension -> unmatchable (the citizen and dossiers stay)
+    sus = []
+    for i in range(10, 20):
+        cid = f"lat{i:05d}"
+        seq = start_seq + burst + 1 + i  # the i-th latency upsert
+        change = pb.Change.FromString(d.log.changes(seq, seq)[0])
+        rec_emb = np.frombuffer(change.citizen_upsert.embeddings, dtype="<f4")
+        t0 = time.perf_counter()
+        d.log.suspend_face(cid, reason="bench")
+        wait(lambda cid=cid, e=rec_emb: all(m.citizen_id != cid for m in store.search(e, 3)),
+             30, "suspended face unmatchable", 0.0005)
+        sus.append(time.perf_counter() - t0)
+        assert store.citizen(cid) is not None
+    progress(f"suspend -> unmatchable median {np.median(sus) * 1000:.1f} ms, "
+             f"max {max(sus) * 1000:.1f} ms")
     return {
         "store_upserts_per_s": round(base, 1),
         "upserts_per_s": round(rate, 1),
@@ -237,6 +254,8 @@ def live(work: Path, broker: MosquittoBroker, embs: Embeddings, burst: int, samp
         "latency_search_misses": misses,
         "delete_to_unmatchable_s": round(float(np.median(dels)), 4),
         "delete_to_unmatchable_s_max": round(max(dels), 4),
+        "suspend_to_unmatchable_s": round(float(np.median(sus)), 4),
+        "suspend_to_unmatchable_s_max": round(max(sus), 4),
     }
 
 
@@ -254,6 +273,8 @@ def main() -> None:
     burst = args.burst or (3000 if args.quick else 20_000)
     snap_n = args.snapshot or (5000 if args.quick else 100_000)
     samples = args.latency_samples or (50 if args.quick else 200)
+    if samples < 20 and not args.snapshot_only:
+        ap.error("--latency-samples: at least 20 (parts 4 and 4b use 10 citizens each)")
     embs = Embeddings(args.embeddings, args.seed)
     work = Path(tempfile.mkdtemp(prefix="motcua-bench-sync-"))
     broker = MosquittoBroker(work / "broker").start()

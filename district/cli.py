@@ -5,6 +5,7 @@ motcua district init --db LOG --district ID [--pack NAME | --embedder-id X --dim
 motcua district enrol --db LOG --records FILE --photos DIR [--pins-out CSV]
 motcua district update --db LOG CODE [--status S] [--stage T] [--appointment DATE]
 motcua district delete --db LOG CITIZEN_ID
+motcua district suspend-face --db LOG CITIZEN_ID --reason TEXT
 motcua district info --db LOG
 motcua district calibration --db LOG [--recompute]
 motcua district publish --db LOG --key KEY --broker HOST:PORT [TLS/auth options]
@@ -84,6 +85,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _db(d)
     d.add_argument("citizen_id")
     d.set_defaults(func=cmd_delete)
+
+    sf = sub.add_parser("suspend-face", help="make a citizen's face unmatchable on every "
+                        "terminal until re-enrolment (dossiers stay); prints the change")
+    _db(sf)
+    sf.add_argument("citizen_id")
+    sf.add_argument("--reason", required=True,
+                    help="why (kept in the district log, never sent to terminals)")
+    sf.set_defaults(func=cmd_suspend_face)
 
     n = sub.add_parser("info", help="show the log's district, epoch, head and counts")
     _db(n)
@@ -303,6 +312,20 @@ def cmd_delete(args: argparse.Namespace) -> int:
     seq = dlog.delete_citizen(args.citizen_id)
     print(f"citizen {args.citizen_id} deleted as change {seq} (earlier entries erased)")
     dlog.close()
+    return 0
+
+
+def cmd_suspend_face(args: argparse.Namespace) -> int:
+    dlog = _open(args)
+    try:
+        already = dlog.face_suspended(args.citizen_id)
+        seq = dlog.suspend_face(args.citizen_id, reason=args.reason)
+    finally:
+        dlog.close()
+    if already:
+        print(f"citizen {args.citizen_id}: face already suspended by change {seq}")
+    else:
+        print(f"citizen {args.citizen_id}: face suspended until re-enrolment as change {seq}")
     return 0
 
 

@@ -10,6 +10,14 @@ earlier log entry about them (the payload is erased, ``secure_delete`` zeroes th
 pages). A redacted entry is sent as a ``CitizenDelete`` of that citizen under its own
 number: the citizen is deleted later in the log anyway, so applying any range of the
 log still ends in the right state, and replays never need the erased data.
+
+Suspending a citizen's face (after a "not me" report) appends a citizen upsert with zero
+embeddings (same name, PIN and date-of-birth hashes): terminals drop every vector of
+theirs and keep the citizen and dossiers. The district's copy forgets the face too: the
+state holds the face-less upsert and every earlier upsert of the citizen in the log has
+its embeddings erased (same name/PIN, zero embeddings), so no replay or snapshot can
+bring the old vectors back; applying any range of the log still ends face-less, since
+the suspension comes later. Re-enrolment (an upsert with new embeddings) lifts it.
 """
 
 from __future__ import annotations
@@ -90,6 +98,15 @@ CREATE TABLE IF NOT EXISTS ingest_versions (  -- newest source version applied p
     entity TEXT PRIMARY KEY,
     version INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS face_suspensions (  -- suspend_face() requests, for the record
+    citizen_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,       -- the change that suspended the face (a repeat: the same)
+    reason TEXT NOT NULL,
+    report TEXT NOT NULL,       -- "terminal/session" of the "not me" report acted on, or ""
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS face_suspensions_citizen ON face_suspensions (citizen_id);
+CREATE INDEX IF NOT EXISTS face_suspensions_report ON face_suspensions (report);
 """
 
 
@@ -124,6 +141,15 @@ def _check_dossier(d: Dossier) -> None:
                 datetime.date.fromisoformat(value)
             except ValueError:
                 raise DistrictError(f"dossier {d.code}: {value} is not a date") from None
+
+
+def _without_face(up: pb.CitizenUpsert) -> pb.CitizenUpsert:
+    """The same citizen upsert with zero embeddings (a suspended face)."""
+    out = pb.CitizenUpsert()
+    out.CopyFrom(up)
+    out.count = 0
+    out.embeddings = b""
+    return out
 
 
 @dataclass(frozen=True)
@@ -286,13 +312,21 @@ class DistrictLog:
         dob_salt: bytes = b"",
     ) -> int:
         """Create or replace a citizen; returns the change number. ``dob_hash``/``dob_salt``
-        (district.privacy.hash_dob) enable the terminal's confirmation step."""
+        (district.privacy.hash_dob) enable the terminal's confirmation step. New
+        embeddings lift a face suspension (re-enrolment); zero embeddings are accepted
+        only for a citizen whose face is suspended (it stays suspended)."""
         emb = np.asarray(embeddings, dtype=np.float32)
-        if emb.ndim != 2 or emb.shape[0] < 1 or emb.shape[1] != self.dim:
+        # zero rows only for a citizen whose face is suspended (checked below, in the
+        # transaction): an update of their name, PIN or date of birth without new
+        # photos keeps the face suspended
+        keep_suspended = emb.ndim == 2 and emb.shape == (0, self.dim)
+        if not keep_suspended and (
+                emb.ndim != 2 or emb.shape[0] < 1 or emb.shape[1] != self.dim):
             raise DistrictError(f"citizen {citizen_id}: embeddings must be (k, {self.dim})")
         if not np.isfinite(emb).all():
             raise DistrictError(f"citizen {citizen_id}: non-finite embedding")
-        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        if not keep_suspended:
+            emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         if not citizen_id or not masked_name:
             raise DistrictError("a citizen needs an id and a masked name")
         _check_text(citizen_id, "citizen id", MAX_ID_LEN)
@@ -316,6 +350,9 @@ class DistrictLog:
             )
         )
         with self.transaction():
+            if keep_suspended and not self.face_suspended(citizen_id):
+                raise DistrictError(f"citizen {citizen_id}: embeddings must be (k, {self.dim})"
+                                    " (none only for a citizen whose face is suspended)")
             seq = self._append(change, citizen_id)
             self._db.execute(
                 "INSERT OR REPLACE INTO citizens (citizen_id, seq, change) VALUES (?, ?, ?)",
@@ -398,10 +435,120 @@ class DistrictLog:
             self._db.execute(
                 "UPDATE reports SET citizen_id = '' WHERE citizen_id = ?", (citizen_id,)
             )
+            self._db.execute("DELETE FROM face_suspensions WHERE citizen_id = ?", (citizen_id,))
             self._db.execute(
                 "UPDATE log SET change = NULL WHERE citizen_id = ? AND seq < ?", (citizen_id, seq)
             )
         return seq
+
+    def suspend_face(self, citizen_id: str, *, reason: str, report: str = "") -> int:
+        """Suspend a citizen's face until re-enrolment; returns the change number.
+
+        Appends a citizen upsert with zero embeddings (name, PIN and date-of-birth hashes
+        kept): every terminal drops the citizen's vectors, keeps the citizen and their
+        dossiers. The district forgets the embeddings too (state and every earlier log
+        entry). Idempotent: suspending a suspended face appends nothing and returns the
+        number of the change in force (the request is still recorded, with its reason).
+        ``report`` names the "not me" report acted on ("terminal/session"), if any.
+        DistrictError for an unknown citizen or an empty/overlong reason.
+        """
+        reason = reason.strip()
+        if not reason:
+            raise DistrictError("a face suspension needs a reason")
+        _check_text(reason, "suspension reason", MAX_TEXT_LEN)
+        _check_text(report, "report id", 2 * MAX_ID_LEN)
+        with self.transaction():
+            row = self._db.execute("SELECT seq, change FROM citizens WHERE citizen_id = ?",
+                                   (citizen_id,)).fetchone()
+            if row is None:
+                raise DistrictError(f"no citizen {citizen_id}")
+            current = pb.Change.FromString(row[1]).citizen_upsert
+            if current.count == 0:
+                seq = self._suspended_by(citizen_id, int(row[0]))
+            else:
+                change = pb.Change()
+                change.citizen_upsert.CopyFrom(_without_face(current))
+                seq = self._append(change, citizen_id)
+                self._db.execute(
+                    "UPDATE citizens SET seq = ?, change = ? WHERE citizen_id = ?",
+                    (seq, change.SerializeToString(), citizen_id))
+                self._erase_faces(citizen_id, seq)
+            self._db.execute(
+                "INSERT INTO face_suspensions (citizen_id, seq, reason, report, created_at) "
+                "VALUES (?, ?, ?, ?, ?)", (citizen_id, seq, reason, report, time.time()))
+        self._truncate_wal()
+        return seq
+
+    def _suspended_by(self, citizen_id: str, state_seq: int) -> int:
+        """The change that suspended a face-less citizen's face (newest), else its
+        state's change number."""
+        row = self._db.execute(
+            "SELECT max(seq) FROM face_suspensions WHERE citizen_id = ?", (citizen_id,)
+        ).fetchone()
+        return int(row[0]) if row[0] is not None else state_seq
+
+    def _erase_faces(self, citizen_id: str, before: int) -> None:
+        """Rewrite the citizen's upserts before ``before`` without their embeddings."""
+        rows = self._db.execute(
+            "SELECT seq, change FROM log WHERE citizen_id = ? AND seq < ? "
+            "AND change IS NOT NULL", (citizen_id, before)).fetchall()
+        for seq, blob in rows:
+            c = pb.Change.FromString(blob)
+            if c.WhichOneof("kind") != "citizen_upsert" or c.citizen_upsert.count == 0:
+                continue
+            stripped = pb.Change(seq=c.seq)
+            stripped.citizen_upsert.CopyFrom(_without_face(c.citizen_upsert))
+            self._db.execute("UPDATE log SET change = ? WHERE seq = ?",
+                             (stripped.SerializeToString(), seq))
+
+    def _truncate_wal(self) -> None:
+        """Copy the WAL into the file and truncate it, so old page images (erased
+        embeddings) go now; best effort: a reader in another process may hold it."""
+        with self._lock:
+            if self._depth:
+                return  # inside the caller's transaction: its own call does it
+            # on failure the next checkpoint (SQLite's automatic one) copies it over
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+    def face_suspended(self, citizen_id: str) -> bool:
+        """Whether the citizen exists and their face is suspended (no embeddings)."""
+        with self._lock:
+            row = self._db.execute("SELECT change FROM citizens WHERE citizen_id = ?",
+                                   (citizen_id,)).fetchone()
+        return row is not None and pb.Change.FromString(row[0]).citizen_upsert.count == 0
+
+    def suspensions(self, limit: int = 1000) -> list[tuple[str, int, str, str, float]]:
+        """Face suspension requests, newest first: (citizen, seq, reason, report, unix
+        time). A citizen re-enrolled since is listed too (see :meth:`face_suspended`)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT citizen_id, seq, reason, report, created_at FROM face_suspensions "
+                "ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
+        return [(str(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4])) for r in rows]
+
+    def not_me_citizen(self, terminal_id: str, session_id: str) -> str | None:
+        """The citizen named by a stored "not me" report (None: no such report; "": the
+        citizen was deleted since)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT citizen_id FROM reports WHERE terminal_id = ? AND session_id = ? "
+                "AND kind = 'not_me'", (terminal_id, session_id)).fetchone()
+        return None if row is None else str(row[0])
+
+    def report_suspension(self, report: str) -> int | None:
+        """Whether a "not me" report ("terminal/session") was acted on: the change number
+        of the face suspension made for it, or else of one of its citizen's face made
+        after the report arrived (e.g. by ``district suspend-face``); None if neither."""
+        terminal, _, session = report.partition("/")
+        with self._lock:
+            row = self._db.execute(
+                "SELECT max(seq) FROM face_suspensions WHERE report = ? OR citizen_id IN ("
+                "  SELECT r.citizen_id FROM reports r WHERE r.terminal_id = ? "
+                "  AND r.session_id = ? AND r.kind = 'not_me' AND r.citizen_id != '' "
+                "  AND face_suspensions.created_at >= r.received_at)",
+                (report, terminal, session)).fetchone()
+        return None if row[0] is None else int(row[0])
 
     def mark_published(self, seq: int, fence: tuple[str, int] | None = None) -> None:
         """Record that changes up to ``seq`` reached the broker (PUBACK). With ``fence``

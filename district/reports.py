@@ -230,3 +230,24 @@ class ReportWriter:
                 self.duplicates += len(items) - new
             for _r, token in items:
                 self.on_stored(token)
+
+
+def suspend_for_report(dlog: DistrictLog, report_id: str) -> int:
+    """Act on a "not me" report: suspend the face of the citizen it names until
+    re-enrolment (:meth:`DistrictLog.suspend_face`); returns the change number.
+
+    ``report_id`` is ``"<terminal id>/<session id>"`` (neither may contain "/"). The
+    suspension records the report, so :meth:`DistrictLog.report_suspension` tells that
+    it was acted on. Idempotent like ``suspend_face``. DistrictError for an unknown
+    report or one whose citizen was deleted since.
+    """
+    terminal, sep, session = report_id.partition("/")
+    if not sep or not terminal or not session or "/" in session:
+        raise DistrictError(f"report id {report_id[:80]!r}: expected TERMINAL/SESSION")
+    citizen = dlog.not_me_citizen(terminal, session)
+    if citizen is None:
+        raise DistrictError(f"no \"not me\" report {report_id[:300]}")
+    if not citizen:
+        raise DistrictError(f"report {report_id[:300]}: its citizen was deleted since")
+    return dlog.suspend_face(citizen, reason=f'"not me" report {report_id}',
+                             report=report_id)

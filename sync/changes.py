@@ -72,7 +72,11 @@ class Dossier:
 @dataclasses.dataclass(frozen=True, eq=False)
 class CitizenUpsert:
     """Create or replace a citizen: masked name, PIN hash, all their embeddings, and the
-    date-of-birth hash for the confirmation step."""
+    date-of-birth hash for the confirmation step.
+
+    With zero embeddings it is a *face suspension* (docs/sync.md, "Face suspension"):
+    the citizen and their dossiers stay, every vector of theirs goes, and no face
+    lookup finds them until an upsert with new embeddings (re-enrolment)."""
 
     seq: int
     citizen_id: str
@@ -81,12 +85,17 @@ class CitizenUpsert:
     #: salted PIN hash (see sync docs for the scheme) and its salt; empty when no PIN set
     pin_hash: bytes
     pin_salt: bytes
-    #: float32 array of shape (k, dim), each row L2-normalised, k >= 1
+    #: float32 array of shape (k, dim), each row L2-normalised; k == 0: face suspended
     embeddings: npt.NDArray[np.float32]
     #: salted hash of the date of birth "DDMMYYYY" (sync.pin's KDF, its own salt); empty
     #: when the district has no date of birth: the citizen cannot use the confirmation step
     dob_hash: bytes = b""
     dob_salt: bytes = b""
+
+
+def face_suspended(change: CitizenUpsert) -> bool:
+    """Whether the upsert suspends the citizen's face (no embeddings at all)."""
+    return int(change.embeddings.shape[0]) == 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -236,7 +236,9 @@ def change_from_pb(c: pb.Change, dim: int) -> Change:
         raise MessageRejected(MALFORMED, "change without seq or kind")
     if kind == "citizen_upsert":
         u = c.citizen_upsert
-        if not u.citizen_id or u.count == 0 or len(u.embeddings) != u.count * dim * 4:
+        # count 0 with no bytes is a face suspension (docs/sync.md); count 0 with bytes,
+        # or bytes that are not count*dim floats, is malformed
+        if not u.citizen_id or len(u.embeddings) != u.count * dim * 4:
             raise MessageRejected(MALFORMED, f"citizen upsert {c.seq}: bad id or embeddings")
         emb = np.frombuffer(u.embeddings, dtype="<f4").reshape(u.count, dim)
         norms = np.einsum("ij,ij->i", emb, emb)  # squared norms; NaN/inf propagate

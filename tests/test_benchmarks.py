@@ -35,7 +35,7 @@ def test_store_benchmark_quick() -> None:
 def test_sync_benchmark_quick() -> None:  # starts its own Mosquitto
     r = _last_json("sync.py", "--quick")
     for key in ("latency_ms_p50", "latency_ms_p99", "upserts_per_s", "snapshot_s",
-                "delete_to_unmatchable_s"):
+                "delete_to_unmatchable_s", "suspend_to_unmatchable_s"):
         assert key in r, key
     assert r["rejections"] == 0
 

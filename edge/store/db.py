@@ -290,6 +290,7 @@ class Staged:
     scrub_hidden: list[int] = dataclasses.field(default_factory=list)
     added: dict[int, npt.NDArray[np.float32]] = dataclasses.field(default_factory=dict)
     overlay: dict[str, tuple[int, ...] | None] = dataclasses.field(default_factory=dict)
+    #: some citizen's vectors were forgotten (deleted, or the face suspended)
     deleted_citizen: bool = False
 
 
@@ -311,17 +312,36 @@ def write_changes(c: sqlite3.Connection, dim: int, prepared: list[Prepared], map
             c.execute("INSERT INTO removed_labels (label, citizen_id, scrubbed) "
                       "VALUES (?, ?, ?)", (label, cid, int(forget)))
 
+    def scrub_hidden(cid: str) -> None:
+        # vectors hidden by earlier re-enrolments of this citizen must go too
+        for (label,) in c.execute(
+            "SELECT label FROM removed_labels WHERE citizen_id = ? AND scrubbed = 0",
+            (cid,),
+        ).fetchall():
+            if label in st.hide:  # hidden earlier in this very batch
+                st.hide.remove(label)
+                st.scrub.append(label)
+            else:
+                st.scrub_hidden.append(label)
+        c.execute("UPDATE removed_labels SET scrubbed = 1 WHERE citizen_id = ?", (cid,))
+
     for p in prepared:
         ch = p.change
         if isinstance(ch, CitizenUpsert):
             assert p.unit is not None
-            drop(ch.citizen_id, forget=False)
+            suspend = p.unit.shape[0] == 0
+            if suspend:
+                # face suspension: every vector of the citizen is forgotten as for a
+                # deletion (scrubbed, old checkpoints retired), the citizen row stays
+                scrub_hidden(ch.citizen_id)
+                st.deleted_citizen = True
+            drop(ch.citizen_id, forget=suspend)
             k = p.unit.shape[0]
             labels = tuple(range(next_label, next_label + k))
             next_label += k
             for label, vec in zip(labels, p.unit, strict=True):
                 st.added[label] = vec
-            st.overlay[ch.citizen_id] = labels
+            st.overlay[ch.citizen_id] = labels or None
             c.execute("DELETE FROM embeddings WHERE citizen_id = ?", (ch.citizen_id,))
             c.execute(
                 "INSERT INTO citizens (citizen_id, masked_name, pin_hash, pin_salt, "
@@ -341,18 +361,7 @@ def write_changes(c: sqlite3.Connection, dim: int, prepared: list[Prepared], map
                  for i, label in enumerate(labels)],
             )
         elif isinstance(ch, CitizenDelete):
-            # vectors hidden by earlier re-enrolments of this citizen must go too
-            for (label,) in c.execute(
-                "SELECT label FROM removed_labels WHERE citizen_id = ? AND scrubbed = 0",
-                (ch.citizen_id,),
-            ).fetchall():
-                if label in st.hide:  # hidden earlier in this very batch
-                    st.hide.remove(label)
-                    st.scrub.append(label)
-                else:
-                    st.scrub_hidden.append(label)
-            c.execute("UPDATE removed_labels SET scrubbed = 1 WHERE citizen_id = ?",
-                      (ch.citizen_id,))
+            scrub_hidden(ch.citizen_id)
             drop(ch.citizen_id, forget=True)
             st.overlay[ch.citizen_id] = None
             st.deleted_citizen = True

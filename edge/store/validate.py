@@ -2,7 +2,8 @@
 
 Pure Python and numpy, no I/O: a batch is checked completely before SQLite is touched,
 so any bad change refuses the whole batch and nothing changes (docs/store.md,
-"Validation / refusals").
+"Validation / refusals"). A citizen upsert with zero embeddings is valid: a suspended
+face (docs/store.md, "Face suspension").
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ def prepare(change: object, dim: int, settings: StoreSettings) -> Prepared:
                 f"{what}: {emb.shape[0]} embeddings, at most "
                 f"{settings.max_embeddings_per_citizen} per citizen"
             )
+        if emb.shape[0] == 0:  # face suspension: the citizen stays, no vector
+            if emb.shape[1] != dim or emb.dtype.kind != "f":
+                raise StoreError(f"{what}: no embeddings, but shape {emb.shape} "
+                                 f"dtype {emb.dtype} (expected (0, {dim}) floats)")
+            return Prepared(change, b"", np.empty((0, dim), dtype=np.float32))
         unit = unit_rows(emb, dim, what)
         raw = np.ascontiguousarray(emb.astype("<f4")).tobytes()
         return Prepared(change, raw, unit)
