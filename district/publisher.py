@@ -33,6 +33,7 @@ from google.protobuf.message import DecodeError
 
 from core.errors import AuthenticationError, DistrictError, SyncError
 from district import calibration as calib
+from district.fleet import FleetCache
 from district.log import DistrictLog
 from district.reports import ReportGate, ReportWriter, check_report
 from proto import sync_pb2 as pb
@@ -277,6 +278,9 @@ class Publisher:
         self._link = 0
         self.report_gate = ReportGate()
         self.report_writer = ReportWriter(dlog, self._report_stored, self.stop_event)
+        #: the terminals' retained states and statuses as this connection sees them
+        #: (the operator console's fleet page; district/fleet.py)
+        self.fleet = FleetCache()
 
     # ---- MQTT callbacks (paho's thread) ------------------------------------------
 
@@ -290,7 +294,8 @@ class Publisher:
                 self.stop_event.set()
             return
         self._link += 1
-        client.subscribe([(self.topics.all_requests, 1), (self.topics.all_reports, 1)])
+        client.subscribe([(self.topics.all_requests, 1), (self.topics.all_reports, 1),
+                          (self.topics.all_states, 0), (self.topics.all_statuses, 0)])
         self._connected.set()
         self._manifest_due.set()
         self._wake.set()
@@ -307,6 +312,12 @@ class Publisher:
                 client.ack(msg.mid, msg.qos)
             return
         client.ack(msg.mid, msg.qos)  # requests: handled below, nothing to make durable
+        if terminal is not None and msg.topic == self.topics.state(terminal):
+            self.fleet.update(terminal, state=bytes(msg.payload))
+            return
+        if terminal is not None and msg.topic == self.topics.status(terminal):
+            self.fleet.update(terminal, status=bytes(msg.payload))
+            return
         req = pb.SyncRequest()
         try:
             req.ParseFromString(msg.payload)
@@ -703,6 +714,7 @@ class Publisher:
                 return
         self.stats.snapshots += 1
         self._snapshot_sent_at[terminal] = time.monotonic()
+        self.fleet.snapshot_sent(terminal)
         self.stats.last_snapshot_bytes = sent_bytes
         log.info("snapshot %s to %s: %d chunks, %d bytes", snap_id, terminal, index, sent_bytes)
 

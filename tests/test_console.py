@@ -1,0 +1,613 @@
+"""The district operator console (district/console): logins, CSRF, sessions, escaping,
+the deletion confirmations and the staff-rating join, against a real ``DistrictService``
+over TLS on a free port with a real Mosquitto and terminal states published retained.
+The Chromium walk-through is tests/test_console_page.py."""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import os
+import re
+import ssl
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import ConfigError
+from district.config import ConsoleSection, load_district_config
+from district.console import data
+from district.console.auth import (
+    Authenticator,
+    FailureBound,
+    Sessions,
+    add_user,
+    hash_password,
+    read_users,
+    verify_password,
+)
+from district.console.i18n import T
+from district.console.tlscert import make_self_signed
+from district.fleet import FleetRow
+from district.ingest import Ingestor, parse_event
+from district.log import DistrictLog
+from district.service import DistrictService
+from proto import sync_pb2 as pb
+from sync.changes import Dossier, DossierStatus
+from sync.keys import generate_keypair
+from sync.localbroker import free_port
+from sync.mqtt import BrokerSettings, make_client
+from sync.topics import Topics
+from tests.broker import MosquittoBroker
+from tests.sync_helpers import wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+DISTRICT = "q9"
+USER, PASSWORD = "chi.lan", "mật-khẩu-đủ-dài-1"
+XSS = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+DIM = 4
+
+
+def emb(i: int) -> np.ndarray:
+    v = np.zeros((1, DIM), np.float32)
+    v[0, i % DIM] = 1.0
+    return v
+
+
+def dossier(code: str, cid: str, status: DossierStatus = DossierStatus.PROCESSING,
+            counter: str = "Quầy 1") -> Dossier:
+    return Dossier(code=code, citizen_id=cid, procedure="Cấp giấy phép", status=status,
+                   stage="", received_on="2026-11-02", appointment_on="", counter=counter)
+
+
+def iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(
+        timespec="milliseconds")
+
+
+@dataclass
+class Rig:
+    """A district service with the console on, seeded, and three terminals' states."""
+
+    svc: DistrictService
+    tmp: Path
+    cert: Path
+    dlog: DistrictLog  # a second connection to the service's log, for the test's checks
+    deleted_seq: int
+    broker: MosquittoBroker
+
+    @property
+    def port(self) -> int:
+        return self.svc.port
+
+
+def write_console_config(tmp: Path, broker: MosquittoBroker, db: Path, *,
+                         console: str) -> Path:
+    keys = tmp / "keys"
+    if not (keys / "district.key").exists():
+        generate_keypair(keys / "district.key", keys / "district.pub")
+    (tmp / "token").write_text("t" * 40 + "\n")
+    (tmp / "token").chmod(0o600)
+    cfg = tmp / "district.toml"
+    cfg.write_text(f"""
+[district]
+id = "{DISTRICT}"
+db = "{db}"
+key_file = "{keys / 'district.key'}"
+
+[broker]
+broker = "{broker.host}:{broker.port}"
+reconnect_min_s = 0.1
+reconnect_max_s = 1.0
+
+[ingest]
+listen = "127.0.0.1:{free_port()}"
+token_file = "{tmp / 'token'}"
+
+[console]
+{console}
+""")
+    return cfg
+
+
+def console_files(tmp: Path) -> tuple[Path, Path, Path]:
+    users, cert, key = tmp / "console-users", tmp / "tls" / "console.crt", tmp / "tls" / "k.pem"
+    if not users.exists():
+        add_user(users, USER, PASSWORD)
+        make_self_signed(cert, key, ["127.0.0.1", "localhost"])
+    return users, cert, key
+
+
+def publish_states(broker: MosquittoBroker, states: dict[str, tuple[pb.TerminalState, bytes]]
+                   ) -> None:
+    """Retained state + status messages, as terminals publish them."""
+    topics = Topics("motcua/v1", DISTRICT)
+    c = make_client("test-terminals", BrokerSettings(host=broker.host, port=broker.port))
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        infos = []
+        for tid, (st, status) in states.items():
+            infos.append(c.publish(topics.state(tid), st.SerializeToString(), qos=1,
+                                   retain=True))
+            infos.append(c.publish(topics.status(tid), status, qos=1, retain=True))
+        for info in infos:
+            info.wait_for_publish(10)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def seed(dlog: DistrictLog) -> int:
+    """Citizens, dossiers with officers, a deletion, reports; returns the deletion's seq.
+    The dossiers are an hour old, the reports a minute."""
+    dlog.clock = lambda: time.time() - 3600
+    for i, cid in enumerate(("c1", "c2", "c3")):
+        dlog.upsert_citizen(cid, masked_name=f"N*** V** {i}", embeddings=emb(i))
+    dlog.upsert_dossier(dossier("HS-1", "c1"), officer="Trần Thị Bình")
+    dlog.upsert_dossier(dossier("HS-2", "c2", counter="Quầy 2"), officer="Lê Văn Cường")
+    dlog.upsert_dossier(dossier("HS-3", "c3"), officer="Trần Thị Bình")
+    deleted = dlog.delete_citizen("c3")
+    now = time.time()
+    dlog.add_reports([
+        ("t-1", "s-1", "not_me", iso(now - 60), "c1", 0, 0.71),
+        (XSS, "s-2", "not_me", iso(now - 50), "c2", 0, 0.66),
+        ("t-1", "s-3", "rating", iso(now - 40), "c1", 5, 0.0),
+        ("t-2", "s-4", "rating", iso(now - 30), "c1", 3, 0.0),
+        ("t-2", "s-5", "rating", iso(now - 20), "c2", 4, 0.0),
+        ("t-2", "s-6", "rating", iso(now - 10), "", 1, 0.0),  # an old terminal: no citizen
+    ])
+    return deleted
+
+
+def terminal_states(dlog: DistrictLog, deleted_seq: int) -> dict[str, tuple[pb.TerminalState,
+                                                                              bytes]]:
+    now_ms = int(time.time() * 1000)
+
+    def st(tid: str, epoch: int, applied: int, error: str = "") -> pb.TerminalState:
+        return pb.TerminalState(protocol_version=1, terminal_id=tid, district_id=DISTRICT,
+                                epoch=epoch, applied_seq=applied, gallery_size=2,
+                                embedder_id="test-emb", model="pack-2026.11",
+                                version="1.4.0", last_error=error, updated_at_ms=now_ms)
+
+    e = dlog.epoch
+    return {
+        "t-1": (st("t-1", e, dlog.head_seq), b"online"),  # has applied everything
+        "t-2": (st("t-2", e, deleted_seq - 1, XSS), b"offline"),  # one change short
+        "t-3": (st("t-3", e + 1, dlog.head_seq + 50), b"online"),  # another epoch
+    }
+
+
+@pytest.fixture
+def rig(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Rig]:
+    db = tmp_path / "district.sqlite"
+    DistrictLog.create(db, district_id=DISTRICT, embedder_id="test-emb", dim=DIM).close()
+    dlog = DistrictLog.open(db)
+    deleted = seed(dlog)
+    users, cert, key = console_files(tmp_path)
+    cfg = load_district_config(write_console_config(tmp_path, broker, db, console=f"""
+enabled = true
+users_file = "{users}"
+tls_cert_file = "{cert}"
+tls_key_file = "{key}"
+max_failures = 3
+lockout_minutes = 1
+"""))
+    svc = DistrictService(cfg).start()
+    try:
+        wait_for(lambda: dlog.published_seq == dlog.head_seq, 20, "the log published")
+        publish_states(broker, terminal_states(dlog, deleted))
+        wait_for(lambda: len(svc.publisher.fleet.rows(0)) == 3, 20, "three terminals seen")
+        yield Rig(svc, tmp_path, cert, dlog, deleted, broker)
+    finally:
+        svc.stop()
+        dlog.close()
+
+
+class Browser:
+    """A minimal HTTPS client with a cookie jar; trusts only the console's certificate."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.ctx = ssl.create_default_context(cafile=str(rig.cert))
+        self.port = rig.port
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, form: dict[str, str] | None = None, *,
+                body: bytes | None = None, ctype: str = "application/x-www-form-urlencoded",
+                ) -> tuple[int, dict[str, str], str]:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx,
+                                           timeout=30)
+        headers = {}
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        if form is not None:
+            body = urllib.parse.urlencode(form).encode()
+        if body is not None:
+            headers["Content-Type"] = ctype
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            text = resp.read().decode()
+            for raw in resp.headers.get_all("Set-Cookie") or []:
+                name, _, rest = raw.partition("=")
+                value = rest.split(";", 1)[0]
+                attrs = rest.lower()
+                if "max-age=0" in attrs or not value.strip('"'):
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = value
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, text
+        finally:
+            conn.close()
+
+    def get(self, path: str) -> tuple[int, dict[str, str], str]:
+        return self.request("GET", path)
+
+    def post(self, path: str, form: dict[str, str]) -> tuple[int, dict[str, str], str]:
+        return self.request("POST", path, form)
+
+    def login(self, user: str = USER, password: str = PASSWORD) -> tuple[int, str]:
+        status, _h, page = self.get("/console/login")
+        assert status == 200
+        token = csrf_of(page)
+        status, headers, page = self.post("/console/login", {
+            "csrf": token, "lang": "vi", "user": user, "password": password})
+        return status, page if status != 303 else headers["location"]
+
+
+def csrf_of(page: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert m, page[:500]
+    return m.group(1)
+
+
+# ---- against the real service ------------------------------------------------------------
+
+
+def test_login_csrf_sessions_and_escaping(rig: Rig) -> None:
+    b = Browser(rig)
+    # no session: every page sends to the login page
+    status, headers, _ = b.get("/console/fleet")
+    assert status == 303 and headers["location"].startswith("/console/login")
+    # the login page: strict headers, a CSRF token, Vietnamese by default
+    status, headers, page = b.get("/console/login")
+    assert status == 200
+    assert headers["content-security-policy"].startswith("default-src 'none'")
+    assert "script-src" not in headers["content-security-policy"]  # no script at all
+    assert "<script" not in page and "Đăng nhập" in page
+    assert headers["cache-control"] == "no-store"
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=strict" in cookie
+    # a login without the form's token: 403
+    assert b.post("/console/login", {"user": USER, "password": PASSWORD})[0] == 403
+    # the wrong password: 401, the page says so, no session cookie
+    status, page = b.login(password="sai-mật-khẩu-rồi")
+    assert status == 401 and T["vi"]["login_wrong"] in page
+    assert "__Host-motcua-console" not in b.cookies
+    # the right one: a session cookie, HttpOnly, Secure, SameSite=Strict
+    status, where = b.login()
+    assert (status, where) == (303, "/console/fleet")
+    session_id = b.cookies["__Host-motcua-console"]
+    assert len(session_id) >= 40
+    # the fleet page: what a terminal sent is shown escaped, never as markup
+    status, headers, page = b.get("/console/fleet")
+    assert status == 200 and "t-1" in page and "t-3" in page
+    assert "<script>alert(1)" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # a POST without the CSRF token, or with another one, changes nothing: 403
+    form = {"terminal": "t-1", "session": "s-1"}
+    assert b.post("/console/reports/review", form)[0] == 403
+    assert b.post("/console/reports/review", {**form, "csrf": "x" * 43})[0] == 403
+    assert all(not r[5] for r in rig.dlog.reports_reviewed("not_me"))
+    # the reports page shows the forged terminal id escaped
+    status, _h, page = b.get("/console/reports")
+    assert status == 200 and "&lt;img src=x onerror=alert(2)&gt;" in page
+    assert "<img src=x" not in page
+    token = csrf_of(page)
+    # with the token: reviewed, in the district log
+    assert b.post("/console/reports/review", {**form, "csrf": token})[0] == 303
+    reviewed = {r[1]: r[5] for r in rig.dlog.reports_reviewed("not_me")}
+    assert reviewed == {"s-1": USER, "s-2": ""}
+    # oversized or non-form bodies are refused before any parsing
+    status = b.request("POST", "/console/reports/review", body=b"a=" + b"x" * 9000)[0]
+    assert status == 413
+    status = b.request("POST", "/console/reports/review", body=b"{}",
+                       ctype="application/json")[0]
+    assert status == 415
+    # the session expires: the server's clock moves past the idle limit
+    sessions = rig.svc.console.sessions
+    real = sessions.clock
+    sessions.clock = lambda: real() + 31 * 60  # type: ignore[method-assign]
+    status, headers, _ = b.get("/console/fleet")
+    assert status == 303 and "expired=1" in headers["location"]
+    sessions.clock = real  # type: ignore[method-assign]
+    assert b.get("/console/fleet")[0] == 303  # an expired session stays ended
+    # log in again, log out: the session id is dead afterwards
+    assert b.login()[0] == 303
+    page = b.get("/console/fleet")[2]
+    sid = b.cookies["__Host-motcua-console"]
+    assert b.post("/console/logout", {"csrf": csrf_of(page)})[0] == 303
+    b.cookies["__Host-motcua-console"] = sid
+    assert b.get("/console/fleet")[0] == 303
+
+
+def test_lockout_after_failures(rig: Rig) -> None:
+    b = Browser(rig)
+    for _ in range(3):
+        assert b.login(password="sai-mật-khẩu-rồi")[0] == 401
+    # locked now: even the right password is refused, with its own message
+    status, page = b.login()
+    assert status == 429 and T["vi"]["login_locked"] in page
+    assert "__Host-motcua-console" not in b.cookies
+
+
+def test_deletions_ratings_calibration_pages(rig: Rig) -> None:
+    b = Browser(rig)
+    assert b.login()[0] == 303
+    status, _h, page = b.get("/console/deletions?lang=en")
+    assert status == 200 and "Pending" in page
+    row = re.search(rf'<tr id="deletion-{rig.deleted_seq}".*?</tr>', page, re.S)
+    assert row, page
+    confirmed = re.search(r'class="confirmed-terminals">(.*?)</td>', row.group(0), re.S)
+    pending = re.search(r'class="pending-terminals">(.*?)</td>', row.group(0), re.S)
+    assert confirmed and pending
+    assert "t-1" in confirmed.group(1) and "t-2" not in confirmed.group(1)
+    assert "t-2" in pending.group(1) and "t-3" in pending.group(1)
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    yesterday = today - datetime.timedelta(days=1)
+    status, _h, page = b.get(f"/console/ratings?from={yesterday}&to={today}")
+    assert status == 200
+    avg = dict(re.findall(r'<td class="name">([^<]*)</td><td class="num avg">([^<]*)</td>',
+                          page))
+    assert avg["Trần Thị Bình"] == "4.00" and avg["Lê Văn Cường"] == "4.00"
+    assert avg["Quầy 1"] == "4.00" and avg["Quầy 2"] == "4.00"
+    assert re.search(r'id="unattributed">1<', page)
+    assert b.get("/console/ratings?from=2026-13-01&to=x")[0] == 400
+    status, _h, page = b.get("/console/calibration")  # English stays chosen
+    assert status == 200 and "Not calibrated yet" in page and 'lang="en"' in page
+    status, _h, page = b.get("/console/calibration?lang=vi")
+    assert status == 200 and "Chưa hiệu chỉnh" in page and 'lang="vi"' in page
+
+
+# ---- units -----------------------------------------------------------------------------
+
+
+def test_passwords_and_users_file(tmp_path: Path) -> None:
+    stored = hash_password("correct horse")
+    assert verify_password("correct horse", stored)
+    assert not verify_password("correct hors", stored)
+    assert not verify_password("x", "scrypt:bad")
+    users = tmp_path / "users"
+    assert add_user(users, "an", "mười ký tự ít nhất")
+    assert users.stat().st_mode & 0o777 == 0o600
+    assert not add_user(users, "an", "một mật khẩu khác")  # replaced
+    assert verify_password("một mật khẩu khác", read_users(users)["an"])
+    with pytest.raises(ConfigError, match="10..1024"):
+        add_user(users, "binh", "short")
+    users.chmod(0o644)
+    with pytest.raises(ConfigError, match="console.users_file: .* readable by others"):
+        read_users(users)
+
+
+def test_authenticator_bounds_per_user_and_per_address(tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    add_user(users, "an", "mật-khẩu-đủ-dài")
+    add_user(users, "binh", "mật-khẩu-khác-1")
+    now = [1000.0]
+    auth = Authenticator(users, max_failures=3, lockout_s=60, clock=lambda: now[0])
+    assert auth.login("an", "wrong-one", "10.0.0.1") == "wrong"
+    assert auth.login("nobody", "wrong-one", "10.0.0.1") == "wrong"  # unknown user too
+    assert auth.login("an", "wrong-one", "10.0.0.2") == "wrong"
+    # the address 10.0.0.1 has 2 failures, the user "an" 2; one more on "an" locks it
+    assert auth.login("an", "wrong-one", "10.0.0.3") == "wrong"
+    assert auth.login("an", "mật-khẩu-đủ-dài", "10.0.0.4") == "locked"  # per user
+    assert auth.login("binh", "mật-khẩu-khác-1", "10.0.0.4") == "ok"  # others unaffected
+    # the address bound: 3 failures from one address on different user names
+    for name in ("x1", "x2", "x3"):
+        assert auth.login(name, "nope-nope", "10.9.9.9") == "wrong"
+    assert auth.login("binh", "mật-khẩu-khác-1", "10.9.9.9") == "locked"
+    now[0] += 61  # the lockout ends
+    assert auth.login("an", "mật-khẩu-đủ-dài", "10.0.0.4") == "ok"
+    assert auth.login("binh", "mật-khẩu-khác-1", "10.9.9.9") == "ok"
+    bound = FailureBound(max_failures=2, window_s=10, clock=lambda: now[0])
+    bound.fail("k")
+    now[0] += 11
+    bound.fail("k")  # the first one is outside the window
+    assert not bound.locked("k")
+
+
+def test_sessions_expire() -> None:
+    now = [0.0]
+    s = Sessions(lifetime_s=3600, idle_s=600, clock=lambda: now[0], max_sessions=2)
+    a = s.create("an")
+    now[0] = 599
+    assert s.get(a.sid) is a  # used: the idle timer restarts
+    now[0] = 1198
+    assert s.get(a.sid) is a
+    now[0] = 1799
+    assert s.get(a.sid) is None  # idle for 601 s
+    b = s.create("an")
+    for t in range(1800, 1800 + 3600, 500):
+        now[0] = t
+        assert s.get(b.sid) is b
+    now[0] = 1800 + 3601
+    assert s.get(b.sid) is None  # the absolute lifetime
+    c, d, e = s.create("a"), s.create("b"), s.create("c")
+    assert s.get(c.sid) is None and s.get(d.sid) is d and s.get(e.sid) is e  # bounded
+    assert s.get("") is None and s.get("x" * 1000) is None
+
+
+def test_join_rule() -> None:
+    h = [
+        ("c", "A", "processing", "Q1", "off-a", 10.0),
+        ("c", "A", "returned", "Q1", "off-a", 20.0),
+        ("c", "B", "received", "Q2", "off-b", 30.0),
+        ("c", "B", "processing", "Q3", "off-c", 40.0),
+    ]
+    assert data.join_rating(h, 5.0) is None  # no dossier yet
+    assert data.join_rating(h, 15.0) == ({"off-a"}, {"Q1"})  # A open then
+    assert data.join_rating(h, 25.0) == ({"off-a"}, {"Q1"})  # none open: updated last
+    assert data.join_rating(h, 35.0) == ({"off-b"}, {"Q2"})  # B open, A finished
+    assert data.join_rating(h, 45.0) == ({"off-c"}, {"Q3"})  # B moved counter/officer
+    two_open = [*h[:1], ("c", "C", "received", "Q1", "off-a", 12.0)]
+    assert data.join_rating(two_open, 13.0) == ({"off-a"}, {"Q1"})  # counted once
+
+
+def test_ratings_averages_from_the_log(tmp_path: Path) -> None:
+    dlog = DistrictLog.create(tmp_path / "d.sqlite", district_id=DISTRICT,
+                              embedder_id="test-emb", dim=DIM)
+    base = datetime.datetime(2026, 11, 10, tzinfo=datetime.timezone.utc).timestamp()
+    clock = [base]
+    dlog.clock = lambda: clock[0]
+    dlog.upsert_citizen("c1", masked_name="N*** A", embeddings=emb(0))
+    dlog.upsert_citizen("c2", masked_name="N*** B", embeddings=emb(1))
+    dlog.upsert_dossier(dossier("D1", "c1"), officer="Bình")
+    clock[0] = base + 3600
+    dlog.update_dossier("D1", status=DossierStatus.RETURNED)  # officer kept
+    clock[0] = base + 7200
+    dlog.upsert_dossier(dossier("D2", "c2", counter="Quầy 2"), officer="Cường")
+    clock[0] = base + 86400 * 2
+    dlog.update_dossier("D2", counter="Quầy 3", officer="Dung")
+    rows = [
+        ("t", "r1", "rating", iso(base + 60), "c1", 5, 0.0),  # D1 open: Bình, Quầy 1
+        ("t", "r2", "rating", iso(base + 4000), "c1", 3, 0.0),  # D1 returned: still D1
+        ("t", "r3", "rating", iso(base + 8000), "c2", 2, 0.0),  # D2: Cường, Quầy 2
+        ("t", "r4", "rating", iso(base + 86400 * 3), "c2", 4, 0.0),  # D2 now Dung, Quầy 3
+        ("t", "r5", "rating", iso(base - 60), "c2", 1, 0.0),  # before any dossier
+        ("t", "r6", "rating", iso(base + 61), "", 1, 0.0),  # no citizen
+    ]
+    dlog.add_reports(rows)
+    day = datetime.date(2026, 11, 10)
+    s = data.ratings(dlog, day - datetime.timedelta(days=1), day + datetime.timedelta(days=5))
+    assert s.total == 6 and s.unattributed == 2
+    assert {(a.key, a.count, a.mean) for a in s.officers} == {
+        ("Bình", 2, 4.0), ("Cường", 1, 2.0), ("Dung", 1, 4.0)}
+    assert {(a.key, a.count, a.mean) for a in s.counters} == {
+        ("Quầy 1", 2, 4.0), ("Quầy 2", 1, 2.0), ("Quầy 3", 1, 4.0)}
+    # the period picks ratings by their time (UTC days, inclusive)
+    s = data.ratings(dlog, day, day)
+    assert s.total == 4 and {a.key for a in s.officers} == {"Bình", "Cường"}
+    with pytest.raises(ValueError):
+        data.parse_period("2026-11-10", "2026-11-09")
+    with pytest.raises(ValueError):
+        data.parse_period("2025-01-01", "2026-11-09")
+    # a deleted citizen's handling history goes with them (right to be forgotten)
+    dlog.delete_citizen("c2")
+    assert dlog.handling(["c2"]) == []
+    dlog.close()
+
+
+def test_deletion_confirmation_rule(tmp_path: Path) -> None:
+    assert data.has_applied(FleetRow("a", epoch=2, applied_seq=10), epoch=2, seq=10)
+    assert not data.has_applied(FleetRow("a", epoch=2, applied_seq=9), epoch=2, seq=10)
+    assert not data.has_applied(FleetRow("a", epoch=1, applied_seq=99), epoch=2, seq=10)
+    assert not data.has_applied(FleetRow("a"), epoch=2, seq=10)  # no state seen
+    dlog = DistrictLog.create(tmp_path / "d.sqlite", district_id=DISTRICT,
+                              embedder_id="test-emb", dim=DIM)
+    dlog.upsert_citizen("c1", masked_name="N*** A", embeddings=emb(0))
+    dlog.upsert_citizen("c2", masked_name="N*** B", embeddings=emb(1))
+    d1 = dlog.delete_citizen("c1")
+    dlog.upsert_citizen("c3", masked_name="N*** C", embeddings=emb(2))
+    d2 = dlog.delete_citizen("c2")
+    rows = [FleetRow("t-a", epoch=1, applied_seq=d2), FleetRow("t-b", epoch=1, applied_seq=d1),
+            FleetRow("t-c", epoch=5, applied_seq=d2)]
+    out = data.deletions(dlog, rows)
+    assert [(d.seq, d.citizen_id, d.confirmed, d.pending) for d in out] == [
+        (d2, "c2", ["t-a"], ["t-b", "t-c"]),
+        (d1, "c1", ["t-a", "t-b"], ["t-c"]),
+    ]
+    dlog.close()
+
+
+def test_ingest_officer_is_district_side_only(tmp_path: Path) -> None:
+    dlog = DistrictLog.create(tmp_path / "d.sqlite", district_id=DISTRICT,
+                              embedder_id="test-emb", dim=DIM)
+    dlog.upsert_citizen("c1", masked_name="N*** A", embeddings=emb(0))
+    ing = Ingestor(dlog, None)
+    ing.apply(parse_event({"event_id": "e1", "kind": "dossier.created", "version": 1, "data": {
+        "code": "HS-9", "citizen_id": "c1", "procedure": "Đăng ký", "status": "received",
+        "received_on": "2026-11-02", "counter": "Quầy 4", "officer": "Phạm Thu"}}))
+    assert dlog.dossier_officer("HS-9") == "Phạm Thu"
+    ing.apply(parse_event({"event_id": "e2", "kind": "dossier.status_changed", "version": 2,
+                           "data": {"code": "HS-9", "status": "processing"}}))
+    assert dlog.dossier_officer("HS-9") == "Phạm Thu"  # unchanged when not named
+    ing.apply(parse_event({"event_id": "e3", "kind": "dossier.stage_changed", "version": 3,
+                           "data": {"code": "HS-9", "stage": "Thẩm định",
+                                    "officer": "Võ Minh"}}))
+    assert dlog.dossier_officer("HS-9") == "Võ Minh"
+    # what terminals get carries no officer: the changes as published
+    for blob in dlog.changes(1, dlog.head_seq):
+        assert b"Ph\xe1\xba\xa1m Thu" not in blob and "Võ Minh".encode() not in blob
+    dlog.close()
+
+
+def test_i18n_every_string_in_both_languages() -> None:
+    assert set(T["vi"]) == set(T["en"])
+    assert all(T["vi"][k] and T["en"][k] for k in T["vi"])
+    used = set()
+    for tpl in (REPO / "district" / "console" / "templates").glob("*.html"):
+        used |= set(re.findall(r"t\('([a-z_]+)'", tpl.read_text()))
+    used |= set(re.findall(r'message_key="([a-z_]+)"',
+                           (REPO / "district" / "console" / "views.py").read_text()))
+    assert used - set(T["vi"]) == set()
+
+
+def test_config_refuses_console_without_tls(tmp_path: Path, broker: MosquittoBroker) -> None:
+    db = tmp_path / "district.sqlite"
+    DistrictLog.create(db, district_id=DISTRICT, embedder_id="test-emb", dim=DIM).close()
+    users, cert, key = console_files(tmp_path)
+    with pytest.raises(ConfigError, match="console.tls_cert_file: required"):
+        load_district_config(write_console_config(tmp_path, broker, db, console=f"""
+enabled = true
+users_file = "{users}"
+"""))
+    with pytest.raises(ConfigError, match="console.users_file: required"):
+        ConsoleSection(enabled=True, tls_cert_file=cert, tls_key_file=key).validate("console")
+    with pytest.raises(ConfigError, match="console.session_hours"):
+        ConsoleSection(session_hours=0).validate("console")
+    # a key that is not the certificate's: named before serving
+    other = tmp_path / "other"
+    make_self_signed(other / "c.crt", other / "k.pem", ["localhost"])
+    cfg = load_district_config(write_console_config(tmp_path, broker, db, console=f"""
+enabled = true
+users_file = "{users}"
+tls_cert_file = "{cert}"
+tls_key_file = "{other / 'k.pem'}"
+"""))
+    with pytest.raises(ConfigError, match="console.tls_cert_file: .* not a usable"):
+        DistrictService(cfg)
+    assert not load_district_config(None).console.enabled  # off by default
+
+
+def test_console_commands(tmp_path: Path) -> None:
+    users, cert, key = tmp_path / "u", tmp_path / "c.crt", tmp_path / "k.pem"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run(
+        [sys.executable, "-m", "motcua", "district", "console-user", "add", "lan",
+         "--users-file", str(users)], input="một mật khẩu dài\n", text=True,
+        capture_output=True, cwd=REPO, env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert users.stat().st_mode & 0o777 == 0o600
+    assert verify_password("một mật khẩu dài", read_users(users)["lan"])
+    assert "một mật khẩu" not in users.read_text()
+    run = subprocess.run(
+        [sys.executable, "-m", "motcua", "district", "console-cert", "--host", "127.0.0.1",
+         "--cert", str(cert), "--key", str(key)], text=True, capture_output=True, cwd=REPO,
+        env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert key.stat().st_mode & 0o777 == 0o600
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    run = subprocess.run(  # never over an existing pair
+        [sys.executable, "-m", "motcua", "district", "console-cert", "--host", "x",
+         "--cert", str(cert), "--key", str(key)], text=True, capture_output=True, cwd=REPO,
+        env=env, timeout=60)
+    assert run.returncode != 0 and "exists" in run.stderr
+
+
