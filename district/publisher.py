@@ -312,11 +312,11 @@ class Publisher:
                 client.ack(msg.mid, msg.qos)
             return
         client.ack(msg.mid, msg.qos)  # requests: handled below, nothing to make durable
-        if terminal is not None and msg.topic == self.topics.state(terminal):
-            self.fleet.update(terminal, state=bytes(msg.payload))
-            return
-        if terminal is not None and msg.topic == self.topics.status(terminal):
-            self.fleet.update(terminal, status=bytes(msg.payload))
+        if msg.topic.endswith(("/state", "/status")):  # the fleet view; not requests
+            if terminal is not None and msg.topic == self.topics.state(terminal):
+                self.fleet.update(terminal, state=bytes(msg.payload))
+            elif terminal is not None and msg.topic == self.topics.status(terminal):
+                self.fleet.update(terminal, status=bytes(msg.payload))
             return
         req = pb.SyncRequest()
         try:
