@@ -515,7 +515,9 @@ def _console_cfg(args: argparse.Namespace) -> ConsoleSection:
     path = _config_path(args)
     if path is None:
         return ConsoleSection()
-    return build_section(ConsoleSection, dict(read_toml(path).get("console", {})), "console")
+    table = dict(read_toml(path).get("console", {}))
+    # read as if off: these commands make the very files an enabled console requires
+    return build_section(ConsoleSection, {**table, "enabled": False}, "console")
 
 
 def cmd_console_user_add(args: argparse.Namespace) -> int:

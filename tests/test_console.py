@@ -11,6 +11,7 @@ import re
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,11 @@ from district.console.auth import (
 )
 from district.console.i18n import T
 from district.console.tlscert import make_self_signed
-from district.fleet import FleetRow
+from district.fleet import FleetCache, FleetRow
 from district.ingest import Ingestor, parse_event
 from district.log import DistrictLog
 from district.service import DistrictService
+from proto import sync_pb2 as pb
 from sync.changes import DossierStatus
 from tests.broker import MosquittoBroker
 from tests.console_helpers import (
@@ -41,6 +43,7 @@ from tests.console_helpers import (
     PASSWORD,
     REPO,
     USER,
+    XSS,
     Browser,
     Rig,
     console_files,
@@ -59,6 +62,9 @@ __all__ = ["rig"]  # the fixture
 
 def test_login_csrf_sessions_and_escaping(rig: Rig) -> None:
     b = Browser(rig)
+    # with the console on, the whole server is HTTPS (the ingest API's health too)
+    assert rig.svc.url.startswith("https://")
+    assert b.get("/healthz")[0] == 200
     # no session: every page sends to the login page
     status, headers, _ = b.get("/console/fleet")
     assert status == 303 and headers["location"].startswith("/console/login")
@@ -378,21 +384,25 @@ tls_key_file = "{other / 'k.pem'}"
 def test_console_commands(tmp_path: Path) -> None:
     users, cert, key = tmp_path / "u", tmp_path / "c.crt", tmp_path / "k.pem"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # the files named by an enabled [console] that has none of them yet
+    toml = tmp_path / "district.toml"
+    toml.write_text(f'[console]\nenabled = true\nusers_file = "{users}"\n'
+                    f'tls_cert_file = "{cert}"\ntls_key_file = "{key}"\n')
     run = subprocess.run(
-        [sys.executable, "-m", "motcua", "district", "console-user", "add", "lan",
-         "--users-file", str(users)], input="một mật khẩu dài\n", text=True,
+        [sys.executable, "-m", "motcua", "--config", str(toml), "district", "console-cert",
+         "--host", "127.0.0.1"], text=True, capture_output=True, cwd=REPO, env=env,
+        timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert key.stat().st_mode & 0o777 == 0o600
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    run = subprocess.run(
+        [sys.executable, "-m", "motcua", "--config", str(toml), "district", "console-user",
+         "add", "lan"], input="một mật khẩu dài\n", text=True,
         capture_output=True, cwd=REPO, env=env, timeout=60)
     assert run.returncode == 0, run.stderr
     assert users.stat().st_mode & 0o777 == 0o600
     assert verify_password("một mật khẩu dài", read_users(users)["lan"])
     assert "một mật khẩu" not in users.read_text()
-    run = subprocess.run(
-        [sys.executable, "-m", "motcua", "district", "console-cert", "--host", "127.0.0.1",
-         "--cert", str(cert), "--key", str(key)], text=True, capture_output=True, cwd=REPO,
-        env=env, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert key.stat().st_mode & 0o777 == 0o600
-    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
     run = subprocess.run(  # never over an existing pair
         [sys.executable, "-m", "motcua", "district", "console-cert", "--host", "x",
          "--cert", str(cert), "--key", str(key)], text=True, capture_output=True, cwd=REPO,
@@ -426,3 +436,21 @@ def test_suspend_slot_calls_the_log_when_it_can(rig: Rig) -> None:
     assert status == 303 and headers["location"] == "/console/reports?suspended=4242"
     assert calls == [("c1", f"not-me report, console user {USER}")]
     assert "4242" in b.get(headers["location"])[2]
+
+
+def test_fleet_cache_bounds_what_terminals_send() -> None:
+    cache = FleetCache(max_terminals=2)
+    st = pb.TerminalState(epoch=3, applied_seq=9, version="v" * 5000, last_error=XSS,
+                          updated_at_ms=int(time.time() * 1000), syncing=True)
+    cache.update("t-1", state=st.SerializeToString())
+    cache.update("t-1", status=b"online")
+    cache.update("t-2", state=b"\xff\xff\xff")  # not a state message
+    cache.update("t-3", status=b"online")  # beyond max_terminals: not kept
+    cache.update("t-2", state=b"\x0a" * (17 * 1024))  # larger than a state ever is
+    rows = {r.terminal_id: r for r in cache.rows(head=12)}
+    assert set(rows) == {"t-1", "t-2"} and cache.refused == 1
+    r1 = rows["t-1"]
+    assert (r1.online, r1.epoch, r1.applied_seq, r1.lag, r1.syncing) == (True, 3, 9, 3, True)
+    assert len(r1.version) == 200 and r1.last_error == XSS  # stored raw, escaped when shown
+    assert rows["t-2"].last_error == "unreadable state message"
+    assert rows["t-2"].applied_seq is None and rows["t-2"].lag is None
