@@ -163,7 +163,11 @@ def test_console_in_chromium(browser: webdriver.Chrome, rig: Rig, tmp_path: Path
     wait_for(browser, lambda d: "from=2025-01-01" in d.current_url, "the period chosen")
     wait_for(browser, lambda d: d.find_elements(By.ID, "no-ratings"), "an empty period")
     shot("ratings_empty_period_vi")
-    browser.back()
+    # the language link keeps the chosen period
+    browser.find_element(By.ID, "lang-switch").click()
+    wait_for(browser, lambda d: T["en"]["no_ratings"] in body(d), "the period in English")
+    assert "from=2025-01-01" in browser.current_url and "to=2025-01-31" in browser.current_url
+    browser.get(base + "/console/ratings?lang=vi")  # the default period: the last 30 days
     wait_for(browser, lambda d: d.find_elements(By.ID, "officers"), "today's averages")
     officers = browser.find_element(By.ID, "officers").text
     assert "Trần Thị Bình" in officers and "4.00" in officers

@@ -123,6 +123,17 @@ def _when(ts: float | None) -> str:
         "%Y-%m-%d %H:%M:%S UTC")
 
 
+def _isotime(text: str) -> str:
+    """A stored report time (ISO 8601 UTC) as ``YYYY-MM-DD HH:MM:SS UTC``."""
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return shown(text)
+    if when.tzinfo is None:
+        return shown(text)
+    return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def make_env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -131,6 +142,7 @@ def make_env() -> jinja2.Environment:
     )
     env.filters["u"] = shown  # text a terminal sent: no controls, bidi, bounded
     env.filters["when"] = _when
+    env.filters["isotime"] = _isotime
     return env
 
 
@@ -143,9 +155,13 @@ def create_console(deps: ConsoleDeps) -> _FormLimit:
     def page(request: Request, name: str, lang: str, status: int = 200,
              session: Session | None = None, **ctx: Any) -> HTMLResponse:
         other = "en" if lang == "vi" else "vi"
+        # the language link keeps the page's other parameters (a chosen rating period)
+        query = [(k, v) for k, v in request.query_params.multi_items()
+                 if k in ("from", "to")] + [("lang", other)]
         html = env.get_template(name).render(
             t=translator(lang), lang=lang, other=other, session=session,
-            path=request.url.path, **ctx)
+            path=request.url.path, switch=f"{request.url.path}?{urllib.parse.urlencode(query)}",
+            **ctx)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
     def redirect(url: str) -> RedirectResponse:
