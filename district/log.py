@@ -179,6 +179,24 @@ class DistrictLog:
             self.dim = int(meta["dim"])
         except KeyError:
             raise DistrictError(f"{path}: not a district change log (run district init)") from None
+        self._backfill_handling()
+
+    def _backfill_handling(self) -> None:
+        """A log made before ``dossier_handling`` existed: record each current dossier's
+        status and counter as of its last change (officer unknown), once, so ratings of
+        those citizens can be joined from now on."""
+        q = ("SELECT d.code, d.citizen_id, d.seq, d.change, coalesce(l.created_at, 0) "
+             "FROM dossiers d LEFT JOIN log l ON l.seq = d.seq WHERE NOT EXISTS "
+             "(SELECT 1 FROM dossier_handling h WHERE h.code = d.code)")
+        if self._db.execute(q + " LIMIT 1").fetchone() is None:
+            return
+        with self.transaction():
+            for code, cid, seq, blob, at in self._db.execute(q).fetchall():
+                change = change_from_pb(pb.Change.FromString(blob), self.dim)
+                assert isinstance(change, DossierUpsert)
+                self._db.execute("INSERT INTO dossier_handling VALUES (?, ?, ?, ?, ?, '', ?)",
+                                 (code, cid, seq, change.dossier.status.value,
+                                  change.dossier.counter, float(at)))
 
     # ---- opening ------------------------------------------------------------------
 

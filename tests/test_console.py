@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -454,3 +455,26 @@ def test_fleet_cache_bounds_what_terminals_send() -> None:
     assert len(r1.version) == 200 and r1.last_error == XSS  # stored raw, escaped when shown
     assert rows["t-2"].last_error == "unreadable state message"
     assert rows["t-2"].applied_seq is None and rows["t-2"].lag is None
+
+
+def test_an_older_log_gets_its_dossiers_handling_history(tmp_path: Path) -> None:
+    """A log made before the officer existed: its current dossiers are recorded once at
+    the next open (status and counter as of their last change, no officer)."""
+    path = tmp_path / "d.sqlite"
+    dlog = DistrictLog.create(path, district_id=DISTRICT, embedder_id="test-emb", dim=DIM)
+    dlog.upsert_citizen("c1", masked_name="N*** A", embeddings=emb(0))
+    dlog.upsert_dossier(dossier("D1", "c1", counter="Quầy 7"), officer="Bình")
+    dlog.update_dossier("D1", status=DossierStatus.RESULT_READY)
+    dlog.close()
+    db = sqlite3.connect(path)  # as an older release left it
+    db.execute("DROP TABLE dossier_handling")
+    db.commit()
+    db.close()
+    dlog = DistrictLog.open(path)
+    rows = dlog.handling(["c1"])
+    assert [(r[1], r[2], r[3], r[4]) for r in rows] == [("D1", "result_ready", "Quầy 7", "")]
+    assert rows[0][5] > 0  # the time of its last change
+    dlog.close()
+    dlog = DistrictLog.open(path)  # once only
+    assert len(dlog.handling(["c1"])) == 1
+    dlog.close()
