@@ -13,12 +13,15 @@ motcua district fleet --district ID --broker HOST:PORT [TLS/auth options]
 motcua [--config district.toml] district serve      the district service (docs/district.md)
 motcua [--config district.toml] district import FILE [--db LOG]   bulk case-system events
 motcua district openapi                             the ingest API's OpenAPI schema (JSON)
+motcua [--config district.toml] district console-user add NAME [--users-file F]  (password on stdin)
+motcua [--config district.toml] district console-cert --host NAME [--cert F --key F]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import getpass
 import logging
 import signal
 import sys
@@ -27,8 +30,11 @@ import time
 from pathlib import Path
 
 from core.errors import AuthenticationError, ConfigError, DistrictError
+from core.tomlconfig import build_section, read_toml
 from district import calibration as calib
-from district.config import load_district_config
+from district.config import ConsoleSection, load_district_config
+from district.console.auth import add_user, check_user_name
+from district.console.tlscert import make_self_signed
 from district.enrol import enrol, pipeline_embedder, read_records, write_pins
 from district.fleet import collect, format_table
 from district.importer import run_import
@@ -171,6 +177,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     oa = sub.add_parser("openapi", help="print the ingest API's OpenAPI schema")
     oa.set_defaults(func=cmd_openapi)
+
+    cu = sub.add_parser("console-user", help="the operator console's logins")
+    cu_sub = cu.add_subparsers(dest="console_user_command", metavar="ACTION", required=True)
+    cua = cu_sub.add_parser("add", help="add or reset a user (password from the prompt, "
+                            "or one line on stdin)")
+    _config_arg(cua)
+    cua.add_argument("name", help="user name: letters, digits, '_', '.', '-'")
+    cua.add_argument("--users-file", type=Path, help="default: [console] users_file")
+    cua.set_defaults(func=cmd_console_user_add)
+
+    cc = sub.add_parser("console-cert", help="make a self-signed TLS certificate for a "
+                        "test console (a real install uses the office CA's)")
+    _config_arg(cc)
+    cc.add_argument("--host", action="append", required=True,
+                    help="a name or address the console is reached at (repeatable)")
+    cc.add_argument("--cert", type=Path, help="default: [console] tls_cert_file")
+    cc.add_argument("--key", type=Path, help="default: [console] tls_key_file")
+    cc.set_defaults(func=cmd_console_cert)
 
     f = sub.add_parser("fleet", help="table of the district's terminals (retained state)")
     f.add_argument("--district", required=True)
@@ -520,6 +544,42 @@ def cmd_import(args: argparse.Namespace) -> int:
     if db is None:
         raise ConfigError("--db: give the change log, or [district] db in --config")
     return run_import(cfg, db, args.file, progress=not args.quiet)
+
+
+def _console_cfg(args: argparse.Namespace) -> ConsoleSection:
+    path = _config_path(args)
+    if path is None:
+        return ConsoleSection()
+    table = dict(read_toml(path).get("console", {}))
+    # read as if off: these commands make the very files an enabled console requires
+    return build_section(ConsoleSection, {**table, "enabled": False}, "console")
+
+
+def cmd_console_user_add(args: argparse.Namespace) -> int:
+    users = args.users_file or _console_cfg(args).users_file
+    if users is None:
+        raise ConfigError("--users-file: give the file, or [console] users_file in --config")
+    check_user_name(args.name)
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise ConfigError("password: the two entries differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    new = add_user(users, args.name, password)
+    print(f"{'added' if new else 'replaced'} console user {args.name} in {users}")
+    return 0
+
+
+def cmd_console_cert(args: argparse.Namespace) -> int:
+    con = _console_cfg(args)
+    cert, key = args.cert or con.tls_cert_file, args.key or con.tls_key_file
+    if cert is None or key is None:
+        raise ConfigError("--cert/--key: give both, or [console] tls_cert_file and "
+                          "tls_key_file in --config")
+    make_self_signed(cert, key, args.host)
+    print(f"wrote {cert} and {key} (self-signed, for a test install: browsers will warn)")
+    return 0
 
 
 def cmd_openapi(_args: argparse.Namespace) -> int:

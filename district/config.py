@@ -4,9 +4,9 @@ Tables: ``[district]`` (its id, change log, signing key, topic prefix), ``[broke
 MQTT broker, :class:`sync.mqtt.BrokerConfig`), ``[ingest]`` (the case system's HTTP API of
 ``motcua district serve``: address, bearer token file, size limits), and the face
 pipeline's ``[models]``, ``[runtime]`` and ``[detector]`` (enrolment embeds the counter's
-photos with the same pack as the terminals). Secrets (the broker password, the signing
-key itself, the ingest token) are never values here: files or environment variable
-names. Command-line options override the file.
+photos with the same pack as the terminals), ``[console]`` (the operator console).
+Secrets (the broker password, the signing key itself, the ingest token) are never
+values here: files or environment variable names. Command-line options override the file.
 """
 
 from __future__ import annotations
@@ -97,6 +97,53 @@ class IngestSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConsoleSection:
+    """The operator console of ``motcua district serve`` (``[console]``, docs/district.md).
+
+    It shares the ingest API's address; when enabled the whole server speaks TLS only."""
+
+    #: off by default: the console serves people's data, so it is turned on on purpose
+    enabled: bool = False
+    #: the staff's logins: ``motcua district console-user add NAME`` (mode 0600)
+    users_file: Path | None = None
+    #: the server's TLS certificate and key (PEM); ``motcua district console-cert`` makes
+    #: a self-signed pair for a test install
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: a login lasts this long at most (a working day), and ends after idle_minutes idle
+    session_hours: float = 8.0
+    #: a session unused this long ends (an unattended screen in the office)
+    idle_minutes: float = 30.0
+    #: failed logins before a user name, or a client address, is locked out
+    max_failures: int = 5
+    #: how long the lockout lasts
+    lockout_minutes: float = 15.0
+
+    def validate(self, prefix: str) -> None:
+        p = f"{prefix}." if prefix else ""
+        if not 0.05 <= self.session_hours <= 24.0:
+            raise ConfigError(f"{p}session_hours: expected 0.05..24, got {self.session_hours!r}")
+        if not 1.0 <= self.idle_minutes <= 24 * 60:
+            raise ConfigError(f"{p}idle_minutes: expected 1..1440, got {self.idle_minutes!r}")
+        if not 1 <= self.max_failures <= 100:
+            raise ConfigError(f"{p}max_failures: expected 1..100, got {self.max_failures!r}")
+        if not 0.1 <= self.lockout_minutes <= 24 * 60:
+            raise ConfigError(f"{p}lockout_minutes: expected 0.1..1440, "
+                              f"got {self.lockout_minutes!r}")
+        if not self.enabled:
+            return
+        for key in ("users_file", "tls_cert_file", "tls_key_file"):
+            path = getattr(self, key)
+            if path is None:
+                why = ("the console is served over TLS only"
+                       if key.startswith("tls") else "the staff's logins")
+                raise ConfigError(f"{p}{key}: required when the console is enabled ({why})")
+            if key != "users_file" and not path.is_file():
+                raise ConfigError(f"{p}{key}: {path} is not a file "
+                                  "(motcua district console-cert makes a test pair)")
+
+
+@dataclasses.dataclass(frozen=True)
 class DistrictConfig:
     """The whole district configuration tree."""
 
@@ -108,6 +155,8 @@ class DistrictConfig:
     detector: DetectorConfig = DetectorConfig()
     #: the operating point derived from the gallery (district/calibration.py)
     calibration: CalibrationSettings = CalibrationSettings()
+    #: the operator console (district/console)
+    console: ConsoleSection = ConsoleSection()
 
 
 def load_district_config(path: Path | None) -> DistrictConfig:

@@ -32,6 +32,9 @@ class FleetRow:
     last_error: str = ""
     rejections: int = 0
     updated_s_ago: float | None = None
+    #: the log epoch the terminal's gallery belongs to (None: no state seen)
+    epoch: int | None = None
+    syncing: bool = False
 
 
 def collect(
@@ -82,6 +85,8 @@ def collect(
                 row.last_error = "unreadable state message"
                 return
             row.applied_seq = st.applied_seq
+            row.epoch = st.epoch
+            row.syncing = st.syncing
             row.gallery_size = st.gallery_size
             row.model, row.version, row.last_error = st.model, st.version, st.last_error
             # duplicates are normal (at-least-once delivery): not shown as refused
@@ -112,6 +117,80 @@ def collect(
         if district_head is not None and row.applied_seq is not None:
             row.lag = max(0, district_head - row.applied_seq)
     return district_head, sorted(rows.values(), key=lambda r: r.terminal_id)
+
+
+#: terminals the live fleet view remembers; a district has tens to hundreds, and an id
+#: beyond this many (a broker flooded with forged state topics) is not shown
+FLEET_MAX_TERMINALS = 5000
+#: largest state message read; a real one is ~200 bytes (strings bounded by the terminal)
+STATE_MAX_BYTES = 16 * 1024
+
+
+class FleetCache:
+    """The fleet as the district service's own MQTT connection sees it: retained states
+    and statuses, updated from paho's thread (:meth:`update`), read by the console.
+
+    Everything stored came from a terminal or the broker: untrusted, shown escaped."""
+
+    def __init__(self, *, max_terminals: int = FLEET_MAX_TERMINALS) -> None:
+        self._rows: dict[str, FleetRow] = {}
+        self._updated_at: dict[str, float] = {}
+        self._snapshots: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.max_terminals = max_terminals
+        self.refused = 0
+
+    def update(self, terminal: str, *, status: bytes | None = None,
+               state: bytes | None = None) -> None:
+        """Record a terminal's status ("online"/"offline") or state message."""
+        with self._lock:
+            row = self._rows.get(terminal)
+            if row is None:
+                if len(self._rows) >= self.max_terminals:
+                    self.refused += 1
+                    return
+                row = self._rows[terminal] = FleetRow(terminal)
+            if status is not None:
+                row.online = status == b"online"
+            if state is None:
+                return
+            st = pb.TerminalState()
+            try:
+                if len(state) > STATE_MAX_BYTES:
+                    raise DecodeError("too large")
+                st.ParseFromString(state)
+            except DecodeError:
+                row.last_error = "unreadable state message"
+                return
+            row.applied_seq, row.epoch, row.syncing = st.applied_seq, st.epoch, st.syncing
+            row.gallery_size = st.gallery_size
+            row.model, row.version = st.model[:200], st.version[:200]
+            row.last_error = st.last_error[:1000]
+            row.rejections = sum(v for k, v in st.rejections.items() if k != "duplicate")
+            self._updated_at[terminal] = st.updated_at_ms / 1000
+
+    def snapshot_sent(self, terminal: str, at: float | None = None) -> None:
+        """The publisher finished sending this terminal a snapshot (wall clock)."""
+        with self._lock:
+            if terminal in self._snapshots or len(self._snapshots) < self.max_terminals:
+                self._snapshots[terminal] = time.time() if at is None else at
+
+    def last_snapshot(self, terminal: str) -> float | None:
+        with self._lock:
+            return self._snapshots.get(terminal)
+
+    def rows(self, head: int) -> list[FleetRow]:
+        """Copies of the rows, sorted by terminal id, lag computed against ``head``."""
+        now = time.time()
+        with self._lock:
+            out = [dataclasses.replace(r) for r in self._rows.values()]
+            updated = dict(self._updated_at)
+        for r in out:
+            if r.applied_seq is not None:
+                r.lag = max(0, head - r.applied_seq)
+            if r.terminal_id in updated:
+                r.updated_s_ago = max(0.0, now - updated[r.terminal_id])
+        return sorted(out, key=lambda r: r.terminal_id)
 
 
 def format_table(head: int | None, rows: list[FleetRow]) -> str:

@@ -88,6 +88,9 @@ class DossierData(_Model):
     received_on: DateStr
     appointment_on: DateStr | Literal[""] = ""
     counter: Text = ""
+    #: the officer handling it (district-side only: never sent to terminals; staff
+    #: ratings are joined to it)
+    officer: Text = ""
 
     _dates = field_validator("received_on", "appointment_on")(
         lambda v: _real_date(v) if v else v)
@@ -96,6 +99,8 @@ class DossierData(_Model):
 class StatusData(_Model):
     code: Code
     status: DossierStatus
+    #: the officer handling it from now on, if it changed (district-side only)
+    officer: Text | None = None
 
 
 class StageData(_Model):
@@ -103,6 +108,8 @@ class StageData(_Model):
     stage: Text
     #: the counter the dossier moved to with the stage, if it moved
     counter: Text | None = None
+    #: the officer handling it from now on, if it changed (district-side only)
+    officer: Text | None = None
 
 
 class AppointmentData(_Model):
@@ -445,13 +452,14 @@ class Ingestor:
                 return self.log.upsert_dossier(Dossier(
                     code=d.code, citizen_id=d.citizen_id, procedure=d.procedure,
                     status=d.status, stage=d.stage, received_on=d.received_on,
-                    appointment_on=d.appointment_on, counter=d.counter))
+                    appointment_on=d.appointment_on, counter=d.counter), officer=d.officer)
             if event.kind == "dossier.status_changed":
                 self._dossier(d.code)
-                return self.log.update_dossier(d.code, status=d.status)
+                return self.log.update_dossier(d.code, status=d.status, officer=d.officer)
             if event.kind == "dossier.stage_changed":
                 self._dossier(d.code)
-                return self.log.update_dossier(d.code, stage=d.stage, counter=d.counter)
+                return self.log.update_dossier(d.code, stage=d.stage, counter=d.counter,
+                                               officer=d.officer)
             if event.kind == "dossier.appointment_moved":
                 self._dossier(d.code)
                 return self.log.update_dossier(d.code, appointment_on=d.appointment_on)

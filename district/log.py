@@ -107,6 +107,28 @@ CREATE TABLE IF NOT EXISTS face_suspensions (  -- suspend_face() requests, for t
 );
 CREATE INDEX IF NOT EXISTS face_suspensions_citizen ON face_suspensions (citizen_id);
 CREATE INDEX IF NOT EXISTS face_suspensions_report ON face_suspensions (report);
+-- district-side only (never in a change): who handled each dossier, one row per upsert,
+-- so a rating can be joined to the dossier's state at the rating's time (staff ratings)
+CREATE TABLE IF NOT EXISTS dossier_handling (
+    code TEXT NOT NULL,
+    citizen_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,       -- the change this state came with
+    status TEXT NOT NULL,
+    counter TEXT NOT NULL,
+    officer TEXT NOT NULL,      -- "" when the case system named none
+    at REAL NOT NULL            -- district clock, unix seconds
+);
+CREATE INDEX IF NOT EXISTS dossier_handling_citizen ON dossier_handling (citizen_id, at);
+CREATE INDEX IF NOT EXISTS dossier_handling_code ON dossier_handling (code, seq);
+-- the operator console's review of a report (district/console)
+CREATE TABLE IF NOT EXISTS report_reviews (
+    terminal_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    reviewed_by TEXT NOT NULL,
+    reviewed_at REAL NOT NULL,
+    PRIMARY KEY (terminal_id, session_id, kind)
+);
 """
 
 
@@ -174,6 +196,8 @@ class DistrictLog:
         self._db = conn
         self._lock = threading.RLock()
         self._depth = 0
+        #: the clock of the district-side handling history (tests set it)
+        self.clock = time.time
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         try:
             self.district_id = meta["district_id"]
@@ -182,6 +206,24 @@ class DistrictLog:
             self.dim = int(meta["dim"])
         except KeyError:
             raise DistrictError(f"{path}: not a district change log (run district init)") from None
+        self._backfill_handling()
+
+    def _backfill_handling(self) -> None:
+        """A log made before ``dossier_handling`` existed: record each current dossier's
+        status and counter as of its last change (officer unknown), once, so ratings of
+        those citizens can be joined from now on."""
+        q = ("SELECT d.code, d.citizen_id, d.seq, d.change, coalesce(l.created_at, 0) "
+             "FROM dossiers d LEFT JOIN log l ON l.seq = d.seq WHERE NOT EXISTS "
+             "(SELECT 1 FROM dossier_handling h WHERE h.code = d.code)")
+        if self._db.execute(q + " LIMIT 1").fetchone() is None:
+            return
+        with self.transaction():
+            for code, cid, seq, blob, at in self._db.execute(q).fetchall():
+                change = change_from_pb(pb.Change.FromString(blob), self.dim)
+                assert isinstance(change, DossierUpsert)
+                self._db.execute("INSERT INTO dossier_handling VALUES (?, ?, ?, ?, ?, '', ?)",
+                                 (code, cid, seq, change.dossier.status.value,
+                                  change.dossier.counter, float(at)))
 
     # ---- opening ------------------------------------------------------------------
 
@@ -360,9 +402,12 @@ class DistrictLog:
             )
         return seq
 
-    def upsert_dossier(self, dossier: Dossier) -> int:
-        """Create or replace a dossier of an existing citizen."""
+    def upsert_dossier(self, dossier: Dossier, *, officer: str | None = None) -> int:
+        """Create or replace a dossier of an existing citizen. ``officer`` (district-side
+        only, never sent to terminals) is who handles it now; None keeps the last one."""
         _check_dossier(dossier)
+        if officer is not None:
+            _check_text(officer, f"dossier {dossier.code} officer", MAX_TEXT_LEN)
         change = change_to_pb(DossierUpsert(seq=0, dossier=dossier))
         with self.transaction():
             if not self.has_citizen(dossier.citizen_id):
@@ -377,7 +422,38 @@ class DistrictLog:
                 "INSERT OR REPLACE INTO dossiers (code, citizen_id, seq, change) VALUES (?,?,?,?)",
                 (dossier.code, dossier.citizen_id, seq, change.SerializeToString()),
             )
+            if officer is None:
+                officer = self.dossier_officer(dossier.code)
+            self._db.execute(
+                "INSERT INTO dossier_handling VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (dossier.code, dossier.citizen_id, seq, dossier.status.value, dossier.counter,
+                 officer, self.clock()))
         return seq
+
+    def dossier_officer(self, code: str) -> str:
+        """The officer last named for a dossier ("" if none)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT officer FROM dossier_handling WHERE code = ? ORDER BY seq DESC LIMIT 1",
+                (code,)).fetchone()
+        return "" if row is None else str(row[0])
+
+    def handling(self, citizen_ids: list[str]) -> list[tuple[str, str, str, str, str, float]]:
+        """Handling history of these citizens' dossiers, oldest first:
+        (citizen, code, status, counter, officer, at)."""
+        out: list[tuple[str, str, str, str, str, float]] = []
+        ids = sorted(set(citizen_ids))
+        with self._lock:
+            for i in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+                part = ids[i:i + 500]
+                marks = ",".join("?" * len(part))
+                out.extend(
+                    (str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), float(r[5]))
+                    for r in self._db.execute(
+                        "SELECT citizen_id, code, status, counter, officer, at FROM "
+                        f"dossier_handling WHERE citizen_id IN ({marks}) ORDER BY at, seq",
+                        part))
+        return out
 
     def dossier(self, code: str) -> Dossier:
         row = self._db.execute("SELECT change FROM dossiers WHERE code = ?", (code,)).fetchone()
@@ -396,8 +472,10 @@ class DistrictLog:
         stage: str | None = None,
         appointment_on: str | None = None,
         counter: str | None = None,
+        officer: str | None = None,
     ) -> int:
-        """Change a dossier's status / stage / appointment; returns the change number."""
+        """Change a dossier's status / stage / appointment; returns the change number.
+        ``officer`` (district-side only) names who handles it now (None: unchanged)."""
         with self.transaction():
             old = self.dossier(code)
             new = Dossier(
@@ -410,7 +488,7 @@ class DistrictLog:
                 appointment_on=old.appointment_on if appointment_on is None else appointment_on,
                 counter=old.counter if counter is None else counter,
             )
-            return self.upsert_dossier(new)
+            return self.upsert_dossier(new, officer=officer)
 
     def delete_dossier(self, code: str) -> int:
         with self.transaction():
@@ -436,6 +514,7 @@ class DistrictLog:
                 "UPDATE reports SET citizen_id = '' WHERE citizen_id = ?", (citizen_id,)
             )
             self._db.execute("DELETE FROM face_suspensions WHERE citizen_id = ?", (citizen_id,))
+            self._db.execute("DELETE FROM dossier_handling WHERE citizen_id = ?", (citizen_id,))
             self._db.execute(
                 "UPDATE log SET change = NULL WHERE citizen_id = ? AND seq < ?", (citizen_id, seq)
             )
@@ -596,6 +675,62 @@ class DistrictLog:
                 (limit,),
             ).fetchall()
         return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    def review_report(self, terminal_id: str, session_id: str, kind: str, *,
+                      by: str) -> bool:
+        """Mark a stored report reviewed (operator console); False if no such report or
+        already reviewed."""
+        with self.transaction():
+            known = self._db.execute(
+                "SELECT 1 FROM reports WHERE terminal_id = ? AND session_id = ? AND kind = ?",
+                (terminal_id, session_id, kind)).fetchone()
+            if known is None:
+                return False
+            cur = self._db.execute("INSERT OR IGNORE INTO report_reviews VALUES (?,?,?,?,?)",
+                                   (terminal_id, session_id, kind, by, time.time()))
+        return cur.rowcount == 1
+
+    def reports_reviewed(self, kind: str, limit: int = 200) -> list[
+            tuple[str, str, str, str, float, str, float]]:
+        """Newest reports of one kind with their review: (terminal, session, time,
+        citizen, score, reviewed_by or "", reviewed_at or 0)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT r.terminal_id, r.session_id, r.time, r.citizen_id, r.score, "
+                "coalesce(v.reviewed_by, ''), coalesce(v.reviewed_at, 0) FROM reports r "
+                "LEFT JOIN report_reviews v ON v.terminal_id = r.terminal_id AND "
+                "v.session_id = r.session_id AND v.kind = r.kind WHERE r.kind = ? "
+                "ORDER BY r.time DESC, r.terminal_id LIMIT ?", (kind, limit)).fetchall()
+        return [(str(a), str(b), str(c), str(d), float(e), str(f), float(g))
+                for a, b, c, d, e, f, g in rows]
+
+    def ratings_between(self, first: str, last: str, limit: int = 100_000) -> list[
+            tuple[str, str, str, str, int]]:
+        """Ratings whose time (ISO 8601 UTC text) is in [first, last):
+        (terminal, session, time, citizen or "", stars), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT terminal_id, session_id, time, citizen_id, rating FROM reports "
+                "WHERE kind = 'rating' AND time >= ? AND time < ? ORDER BY time LIMIT ?",
+                (first, last, limit)).fetchall()
+        return [(str(a), str(b), str(c), str(d), int(e)) for a, b, c, d, e in rows]
+
+    def citizen_deletions(self, limit: int = 200) -> list[tuple[int, str, float]]:
+        """The newest citizen deletions still in the log: (seq, citizen, unix time)."""
+        out: list[tuple[int, str, float]] = []
+        with self._lock:
+            # a citizen's delete is the newest entry about them that still has a payload
+            rows = self._db.execute(
+                "SELECT seq, citizen_id, change, created_at FROM log WHERE seq IN "
+                "(SELECT max(seq) FROM log WHERE change IS NOT NULL GROUP BY citizen_id) "
+                "AND citizen_id NOT IN (SELECT citizen_id FROM citizens) "
+                "ORDER BY seq DESC").fetchall()
+        for seq, cid, blob, at in rows:
+            if pb.Change.FromString(blob).WhichOneof("kind") == "citizen_delete":
+                out.append((int(seq), str(cid), float(at)))
+                if len(out) >= limit:
+                    break
+        return out
 
     # ---- case-system events (district/ingest.py) ------------------------------------
 

@@ -44,6 +44,7 @@ from paho.mqtt.properties import Properties
 
 from core.errors import AuthenticationError, DistrictError, SyncError
 from district import calibration as calib
+from district.fleet import FleetCache
 from district.lease import LEASE_RENEW_S, Lease, LeaseLost, new_holder_id
 from district.log import DistrictLog
 from district.reports import ReportGate, ReportWriter, check_report
@@ -327,6 +328,9 @@ class Publisher:
         self._link = 0
         self.report_gate = ReportGate()
         self.report_writer = ReportWriter(dlog, self._report_stored, self.stop_event)
+        #: the terminals' retained states and statuses as this connection sees them
+        #: (the operator console's fleet page; district/fleet.py)
+        self.fleet = FleetCache()
 
     # ---- MQTT callbacks (paho's thread) ------------------------------------------
 
@@ -347,6 +351,8 @@ class Publisher:
                               (self.shared(self.topics.all_reports), 1)])
         else:
             client.subscribe([(self.topics.all_requests, 1), (self.topics.all_reports, 1)])
+        # the fleet view (console): every worker keeps its own copy of the retained states
+        client.subscribe([(self.topics.all_states, 0), (self.topics.all_statuses, 0)])
         self._connected.set()
         self._lease_wake.set()
         self._manifest_due.set()
@@ -368,6 +374,12 @@ class Publisher:
                 client.ack(msg.mid, msg.qos)
             return
         client.ack(msg.mid, msg.qos)  # requests: handled below, nothing to make durable
+        if msg.topic.endswith(("/state", "/status")):  # the fleet view; not requests
+            if terminal is not None and msg.topic == self.topics.state(terminal):
+                self.fleet.update(terminal, state=bytes(msg.payload))
+            elif terminal is not None and msg.topic == self.topics.status(terminal):
+                self.fleet.update(terminal, status=bytes(msg.payload))
+            return
         req = pb.SyncRequest()
         try:
             req.ParseFromString(msg.payload)
@@ -793,6 +805,7 @@ class Publisher:
                 return
         self.stats.snapshots += 1
         self._snapshot_sent_at[terminal] = time.monotonic()
+        self.fleet.snapshot_sent(terminal)
         self.stats.last_snapshot_bytes = sent_bytes
         log.info("snapshot %s to %s: %d chunks, %d bytes", snap_id, terminal, index, sent_bytes)
 

@@ -112,8 +112,13 @@ def check_report(rep: pb.TerminalReport, *, terminal: str, district: str,
     else:
         if not 1 <= rep.rating <= 5:
             raise ValueError(f"rating {rep.rating} not in 1..5")
-        if rep.citizen_id or score != 0.0:
-            raise ValueError("a rating names no citizen and has no score")
+        if score != 0.0:
+            raise ValueError("a rating has no score")
+        if rep.citizen_id:  # the citizen shown (an id, no name): joined to their dossier
+            try:
+                check_id(rep.citizen_id, "citizen id")
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
     return Report(terminal, rep.session_id, kind, stamp, rep.citizen_id, rep.rating, score)
 
 

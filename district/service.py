@@ -7,7 +7,9 @@ holder of the publisher lease publishes) runs, with one stop event (SIGTERM/SIGI
   terminals' reports;
 - the HTTP API (thread ``district-http``, uvicorn running FastAPI): the case system's
   ingest endpoints (bearer token), ``/healthz`` (the process answers), ``/readyz`` (the
-  log is open and the broker connected), ``/metrics`` (Prometheus) and ``/openapi.json``.
+  log is open and the broker connected), ``/metrics`` (Prometheus) and ``/openapi.json``;
+  with ``[console] enabled``, the operator console at ``/console`` (district/console) and
+  the whole server over TLS.
 
 Logs are JSON, one object per line on stderr. On SIGTERM the HTTP server stops taking
 requests and finishes the ones in flight (at most SHUTDOWN_GRACE_S), the publisher stops
@@ -21,6 +23,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import ssl
 import sys
 import threading
 import time
@@ -40,6 +43,8 @@ from pydantic import BaseModel, Field
 from core.errors import ConfigError
 from core.net import split_hostport
 from district.config import DistrictConfig
+from district.console.auth import Authenticator, Sessions
+from district.console.views import ConsoleDeps, create_console
 from district.enrol import PhotoEmbedder, pipeline_embedder
 from district.ingest import Event, EventResult, IngestError, Ingestor, error_field
 from district.lease import LeaseCollector
@@ -355,13 +360,43 @@ class DistrictService:
         self.app = create_app(self.ingestor, self.token, self.metrics, ready=self.ready,
                               max_body_bytes=ing.max_body_bytes,
                               max_batch_events=ing.max_batch_events)
+        tls = self._mount_console()
         self._closed = False
         self.server = uvicorn.Server(uvicorn.Config(
             self.app, host=self.host, port=self.port, log_config=None, access_log=False,
             timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S), lifespan="off",
-            h11_max_incomplete_event_size=64 * 1024))
+            h11_max_incomplete_event_size=64 * 1024, **tls))
         self._http = threading.Thread(target=self._serve_http, name="district-http",
                                       daemon=True)
+
+    def _mount_console(self) -> dict[str, Any]:
+        """Mount the operator console at /console when ``[console] enabled``; its TLS
+        settings for uvicorn (the whole server is then HTTPS only)."""
+        con = self.cfg.console
+        self.scheme = "http"
+        if not con.enabled:
+            return {}
+        try:
+            con.validate("console")  # TLS files and users file named: refuse to start without
+            assert con.users_file and con.tls_cert_file and con.tls_key_file
+            try:  # a bad pair is named here, not as "cannot serve" once uvicorn trips on it
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                    con.tls_cert_file, con.tls_key_file)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(f"console.tls_cert_file: {con.tls_cert_file} and "
+                                  f"console.tls_key_file {con.tls_key_file} are not a "
+                                  f"usable certificate and key: {exc}") from None
+            auth = Authenticator(con.users_file, max_failures=con.max_failures,
+                                 lockout_s=con.lockout_minutes * 60)
+        except ConfigError:
+            self.log.close()
+            raise
+        sessions = Sessions(lifetime_s=con.session_hours * 3600, idle_s=con.idle_minutes * 60)
+        self.console = ConsoleDeps(self.log, self.publisher.fleet, auth, sessions,
+                                   self.cfg.calibration)
+        self.app.mount("/console", create_console(self.console))  # type: ignore[arg-type]
+        self.scheme = "https"
+        return {"ssl_certfile": str(con.tls_cert_file), "ssl_keyfile": str(con.tls_key_file)}
 
     def ready(self) -> bool:
         return not self._closed and self.publisher.wait_connected(0)
@@ -386,14 +421,14 @@ class DistrictService:
                 self.stop()
                 raise ConfigError(f"ingest.listen: cannot serve on {self.host}:{self.port}")
             self.stop_event.wait(0.01)
-        log.info("district %s serving on http://%s:%d (log %s, head %d, published %d)",
-                 self.log.district_id, self.host, self.port, self.log.path,
+        log.info("district %s serving on %s (log %s, head %d, published %d)",
+                 self.log.district_id, self.url, self.log.path,
                  self.log.head_seq, self.log.published_seq)
         return self
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def wait(self) -> None:
         """Block until the stop event is set (SIGTERM), then stop."""

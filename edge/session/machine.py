@@ -228,8 +228,11 @@ class SessionMachine:
                 return False
             del self._ratable[session_id]  # one rating per session
         if self.reporter is not None:
+            # the citizen's id (never a name): the district joins the rating to the
+            # counter and officer of their dossier (docs/district.md, staff ratings)
             self.reporter.report("rating", {"terminal": self.terminal_id,
-                                            "session": session_id, "stars": stars})
+                                            "session": session_id, "stars": stars,
+                                            "citizen_id": entry[1]})
         self.bus.publish(RatingReceived(session_id, stars=stars))
         return True
 
