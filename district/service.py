@@ -6,7 +6,9 @@ One process per district runs, with one stop event (SIGTERM/SIGINT set it):
   terminals' reports;
 - the HTTP API (thread ``district-http``, uvicorn running FastAPI): the case system's
   ingest endpoints (bearer token), ``/healthz`` (the process answers), ``/readyz`` (the
-  log is open and the broker connected), ``/metrics`` (Prometheus) and ``/openapi.json``.
+  log is open and the broker connected), ``/metrics`` (Prometheus) and ``/openapi.json``;
+  with ``[survey]`` enabled also the survey pages for phones, ``/s/{token}``
+  (district/survey_page.py).
 
 Logs are JSON, one object per line on stderr. On SIGTERM the HTTP server stops taking
 requests and finishes the ones in flight (at most SHUTDOWN_GRACE_S), the publisher stops
@@ -43,6 +45,8 @@ from district.enrol import PhotoEmbedder, pipeline_embedder
 from district.ingest import Event, EventResult, IngestError, Ingestor, error_field
 from district.log import DistrictLog
 from district.publisher import Publisher
+from district.survey import OfferWriter, SurveyStore, published
+from district.survey_page import mount_survey
 from faces.pipeline import FacePipeline, load_pipeline
 from sync.keys import load_private_key
 from sync.mqtt import broker_settings
@@ -352,6 +356,8 @@ class DistrictService:
         self.app = create_app(self.ingestor, self.token, self.metrics, ready=self.ready,
                               max_body_bytes=ing.max_body_bytes,
                               max_batch_events=ing.max_batch_events)
+        #: the survey QR hand-off ([survey], district/survey.py); None: off
+        self.survey: SurveyStore | None = self._start_survey()
         self._closed = False
         self.server = uvicorn.Server(uvicorn.Config(
             self.app, host=self.host, port=self.port, log_config=None, access_log=False,
@@ -359,6 +365,20 @@ class DistrictService:
             h11_max_incomplete_event_size=64 * 1024))
         self._http = threading.Thread(target=self._serve_http, name="district-http",
                                       daemon=True)
+
+    def _start_survey(self) -> SurveyStore | None:
+        """When ``[survey]`` is enabled: sign it into the manifest, store the terminals'
+        offers, serve /s/{token} to phones."""
+        sv = self.cfg.survey
+        if not sv.enabled:
+            return None
+        assert self.cfg.district.db is not None
+        store = SurveyStore(self.cfg.district.db, sv.token_lifetime_s)
+        self.publisher.survey = published(sv.enabled, sv.base_url, sv.token_lifetime_s)
+        self.publisher.survey_offers = OfferWriter(self.cfg.district.db, sv.token_lifetime_s,
+                                                   self.stop_event)
+        mount_survey(self.app, store, trusted_proxies=sv.trusted_proxies)
+        return store
 
     def ready(self) -> bool:
         return not self._closed and self.publisher.wait_connected(0)
@@ -408,6 +428,8 @@ class DistrictService:
             self._http.join(SHUTDOWN_GRACE_S + 5)
         self.publisher.stop()
         self._closed = True
+        if self.survey is not None:
+            self.survey.close()
         self.log.close()
         log.info("district service stopped")
 
