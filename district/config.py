@@ -13,6 +13,7 @@ names. Command-line options override the file.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from pathlib import Path
 
 from core.errors import ConfigError
@@ -121,6 +122,12 @@ class SurveySection:
             check_lifetime(self.token_lifetime_s)
         except ValueError as exc:
             raise ConfigError(f"{p}token_lifetime_s: {exc}") from None
+        for i, addr in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                raise ConfigError(f"{p}trusted_proxies[{i}]: an IP address, got {addr!r}"
+                                  ) from None
 
 
 @dataclasses.dataclass(frozen=True)

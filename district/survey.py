@@ -309,15 +309,16 @@ class OfferWriter:
         return True
 
     def _run(self) -> None:
+        store: SurveyStore | None
         try:
             store = SurveyStore(self.path, self.lifetime_s)
-        except DistrictError as exc:
+        except DistrictError as exc:  # offers are still acknowledged (and counted failed)
             log.error("survey offers cannot be stored: %s", exc)
-            return
+            store = None
         pruned_at = 0.0
         try:
             while not self.stop_event.is_set() or not self._q.empty():
-                if time.monotonic() - pruned_at > PRUNE_INTERVAL_S:
+                if store is not None and time.monotonic() - pruned_at > PRUNE_INTERVAL_S:
                     pruned_at = time.monotonic()
                     try:
                         store.prune()
@@ -334,6 +335,8 @@ class OfferWriter:
                     except queue.Empty:
                         break
                 try:
+                    if store is None:
+                        raise sqlite3.OperationalError("the survey tables are not open")
                     new = store.add_offers([o for o, _ in items])
                 except sqlite3.Error as exc:  # acked anyway, like reports (docs/sync.md)
                     log.error("cannot store %d survey offer(s): %s", len(items), exc)
@@ -344,7 +347,8 @@ class OfferWriter:
                 for _o, token in items:
                     self.on_stored(token)
         finally:
-            store.close()
+            if store is not None:
+                store.close()
 
 
 # ---- rate limit per address ----------------------------------------------------------------

@@ -107,6 +107,10 @@ def test_config_is_off_by_default_and_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="survey.token_lifetime_s"):
         load_district_config(cfg)
     cfg.write_text('[survey]\nenabled = true\nbase_url = "https://ks.vn/"\n'
+                   'trusted_proxies = ["proxy.local"]\n')
+    with pytest.raises(ConfigError, match=r"survey.trusted_proxies\[0\]: an IP address"):
+        load_district_config(cfg)
+    cfg.write_text('[survey]\nenabled = true\nbase_url = "https://ks.vn/"\n'
                    'trusted_proxies = ["127.0.0.1"]\n')
     s = load_district_config(cfg).survey
     assert (s.enabled, s.base_url, s.token_lifetime_s, s.trusted_proxies) == (

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -297,6 +298,29 @@ def test_qr_hand_off_end_to_end(tmp_path: Path, broker: MosquittoBroker,
         assert (a.terminal_id, a.session_id, a.citizen_id, a.rating, a.comment) == (
             TERMINAL, "sess-1", cid, 4, "Cán bộ hướng dẫn tận tình")
 
+        # -- answers racing for one token over HTTP: one is stored ----------------------
+        term.state.on_event(ev.Matched("sess-3", citizen_id=cid, score=0.8, margin=0.3))
+        url3 = term.state.current().match.survey_url
+        assert url3.startswith(f"{base}/s/") and url3 != url
+        wait_for(lambda: svc.survey is not None and svc.survey.offer_count() == 2, 20,
+                 "the second offer")
+        start = threading.Barrier(8)
+        results: list[int] = []
+
+        def answer(i: int) -> None:
+            start.wait()
+            results.append(http("POST", url3, f"rating={1 + i % 5}".encode(),
+                                {**FORM, "X-Forwarded-For": f"203.0.113.{i}"})[0])
+
+        threads = [threading.Thread(target=answer, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(results) == [200] + [410] * 7
+        assert [a.session_id for a in svc.survey.answers()].count("sess-3") == 1
+        assert len(svc.survey.answers()) == 2
+
         # -- the district turns the survey off: the next result has no QR ----------------
         svc.stop()
         svc = DistrictService(load_district_config(
@@ -312,7 +336,7 @@ def test_qr_hand_off_end_to_end(tmp_path: Path, broker: MosquittoBroker,
         code = http("GET", term.display.url + "survey-qr.svg")[0]
         assert code == 404
         assert http("GET", f"{base}/s/{token}")[0] == 404  # the pages are gone too
-        assert term.offers.offered == 1
+        assert term.offers.offered == 2
     finally:
         term.close()
         svc.stop()
