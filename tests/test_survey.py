@@ -24,6 +24,7 @@ from district.survey import (
 from edge.api.survey import SurveyOffers
 from edge.session.audit import OutboxReporter
 from edge.syncclient.outbox import to_pb
+from motcua.cli import main
 from proto import sync_pb2 as pb
 from sync.survey import (
     BAD_SURVEY,
@@ -173,7 +174,8 @@ def test_offer_report_fields_are_checked() -> None:
 
 # ---- the district's store and answer rules -----------------------------------------------
 
-def test_token_states_and_one_answer_per_token(db: Path) -> None:
+def test_token_states_and_one_answer_per_token(db: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     store = SurveyStore(db, LIFETIME)
     tok = new_token()
     assert store.status(tok, now=T0) == "unknown"  # never offered (or not arrived yet)
@@ -194,6 +196,10 @@ def test_token_states_and_one_answer_per_token(db: Path) -> None:
         store.answer(new_token(), 3, "x" * (MAX_COMMENT_CHARS + 1), now=T0)
     store.close()
     assert [x.rating for x in survey_answers(db)] == [4]
+    # the operator's listing (the comment came from a phone: printed inert)
+    assert main(["district", "survey-answers", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "Nhanh, chu đáo" in out and "s-1" in out and "1 answer(s)" in out
 
 
 def test_expiry_counts_from_the_terminal_clock_capped_at_arrival(db: Path) -> None:
