@@ -6,7 +6,8 @@ Mosquitto) with ``[survey]`` enabled. Terminal: a real gallery store synced by a
 outbox sends the offer), the real ``DisplayState`` + gRPC display API + kiosk page
 server, shown by headless Chromium. The QR is decoded from a screenshot with OpenCV's
 QRCodeDetector, its URL opened in Chromium as a phone, answered once; a second answer is
-refused and the district stores exactly one. Then the district turns the survey off and
+refused and the district stores exactly one; concurrent answers store one; a phone faster
+than the offer waits on a self-reloading page. Then the district turns the survey off and
 the next result screen has no QR. Screenshots go to tests/artifacts/survey_*.png.
 """
 
@@ -172,14 +173,8 @@ class Terminal:
     def __init__(self, tmp: Path, broker: MosquittoBroker) -> None:
         self.store = GalleryStore.open(tmp / "store", embedder_id=EMBEDDER, dim=DIM)
         self.offers = SurveyOffers(OutboxReporter.in_state_dir(tmp / "state"), TERMINAL)
-        self.sub = TerminalSubscriber(
-            self.store,
-            BrokerSettings(host=broker.host, port=broker.port, reconnect_min_s=0.0,  # type: ignore[arg-type]
-                           reconnect_max_s=0.5, keepalive_s=5),
-            district_id=DISTRICT, terminal_id=TERMINAL,
-            public_key=load_public_key(tmp / "keys" / "district.pub"),
-            spool_dir=tmp, state_interval_s=0.2, outbox_dir=tmp / "state" / "outbox")
-        self.sub.engine.on_survey = self.offers.configure
+        self.tmp, self.broker = tmp, broker
+        self.sub = self._subscriber()
         self.state = DisplayState(self.store, pin_tries=3, help_counter="5",  # type: ignore[arg-type]
                                   survey=self.offers)
         self.api = create_server(ApiConfig(listen="127.0.0.1:0", grace_s=0.2), self.state)
@@ -190,6 +185,21 @@ class Terminal:
                                                 reconnect_max_s=0.5), name="survey-kiosk")
         self.display.start()
         self.sub.start()
+
+    def _subscriber(self) -> TerminalSubscriber:
+        tmp, broker = self.tmp, self.broker
+        sub = TerminalSubscriber(
+            self.store,
+            BrokerSettings(host=broker.host, port=broker.port, reconnect_min_s=0.0,  # type: ignore[arg-type]
+                           reconnect_max_s=0.5, keepalive_s=5),
+            district_id=DISTRICT, terminal_id=TERMINAL,
+            public_key=load_public_key(tmp / "keys" / "district.pub"),
+            spool_dir=tmp, state_interval_s=0.2, outbox_dir=tmp / "state" / "outbox")
+        sub.engine.on_survey = self.offers.configure
+        return sub
+
+    def restart_sync(self) -> None:
+        self.sub = self._subscriber().start()
 
     def close(self) -> None:
         self.display.close()
@@ -321,6 +331,20 @@ def test_qr_hand_off_end_to_end(tmp_path: Path, broker: MosquittoBroker,
         assert [a.session_id for a in svc.survey.answers()].count("sess-3") == 1
         assert len(svc.survey.answers()) == 2
 
+        # -- the phone is faster than the offer: the page waits, then shows the form ----
+        term.sub.stop()  # the terminal's link is down: the offer waits in its outbox
+        term.state.on_event(ev.Matched("sess-4", citizen_id=cid, score=0.8, margin=0.3))
+        url4 = term.state.current().match.survey_url
+        phone_screen(browser)
+        browser.get(url4)
+        until(browser, lambda d: d.find_elements(By.ID, "pending"), "the waiting page")
+        shot(browser, "05_phone_pending")
+        term.restart_sync()
+        # the page reloads itself (meta refresh, no script) until the offer is there
+        until(browser, lambda d: d.find_elements(By.ID, "survey"), "the form after waiting",
+              timeout=25)
+        assert svc.survey.status(url4.rsplit("/", 1)[1]) == "open"
+
         # -- the district turns the survey off: the next result has no QR ----------------
         svc.stop()
         svc = DistrictService(load_district_config(
@@ -332,11 +356,11 @@ def test_qr_hand_off_end_to_end(tmp_path: Path, broker: MosquittoBroker,
         term.state.on_event(ev.Matched("sess-2", citizen_id=cid, score=0.8, margin=0.3))
         shows(browser, "matched", "sess-2")
         assert browser.find_elements(By.ID, "survey") == []
-        assert decode_qr(shot(browser, "05_kiosk_result_no_qr")) == ""
+        assert decode_qr(shot(browser, "06_kiosk_result_no_qr")) == ""
         code = http("GET", term.display.url + "survey-qr.svg")[0]
         assert code == 404
         assert http("GET", f"{base}/s/{token}")[0] == 404  # the pages are gone too
-        assert term.offers.offered == 2
+        assert term.offers.offered == 3
     finally:
         term.close()
         svc.stop()
