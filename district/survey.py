@@ -122,6 +122,9 @@ class SurveyAnswer:
     time: str  # district clock, ISO 8601 UTC
     rating: int  # 1..5
     comment: str
+    #: the session also has a "not me" report: the citizen shown was not the one in front
+    #: of the terminal, so the answer is linked to no citizen (citizen_id is "")
+    disputed: bool = False
 
 
 class SurveyStore:
@@ -217,10 +220,14 @@ class SurveyStore:
         """Newest answers first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT terminal_id, session_id, citizen_id, time, rating, comment "
-                "FROM survey_answers ORDER BY time DESC, terminal_id, session_id LIMIT ?",
+                "SELECT a.terminal_id, a.session_id, a.citizen_id, a.time, a.rating, "
+                "a.comment, r.session_id IS NOT NULL FROM survey_answers a "
+                "LEFT JOIN reports r ON r.terminal_id = a.terminal_id "
+                "AND r.session_id = a.session_id AND r.kind = 'not_me' "
+                "ORDER BY a.time DESC, a.terminal_id, a.session_id LIMIT ?",
                 (limit,)).fetchall()
-        return [SurveyAnswer(*r) for r in rows]
+        return [SurveyAnswer(t, s, "" if d else c, when, rating, comment, bool(d))
+                for t, s, c, when, rating, comment, d in rows]
 
     def offer_count(self) -> int:
         with self._lock:

@@ -286,3 +286,20 @@ def test_address_limiter_bounds_each_address_and_memory() -> None:
     for i in range(10):
         lim.admit(f"198.51.100.{i}")
     assert len(lim._buckets) <= 4
+
+
+def test_an_answer_from_a_not_me_session_names_no_citizen(db: Path) -> None:
+    """The citizen shown pressed "not me" (before or after the phone answered): the
+    answer stays, linked to the session, but to no citizen."""
+    dlog = DistrictLog.open(db)
+    store = SurveyStore(db, LIFETIME)
+    tok = new_token()
+    store.add_offers([offer(tok, "s-7", citizen="c9")], now=T0)
+    assert store.answer(tok, 1, "", now=T0 + 5) == "ok"
+    assert [(a.citizen_id, a.disputed) for a in store.answers()] == [("c9", False)]
+    dlog.add_report(terminal_id="t1", session_id="s-7", kind="not_me",
+                    time="2027-01-15T08:00:03+00:00", citizen_id="c9", rating=0, score=0.6)
+    [a] = store.answers()
+    assert (a.session_id, a.citizen_id, a.disputed, a.rating) == ("s-7", "", True, 1)
+    store.close()
+    dlog.close()
