@@ -95,7 +95,8 @@ def check_offer(rep: pb.TerminalReport, *, terminal: str, district: str,
     if rep.rating != 0 or rep.score != 0.0:
         raise ValueError("a survey offer has no rating and no score")
     try:
-        check_id(rep.citizen_id, "citizen id")
+        if rep.citizen_id:  # blank: the terminal redacted it (the citizen was deleted)
+            check_id(rep.citizen_id, "citizen id")
     except ValueError as exc:
         raise ValueError(str(exc)) from None
     try:

@@ -143,6 +143,14 @@ def test_terminal_offers_only_when_enabled_once_per_session_and_reports_the_hash
     rep = to_pb(lines[0], terminal_id="t1", district_id=DISTRICT)
     assert rep.kind == pb.TerminalReport.KIND_SURVEY_OFFER
     assert rep.survey_token_sha256 == token_sha256(token)
+    # a citizen deleted meanwhile: the terminal blanks their id in the outbox, and the
+    # offer still goes out (naming nobody) rather than sitting there for ever
+    assert outbox.redact_citizens(lambda c: c != "c0000002") == 1
+    redacted = to_pb(outbox.read()[1], terminal_id="t1", district_id=DISTRICT)
+    assert redacted.citizen_id == "" and len(redacted.survey_token_sha256) == 32
+    o = check_offer(redacted, terminal="t1", district=DISTRICT,
+                    now=datetime.datetime.fromisoformat(redacted.time).timestamp())
+    assert o.citizen_id == ""
     offers.configure(None)  # the district switched it off
     assert offers.offer("s-4", "c0000001") == ""
 
@@ -158,7 +166,7 @@ def test_offer_report_fields_are_checked() -> None:
     assert (o.terminal_id, o.session_id, o.citizen_id, o.offered_at) == ("t1", "s-1", "c1", now)
     bad: list[tuple[dict[str, object], str]] = [
         ({"terminal_id": "t2"}, "topic"), ({"district_id": "other"}, "topic"),
-        ({"survey_token_sha256": b"\x01" * 31}, "32 bytes"), ({"citizen_id": ""}, "citizen"),
+        ({"survey_token_sha256": b"\x01" * 31}, "32 bytes"), ({"citizen_id": "a/b"}, "citizen"),
         ({"session_id": "a/b"}, "session"), ({"session_id": "x" * 129}, "session"),
         ({"rating": 3}, "no rating"), ({"time": "yesterday"}, "time"),
         ({"time": "2020-01-01T00:00:00+00:00"}, "too old"),

@@ -65,9 +65,10 @@ def to_pb(entry: dict[str, object], *, terminal_id: str, district_id: str) -> pb
     token_hash = b""
     if kind == pb.TerminalReport.KIND_SURVEY_OFFER:
         # the token's SHA-256 (edge/api/survey.py); never the token itself
+        # (the citizen id may be blank: redacted after the citizen was deleted)
         token_hash = bytes.fromhex(str(entry.get("token_sha256") or ""))
-        if len(token_hash) != 32 or not entry.get("citizen_id"):
-            raise ValueError(f"survey offer of session {session}: no token hash or citizen")
+        if len(token_hash) != 32:
+            raise ValueError(f"survey offer of session {session}: no token hash")
     return pb.TerminalReport(
         protocol_version=PROTOCOL_VERSION,
         terminal_id=terminal_id,
