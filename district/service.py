@@ -45,7 +45,7 @@ from district.enrol import PhotoEmbedder, pipeline_embedder
 from district.ingest import Event, EventResult, IngestError, Ingestor, error_field
 from district.log import DistrictLog
 from district.publisher import Publisher
-from district.survey import OfferWriter, SurveyStore, published
+from district.survey import OfferWriter, SurveyCollector, SurveyStore, published
 from district.survey_page import mount_survey
 from faces.pipeline import FacePipeline, load_pipeline
 from sync.keys import load_private_key
@@ -375,9 +375,10 @@ class DistrictService:
         assert self.cfg.district.db is not None
         store = SurveyStore(self.cfg.district.db, sv.token_lifetime_s)
         self.publisher.survey = published(sv.enabled, sv.base_url, sv.token_lifetime_s)
-        self.publisher.survey_offers = OfferWriter(self.cfg.district.db, sv.token_lifetime_s,
-                                                   self.stop_event)
-        mount_survey(self.app, store, trusted_proxies=sv.trusted_proxies)
+        writer = OfferWriter(self.cfg.district.db, sv.token_lifetime_s, self.stop_event)
+        self.publisher.survey_offers = writer
+        limiter = mount_survey(self.app, store, trusted_proxies=sv.trusted_proxies)
+        self.metrics.registry.register(SurveyCollector(store, writer, limiter))
         return store
 
     def ready(self) -> bool:

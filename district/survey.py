@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from prometheus_client.core import GaugeMetricFamily
+
 from core.errors import DistrictError
 from district.log import BUSY_TIMEOUT_MS
 from district.reports import (
@@ -230,6 +232,13 @@ class SurveyStore:
         return [SurveyAnswer(t, s, "" if d else c, when, rating, comment, bool(d))
                 for t, s, c, when, rating, comment, d in rows]
 
+    def counts(self) -> tuple[int, int]:
+        """(offers held, answers stored)."""
+        with self._lock:
+            offers = self._db.execute("SELECT count(*) FROM survey_offers").fetchone()[0]
+            answers = self._db.execute("SELECT count(*) FROM survey_answers").fetchone()[0]
+        return int(offers), int(answers)
+
     def offer_count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM survey_offers").fetchone()[0])
@@ -411,3 +420,39 @@ class AddressLimiter:
 def published(enabled: bool, base_url: str, lifetime_s: int) -> PublishedSurvey | None:
     """What the manifest carries for this configuration (None: off)."""
     return PublishedSurvey(base_url.rstrip("/"), lifetime_s) if enabled else None
+
+
+class SurveyCollector:
+    """Prometheus figures of the survey, read at scrape time: offers held, answers
+    stored, offers refused on arrival (by reason) and page requests over the address
+    limit."""
+
+    def __init__(self, store: SurveyStore, writer: OfferWriter, limiter: AddressLimiter
+                 ) -> None:
+        self.store, self.writer, self.limiter = store, writer, limiter
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        try:
+            offers, answers = self.store.counts()
+        except sqlite3.Error:  # closed (shutting down): report nothing
+            return []
+        refused = GaugeMetricFamily("motcua_district_survey_offers_refused",
+                                    "terminals' survey offers not stored, by reason",
+                                    labels=["reason"])
+        w = self.writer
+        for reason, n in (("bad", w.bad), ("limited", w.limited), ("dropped", w.dropped),
+                          ("failed", w.failed)):
+            refused.add_metric([reason], n)
+        return [
+            GaugeMetricFamily("motcua_district_survey_offers", "survey offers held "
+                              "(open, answered, or expired within the last day)", value=offers),
+            GaugeMetricFamily("motcua_district_survey_answers", "survey answers stored",
+                              value=answers),
+            refused,
+            GaugeMetricFamily("motcua_district_survey_limited_requests", "survey page "
+                              "requests refused by the per-address limit (429)",
+                              value=self.limiter.refused),
+        ]

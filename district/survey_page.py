@@ -185,9 +185,10 @@ _STATUS_PAGE = {"used": ("used", 410), "expired": ("expired", 410),
 
 def mount_survey(app: FastAPI, store: SurveyStore, *,
                  limiter: AddressLimiter | None = None,
-                 trusted_proxies: tuple[str, ...] = ()) -> None:
+                 trusted_proxies: tuple[str, ...] = ()) -> AddressLimiter:
     """Add ``GET`` and ``POST /s/{token}`` to the district's HTTP app (not in its
-    published OpenAPI schema: they are pages for phones, not an API)."""
+    published OpenAPI schema: they are pages for phones, not an API); returns the
+    per-address limiter they use."""
     limiter = limiter or AddressLimiter()
 
     def limited(request: Request, lang: str) -> HTMLResponse | None:
@@ -258,5 +259,7 @@ def mount_survey(app: FastAPI, store: SurveyStore, *,
             return _message(lang, "thanks", status=200)
         kind, code = _STATUS_PAGE[verdict]
         return _message(lang, kind, status=code)
+
+    return limiter
 
 

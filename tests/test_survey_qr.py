@@ -330,6 +330,11 @@ def test_qr_hand_off_end_to_end(tmp_path: Path, broker: MosquittoBroker,
         assert sorted(results) == [200] + [410] * 7
         assert [a.session_id for a in svc.survey.answers()].count("sess-3") == 1
         assert len(svc.survey.answers()) == 2
+        metrics = http("GET", f"{base}/metrics")[2]
+        assert "motcua_district_survey_answers 2.0" in metrics
+        assert "motcua_district_survey_offers 2.0" in metrics
+        assert "motcua_district_survey_limited_requests 1.0" in metrics
+        assert 'motcua_district_survey_offers_refused{reason="bad"} 0.0' in metrics
 
         # -- the phone is faster than the offer: the page waits, then shows the form ----
         term.sub.stop()  # the terminal's link is down: the offer waits in its outbox
