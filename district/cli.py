@@ -42,6 +42,7 @@ from district.log import DistrictLog
 from district.pki import sign_terminal_csr
 from district.publisher import BATCH_MAX_CHANGES, REPLAY_WINDOW, Publisher
 from district.service import DistrictService, openapi_json, schema_app, setup_json_logging
+from district.survey import survey_answers
 from district.untrusted import shown
 from faces.pipeline import load_pipeline
 from models.pack import load_manifest
@@ -142,6 +143,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _db(r)
     r.add_argument("--limit", type=int, default=50, help="rows to show at most")
     r.set_defaults(func=cmd_reports)
+
+    sa = sub.add_parser("survey-answers", help="citizens' survey answers from the QR "
+                        "(docs/district.md), newest first")
+    _db(sa)
+    sa.add_argument("--limit", type=int, default=50, help="rows to show at most")
+    sa.set_defaults(func=cmd_survey_answers)
 
     pub = sub.add_parser("publish", help="publish the log to the broker (runs until stopped)")
     _db(pub)
@@ -429,6 +436,21 @@ def cmd_reports(args: argparse.Namespace) -> int:
         print(f"{shown(when, 40):<30} {shown(terminal, 64):<16} {shown(kind, 8):<7} "
               f"{shown(session, 128):<34} {shown(citizen, 64) or '-':<12} {stars}")
     print(f"{len(rows)} report(s)")
+    return 0
+
+
+def cmd_survey_answers(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise ConfigError("--limit: must be at least 1")
+    _open(args).close()  # a clear error when it is not a change log
+    rows = survey_answers(args.db, args.limit)
+    print(f"{'time':<30} {'terminal':<16} {'session':<34} {'citizen':<12} rating  comment")
+    for a in rows:
+        # the comment came from a phone, the ids from a terminal: shown() makes them inert
+        print(f"{shown(a.time, 40):<30} {shown(a.terminal_id, 64):<16} "
+              f"{shown(a.session_id, 128):<34} {shown(a.citizen_id, 64) or '-':<12} "
+              f"{a.rating:<7} {shown(a.comment, 500)}")
+    print(f"{len(rows)} answer(s)")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Tables: ``[district]`` (its id, change log, signing key, topic prefix), ``[broker]`` (the
 MQTT broker, :class:`sync.mqtt.BrokerConfig`), ``[ingest]`` (the case system's HTTP API of
-``motcua district serve``: address, bearer token file, size limits), and the face
+``motcua district serve``: address, bearer token file, size limits), ``[survey]`` (the
+terminals' survey QR, off by default), and the face
 pipeline's ``[models]``, ``[runtime]`` and ``[detector]`` (enrolment embeds the counter's
 photos with the same pack as the terminals), ``[console]`` (the operator console).
 Secrets (the broker password, the signing key itself, the ingest token) are never
@@ -12,6 +13,7 @@ values here: files or environment variable names. Command-line options override 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from pathlib import Path
 
 from core.errors import ConfigError
@@ -20,6 +22,7 @@ from core.tomlconfig import build_section, read_secret, read_toml
 from district.calibration import CalibrationSettings
 from faces.settings import DetectorConfig, ModelsConfig, RuntimeConfig
 from sync.mqtt import BrokerConfig
+from sync.survey import check_base_url, check_lifetime
 from sync.topics import DEFAULT_PREFIX
 
 
@@ -144,6 +147,44 @@ class ConsoleSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class SurveySection:
+    """The satisfaction survey behind the terminals' QR codes (``[survey]``, docs/district.md
+    "Survey QR"): signed into the manifest when enabled, served by ``district serve``."""
+
+    #: off by default: no terminal shows a QR until the district turns this on
+    enabled: bool = False
+    #: https://host[/path] the citizens' phones reach this service's /s/ pages at (a
+    #: reverse proxy in front of [ingest] listen); http only to a loopback host
+    base_url: str = ""
+    #: how long a QR may be answered after it was shown: 30 min covers answering on the
+    #: way out of the hall or at the bus stop; the longer, the longer a photo of it works
+    token_lifetime_s: int = 1800
+    #: peers whose X-Forwarded-For is believed (the reverse proxy in front): the rate
+    #: limit is per phone address, and behind a proxy every request comes from the proxy
+    trusted_proxies: tuple[str, ...] = ()
+
+    def validate(self, prefix: str) -> None:
+        p = f"{prefix}." if prefix else ""
+        if self.enabled and not self.base_url:
+            raise ConfigError(f"{p}base_url: required when the survey is enabled")
+        if self.base_url:
+            try:
+                check_base_url(self.base_url)
+            except ValueError as exc:
+                raise ConfigError(f"{p}base_url: {exc}") from None
+        try:
+            check_lifetime(self.token_lifetime_s)
+        except ValueError as exc:
+            raise ConfigError(f"{p}token_lifetime_s: {exc}") from None
+        for i, addr in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                raise ConfigError(f"{p}trusted_proxies[{i}]: an IP address, got {addr!r}"
+                                  ) from None
+
+
+@dataclasses.dataclass(frozen=True)
 class DistrictConfig:
     """The whole district configuration tree."""
 
@@ -157,6 +198,8 @@ class DistrictConfig:
     calibration: CalibrationSettings = CalibrationSettings()
     #: the operator console (district/console)
     console: ConsoleSection = ConsoleSection()
+    #: the survey QR hand-off (district/survey.py)
+    survey: SurveySection = SurveySection()
 
 
 def load_district_config(path: Path | None) -> DistrictConfig:

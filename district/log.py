@@ -85,6 +85,26 @@ CREATE TABLE IF NOT EXISTS reports (   -- terminals' "not me" reports and rating
     received_at REAL NOT NULL,
     PRIMARY KEY (terminal_id, session_id, kind)
 );
+CREATE TABLE IF NOT EXISTS survey_offers (  -- survey QRs shown (district/survey.py)
+    token_sha256 BLOB PRIMARY KEY,      -- the token itself never reaches the district
+    terminal_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    citizen_id TEXT NOT NULL,
+    offered_at REAL NOT NULL,           -- terminal clock, never later than received_at
+    received_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL,                       -- NULL until answered
+    UNIQUE (terminal_id, session_id)
+);
+CREATE TABLE IF NOT EXISTS survey_answers (  -- one per offered session
+    terminal_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    citizen_id TEXT NOT NULL,
+    time TEXT NOT NULL,                 -- district clock, ISO 8601 UTC
+    rating INTEGER NOT NULL,            -- 1..5
+    comment TEXT NOT NULL,
+    PRIMARY KEY (terminal_id, session_id)
+);
 CREATE TABLE IF NOT EXISTS ingest_events (  -- case-system events seen (district/ingest.py)
     event_id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -515,6 +535,12 @@ class DistrictLog:
             )
             self._db.execute("DELETE FROM face_suspensions WHERE citizen_id = ?", (citizen_id,))
             self._db.execute("DELETE FROM dossier_handling WHERE citizen_id = ?", (citizen_id,))
+            self._db.execute(
+                "UPDATE survey_offers SET citizen_id = '' WHERE citizen_id = ?", (citizen_id,)
+            )
+            self._db.execute(  # their own words may name them: the rating stays
+                "UPDATE survey_answers SET citizen_id = '', comment = '' WHERE citizen_id = ?",
+                (citizen_id,))
             self._db.execute(
                 "UPDATE log SET change = NULL WHERE citizen_id = ? AND seq < ?", (citizen_id, seq)
             )

@@ -48,6 +48,7 @@ from district.fleet import FleetCache
 from district.lease import LEASE_RENEW_S, Lease, LeaseLost, new_holder_id
 from district.log import DistrictLog
 from district.reports import ReportGate, ReportWriter, check_report
+from district.survey import OfferWriter
 from proto import sync_pb2 as pb
 from sync.mqtt import (
     BrokerSettings,
@@ -57,6 +58,7 @@ from sync.mqtt import (
     start_client,
     stop_client,
 )
+from sync.survey import PublishedSurvey, survey_to_pb
 from sync.topics import DEFAULT_PREFIX, Topics, check_id
 from sync.wire import PROTOCOL_VERSION, seal
 
@@ -331,6 +333,10 @@ class Publisher:
         #: the terminals' retained states and statuses as this connection sees them
         #: (the operator console's fleet page; district/fleet.py)
         self.fleet = FleetCache()
+        #: the survey the manifest carries (district/survey.py; None: off) and the writer
+        #: of the terminals' survey offers (None: offers are bad reports); set before start
+        self.survey: PublishedSurvey | None = None
+        self.survey_offers: OfferWriter | None = None
 
     # ---- MQTT callbacks (paho's thread) ------------------------------------------
 
@@ -407,6 +413,9 @@ class Publisher:
         rep = pb.TerminalReport()
         try:
             rep.ParseFromString(payload)
+            if (rep.kind == pb.TerminalReport.KIND_SURVEY_OFFER
+                    and self.survey_offers is not None):
+                return self.survey_offers.on_report(terminal, rep, self.log.district_id, token)
             report = check_report(rep, terminal=terminal, district=self.log.district_id)
         except (DecodeError, ValueError) as exc:
             self.stats.bad_reports += 1
@@ -434,6 +443,10 @@ class Publisher:
 
     def start(self) -> Publisher:
         self.report_writer.start()
+        if self.survey_offers is not None:
+            self.survey_offers.on_stored = self._report_stored
+            self.survey_offers.gate = self.report_gate
+            self.survey_offers.start()
         start_client(self.client, self.broker)
         loops: list[tuple[str, Callable[[], None]]] = [
             ("district-lease", self._lease_loop),
@@ -457,6 +470,8 @@ class Publisher:
         self.lease.release()  # a standby takes over at its next tick, not after the TTL
         self.lease.close()
         self.report_writer.join(timeout=30)
+        if self.survey_offers is not None:
+            self.survey_offers.join(timeout=30)
         self.client.disconnect()
         stop_client(self.client)
 
@@ -554,6 +569,7 @@ class Publisher:
                 confirm_threshold=point.confirm_threshold, target_fpir=point.target_fpir,
                 predicted_fpir=point.predicted_fpir, gallery_size=point.gallery_size,
                 derived_at_ms=point.derived_at_ms, method=point.method),
+            survey=None if self.survey is None else survey_to_pb(self.survey),
         ).SerializeToString()
         return seal(self.key, self.log.district_id, pb.PAYLOAD_KIND_MANIFEST, body)
 

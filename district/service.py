@@ -10,6 +10,8 @@ holder of the publisher lease publishes) runs, with one stop event (SIGTERM/SIGI
   log is open and the broker connected), ``/metrics`` (Prometheus) and ``/openapi.json``;
   with ``[console] enabled``, the operator console at ``/console`` (district/console) and
   the whole server over TLS.
+  with ``[survey]`` enabled also the survey pages for phones, ``/s/{token}``
+  (district/survey_page.py).
 
 Logs are JSON, one object per line on stderr. On SIGTERM the HTTP server stops taking
 requests and finishes the ones in flight (at most SHUTDOWN_GRACE_S), the publisher stops
@@ -50,6 +52,8 @@ from district.ingest import Event, EventResult, IngestError, Ingestor, error_fie
 from district.lease import LeaseCollector
 from district.log import DistrictLog
 from district.publisher import Publisher
+from district.survey import OfferWriter, SurveyCollector, SurveyStore, published
+from district.survey_page import mount_survey
 from faces.pipeline import FacePipeline, load_pipeline
 from sync.keys import load_private_key
 from sync.mqtt import broker_settings
@@ -361,6 +365,8 @@ class DistrictService:
                               max_body_bytes=ing.max_body_bytes,
                               max_batch_events=ing.max_batch_events)
         tls = self._mount_console()
+        #: the survey QR hand-off ([survey], district/survey.py); None: off
+        self.survey: SurveyStore | None = self._start_survey()
         self._closed = False
         self.server = uvicorn.Server(uvicorn.Config(
             self.app, host=self.host, port=self.port, log_config=None, access_log=False,
@@ -397,6 +403,21 @@ class DistrictService:
         self.app.mount("/console", create_console(self.console))  # type: ignore[arg-type]
         self.scheme = "https"
         return {"ssl_certfile": str(con.tls_cert_file), "ssl_keyfile": str(con.tls_key_file)}
+
+    def _start_survey(self) -> SurveyStore | None:
+        """When ``[survey]`` is enabled: sign it into the manifest, store the terminals'
+        offers, serve /s/{token} to phones."""
+        sv = self.cfg.survey
+        if not sv.enabled:
+            return None
+        assert self.cfg.district.db is not None
+        store = SurveyStore(self.cfg.district.db, sv.token_lifetime_s)
+        self.publisher.survey = published(sv.enabled, sv.base_url, sv.token_lifetime_s)
+        writer = OfferWriter(self.cfg.district.db, sv.token_lifetime_s, self.stop_event)
+        self.publisher.survey_offers = writer
+        limiter = mount_survey(self.app, store, trusted_proxies=sv.trusted_proxies)
+        self.metrics.registry.register(SurveyCollector(store, writer, limiter))
+        return store
 
     def ready(self) -> bool:
         return not self._closed and self.publisher.wait_connected(0)
@@ -446,6 +467,8 @@ class DistrictService:
             self._http.join(SHUTDOWN_GRACE_S + 5)
         self.publisher.stop()
         self._closed = True
+        if self.survey is not None:
+            self.survey.close()
         self.log.close()
         log.info("district service stopped")
 

@@ -27,6 +27,7 @@ from edge.api.confirm import DobConfirmer
 from edge.api.relay import EventRelay
 from edge.api.server import ApiServer, create_server
 from edge.api.state import CitizenRecord, DisplayState, match_pb
+from edge.api.survey import SurveyOffers
 from edge.camera.base import Source
 from edge.camera.factory import make_source
 from edge.camera.grabber import Grabber
@@ -177,6 +178,9 @@ class TerminalService:
             max_watchers=cfg.api.max_watchers,
             max_watchers_per_peer=cfg.api.max_watchers_per_peer,
             display_watchers=cfg.api.display_watchers,
+            # off until the district's signed manifest enables it (_start_sync)
+            survey=SurveyOffers(OutboxReporter.in_state_dir(cfg.terminal.state_dir),
+                                cfg.terminal.id),
         )
         self.api: ApiServer = create_server(
             cfg.api, self.display_state, control=self.control, status=self.status,
@@ -330,6 +334,8 @@ class TerminalService:
         )
         self.subscriber.engine.on_citizens_removed = self.redact_removed_citizens
         self.subscriber.engine.on_point = self.adopt_point
+        if self.display_state.survey is not None:
+            self.subscriber.engine.on_survey = self.display_state.survey.configure
         if self.subscriber.engine.point is not None:  # persisted: used before the manifest
             self.adopt_point(self.subscriber.engine.point)
         self.subscriber.start()

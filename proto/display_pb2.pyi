@@ -99,18 +99,20 @@ class DossierSummary(_message.Message):
     def __init__(self, masked_code: _Optional[str] = ..., status: _Optional[_Union[DossierStatus, str]] = ..., status_label_vi: _Optional[str] = ..., status_label_en: _Optional[str] = ..., stage: _Optional[str] = ..., received_on: _Optional[str] = ..., appointment_on: _Optional[str] = ...) -> None: ...
 
 class Match(_message.Message):
-    __slots__ = ("masked_name", "dossiers", "pin_available", "pin_tries_left", "pin_locked_until_unix_ms")
+    __slots__ = ("masked_name", "dossiers", "pin_available", "pin_tries_left", "pin_locked_until_unix_ms", "survey_url")
     MASKED_NAME_FIELD_NUMBER: _ClassVar[int]
     DOSSIERS_FIELD_NUMBER: _ClassVar[int]
     PIN_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     PIN_TRIES_LEFT_FIELD_NUMBER: _ClassVar[int]
     PIN_LOCKED_UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    SURVEY_URL_FIELD_NUMBER: _ClassVar[int]
     masked_name: str
     dossiers: _containers.RepeatedCompositeFieldContainer[DossierSummary]
     pin_available: bool
     pin_tries_left: int
     pin_locked_until_unix_ms: int
-    def __init__(self, masked_name: _Optional[str] = ..., dossiers: _Optional[_Iterable[_Union[DossierSummary, _Mapping]]] = ..., pin_available: _Optional[bool] = ..., pin_tries_left: _Optional[int] = ..., pin_locked_until_unix_ms: _Optional[int] = ...) -> None: ...
+    survey_url: str
+    def __init__(self, masked_name: _Optional[str] = ..., dossiers: _Optional[_Iterable[_Union[DossierSummary, _Mapping]]] = ..., pin_available: _Optional[bool] = ..., pin_tries_left: _Optional[int] = ..., pin_locked_until_unix_ms: _Optional[int] = ..., survey_url: _Optional[str] = ...) -> None: ...
 
 class Confirmation(_message.Message):
     __slots__ = ("prompt_vi", "prompt_en", "tries_left", "wrong", "seconds_left")

@@ -156,7 +156,7 @@ class Batch(_message.Message):
     def __init__(self, district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., embedder_id: _Optional[str] = ..., dim: _Optional[int] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., origin: _Optional[_Union[BatchOrigin, str]] = ..., published_at_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Manifest(_message.Message):
-    __slots__ = ("district_id", "epoch", "head_seq", "embedder_id", "dim", "replay_from_seq", "published_at_ms", "point")
+    __slots__ = ("district_id", "epoch", "head_seq", "embedder_id", "dim", "replay_from_seq", "published_at_ms", "point", "survey")
     DISTRICT_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,7 @@ class Manifest(_message.Message):
     REPLAY_FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     POINT_FIELD_NUMBER: _ClassVar[int]
+    SURVEY_FIELD_NUMBER: _ClassVar[int]
     district_id: str
     epoch: int
     head_seq: int
@@ -173,7 +174,16 @@ class Manifest(_message.Message):
     replay_from_seq: int
     published_at_ms: int
     point: OperatingPoint
-    def __init__(self, district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., head_seq: _Optional[int] = ..., embedder_id: _Optional[str] = ..., dim: _Optional[int] = ..., replay_from_seq: _Optional[int] = ..., published_at_ms: _Optional[int] = ..., point: _Optional[_Union[OperatingPoint, _Mapping]] = ...) -> None: ...
+    survey: SurveySettings
+    def __init__(self, district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., head_seq: _Optional[int] = ..., embedder_id: _Optional[str] = ..., dim: _Optional[int] = ..., replay_from_seq: _Optional[int] = ..., published_at_ms: _Optional[int] = ..., point: _Optional[_Union[OperatingPoint, _Mapping]] = ..., survey: _Optional[_Union[SurveySettings, _Mapping]] = ...) -> None: ...
+
+class SurveySettings(_message.Message):
+    __slots__ = ("base_url", "token_lifetime_s")
+    BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_LIFETIME_S_FIELD_NUMBER: _ClassVar[int]
+    base_url: str
+    token_lifetime_s: int
+    def __init__(self, base_url: _Optional[str] = ..., token_lifetime_s: _Optional[int] = ...) -> None: ...
 
 class OperatingPoint(_message.Message):
     __slots__ = ("threshold", "margin", "confirm_threshold", "target_fpir", "predicted_fpir", "gallery_size", "derived_at_ms", "method")
@@ -289,15 +299,17 @@ class TerminalState(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., terminal_id: _Optional[str] = ..., district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., applied_seq: _Optional[int] = ..., gallery_size: _Optional[int] = ..., embedder_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., last_error: _Optional[str] = ..., rejections: _Optional[_Mapping[str, int]] = ..., updated_at_ms: _Optional[int] = ..., syncing: _Optional[bool] = ...) -> None: ...
 
 class TerminalReport(_message.Message):
-    __slots__ = ("protocol_version", "terminal_id", "district_id", "kind", "session_id", "time", "citizen_id", "rating", "score")
+    __slots__ = ("protocol_version", "terminal_id", "district_id", "kind", "session_id", "time", "citizen_id", "rating", "score", "survey_token_sha256")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[TerminalReport.Kind]
         KIND_NOT_ME: _ClassVar[TerminalReport.Kind]
         KIND_RATING: _ClassVar[TerminalReport.Kind]
+        KIND_SURVEY_OFFER: _ClassVar[TerminalReport.Kind]
     KIND_UNSPECIFIED: TerminalReport.Kind
     KIND_NOT_ME: TerminalReport.Kind
     KIND_RATING: TerminalReport.Kind
+    KIND_SURVEY_OFFER: TerminalReport.Kind
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TERMINAL_ID_FIELD_NUMBER: _ClassVar[int]
     DISTRICT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +319,7 @@ class TerminalReport(_message.Message):
     CITIZEN_ID_FIELD_NUMBER: _ClassVar[int]
     RATING_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    SURVEY_TOKEN_SHA256_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     terminal_id: str
     district_id: str
@@ -316,4 +329,5 @@ class TerminalReport(_message.Message):
     citizen_id: str
     rating: int
     score: float
-    def __init__(self, protocol_version: _Optional[int] = ..., terminal_id: _Optional[str] = ..., district_id: _Optional[str] = ..., kind: _Optional[_Union[TerminalReport.Kind, str]] = ..., session_id: _Optional[str] = ..., time: _Optional[str] = ..., citizen_id: _Optional[str] = ..., rating: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+    survey_token_sha256: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., terminal_id: _Optional[str] = ..., district_id: _Optional[str] = ..., kind: _Optional[_Union[TerminalReport.Kind, str]] = ..., session_id: _Optional[str] = ..., time: _Optional[str] = ..., citizen_id: _Optional[str] = ..., rating: _Optional[int] = ..., score: _Optional[float] = ..., survey_token_sha256: _Optional[bytes] = ...) -> None: ...

@@ -21,6 +21,7 @@ import grpc
 
 from edge.api.attempts import AttemptLimiter, Verdict
 from edge.api.masking import mask_code
+from edge.api.survey import SurveyOffers
 from edge.session import events as ev
 from edge.store.records import CitizenRecord
 from proto import display_pb2 as pb
@@ -174,8 +175,11 @@ class DisplayState:
         pin_limiter: AttemptLimiter | None = None,
         max_watchers_per_peer: int | None = None,
         display_watchers: int = 2,
+        survey: SurveyOffers | None = None,
     ) -> None:
         self._directory = directory
+        #: the district's survey QR for matched sessions (edge/api/survey.py); None: never
+        self.survey = survey
         self._pin_tries = pin_tries
         #: wrong PINs per citizen across sessions (the terminal passes one kept in its
         #: state dir; the in-memory default still spans sessions, not restarts)
@@ -344,6 +348,8 @@ class DisplayState:
                     self._rateable = sid
                 msg.state = pb.SESSION_STATE_MATCHED
                 msg.match.CopyFrom(match)
+                if self.survey is not None:
+                    msg.match.survey_url = self.survey.offer(sid, event.citizen_id)
                 msg.can_rate = True
         elif isinstance(event, ev.NotRecognised):
             msg.state = pb.SESSION_STATE_NOT_RECOGNISED

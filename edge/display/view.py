@@ -101,6 +101,8 @@ def event_view(msg: pb.SessionEvent) -> dict[str, Any]:
             "pin_available": m.pin_available,
             "pin_tries_left": m.pin_tries_left,
             "pin_locked_until_unix_ms": m.pin_locked_until_unix_ms,
+            # the district's survey link; the page shows it as a QR (/survey-qr.svg)
+            "survey_url": m.survey_url,
         }
     return out
 

@@ -1,13 +1,16 @@
 """The kiosk page server: static page, live state over Server-Sent Events, taps as POSTs.
 
 Routes: ``GET /`` the page (``?lang=en`` for English), ``GET /events`` SSE stream of screen
-states (JSON), ``GET /state`` the current state (polling fallback), ``POST /api/pin``,
+states (JSON), ``GET /state`` the current state (polling fallback), ``GET /survey-qr.svg``
+the district survey's QR of the result on screen, ``POST /api/pin``,
 ``/api/notme``, ``/api/rate``, ``/api/confirm``, ``/api/confirm_cancel`` (JSON bodies,
 forwarded to the terminal), ``GET /healthz``.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import logging
 import threading
@@ -16,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
+
+import segno
 
 from core.errors import ConfigError
 from core.net import is_loopback_host
@@ -146,11 +151,24 @@ class KioskHandler(BaseHTTPRequestHandler):
             self._events()
         elif path == "/state":
             self._json(HTTPStatus.OK, self.server.screen.get()[1])
+        elif path == "/survey-qr.svg":
+            self._survey_qr()
         elif path == "/healthz":
             self._json(HTTPStatus.OK, {"ok": True, "connected": self.server.screen.get()[1].get(
                 "connected", False)})
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+    def _survey_qr(self) -> None:
+        """The survey QR of the result on screen (SVG), 404 when there is none. Rendered
+        here from the screen state (never from the request), so a page can only ever get
+        the QR the terminal offered."""
+        match = self.server.screen.get()[1].get("match") or {}
+        url = str(match.get("survey_url") or "")
+        if not url:
+            self._json(HTTPStatus.NOT_FOUND, {"error": "no survey on screen"})
+            return
+        self._send(HTTPStatus.OK, survey_qr_svg(url), "image/svg+xml")
 
     def _events(self) -> None:
         self.send_response(HTTPStatus.OK)
@@ -237,6 +255,23 @@ class KioskHandler(BaseHTTPRequestHandler):
             self._json(status, {"error": exc.message, "code": exc.code})
             return
         self._json(HTTPStatus.OK, result)
+
+
+#: the QR's error correction: M (15 %) survives glare and a smudged screen and keeps a
+#: ~60-character URL at version 4-5 (37 modules), big modules at the page's 260 px
+QR_ERROR = "m"
+
+
+@functools.lru_cache(maxsize=4)
+def survey_qr_svg(url: str) -> bytes:
+    """``url`` as an SVG QR code (segno), black on white with the standard 4-module quiet
+    zone; cached: the same result screen asks for it once per render."""
+    qr = segno.make_qr(url, error=QR_ERROR, boost_error=False)
+    out = io.BytesIO()
+    qr.save(out, kind="svg", scale=1, border=4, dark="#000", light="#fff",
+            xmldecl=False, svgns=True, title="QR", svgclass=None, lineclass=None,
+            omitsize=True)  # a viewBox: the page sizes it
+    return out.getvalue()
 
 
 def create_kiosk_server(listen: str, screen: Screen, link: TerminalLink | None,

@@ -28,6 +28,7 @@ from edge.syncclient import persist
 from proto import sync_pb2 as pb
 from sync import wire
 from sync.changes import Change, CitizenDelete, CitizenUpsert, DossierUpsert
+from sync.survey import PublishedSurvey, survey_from_pb
 from sync.wire import PublicKeys
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,11 @@ class SyncEngine:
         self.point: wire.PublishedPoint | None = self._load_point()
         #: called (sync thread) with each newly accepted operating point
         self.on_point: Callable[[wire.PublishedPoint], object] | None = None
+        #: the district's survey (newest signed manifest; None: off, or no manifest yet
+        #: since this start: a terminal shows no QR until its district says so)
+        self.survey: PublishedSurvey | None = None
+        #: called (sync thread) when the survey settings change (None: switched off)
+        self.on_survey: Callable[[PublishedSurvey | None], object] | None = None
 
     # ---- helpers -----------------------------------------------------------------
 
@@ -345,6 +351,21 @@ class SyncEngine:
         if self.on_point is not None:
             self.on_point(point)
 
+    def _take_survey(self, m: pb.Manifest) -> None:
+        """Follow the manifest's survey settings; bad ones are counted as ``bad_survey``
+        and switch the QR off (never a QR to an unchecked address)."""
+        try:
+            survey = survey_from_pb(m)
+        except MessageRejected as exc:
+            self._reject(exc)
+            survey = None
+        if survey == self.survey:
+            return
+        self.survey = survey
+        log.info("district survey: %s", "off" if survey is None else survey.base_url)
+        if self.on_survey is not None:
+            self.on_survey(survey)
+
     def _on_manifest(self, m: pb.Manifest) -> None:
         self._check_space(m.embedder_id, m.dim)
         self._below_floor(m.epoch, None, "manifest")
@@ -353,6 +374,7 @@ class SyncEngine:
         ):
             return  # an older manifest (replayed or reordered): keep what we know
         self._take_point(m)
+        self._take_survey(m)
         self.district_epoch = m.epoch
         self.district_head = m.head_seq
         # a signed manifest of a newer epoch: never accept the older one again, even

@@ -1,11 +1,11 @@
 """Terminal side: deliver the session's outbox (``outbox/reports.jsonl``) to the district.
 
-The session appends reports ("not me", ratings) to ``reports.jsonl`` (edge/session/audit.py).
-This module turns each intact line into a ``TerminalReport`` and publishes it at QoS 1;
-only after the broker's PUBACK is the report's key appended (fsynced) to
-``reports.delivered`` beside it. A crash between PUBACK and that write sends the report
-again after the restart: delivery is at least once, and the district keeps one row per
-(terminal, session, kind).
+The session appends reports ("not me", ratings, survey offers) to ``reports.jsonl``
+(edge/session/audit.py, edge/api/survey.py). This module turns each intact line into a
+``TerminalReport`` and publishes it at QoS 1; only after the broker's PUBACK is the
+report's key appended (fsynced) to ``reports.delivered`` beside it. A crash between
+PUBACK and that write sends the report again after the restart: delivery is at least
+once, and the district keeps one row per (terminal, session, kind).
 
 Compaction (``compact()``, every COMPACT_INTERVAL_S): no file is ever rewritten while the
 session may append to it. A ``reports.jsonl`` whose lines are all delivered is renamed to
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 KINDS = {
     "not_me": pb.TerminalReport.KIND_NOT_ME,
     "rating": pb.TerminalReport.KIND_RATING,
+    "survey_offer": pb.TerminalReport.KIND_SURVEY_OFFER,
 }
 #: a report published but not acknowledged for this long is published again (the link
 #: may have dropped; paho's own resend after a reconnect makes at worst a duplicate)
@@ -61,6 +62,13 @@ def to_pb(entry: dict[str, object], *, terminal_id: str, district_id: str) -> pb
     if kind == pb.TerminalReport.KIND_RATING and not 1 <= rating <= 5:
         raise ValueError(f"rating of session {session}: stars {rating} not in 1..5")
     score = entry.get("score")
+    token_hash = b""
+    if kind == pb.TerminalReport.KIND_SURVEY_OFFER:
+        # the token's SHA-256 (edge/api/survey.py); never the token itself
+        # (the citizen id may be blank: redacted after the citizen was deleted)
+        token_hash = bytes.fromhex(str(entry.get("token_sha256") or ""))
+        if len(token_hash) != 32:
+            raise ValueError(f"survey offer of session {session}: no token hash")
     return pb.TerminalReport(
         protocol_version=PROTOCOL_VERSION,
         terminal_id=terminal_id,
@@ -71,6 +79,7 @@ def to_pb(entry: dict[str, object], *, terminal_id: str, district_id: str) -> pb
         citizen_id=str(entry.get("citizen_id") or ""),
         rating=rating,
         score=float(score) if isinstance(score, (int, float)) else 0.0,
+        survey_token_sha256=token_hash,
     )
 
 

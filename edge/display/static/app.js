@@ -33,6 +33,8 @@ const T = {
     details: "Xem chi tiết (mã PIN)",
     rate_title: "Quý khách đánh giá dịch vụ thế nào?",
     rate_thanks: "Cảm ơn quý khách đã đánh giá!",
+    survey_title: "Góp ý trên điện thoại",
+    survey_sub: "Quét mã QR để đánh giá mức độ hài lòng. Mã chỉ dùng một lần, không chứa thông tin cá nhân.",
     rate_labels: ["Rất không hài lòng", "Không hài lòng", "Bình thường", "Hài lòng", "Rất hài lòng"],
     not_recognised_title: "Không nhận diện được",
     go_to_counter: (n) => `Xin vui lòng đến quầy số ${n} để được hỗ trợ.`,
@@ -95,6 +97,8 @@ const T = {
     details: "Details (PIN)",
     rate_title: "How was our service?",
     rate_thanks: "Thank you for your rating!",
+    survey_title: "Feedback on your phone",
+    survey_sub: "Scan the QR code to rate our service. It works once and holds no personal data.",
     rate_labels: ["Very poor", "Poor", "Fair", "Good", "Very good"],
     not_recognised_title: "Not recognised",
     go_to_counter: (n) => `Please go to counter ${n} for help.`,
@@ -255,7 +259,7 @@ function viewFor(s) {
     }
     case "matched": {
       const m = s.match || { dossiers: [] };
-      return el("div", { class: "matched" },
+      const main = el("div", { class: "matched" },
         el("h1", { class: "name" }, `${t("greeting")}, `, el("span", { class: "masked-name" }, m.masked_name)),
         el("h2", {}, t("your_dossiers")),
         m.dossiers.length
@@ -269,6 +273,13 @@ function viewFor(s) {
           }, t("not_me"))),
         pinLockedUntil(m) ? el("p", { id: "pin-locked", class: "sub locked" }, t("pin_locked_until", fmtLockEnd(m.pin_locked_until_unix_ms))) : null,
         ratingBlock(s));
+      if (!m.survey_url) return main;
+      // the district's survey: the page server renders the QR of the result on screen
+      return el("div", { class: "with-survey" }, main,
+        el("aside", { id: "survey", class: "survey" },
+          el("h2", {}, t("survey_title")),
+          el("img", { id: "survey-qr", src: `/survey-qr.svg?s=${encodeURIComponent(s.session_id)}`, alt: "QR" }),
+          el("p", { class: "sub" }, t("survey_sub"))));
     }
     case "confirm":
       return confirmView(s);
