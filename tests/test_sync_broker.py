@@ -156,7 +156,7 @@ def test_snapshot_of_5000_citizens_reaches_two_terminals(
         for t in (a, b):
             wait_for(lambda t=t: rig.converged(t), timeout=120, what=f"{t.terminal_id} snapshot")
             # the store shows the snapshot a moment before the engine counts it
-            wait_for(lambda t=t: t.engine.snapshots_applied == 1, what="snapshot counted")
+            wait_for(lambda t=t: t.engine.snapshots_applied >= 1, what="snapshot counted")
             assert t.engine.store.citizen_count == 5000
         assert a.engine.store.content_hash() == b.engine.store.content_hash()
         assert pub.stats.snapshots == 2 and pub.stats.snapshot_chunks > 2
@@ -236,7 +236,7 @@ def test_offline_terminal_beyond_broker_queue_converges_via_snapshot(tmp_path: P
         # the store shows the snapshot (converged) a moment before the engine counts it:
         # reading the count at once failed 1 run in 20 under load (count 0, publisher
         # had sent the snapshot, no replay)
-        wait_for(lambda: t2.engine.snapshots_applied == 1, what="snapshot counted")
+        wait_for(lambda: t2.engine.snapshots_applied >= 1, what="snapshot counted")
     finally:
         rig.close()
         broker.close()
@@ -358,7 +358,7 @@ def test_compacted_log_sends_a_snapshot_to_a_terminal_behind_it(tmp_path: Path) 
         wait_for(lambda: rig.converged(tb2) and rig.converged(tn2), timeout=60,
                  what="convergence after compaction")
         # 21 was compacted away (the count comes a moment after the store shows it)
-        wait_for(lambda: tb2.engine.snapshots_applied == 1, what="snapshot counted")
+        wait_for(lambda: tb2.engine.snapshots_applied >= 1, what="snapshot counted")
         assert tn2.engine.snapshots_applied == 0  # 31.. was still there: a replay
         # new changes after a compaction are numbered on
         rig.dlog.update_dossier("HS-0000001", stage="trả kết quả")
@@ -377,9 +377,13 @@ def test_new_epoch_makes_every_terminal_reinstall_the_gallery(rig: Rig) -> None:
     t = rig.terminal("t-a")
     wait_for(lambda: rig.converged(t), what="initial sync")
     assert t.engine.store.epoch == 1
+    # the first sync was live batches or a snapshot, by timing (under load, batches
+    # published before the terminal subscribed make it a snapshot): count from here
+    before = t.engine.snapshots_applied
     assert rig.dlog.new_epoch() == 2
     wait_for(lambda: t.engine.store.epoch == 2 and rig.converged(t), timeout=60,
              what="snapshot of the new epoch")
-    wait_for(lambda: t.engine.snapshots_applied == 2, what="second snapshot counted")
+    wait_for(lambda: t.engine.snapshots_applied >= before + 1,
+             what=f"the new epoch's snapshot counted (had {before})")
     rig.dlog.update_dossier("HS-0000003", stage="mới")  # live batches of epoch 2 apply
     wait_for(lambda: rig.converged(t), what="live batch in the new epoch")

@@ -79,7 +79,7 @@ def test_recorded_old_epoch_replayed_after_new_epoch_and_restart_is_refused(
         t = rig.terminal("t-a", store)
         wait_for(lambda: rig.converged(t), what="initial snapshot")
         # the store shows the snapshot a moment before the engine counts it
-        wait_for(lambda: t.engine.snapshots_applied == 1, what="snapshot counted")
+        wait_for(lambda: t.engine.snapshots_applied >= 1, what="snapshot counted")
         assert store.citizen(victim) is not None
         rig.dlog.delete_citizen(victim)
         wait_for(lambda: rig.converged(t) and store.citizen(victim) is None, what="delete")
