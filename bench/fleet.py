@@ -82,12 +82,9 @@ TARGETS = {
 #: brackets a step's bytes to within a round of idle traffic (a few manifests, state and
 #: $SYS messages: hundreds of bytes)
 SYS_INTERVAL_S = 1
-#: a terminal looks for a watched delete this often: adds at most 5 ms to a 2 s target,
-#: and 50 terminals polling an attribute 200 times a second cost little CPU
-DELETE_POLL_S = 0.005
-#: and for a convergence (epoch + change number, then the content hash) this often: adds
-#: at most 50 ms to a figure of tens of seconds
-CONVERGE_POLL_S = 0.05
+#: a terminal checks its watches when its engine applied something (and on commands);
+#: this fallback look only guards against a missed wake-up, so it may be slow
+FALLBACK_POLL_S = 0.5
 #: k of the unmatchable check: the session looks at the few best candidates; 10 is more
 SEARCH_K = 10
 #: Mosquitto persistence: the tests' 1 s autosave rewrites the whole database (queued
@@ -152,41 +149,57 @@ def terminal_main(argv: list[str]) -> None:
             sys.stdout.flush()
 
     commands: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    # woken by a command or by the engine after each applied batch or snapshot, so a
+    # watch is checked at once, without polling (50 terminals polling every few ms
+    # would slow the very terminals being measured)
+    wake = threading.Event()
 
     def read_stdin() -> None:
         for line in sys.stdin:
             commands.put(json.loads(line))
+            wake.set()
         commands.put(None)  # the parent went away
+        wake.set()
 
+    sub.engine.on_applied = lambda _batch: wake.set()
+    sub.engine.on_citizens_removed = wake.set  # also called after a snapshot is installed
     threading.Thread(target=read_stdin, name="bench-stdin", daemon=True).start()
     sub.start()
     emit(ev="started", pid=os.getpid())
     converge: list[dict[str, Any]] = []
     gone: list[dict[str, Any]] = []
+    def handle(cmd: dict[str, Any]) -> None:
+        if cmd["cmd"] == "converge":
+            converge.append(cmd)
+            emit(ev="ack", tag=cmd["tag"])
+        elif cmd["cmd"] == "gone":
+            cmd["vec"] = np.frombuffer(base64.b64decode(cmd["emb"]), dtype="<f4")
+            gone.append(cmd)
+            emit(ev="ack", tag=cmd["tag"])
+        elif cmd["cmd"] == "status":
+            eng = sub.engine
+            emit(ev="status", tag=cmd["tag"], last_seq=store.last_seq, epoch=store.epoch,
+                 citizens=store.citizen_count, bytes_received=sub.bytes_received,
+                 snapshots_applied=eng.snapshots_applied, duplicates=eng.duplicates,
+                 rejections=sum(eng.rejections.values()) - eng.rejections["duplicate"],
+                 requests=dict(eng.requests),
+                 hash=store.content_hash() if cmd.get("hash") else None,
+                 peak_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
     try:
-        while True:
-            try:
-                cmd = commands.get(timeout=DELETE_POLL_S if gone else CONVERGE_POLL_S)
-            except queue.Empty:
-                cmd = {"cmd": "poll"}
-            if cmd is None or cmd["cmd"] == "stop":
-                break
-            if cmd["cmd"] == "converge":
-                converge.append(cmd)
-                emit(ev="ack", tag=cmd["tag"])
-            elif cmd["cmd"] == "gone":
-                cmd["vec"] = np.frombuffer(base64.b64decode(cmd["emb"]), dtype="<f4")
-                gone.append(cmd)
-                emit(ev="ack", tag=cmd["tag"])
-            elif cmd["cmd"] == "status":
-                eng = sub.engine
-                emit(ev="status", tag=cmd["tag"], last_seq=store.last_seq, epoch=store.epoch,
-                     citizens=store.citizen_count, bytes_received=sub.bytes_received,
-                     snapshots_applied=eng.snapshots_applied, duplicates=eng.duplicates,
-                     rejections=sum(eng.rejections.values()) - eng.rejections["duplicate"],
-                     requests=dict(eng.requests),
-                     hash=store.content_hash() if cmd.get("hash") else None,
-                     peak_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        running = True
+        while running:
+            wake.wait(FALLBACK_POLL_S)
+            wake.clear()  # before looking: a wake-up from now on means another look
+            while True:
+                try:
+                    cmd = commands.get_nowait()
+                except queue.Empty:
+                    break
+                if cmd is None or cmd["cmd"] == "stop":
+                    running = False
+                    break
+                handle(cmd)
             for w in list(gone):
                 if store.last_seq >= w["seq"]:
                     t = time.monotonic()
