@@ -222,13 +222,17 @@ def terminal_main(argv: list[str]) -> None:
 # ---- the bench's side ---------------------------------------------------------------
 
 
+class StepTimeout(Exception):
+    """A step did not finish within --timeout: the figures so far are still printed."""
+
+
 class Terminal:
     """One terminal process and its events (read by a thread of ours)."""
 
     def __init__(self, work: Path, tid: str, password: str, broker: str, pub: Path) -> None:
         self.id = tid
         self.dir = work / "terminals" / tid
-        self.dir.mkdir(parents=True)
+        self.dir.mkdir(parents=True, exist_ok=True)  # --preseed: the store is there
         pw = self.dir / "password"
         pw.write_text(password + "\n")
         pw.chmod(0o600)
@@ -287,17 +291,20 @@ class Terminal:
             return (self.dir / "terminal.log").read_text(errors="replace")[-1500:]
         return ""
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
         if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 self.send(cmd="stop")
                 assert self.proc.stdin is not None
                 self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait for the exit until ``deadline`` (monotonic), then SIGKILL."""
+        try:
+            self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self.err.close()
 
 
@@ -378,11 +385,16 @@ class Worker:
         pw.write_text(password + "\n")
         pw.chmod(0o600)
         self.conf = work / f"{name}.toml"
+        # the worker's name, where the district configuration has one (several workers)
+        from district.config import DistrictSection
+
+        named = any(f.name == "worker" for f in dataclasses.fields(DistrictSection))
+        worker_line = f'worker = "{name}"\n' if named else ""
         self.conf.write_text(f"""[district]
 id = "{DISTRICT}"
 db = "{db}"
 key_file = "{key}"
-[broker]
+{worker_line}[broker]
 broker = "{broker}"
 username = "{user}"
 password_file = "{pw}"
@@ -423,12 +435,14 @@ token_file = "{token}"
             time.sleep(0.05)
 
     def leads(self) -> bool | None:
-        """True/False when the worker's /metrics has a lease/leader gauge, else None."""
+        """True/False when the worker's /metrics has a lease-held/leader gauge, else
+        None."""
         with contextlib.suppress(OSError):
             _st, text = self.get("/metrics")
             for line in text.splitlines():
-                m = re.match(r"motcua_district_\w*(?:lease|leader)\w*(?:\{[^}]*\})?\s+(\S+)",
-                             line)
+                # "held"/"leader" gauges, not e.g. a lease generation number
+                m = re.match(r"motcua_district_(?:\w*lease\w*held|\w*leader)\w*"
+                             r"(?:\{[^}]*\})?\s+(\S+)", line)
                 if m:
                     return float(m.group(1)) > 0
         return None
@@ -534,8 +548,10 @@ class Fleet:
         # a second district login with the publisher's rights (a standby worker needs its
         # own client id: the shipped config makes the login the client id), and the
         # bench's $SYS reader
-        acl += ("\nuser district-q1-b\ntopic write motcua/v1/q1/gallery/#\n"
-                "topic read motcua/v1/q1/terminal/#\n\nuser bench-sys\ntopic read $SYS/#\n")
+        if "user district-q1-b" not in acl:  # the shipped ACL may have it
+            acl += ("\nuser district-q1-b\ntopic write motcua/v1/q1/gallery/#\n"
+                    "topic read motcua/v1/q1/terminal/#\n")
+        acl += "\nuser bench-sys\ntopic read $SYS/#\n"
         # (Mosquitto's "pattern" lines apply to every login wherever they stand, "topic"
         # lines to the "user" above them)
         conf = work / "broker-extra.conf"
@@ -570,9 +586,30 @@ class Fleet:
         return Worker(self.work, name, user, self.logins[user], self.broker_addr, self.db,
                       self.key, self.token)
 
+    def seed_store(self) -> Path:
+        """One store built from the district's state (the install a snapshot does),
+        copied to every terminal by ``--preseed``: a fleet already in sync."""
+        from edge.store.gallery import GalleryStore
+        from proto import sync_pb2 as pb
+        from sync.wire import change_from_pb
+
+        t0 = time.perf_counter()
+        path = self.work / "seed-store"
+        store = GalleryStore.open(path, embedder_id=EMBEDDER, dim=DIM)
+        with self.dlog.snapshot() as (last, _nc, _nd, rows):
+            changes = [change_from_pb(pb.Change.FromString(b), DIM) for b in rows]
+        store.replace_all(changes, epoch=self.dlog.epoch, last_seq=last)
+        store.close()
+        progress(f"--preseed: one store of the district's state built in "
+                 f"{time.perf_counter() - t0:.0f} s, copied to every terminal")
+        return path
+
     def start_terminals(self) -> None:
+        seed = self.seed_store() if self.args.preseed else None
         t0 = time.perf_counter()
         for tid, pw in self.passwords.items():
+            if seed is not None:
+                shutil.copytree(seed, self.work / "terminals" / tid / "store")
             self.terminals.append(Terminal(self.work, tid, pw, self.broker_addr, self.pub))
         for t in self.terminals:
             t.wait("started", "", 300)
@@ -615,9 +652,9 @@ class Fleet:
                     pending.remove(t)
             self.sample_rss()
             if time.monotonic() > deadline:
-                raise SystemExit(f"bench: {what}: {len(pending)} terminals not converged "
-                                 f"after {timeout:.0f} s (e.g. {pending[0].id}: "
-                                 f"{pending[0].status(self.tag('st'))})")
+                raise StepTimeout(f"{what}: {len(done)}/{len(self.terminals)} terminals "
+                                  f"converged in {timeout:.0f} s (--timeout); not: "
+                                  f"{', '.join(t.id for t in pending[:10])}")
             if time.monotonic() - last_note > 15:
                 last_note = time.monotonic()
                 progress(f"{what}: {len(done)}/{len(self.terminals)} terminals converged "
@@ -634,6 +671,7 @@ class Fleet:
         secs = max(d["t"] for d in done) - t0
         bad = [d["id"] for d in done if d["hash"] != expected]
         self.figures["initial_converged_s"] = round(secs, 2)
+        self.figures["initial_preseeded"] = bool(self.args.preseed)
         self.figures["initial_hash_mismatches"] = len(bad)
         progress(f"initial sync: all {len(done)} terminals converged {secs:.1f} s after "
                  f"their start; hash mismatches: {len(bad)}")
@@ -770,13 +808,18 @@ class Fleet:
         progress(f"takeover: every terminal had the first change after the kill "
                  f"{secs:.2f} s after it; hash mismatches {len(bad)}")
 
-    def finish(self) -> None:
+    def memory(self) -> None:
         self.sample_rss()
-        sts = [t.status(self.tag("end")) for t in self.terminals]
-        rss = [s["peak_rss_kb"] / 1024 for s in sts]
         self.figures.update({
             "broker_peak_rss_mb": round(self.broker_peak_kb / 1024, 1),
             "district_peak_rss_mb": round(max(w.peak_kb for w in self.workers) / 1024, 1),
+        })
+
+    def finish(self) -> None:
+        self.memory()
+        sts = [t.status(self.tag("end")) for t in self.terminals]
+        rss = [s["peak_rss_kb"] / 1024 for s in sts]
+        self.figures.update({
             "terminal_peak_rss_mb_median": round(float(np.median(rss)), 1),
             "terminal_peak_rss_mb_max": round(max(rss), 1),
             "terminal_rejections": sum(s["rejections"] for s in sts),
@@ -785,8 +828,12 @@ class Fleet:
         })
 
     def close(self) -> None:
+        # all at once: a terminal installing a snapshot finishes it first (up to 30 s)
         for t in self.terminals:
-            t.stop()
+            t.request_stop()
+        deadline = time.monotonic() + 60
+        for t in self.terminals:
+            t.wait_stopped(deadline)
         for w in self.workers:
             w.stop()
         with contextlib.suppress(AttributeError):
@@ -829,6 +876,9 @@ def main() -> None:
                     help="seconds a sync step may take before the bench gives up")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--preseed", action="store_true",
+                    help="start the terminals with a copy of one store built from the "
+                         "district (in sync): skips the initial N snapshots")
     ap.add_argument("--takeover-anyway", action="store_true",
                     help="run the takeover step without a lease (exercises the bench only)")
     args = ap.parse_args()
@@ -841,6 +891,11 @@ def main() -> None:
     print(f"fleet bench: {args.terminals} terminal processes, {args.citizens} citizens "
           f"({DIM}-d), {args.deletes} deletes; load average {load[0]:.2f} {load[1]:.2f} "
           f"{load[2]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    # stop cleanly (terminals, worker, broker) on SIGTERM and on SIGINT, also when the
+    # shell started us in the background with SIGINT ignored
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    failed = ""
     with workdir(args.keep) as work:
         fleet = Fleet(args, work)
         try:
@@ -850,6 +905,11 @@ def main() -> None:
             fleet.deletes()
             fleet.takeover()
             fleet.finish()
+        except StepTimeout as exc:
+            failed = str(exc)
+            progress(f"FAILED: {failed}")
+            with contextlib.suppress(Exception):
+                fleet.memory()
         finally:
             fleet.close()
     fig = {"terminals": args.terminals, "citizens": args.citizens, "quick": args.quick,
@@ -858,6 +918,8 @@ def main() -> None:
     if fleet.notes:
         fig["notes"] = fleet.notes
     fig["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    if failed:
+        fig["failed"] = failed
     print(f"{'figure':34s} value")
     for k, v in fig.items():
         if k != "targets":
@@ -866,6 +928,8 @@ def main() -> None:
         verdict = {True: "pass", False: "FAIL", None: "not measured"}[t["pass"]]
         print(f"target {k:27s} {t['target']:>8s}  {t['value']}  {verdict}")
     print(json.dumps(fig), flush=True)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

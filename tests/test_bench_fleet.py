@@ -38,8 +38,10 @@ def _common(r: dict[str, Any], terminals: int, deletes: int) -> None:
     for key in ("epoch_converged_s", "delete_unmatchable_s_p50", "delete_unmatchable_s_p99",
                 "resnapshot_bytes_ratio", "broker_peak_rss_mb", "district_peak_rss_mb"):
         assert isinstance(r[key], float | int) and r[key] > 0, key
+    # (no bound on the broker's bytes against the snapshot's: that is the figure the
+    # HTTP snapshot changes from ~N x to ~0 x)
     assert r["snapshot_bytes"] >= r["snapshot_content_bytes"] > 0
-    assert r["resnapshot_broker_bytes_sent"] >= r["snapshot_bytes"]
+    assert r["resnapshot_broker_bytes_sent"] > 0
     assert set(r["targets"]) == {"epoch_converged_s", "resnapshot_bytes_ratio",
                                  "delete_unmatchable_s_p99", "takeover_s"}
     for name, t in r["targets"].items():
