@@ -44,7 +44,6 @@ import base64
 import contextlib
 import dataclasses
 import http.client
-import importlib.util
 import json
 import os
 import queue
@@ -225,6 +224,10 @@ def terminal_main(argv: list[str]) -> None:
 class StepTimeout(Exception):
     """A step did not finish within --timeout: the figures so far are still printed."""
 
+    def __init__(self, message: str, converged: int) -> None:
+        super().__init__(message)
+        self.converged = converged
+
 
 class Terminal:
     """One terminal process and its events (read by a thread of ours)."""
@@ -360,11 +363,15 @@ def takeover_support() -> tuple[bool, str]:
     """Can ``motcua district serve`` run as two workers with a lease (one publishes, the
     other takes over)? Looked up in the code, not assumed: a ``district.lease`` module or
     a lease setting in the district's configuration."""
+    import district
     from district.config import DistrictConfig
 
     fields = [f.name for f in dataclasses.fields(DistrictConfig)]
-    if importlib.util.find_spec("district.lease") is not None or any(
-            "lease" in f for f in fields):
+    # the file beside the district package this bench (and the workers it starts, with
+    # the same PYTHONPATH) imports: not importlib's find_spec, which an editable install's
+    # finder answers from the installed tree (another checkout's district/lease.py)
+    here = Path(district.__file__).resolve().parent
+    if (here / "lease.py").is_file() or any("lease" in f for f in fields):
         return True, ""
     return False, ("not supported: `motcua district serve` has no lease yet (no "
                    "district.lease module, no lease setting in district.config."
@@ -654,7 +661,7 @@ class Fleet:
             if time.monotonic() > deadline:
                 raise StepTimeout(f"{what}: {len(done)}/{len(self.terminals)} terminals "
                                   f"converged in {timeout:.0f} s (--timeout); not: "
-                                  f"{', '.join(t.id for t in pending[:10])}")
+                                  f"{', '.join(t.id for t in pending[:10])}", len(done))
             if time.monotonic() - last_note > 15:
                 last_note = time.monotonic()
                 progress(f"{what}: {len(done)}/{len(self.terminals)} terminals converged "
@@ -679,8 +686,17 @@ class Fleet:
     def new_epoch(self) -> None:
         before = [t.status(self.tag("pre")) for t in self.terminals]
         sent0, recv0 = self.sys.fresh()
-        secs, done, expected = self.converge("epoch", self.dlog.new_epoch, self.args.timeout,
-                                            new_epoch=True)
+        try:
+            secs, done, expected = self.converge("epoch", self.dlog.new_epoch,
+                                                self.args.timeout, new_epoch=True)
+        except StepTimeout as exc:  # what the step did until then
+            sent1, recv1 = self.sys.fresh()
+            self.figures.update({
+                "epoch_converged_s": None,
+                "epoch_converged_terminals_by_timeout": exc.converged,
+                "resnapshot_broker_bytes_sent_by_timeout": sent1 - sent0,
+            })
+            raise
         sent1, recv1 = self.sys.fresh()
         after = [t.status(self.tag("post")) for t in self.terminals]
         pairs = list(zip(after, before, strict=True))
