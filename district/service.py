@@ -43,7 +43,7 @@ from district.enrol import PhotoEmbedder, pipeline_embedder
 from district.ingest import Event, EventResult, IngestError, Ingestor, error_field
 from district.log import DistrictLog
 from district.publisher import Publisher
-from district.snapshots import SnapshotFiles, snapshot_app
+from district.snapshots import SWEEP_S, SnapshotFiles, snapshot_app
 from faces.pipeline import FacePipeline, load_pipeline
 from sync.keys import load_private_key
 from sync.mqtt import broker_settings
@@ -421,11 +421,22 @@ class DistrictService:
                 log.error("the snapshot server stopped: stopping the service")
                 self.stop_event.set()
 
+    def _sweep_snapshots(self) -> None:
+        """Remove snapshot files holding a citizen deleted since (right to be forgotten)."""
+        assert self.snapshot_files is not None
+        while not self.stop_event.wait(SWEEP_S):
+            try:
+                self.snapshot_files.sweep(self.log)
+            except Exception:  # the log busy or closing: next round
+                log.exception("snapshot file sweep failed")
+
     def _start_snapshots(self, deadline: float) -> None:
         server, files = self.snapshot_server, self.snapshot_files
         if server is None or files is None:
             return
         self._snap_http.start()
+        threading.Thread(target=self._sweep_snapshots, name="district-snapshot-sweep",
+                         daemon=True).start()
         while not server.started:
             if not self._snap_http.is_alive() or time.monotonic() > deadline:
                 self.stop()

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
+from core.errors import DistrictError
 from district.log import DistrictLog
 from proto import sync_pb2 as pb
 from sync import snapfile
@@ -41,6 +42,13 @@ log = logging.getLogger(__name__)
 
 #: records of ~1 MiB (as the MQTT chunks): few records, small memory when reading
 CHUNK_MAX_BYTES = 1 << 20
+#: changes read at a time when looking for deletions after a file (bounded memory)
+SCAN_CHANGES = 1000
+#: how often the service looks for citizens deleted after a kept file (right to be
+#: forgotten: such a file is removed, the next request builds a new one). 10 s: a
+#: deleted citizen's embeddings stay on the district's disk seconds, not weeks, for a
+#: scan of the changes since the last look (a few per second at most)
+SWEEP_S = 10.0
 #: snapshot files kept: the newest (what requests get) and the one before (terminals still
 #: downloading it finish instead of starting over); each is ~2 KiB per citizen
 KEEP = 2
@@ -62,6 +70,10 @@ class SnapshotFiles:
         self._lock = threading.Lock()
         #: files built by this process (tests, benchmarks)
         self.built = 0
+        #: files removed because a citizen was deleted after them
+        self.forgotten = 0
+        #: snapshot id -> change number up to which no citizen deletion follows it
+        self._clean_to: dict[str, int] = {}
         for stale in self.dir.glob("*.tmp"):  # a build a crash interrupted
             stale.unlink(missing_ok=True)
 
@@ -95,7 +107,9 @@ class SnapshotFiles:
             kept = self._kept()
             if kept:
                 d, sealed = kept[0]
-                if (d.epoch == dlog.epoch and d.embedder_id == dlog.embedder_id
+                if self._forgotten_after(dlog, d):
+                    self._remove_stale(dlog, kept)
+                elif (d.epoch == dlog.epoch and d.embedder_id == dlog.embedder_id
                         and d.dim == dlog.dim and d.last_seq >= min_last_seq
                         and d.district_id == dlog.district_id
                         and d.url.startswith(self.base_url + snapfile.URL_PATH)):
@@ -171,10 +185,49 @@ class SnapshotFiles:
                  snap_id, epoch, last_seq, nc, size, time.monotonic() - t0)
         return sealed
 
+    def sweep(self, dlog: DistrictLog) -> int:
+        """Remove every kept file that holds a citizen deleted after it; how many."""
+        with self._lock:
+            return self._remove_stale(dlog, self._kept())
+
+    def _remove_stale(self, dlog: DistrictLog,
+                      kept: list[tuple[pb.SnapshotFile, bytes]]) -> int:
+        n = 0
+        for d, _ in kept:
+            if self._forgotten_after(dlog, d):
+                self._remove(d.snapshot_id)
+                self.forgotten += 1
+                n += 1
+                log.info("snapshot file %s removed: a citizen in it was deleted since",
+                         d.snapshot_id)
+        return n
+
+    def _forgotten_after(self, dlog: DistrictLog, d: pb.SnapshotFile) -> bool:
+        """True when a citizen was deleted after ``d.last_seq`` (or the log no longer
+        tells: compacted). Each change is read once per file (remembered)."""
+        first = self._clean_to.get(d.snapshot_id, d.last_seq) + 1
+        head = dlog.head_seq
+        while first <= head:
+            last = min(head, first + SCAN_CHANGES - 1)
+            try:
+                blobs = dlog.changes(first, last)
+            except DistrictError:
+                return True  # compacted past it: too old to reuse anyway
+            for blob in blobs:  # redacted entries come as deletes too
+                if pb.Change.FromString(blob).WhichOneof("kind") == "citizen_delete":
+                    return True
+            self._clean_to[d.snapshot_id] = last
+            first = last + 1
+        return False
+
+    def _remove(self, snapshot_id: str) -> None:
+        for suffix in (".desc", ".snap"):  # descriptor first: never served half-gone
+            (self.dir / f"{snapshot_id}{suffix}").unlink(missing_ok=True)
+        self._clean_to.pop(snapshot_id, None)
+
     def _prune(self) -> None:
         for d, _ in self._kept()[self.keep:]:
-            for suffix in (".desc", ".snap"):  # descriptor first: never served half-gone
-                (self.dir / f"{d.snapshot_id}{suffix}").unlink(missing_ok=True)
+            self._remove(d.snapshot_id)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -219,4 +272,4 @@ def snapshot_app(files: SnapshotFiles) -> FastAPI:
     return app
 
 
-__all__ = ["KEEP", "SnapshotFiles", "snapshot_app"]
+__all__ = ["KEEP", "SWEEP_S", "SnapshotFiles", "snapshot_app"]

@@ -390,3 +390,26 @@ def test_snapshots_config_refuses_clear_text_beyond_loopback() -> None:
         SnapshotsSection(listen="0.0.0.0:8471", tls_cert=Path("a"),
                          tls_key=Path("b")).validate("snapshots")
     SnapshotsSection(listen="127.0.0.1:8471").validate("snapshots")
+
+
+def test_deleted_citizen_removes_the_files_holding_them(rig: Rig) -> None:
+    """Right to be forgotten: a citizen deleted after a kept file makes the sweep remove
+    that file (embeddings and all), and the next request gets a new file without them;
+    a file with only other changes after it is reused."""
+    rig.start()
+    first = pb.SnapshotFile.FromString(pb.Envelope.FromString(
+        rig.files.descriptor_for(rig.dlog, 0)).body)
+    rig.dlog.update_dossier("HS-0000001", stage="mới")  # not a deletion: still reused
+    assert rig.files.sweep(rig.dlog) == 0
+    again = pb.Envelope.FromString(rig.files.descriptor_for(rig.dlog, 0)).body
+    assert pb.SnapshotFile.FromString(again).snapshot_id == first.snapshot_id
+    rig.dlog.delete_citizen("c0000007")
+    assert rig.files.sweep(rig.dlog) == 1
+    assert rig.files.path_of(first.snapshot_id) is None
+    assert not list(rig.files.dir.glob(f"{first.snapshot_id}*"))
+    new = pb.SnapshotFile.FromString(pb.Envelope.FromString(
+        rig.files.descriptor_for(rig.dlog, 0)).body)
+    assert new.snapshot_id != first.snapshot_id
+    assert new.citizen_count == first.citizen_count - 1
+    path = rig.files.path_of(new.snapshot_id)
+    assert path is not None and b"c0000007" not in path.read_bytes()

@@ -42,7 +42,12 @@ DISK_MARGIN_BYTES = 64 << 20
 
 
 class DownloadError(SyncError):
-    """A snapshot file could not be fetched or was refused (the message says why)."""
+    """A snapshot file could not be fetched or was refused (the message says why);
+    ``gone``: the district no longer has it (a newer one replaced it: ask again)."""
+
+    def __init__(self, message: str, *, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,7 @@ class Downloader:
                     if start != have:
                         raise _Retry(f"server answered range from {start}, asked {have}")
                 elif resp.status == 404:
-                    raise DownloadError("the district no longer has this snapshot (404)")
+                    raise DownloadError("the district no longer has this snapshot (404)", gone=True)
                 else:
                     raise _Retry(f"HTTP {resp.status} {resp.reason}")
                 while have < desc.size:

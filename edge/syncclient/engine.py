@@ -550,12 +550,19 @@ class SyncEngine:
             return self.download
         return None
 
-    def download_failed(self, d: pb.SnapshotFile, reason: str) -> None:
+    def download_failed(self, d: pb.SnapshotFile, reason: str, *, gone: bool = False) -> None:
         """The subscriber could not fetch ``d`` (or refused it): back off as for any failed
-        snapshot; the next request asks for MQTT chunks instead (the fallback)."""
+        snapshot; the next request asks for MQTT chunks instead (the fallback). ``gone``
+        (the district replaced the file meanwhile) is no failure: ask again for the new
+        one after the usual request delay."""
         if self.download is None or self.download.snapshot_id != d.snapshot_id:
             return
         self.download = None
+        if gone:
+            log.info("snapshot file %s replaced at the district: asking again", d.snapshot_id)
+            self._need_snapshot = True
+            self._request_sent_at = self.clock()
+            return
         self._file_fallback = True
         self._snapshot_failed(reason)
 

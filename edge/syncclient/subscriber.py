@@ -163,8 +163,9 @@ class TerminalSubscriber:
                        retry_s=download_retry_s, stop=self.stop_event,
                        tls=TlsMaterial(broker.ca_file, broker.cert_file, broker.key_file))
             if spool_dir is not None else None)
-        self._downloads: queue.SimpleQueue[tuple[pb.SnapshotFile, Path | None, str]] = (
-            queue.SimpleQueue())
+        #: finished downloads: (descriptor, file or None, error, gone)
+        self._downloads: queue.SimpleQueue[
+            tuple[pb.SnapshotFile, Path | None, str, bool]] = queue.SimpleQueue()
         self.connected = threading.Event()
         self.connects = 0
         #: payload bytes received on the district's topics (wire figures)
@@ -323,12 +324,12 @@ class TerminalSubscriber:
             threading.Thread(target=self._download, args=(desc,), name="sync-download",
                              daemon=True).start()
         try:
-            d, path, error = self._downloads.get_nowait()
+            d, path, error, gone = self._downloads.get_nowait()
         except queue.Empty:
             return
         try:
             if path is None:
-                self.engine.download_failed(d, error)
+                self.engine.download_failed(d, error, gone=gone)
             else:
                 self.engine.install_file(d, path)
         except Exception as exc:  # a full disk must not stop the sync
@@ -341,13 +342,13 @@ class TerminalSubscriber:
         try:
             path = self.downloader.fetch(desc)
         except DownloadError as exc:
-            self._downloads.put((desc, None, str(exc)))
+            self._downloads.put((desc, None, str(exc), exc.gone))
             return
         except Exception as exc:  # anything else must still end the download
             log.exception("snapshot download failed")
-            self._downloads.put((desc, None, f"snapshot download failed: {exc}"[:300]))
+            self._downloads.put((desc, None, f"snapshot download failed: {exc}"[:300], False))
             return
-        self._downloads.put((desc, path, ""))
+        self._downloads.put((desc, path, "", False))
 
     def _publish_report(self, payload: bytes) -> int:
         info = self.client.publish(self.topics.report(self.terminal_id), payload, qos=1)
