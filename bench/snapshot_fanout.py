@@ -180,6 +180,11 @@ def snapshot_part(tmp: Path, broker: MosquittoBroker, sysb: SysBytes, dlog: Dist
         "http_bytes": sum(t.downloader.bytes_received for t in terms if t.downloader)
         - http_before,
         "chunk_bytes_one_snapshot": pub.stats.last_snapshot_bytes,
+        # per terminal: seconds downloading (file) or receiving chunks, and installing
+        "max_receive_s": round(max(
+            t.downloader.last_fetch_s if files and t.downloader else
+            t.engine.last_snapshot_timing[0] for t in terms), 1),
+        "max_install_s": round(max(t.engine.last_snapshot_timing[1] for t in terms), 1),
     }
     if snap_files is not None:
         kept = snap_files._kept()

@@ -18,6 +18,7 @@ import os
 import shutil
 import ssl
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,8 @@ class Downloader:
         #: bytes received over HTTP, and the Range start of each attempt (tests, figures)
         self.bytes_received = 0
         self.range_starts: list[int] = []
+        #: seconds the last successful fetch took (figures)
+        self.last_fetch_s = 0.0
 
     def part_path(self, snapshot_id: str) -> Path:
         return self.spool_dir / f"snapfile-{self.terminal_id}-{snapshot_id}.part"
@@ -98,12 +101,15 @@ class Downloader:
                 other.unlink(missing_ok=True)
         delay = self.retry_s
         error = ""
+        t0 = time.monotonic()
         for attempt in range(self.retries):
             if self.stop_event.is_set():
                 raise DownloadError("stopped")
             try:
                 self._attempt(desc, part)
-                return self._verified(desc, part)
+                path = self._verified(desc, part)
+                self.last_fetch_s = time.monotonic() - t0
+                return path
             except (OSError, http.client.HTTPException, _Retry) as exc:
                 error = str(exc) or type(exc).__name__
                 log.warning("snapshot download %s, attempt %d: %s", desc.snapshot_id[:8],
