@@ -581,7 +581,6 @@ class SyncEngine:
             self._reject(exc)
             return
         self.snapshot_files_applied += 1
-        self._file_fallback = False
 
     def _file_changes(self, d: pb.SnapshotFile, path: Path) -> Iterator[Change]:
         citizens = dossiers = 0
@@ -641,6 +640,7 @@ class SyncEngine:
         finally:
             spool.unlink(missing_ok=True)
         self.snapshots_applied += 1
+        self._file_fallback = False  # an installed snapshot: try files again next time
         self._snapshot_next_try = 0.0
         self._paused_at_manifest = None
         self.persisted.snapshot_failures = 0
