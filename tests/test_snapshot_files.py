@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -126,11 +127,25 @@ def rig(tmp_path: Path, broker: MosquittoBroker):  # type: ignore[no-untyped-def
     r.close()
 
 
-def test_new_epoch_many_terminals_one_file_broker_carries_announcements(rig: Rig) -> None:
+def test_new_epoch_many_terminals_one_file_broker_carries_announcements(
+        tmp_path: Path, broker: MosquittoBroker) -> None:
     """N terminals re-snapshot after new-epoch from ONE file; the broker's payload bytes
     to the terminals stay a few KB (descriptors, requests, manifests) whatever N, and a
-    terminal that joins while the others download converges from the same file."""
-    rig.start()
+    terminal that joins while the others download converges from the same file. The
+    downloads go through a proxy that paces them (~1 s each), so that "while" holds."""
+    port = free_port()
+    proxy = CuttingProxy(("127.0.0.1", port), cut_after=None, pace_s=0.02)
+    rig = Rig(tmp_path, broker, citizens=1500,
+              snapshots=f'[snapshots]\nurl = "http://127.0.0.1:{proxy.port}"\n')
+    try:
+        _many_terminals(rig, port)
+    finally:
+        proxy.close()
+        rig.close()
+
+
+def _many_terminals(rig: Rig, port: int) -> None:
+    rig.start(listen=f"127.0.0.1:{port}")
     n = 4
     terminals = [rig.terminal(f"t{i}") for i in range(n)]
     wait_for(lambda: all(rig.converged(t) for t in terminals), 60, "initial sync")
@@ -141,9 +156,13 @@ def test_new_epoch_many_terminals_one_file_broker_carries_announcements(rig: Rig
     before = sum(t.bytes_received for t in terminals)
     http_before = [t.downloader.bytes_received for t in terminals]  # type: ignore[union-attr]
     assert rig.dlog.new_epoch() == 2
-    # a terminal joining mid-transfer: started once one of the others is downloading
-    wait_for(lambda: any(t.engine.download is not None or t.engine.store.epoch == 2
-                         for t in terminals), 30, "a download in progress")
+    # a terminal joining mid-transfer: started while the others are downloading
+    def downloading() -> bool:
+        return any(t.engine.download is not None
+                   and t.downloader.bytes_received > b  # type: ignore[union-attr]
+                   for t, b in zip(terminals, http_before, strict=True))
+
+    wait_for(downloading, 30, "a download in progress")
     late = rig.terminal("late")
     wait_for(lambda: all(rig.converged(t) for t in [*terminals, late]), 60, "new epoch")
 
@@ -166,10 +185,12 @@ def test_new_epoch_many_terminals_one_file_broker_carries_announcements(rig: Rig
 
 class CuttingProxy:
     """A TCP proxy (a network boundary fake) that closes the first connection after
-    ``cut_after`` bytes from the server; later connections pass whole."""
+    ``cut_after`` bytes from the server (None: never); later connections pass whole.
+    ``pace_s``: a pause after each 16 KiB piece (a slow link)."""
 
-    def __init__(self, target: tuple[str, int], cut_after: int) -> None:
-        self.target, self.cut_after = target, cut_after
+    def __init__(self, target: tuple[str, int], cut_after: int | None,
+                 pace_s: float = 0.0) -> None:
+        self.target, self.cut_after, self.pace_s = target, cut_after, pace_s
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.connections = 0
@@ -195,9 +216,11 @@ class CuttingProxy:
         sent = 0
         try:
             while True:
-                data = upstream.recv(65536)
+                data = upstream.recv(16384)
                 if not data:
                     break
+                if self.pace_s:
+                    time.sleep(self.pace_s)  # a slow link, not a synchronisation
                 if limit is not None and sent + len(data) >= limit:
                     client.sendall(data[: limit - sent])
                     break  # cut: close both ends mid-body

@@ -159,7 +159,7 @@ class Downloader:
                 else:
                     raise _Retry(f"HTTP {resp.status} {resp.reason}")
                 while have < desc.size:
-                    data = resp.read(min(PIECE_BYTES, desc.size - have))
+                    data = resp.read1(min(PIECE_BYTES, desc.size - have))
                     if not data:
                         break
                     fh.write(data)
