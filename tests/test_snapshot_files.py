@@ -430,6 +430,9 @@ def test_deleted_citizen_removes_the_files_holding_them(rig: Rig) -> None:
     assert rig.files.sweep(rig.dlog) == 1
     assert rig.files.path_of(first.snapshot_id) is None
     assert not list(rig.files.dir.glob(f"{first.snapshot_id}*"))
+    with pytest.raises(DownloadError) as gone:  # a terminal holding the old descriptor
+        Downloader(rig.tmp / "spool-g", "t-g", retries=1, retry_s=0.0).fetch(first)
+    assert gone.value.gone  # 404: asks again, no failure counted
     new = pb.SnapshotFile.FromString(pb.Envelope.FromString(
         rig.files.descriptor_for(rig.dlog, 0)).body)
     assert new.snapshot_id != first.snapshot_id
