@@ -185,6 +185,46 @@ class SurveySection:
 
 
 @dataclasses.dataclass(frozen=True)
+class SnapshotsSection:
+    """Shared snapshot files served to the terminals (``[snapshots]``, docs/scale.md)."""
+
+    #: host:port of the terminals' HTTP(S) snapshot server; "" = off (snapshots go to
+    #: each terminal as MQTT chunks, as before)
+    listen: str = ""
+    #: base URL the terminals reach it at, announced in the signed descriptor ("" =
+    #: derived from ``listen``: https when tls_cert is set)
+    url: str = ""
+    #: where the files are kept (default: ``<district.db>.snapshots``)
+    dir: Path | None = None
+    #: snapshot files kept: the newest and the one before (terminals finishing it)
+    keep: int = 2
+    #: the server's certificate and key (PEM), and the CA whose client certificates may
+    #: download: the district CA that signs the terminals' certificates (district/pki.py)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+
+    def validate(self, prefix: str) -> None:
+        p = f"{prefix}." if prefix else ""
+        if not self.listen:
+            return
+        host, _port = split_hostport(self.listen, f"{p}listen")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(f"{p}tls_cert: tls_cert and tls_key go together")
+        if self.tls_cert is not None and self.client_ca is None:
+            raise ConfigError(f"{p}client_ca: required with tls_cert (the district CA: "
+                              "only terminals' certificates may download)")
+        if self.tls_cert is None and host not in ("127.0.0.1", "::1", "localhost"):
+            # a snapshot holds every citizen's embeddings: never in clear on a network
+            raise ConfigError(f"{p}tls_cert: required when listening beyond loopback "
+                              f"({self.listen})")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{p}url: an http:// or https:// URL")
+        if not 1 <= self.keep <= 10:
+            raise ConfigError(f"{p}keep: expected 1..10")
+
+
+@dataclasses.dataclass(frozen=True)
 class DistrictConfig:
     """The whole district configuration tree."""
 
@@ -200,6 +240,8 @@ class DistrictConfig:
     console: ConsoleSection = ConsoleSection()
     #: the survey QR hand-off (district/survey.py)
     survey: SurveySection = SurveySection()
+    #: shared snapshot files for the terminals (HTTP(S), off by default)
+    snapshots: SnapshotsSection = SnapshotsSection()
 
 
 def load_district_config(path: Path | None) -> DistrictConfig:

@@ -48,6 +48,7 @@ from district.fleet import FleetCache
 from district.lease import LEASE_RENEW_S, Lease, LeaseLost, new_holder_id
 from district.log import DistrictLog
 from district.reports import ReportGate, ReportWriter, check_report
+from district.snapshots import SnapshotFiles
 from district.survey import OfferWriter
 from proto import sync_pb2 as pb
 from sync.mqtt import (
@@ -156,6 +157,8 @@ class PublisherStats:
     #: bytes sent on each terminal's direct topic (replays and snapshots)
     direct_bytes: dict[str, int] = field(default_factory=dict)
     last_snapshot_bytes: int = 0
+    #: snapshot requests answered with a SnapshotFile descriptor (HTTP download)
+    snapshot_files: int = 0
     per_terminal_snapshot: dict[str, float] = field(default_factory=dict)
 
 
@@ -275,6 +278,7 @@ class Publisher:
         worker: str = "",
         lease: Lease | None = None,
         manifest_refresh_s: float = MANIFEST_REFRESH_S,
+        snapshot_files: SnapshotFiles | None = None,
     ) -> None:
         self.log = dlog
         self.key = key
@@ -293,6 +297,8 @@ class Publisher:
         self.pack_threshold = pack_threshold
         self.calibration_check_s = calibration_check_s
         self.manifest_refresh_s = manifest_refresh_s
+        #: None: snapshots only as chunks on the direct topic (no HTTP file server)
+        self.snapshot_files = snapshot_files
         self._buckets: dict[str, ByteBucket] = {}
         self.stats = PublisherStats()
         self._wake = threading.Event()
@@ -724,6 +730,9 @@ class Publisher:
             self.send_replay(terminal, req.from_seq, req.request_id)
             return
         # a snapshot: asked for, or the replay is not available (other epoch, too old)
+        if req.accepts_file and self.snapshot_files is not None:
+            self.send_snapshot_file(terminal, published)
+            return
         if received <= self._snapshot_sent_at.get(terminal, -1.0):
             # asked again while we were busy (with other terminals or this very snapshot:
             # it re-asks when no chunk came for a while); the snapshot that ended since
@@ -735,6 +744,16 @@ class Publisher:
             return
         self.stats.per_terminal_snapshot[terminal] = now
         self.send_snapshot(terminal, req.request_id)
+
+    def send_snapshot_file(self, terminal: str, published: int) -> None:
+        """Answer a snapshot request with the signed descriptor of the shared snapshot
+        file (built now if the newest is of another epoch or older than the replay
+        window); the terminal downloads it over HTTP(S) (district/snapshots.py)."""
+        assert self.snapshot_files is not None
+        min_last_seq = self.replay_from_seq(published) - 1
+        payload = self.snapshot_files.descriptor_for(self.log, min_last_seq)
+        if self._send_direct(terminal, payload):
+            self.stats.snapshot_files += 1
 
     def send_replay(self, terminal: str, from_seq: int, request_id: str = "") -> None:
         """Send published changes from ``from_seq`` on to one terminal's direct topic,

@@ -52,6 +52,7 @@ from district.ingest import Event, EventResult, IngestError, Ingestor, error_fie
 from district.lease import LeaseCollector
 from district.log import DistrictLog
 from district.publisher import Publisher
+from district.snapshots import SWEEP_S, SnapshotFiles, snapshot_app
 from district.survey import OfferWriter, SurveyCollector, SurveyStore, published
 from district.survey_page import mount_survey
 from faces.pipeline import FacePipeline, load_pipeline
@@ -63,6 +64,9 @@ log = logging.getLogger(__name__)
 #: how long SIGTERM waits for in-flight HTTP requests before closing them; an enrolment
 #: embeds up to 8 photos (~2 s on a Raspberry Pi class CPU), 10 s covers a few queued
 SHUTDOWN_GRACE_S = 10.0
+#: concurrent connections of the terminals' snapshot server: a district has hundreds of
+#: terminals; 256 streaming at once share the link anyway, more get 503 and retry
+SNAPSHOT_CONNECTIONS_MAX = 256
 #: request latency buckets (seconds): a status change takes ~5 ms, an enrolment ~1 s
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -334,6 +338,8 @@ class DistrictService:
     embedder: PhotoEmbedder | Callable[[], PhotoEmbedder] | None = None
     #: overrides [ingest] listen (tests, benchmarks)
     listen: str | None = None
+    #: overrides [snapshots] listen (tests, benchmarks; port 0 = any free port)
+    snapshots_listen: str | None = None
 
     def __post_init__(self) -> None:
         d, ing = self.cfg.district, self.cfg.ingest
@@ -352,8 +358,10 @@ class DistrictService:
             self.log.close()
             raise ConfigError(f"district.id: {d.id!r}, but {d.db} is the log of district "
                               f"{self.log.district_id!r}")
+        self.snapshot_files, self.snapshot_server = self._snapshot_server()
         self.publisher = Publisher(self.log, self.key, self.broker, prefix=d.prefix,
-                                   stop=self.stop_event, worker=d.worker)
+                                   stop=self.stop_event, worker=d.worker,
+                                   snapshot_files=self.snapshot_files)
         if self.embedder is None:
             cfg = self.cfg
             self.embedder = lambda: pipeline_embedder(_load_pipeline(cfg))
@@ -374,6 +382,36 @@ class DistrictService:
             h11_max_incomplete_event_size=64 * 1024, **tls))
         self._http = threading.Thread(target=self._serve_http, name="district-http",
                                       daemon=True)
+        self._snap_http = threading.Thread(target=self._serve_snapshots,
+                                           name="district-snapshots", daemon=True)
+
+    def _snapshot_server(self) -> tuple[SnapshotFiles | None, uvicorn.Server | None]:
+        """The terminals' snapshot file server (docs/scale.md), when [snapshots] listen
+        is set: TLS with client certificates of the district CA when configured."""
+        sc = self.cfg.snapshots
+        listen = self.snapshots_listen or sc.listen
+        if not listen:
+            return None, None
+        host, port = split_hostport(listen, "snapshots.listen")
+        assert self.cfg.district.db is not None
+        folder = sc.dir or self.cfg.district.db.with_name(self.cfg.district.db.name + ".snapshots")
+        scheme = "https" if sc.tls_cert is not None else "http"
+        files = SnapshotFiles(folder, self.key, sc.url or f"{scheme}://{host}:{port}",
+                              keep=sc.keep)
+        tls: dict[str, Any] = {}
+        if sc.tls_cert is not None:
+            import ssl
+            tls = dict(ssl_certfile=str(sc.tls_cert), ssl_keyfile=str(sc.tls_key),
+                       ssl_ca_certs=str(sc.client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+        server = uvicorn.Server(uvicorn.Config(
+            snapshot_app(files), host=host, port=port, log_config=None, access_log=False,
+            timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S), lifespan="off",
+            # each download is one connection streaming a file: bounded, so a burst
+            # of terminals cannot exhaust the district's file descriptors (503 beyond:
+            # the terminal retries with backoff)
+            limit_concurrency=SNAPSHOT_CONNECTIONS_MAX,
+            h11_max_incomplete_event_size=16 * 1024, **tls))
+        return files, server
 
     def _mount_console(self) -> dict[str, Any]:
         """Mount the operator console at /console when ``[console] enabled``; its TLS
@@ -432,8 +470,48 @@ class DistrictService:
                 log.error("the HTTP server stopped: stopping the service")
                 self.stop_event.set()
 
+    def _serve_snapshots(self) -> None:
+        assert self.snapshot_server is not None
+        try:
+            self.snapshot_server.run()
+        except BaseException:
+            log.exception("the snapshot server failed")
+        finally:
+            if not self.stop_event.is_set():
+                log.error("the snapshot server stopped: stopping the service")
+                self.stop_event.set()
+
+    def _sweep_snapshots(self) -> None:
+        """Remove snapshot files holding a citizen deleted since (right to be forgotten)."""
+        assert self.snapshot_files is not None
+        while not self.stop_event.wait(SWEEP_S):
+            try:
+                self.snapshot_files.sweep(self.log)
+            except Exception:  # the log busy or closing: next round
+                log.exception("snapshot file sweep failed")
+
+    def _start_snapshots(self, deadline: float) -> None:
+        server, files = self.snapshot_server, self.snapshot_files
+        if server is None or files is None:
+            return
+        self._snap_http.start()
+        threading.Thread(target=self._sweep_snapshots, name="district-snapshot-sweep",
+                         daemon=True).start()
+        while not server.started:
+            if not self._snap_http.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise ConfigError("snapshots.listen: cannot serve on "
+                                  f"{server.config.host}:{server.config.port}")
+            self.stop_event.wait(0.01)
+        if server.config.port == 0 and not self.cfg.snapshots.url:  # tests: the real port
+            port = server.servers[0].sockets[0].getsockname()[1]
+            scheme = files.base_url.split(":", 1)[0]
+            files.base_url = f"{scheme}://{server.config.host}:{port}"
+        log.info("snapshot files served at %s", files.base_url)
+
     def start(self, timeout: float = 30.0) -> DistrictService:
         """Start the publisher and the HTTP server; returns once the server listens."""
+        self._start_snapshots(time.monotonic() + timeout)
         self.publisher.start()
         self._http.start()
         deadline = time.monotonic() + timeout
@@ -463,8 +541,12 @@ class DistrictService:
             return
         self.stop_event.set()
         self.server.should_exit = True
+        if self.snapshot_server is not None:
+            self.snapshot_server.should_exit = True
         if self._http.is_alive():
             self._http.join(SHUTDOWN_GRACE_S + 5)
+        if self._snap_http.is_alive():
+            self._snap_http.join(SHUTDOWN_GRACE_S + 5)
         self.publisher.stop()
         self._closed = True
         if self.survey is not None:

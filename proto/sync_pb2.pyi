@@ -18,6 +18,7 @@ class PayloadKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAYLOAD_KIND_BATCH: _ClassVar[PayloadKind]
     PAYLOAD_KIND_MANIFEST: _ClassVar[PayloadKind]
     PAYLOAD_KIND_SNAPSHOT_CHUNK: _ClassVar[PayloadKind]
+    PAYLOAD_KIND_SNAPSHOT_FILE: _ClassVar[PayloadKind]
 
 class DossierStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -40,6 +41,7 @@ PAYLOAD_KIND_UNSPECIFIED: PayloadKind
 PAYLOAD_KIND_BATCH: PayloadKind
 PAYLOAD_KIND_MANIFEST: PayloadKind
 PAYLOAD_KIND_SNAPSHOT_CHUNK: PayloadKind
+PAYLOAD_KIND_SNAPSHOT_FILE: PayloadKind
 DOSSIER_STATUS_UNSPECIFIED: DossierStatus
 DOSSIER_STATUS_RECEIVED: DossierStatus
 DOSSIER_STATUS_PROCESSING: DossierStatus
@@ -233,8 +235,36 @@ class SnapshotChunk(_message.Message):
     dossier_count: int
     def __init__(self, district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., embedder_id: _Optional[str] = ..., dim: _Optional[int] = ..., snapshot_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., index: _Optional[int] = ..., last: _Optional[bool] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., request_id: _Optional[str] = ..., citizen_count: _Optional[int] = ..., dossier_count: _Optional[int] = ...) -> None: ...
 
+class SnapshotFile(_message.Message):
+    __slots__ = ("district_id", "epoch", "embedder_id", "dim", "snapshot_id", "last_seq", "size", "sha256", "citizen_count", "dossier_count", "url", "created_at_ms")
+    DISTRICT_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_ID_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CITIZEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DOSSIER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    district_id: str
+    epoch: int
+    embedder_id: str
+    dim: int
+    snapshot_id: str
+    last_seq: int
+    size: int
+    sha256: bytes
+    citizen_count: int
+    dossier_count: int
+    url: str
+    created_at_ms: int
+    def __init__(self, district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., embedder_id: _Optional[str] = ..., dim: _Optional[int] = ..., snapshot_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., size: _Optional[int] = ..., sha256: _Optional[bytes] = ..., citizen_count: _Optional[int] = ..., dossier_count: _Optional[int] = ..., url: _Optional[str] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+
 class SyncRequest(_message.Message):
-    __slots__ = ("protocol_version", "terminal_id", "district_id", "kind", "epoch", "from_seq", "request_id", "reason")
+    __slots__ = ("protocol_version", "terminal_id", "district_id", "kind", "epoch", "from_seq", "request_id", "reason", "accepts_file")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[SyncRequest.Kind]
@@ -251,6 +281,7 @@ class SyncRequest(_message.Message):
     FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_FILE_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     terminal_id: str
     district_id: str
@@ -259,7 +290,8 @@ class SyncRequest(_message.Message):
     from_seq: int
     request_id: str
     reason: str
-    def __init__(self, protocol_version: _Optional[int] = ..., terminal_id: _Optional[str] = ..., district_id: _Optional[str] = ..., kind: _Optional[_Union[SyncRequest.Kind, str]] = ..., epoch: _Optional[int] = ..., from_seq: _Optional[int] = ..., request_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    accepts_file: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., terminal_id: _Optional[str] = ..., district_id: _Optional[str] = ..., kind: _Optional[_Union[SyncRequest.Kind, str]] = ..., epoch: _Optional[int] = ..., from_seq: _Optional[int] = ..., request_id: _Optional[str] = ..., reason: _Optional[str] = ..., accepts_file: _Optional[bool] = ...) -> None: ...
 
 class TerminalState(_message.Message):
     __slots__ = ("protocol_version", "terminal_id", "district_id", "epoch", "applied_seq", "gallery_size", "embedder_id", "model", "version", "last_error", "rejections", "updated_at_ms", "syncing")

@@ -156,6 +156,7 @@ def open_envelope(
         pb.PAYLOAD_KIND_BATCH,
         pb.PAYLOAD_KIND_MANIFEST,
         pb.PAYLOAD_KIND_SNAPSHOT_CHUNK,
+        pb.PAYLOAD_KIND_SNAPSHOT_FILE,
     ):
         raise MessageRejected(MALFORMED, f"unknown payload kind {env.kind}")
     signed = _signed_bytes(env.kind, env.body)
@@ -169,12 +170,15 @@ def open_envelope(
     raise MessageRejected(SIGNATURE, "bad Ed25519 signature")
 
 
-def parse_body(env: pb.Envelope) -> pb.Batch | pb.Manifest | pb.SnapshotChunk:
+def parse_body(
+    env: pb.Envelope,
+) -> pb.Batch | pb.Manifest | pb.SnapshotChunk | pb.SnapshotFile:
     """Parse a verified envelope's body; its district id must match the envelope's."""
-    cls = {
+    cls: type[pb.Batch | pb.Manifest | pb.SnapshotChunk | pb.SnapshotFile] = {
         pb.PAYLOAD_KIND_BATCH: pb.Batch,
         pb.PAYLOAD_KIND_MANIFEST: pb.Manifest,
         pb.PAYLOAD_KIND_SNAPSHOT_CHUNK: pb.SnapshotChunk,
+        pb.PAYLOAD_KIND_SNAPSHOT_FILE: pb.SnapshotFile,
     }[env.kind]
     msg = cls()
     try:

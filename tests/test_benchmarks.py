@@ -72,3 +72,15 @@ def test_district_benchmark_quick() -> None:  # starts its own Mosquitto and dis
     assert r["shown"] == r["events"] == 250 and r["wrong_status_shown"] == 0
     assert r["service_exit_code"] == 0
     assert float(r["ingest_events_per_s"]) > 0  # type: ignore[arg-type]
+
+
+def test_snapshot_fanout_benchmark_small() -> None:  # its own Mosquitto, file server
+    r = _last_json("snapshot_fanout.py", "--terminals", "2", "--citizens", "300",
+                   "--mqtt-terminals", "1")
+    f, t, m = r["file"], r["topic"], r["mqtt"]
+    assert isinstance(f, dict) and isinstance(t, dict) and isinstance(m, dict)
+    size = int(f["file_bytes"])
+    assert f["files_built"] == 2 and f["http_bytes"] == 2 * size
+    assert int(f["broker_bytes_sent"]) < 0.1 * size  # announcements, not the file
+    assert 1.95 < float(t["ratio"]) < 2.1  # a shared topic: one copy per subscriber
+    assert int(m["broker_bytes_sent"]) >= int(m["chunk_bytes_one_snapshot"]) > 0.9 * size

@@ -26,7 +26,7 @@ from typing import Protocol
 from core.errors import ChangeOrderError, MessageRejected, StoreError
 from edge.syncclient import persist
 from proto import sync_pb2 as pb
-from sync import wire
+from sync import snapfile, wire
 from sync.changes import Change, CitizenDelete, CitizenUpsert, DossierUpsert
 from sync.survey import PublishedSurvey, survey_from_pb
 from sync.wire import PublicKeys
@@ -68,6 +68,10 @@ BUFFER_MAX_BATCHES = 256
 BUFFER_MAX_BYTES = 32 << 20
 #: the terminal refuses messages above this size (a 1 MiB batch/chunk is the norm)
 MAX_MESSAGE_BYTES = 4 << 20
+#: the largest snapshot file a terminal downloads: a 100k-citizen district's snapshot is
+#: ~214 MB, so 1 GiB leaves room for 4x that (or more embeddings per citizen) while a
+#: descriptor cannot make a terminal fill its SD card
+MAX_SNAPSHOT_FILE_BYTES = 1 << 30
 
 
 class GalleryTarget(Protocol):
@@ -140,8 +144,19 @@ class SyncEngine:
         snapshot_pause_s: float = SNAPSHOT_PAUSE_S,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        accepts_file: bool = False,
+        max_snapshot_file_bytes: int = MAX_SNAPSHOT_FILE_BYTES,
     ) -> None:
         self.store = store
+        #: ask for snapshots as one shared file over HTTP(S) (the subscriber downloads it)
+        self.accepts_file = accepts_file
+        self.max_snapshot_file_bytes = max_snapshot_file_bytes
+        #: the snapshot file being downloaded (None: none); no request is sent meanwhile
+        self.download: pb.SnapshotFile | None = None
+        self._download_new = False
+        #: after a failed download the next snapshot request asks for MQTT chunks
+        self._file_fallback = False
+        self.snapshot_files_applied = 0
         self.district_id = district_id
         self.terminal_id = terminal_id
         self.public_key = public_key
@@ -307,6 +322,10 @@ class SyncEngine:
                 if channel not in ("batch", "direct"):
                     raise MessageRejected(wire.MALFORMED, f"batch on the {channel} topic")
                 self._on_batch(body)
+            elif isinstance(body, pb.SnapshotFile):
+                if channel != "direct":
+                    raise MessageRejected(wire.MALFORMED, f"snapshot file on the {channel} topic")
+                self._on_snapshot_file(body)
             else:
                 if channel != "direct":
                     raise MessageRejected(wire.MALFORMED, f"snapshot chunk on the {channel} topic")
@@ -525,6 +544,81 @@ class SyncEngine:
         if snap.last_index is not None and len(snap.chunks) == snap.last_index + 1:
             self._install(snap, c.dim)
 
+    def _on_snapshot_file(self, d: pb.SnapshotFile) -> None:
+        """A signed descriptor of the district's shared snapshot file: check it, then the
+        subscriber downloads it (``take_download``) and hands it to ``install_file``."""
+        self._check_space(d.embedder_id, d.dim)
+        self._below_floor(d.epoch, d.last_seq, "snapshot file")
+        snapfile.check_descriptor(d, self.max_snapshot_file_bytes)
+        if self.download is not None:
+            return  # one at a time; the one in progress installs or fails first
+        useful = (
+            d.epoch > self.store.epoch
+            or (d.epoch == self.store.epoch and d.last_seq > self.applied_seq)
+            or self._need_snapshot
+        )
+        if not useful or d.epoch < self.district_epoch:
+            raise MessageRejected(wire.UNEXPECTED, f"snapshot file {d.snapshot_id[:8]}")
+        if not self.accepts_file:
+            raise MessageRejected(wire.UNEXPECTED, "snapshot file, but no downloader")
+        self.download = d
+        self._download_new = True
+        self._progress()
+
+    def take_download(self) -> pb.SnapshotFile | None:
+        """The descriptor to start downloading now (once per descriptor), or None."""
+        if self.download is not None and self._download_new:
+            self._download_new = False
+            return self.download
+        return None
+
+    def download_failed(self, d: pb.SnapshotFile, reason: str, *, gone: bool = False) -> None:
+        """The subscriber could not fetch ``d`` (or refused it): back off as for any failed
+        snapshot; the next request asks for MQTT chunks instead (the fallback). ``gone``
+        (the district replaced the file meanwhile) is no failure: ask again for the new
+        one after the usual request delay."""
+        if self.download is None or self.download.snapshot_id != d.snapshot_id:
+            return
+        self.download = None
+        if gone:
+            log.info("snapshot file %s replaced at the district: asking again", d.snapshot_id)
+            self._need_snapshot = True
+            self._request_sent_at = self.clock()
+            return
+        self._file_fallback = True
+        self._snapshot_failed(reason)
+
+    def install_file(self, d: pb.SnapshotFile, path: Path) -> None:
+        """Install a downloaded snapshot file whose size and SHA-256 the downloader
+        checked against the signed descriptor ``d``; the file is deleted afterwards."""
+        if self.download is None or self.download.snapshot_id != d.snapshot_id:
+            path.unlink(missing_ok=True)
+            return
+        self.download = None
+        started = self.clock()
+        try:
+            self._install_from(d.epoch, d.last_seq, self._file_changes(d, path), started, path)
+        except MessageRejected as exc:
+            self._file_fallback = True  # the district's file is bad: ask for chunks next
+            self._reject(exc)
+            return
+        self.snapshot_files_applied += 1
+
+    def _file_changes(self, d: pb.SnapshotFile, path: Path) -> Iterator[Change]:
+        citizens = dossiers = 0
+        with open(path, "rb") as fh:
+            for chunk in snapfile.read_chunks(fh, d):
+                for change in self._decode_changes(chunk.changes, d.dim):
+                    if isinstance(change, CitizenUpsert):
+                        citizens += 1
+                    elif isinstance(change, DossierUpsert):
+                        dossiers += 1
+                    else:
+                        raise MessageRejected(wire.MALFORMED, "a delete inside a snapshot")
+                    yield change
+        if citizens != d.citizen_count or dossiers != d.dossier_count:
+            raise MessageRejected(wire.MALFORMED, "snapshot counts do not match its file")
+
     def _snapshot_changes(self, snap: _Snapshot, dim: int) -> Iterator[Change]:
         citizens = dossiers = 0
         with open(snap.spool, "rb") as fh:
@@ -545,13 +639,17 @@ class SyncEngine:
 
     def _install(self, snap: _Snapshot, dim: int) -> None:
         self._snapshot = None
+        self._install_from(snap.epoch, snap.last_seq, self._snapshot_changes(snap, dim),
+                           snap.started, snap.spool)
+
+    def _install_from(self, epoch: int, last_seq: int, changes: Iterator[Change],
+                      started: float, spool: Path) -> None:
+        """Install a received snapshot (chunks or a file) atomically, then catch up."""
         received = self.clock()
         try:
             # the floor may have risen while the chunks came in (a newer manifest)
-            self._below_floor(snap.epoch, snap.last_seq, "snapshot")
-            self.store.replace_all(
-                self._snapshot_changes(snap, dim), epoch=snap.epoch, last_seq=snap.last_seq
-            )
+            self._below_floor(epoch, last_seq, "snapshot")
+            self.store.replace_all(changes, epoch=epoch, last_seq=last_seq)
         except MessageRejected as exc:
             self._snapshot_failed(str(exc))
             raise
@@ -562,17 +660,18 @@ class SyncEngine:
             self._snapshot_failed(f"cannot read the spool: {exc.strerror or exc}")
             raise
         finally:
-            snap.spool.unlink(missing_ok=True)
+            spool.unlink(missing_ok=True)
         self.snapshots_applied += 1
+        self._file_fallback = False  # an installed snapshot: try files again next time
         self._snapshot_next_try = 0.0
         self._paused_at_manifest = None
         self.persisted.snapshot_failures = 0
         self.persisted.snapshot_error = ""
         self.persisted.snapshot_retry_at = 0.0
         self.persisted.snapshot_paused = False
-        self._raise_floor(snap.epoch, snap.last_seq, durable=True)
+        self._raise_floor(epoch, last_seq, durable=True)
         #: (seconds receiving the chunks, seconds installing them) of the last snapshot
-        self.last_snapshot_timing = (received - snap.started, self.clock() - received)
+        self.last_snapshot_timing = (received - started, self.clock() - received)
         self._need_snapshot = False
         self.last_error = ""
         self._progress()
@@ -580,7 +679,7 @@ class SyncEngine:
         for first in [f for f, (b, _) in self._buffer.items() if b.last_seq <= self.applied_seq]:
             self._buffer_bytes -= self._buffer.pop(first)[0].ByteSize()
         self._drain()
-        log.info("snapshot installed: epoch %d, seq %d", snap.epoch, snap.last_seq)
+        log.info("snapshot installed: epoch %d, seq %d", epoch, last_seq)
         self._citizens_removed()
 
     def _snapshot_failed(self, reason: str) -> None:
@@ -639,6 +738,8 @@ class SyncEngine:
         snap = self._snapshot
         if snap is not None and now - snap.last_progress < self.request_retry_s:
             return []  # a snapshot is streaming in
+        if self.download is not None:
+            return []  # a snapshot file is downloading (it installs or fails)
         behind = self.applied_seq < self.target_seq()
         if not behind and not self._need_snapshot:
             self._stalled_since = None
@@ -671,6 +772,7 @@ class SyncEngine:
             from_seq=self.applied_seq + 1,
             request_id=uuid.uuid4().hex[:16],
             reason="need snapshot" if want_snapshot else "gap",
+            accepts_file=want_snapshot and self.accepts_file and not self._file_fallback,
         )
         return [req]
 
@@ -686,5 +788,6 @@ class SyncEngine:
             last_error=self.snapshot_status() or self.last_error,
             rejections=dict(self.rejections),
             updated_at_ms=int(time.time() * 1000),
-            syncing=self._snapshot is not None or self.applied_seq < self.target_seq(),
+            syncing=(self._snapshot is not None or self.download is not None
+                     or self.applied_seq < self.target_seq()),
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ import paho.mqtt.client as mqtt
 
 from core.errors import AuthenticationError
 from edge import __version__
+from edge.syncclient.download import RETRIES, RETRY_S, Downloader, DownloadError, TlsMaterial
 from edge.syncclient.engine import (
     GAP_TIMEOUT_S,
     MAX_MESSAGE_BYTES,
@@ -37,6 +39,7 @@ from edge.syncclient.engine import (
     SyncEngine,
 )
 from edge.syncclient.outbox import COMPACT_INTERVAL_S, OutboxSender
+from proto import sync_pb2 as pb
 from sync.mqtt import (
     BrokerSettings,
     is_auth_failure,
@@ -127,6 +130,9 @@ class TerminalSubscriber:
         snapshot_pause_s: float = SNAPSHOT_PAUSE_S,
         state_interval_s: float = STATE_INTERVAL_S,
         outbox_dir: Path | None = None,
+        snapshot_files: bool = True,
+        download_retries: int = RETRIES,
+        download_retry_s: float = RETRY_S,
     ) -> None:
         self.broker = broker
         self.topics = Topics(prefix, district_id)
@@ -147,7 +153,19 @@ class TerminalSubscriber:
             snapshot_retry_max_s=snapshot_retry_max_s,
             snapshot_max_failures=snapshot_max_failures,
             snapshot_pause_s=snapshot_pause_s,
+            # a shared snapshot file needs somewhere to put it
+            accepts_file=snapshot_files and spool_dir is not None,
         )
+        #: downloads the district's shared snapshot files (HTTP(S), resumable); TLS with
+        #: the broker's CA and this terminal's client certificate
+        self.downloader = (
+            Downloader(spool_dir, terminal_id, retries=download_retries,
+                       retry_s=download_retry_s, stop=self.stop_event,
+                       tls=TlsMaterial(broker.ca_file, broker.cert_file, broker.key_file))
+            if spool_dir is not None else None)
+        #: finished downloads: (descriptor, file or None, error, gone)
+        self._downloads: queue.SimpleQueue[
+            tuple[pb.SnapshotFile, Path | None, str, bool]] = queue.SimpleQueue()
         self.connected = threading.Event()
         self.connects = 0
         #: payload bytes received on the district's topics (wire figures)
@@ -276,6 +294,7 @@ class TerminalSubscriber:
                     self.engine.rejections["error"] += 1
                     self.engine.last_error = f"internal error: {exc}"[:200]
                 self._state_dirty = True
+            self._pump_downloads()
             if not self.connected.is_set():
                 continue
             for req in self.engine.tick():
@@ -297,6 +316,39 @@ class TerminalSubscriber:
                 self._state_dirty = False
                 last_state = now
                 self.publish_state()
+
+    def _pump_downloads(self) -> None:
+        """Start the download the engine asks for; hand finished ones back to it."""
+        desc = self.engine.take_download()
+        if desc is not None and self.downloader is not None:
+            threading.Thread(target=self._download, args=(desc,), name="sync-download",
+                             daemon=True).start()
+        try:
+            d, path, error, gone = self._downloads.get_nowait()
+        except queue.Empty:
+            return
+        try:
+            if path is None:
+                self.engine.download_failed(d, error, gone=gone)
+            else:
+                self.engine.install_file(d, path)
+        except Exception as exc:  # a full disk must not stop the sync
+            log.exception("installing the snapshot file failed")
+            self.engine.last_error = f"internal error: {exc}"[:200]
+        self._state_dirty = True
+
+    def _download(self, desc: pb.SnapshotFile) -> None:
+        assert self.downloader is not None
+        try:
+            path = self.downloader.fetch(desc)
+        except DownloadError as exc:
+            self._downloads.put((desc, None, str(exc), exc.gone))
+            return
+        except Exception as exc:  # anything else must still end the download
+            log.exception("snapshot download failed")
+            self._downloads.put((desc, None, f"snapshot download failed: {exc}"[:300], False))
+            return
+        self._downloads.put((desc, path, "", False))
 
     def _publish_report(self, payload: bytes) -> int:
         info = self.client.publish(self.topics.report(self.terminal_id), payload, qos=1)

@@ -1,0 +1,275 @@
+"""One snapshot file for many terminals (docs/scale.md "One snapshot for many terminals").
+
+The district builds a snapshot of its state once, as a file, and answers every
+terminal's snapshot request (one that says ``accepts_file``) with the same signed
+``SnapshotFile`` descriptor on its direct topic (a few hundred bytes); the terminals GET
+the file from the district service over HTTP(S) with Range requests (resumable). The
+broker carries the announcements only, whatever the number of terminals.
+
+Reuse rule: the newest file is reused while it is of the log's epoch and embedder and
+its ``last_seq`` is still inside the replay window (a terminal installs it and replays
+the changes after it); otherwise a new one is built from the current state. So a burst
+of requests after ``district new-epoch`` builds one file, and a district whose log moves
+builds at most one per replay window of changes.
+
+On disk (``[snapshots] dir``, default ``<log>.snapshots/``, mode 0700): ``<id>.snap`` (the
+records, see sync/snapfile.py) and ``<id>.desc`` (the sealed descriptor), both written to
+a temp file, fsynced and renamed; only the newest ``keep`` are kept (the previous one
+stays so that terminals downloading it can finish).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+
+from core.errors import DistrictError
+from district.log import DistrictLog
+from proto import sync_pb2 as pb
+from sync import snapfile
+from sync.wire import seal
+
+log = logging.getLogger(__name__)
+
+#: records of ~1 MiB (as the MQTT chunks): few records, small memory when reading
+CHUNK_MAX_BYTES = 1 << 20
+#: changes read at a time when looking for deletions after a file (bounded memory)
+SCAN_CHANGES = 1000
+#: how often the service looks for citizens deleted after a kept file (right to be
+#: forgotten: such a file is removed, the next request builds a new one). 10 s: a
+#: deleted citizen's embeddings stay on the district's disk seconds, not weeks, for a
+#: scan of the changes since the last look (a few per second at most)
+SWEEP_S = 10.0
+#: snapshot files kept: the newest (what requests get) and the one before (terminals still
+#: downloading it finish instead of starting over); each is ~2 KiB per citizen
+KEEP = 2
+
+
+class SnapshotFiles:
+    """Builds, keeps and finds one district's snapshot files (thread safe)."""
+
+    def __init__(self, directory: Path, key: Ed25519PrivateKey, base_url: str, *,
+                 keep: int = KEEP, chunk_max_bytes: int = CHUNK_MAX_BYTES) -> None:
+        if keep < 1:
+            raise ValueError("keep at least one snapshot file")
+        self.dir = directory
+        self.key = key
+        self.base_url = base_url.rstrip("/")
+        self.keep = keep
+        self.chunk_max_bytes = chunk_max_bytes
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = threading.Lock()
+        #: files built by this process (tests, benchmarks)
+        self.built = 0
+        #: files removed because a citizen was deleted after them
+        self.forgotten = 0
+        #: snapshot id -> change number up to which no citizen deletion follows it
+        self._clean_to: dict[str, int] = {}
+        for stale in self.dir.glob("*.tmp"):  # a build a crash interrupted
+            stale.unlink(missing_ok=True)
+
+    def path_of(self, snapshot_id: str) -> Path | None:
+        """The file of a kept snapshot, None for anything else (never a path outside)."""
+        if not snapfile.SNAPSHOT_ID.fullmatch(snapshot_id):
+            return None
+        path = self.dir / f"{snapshot_id}.snap"
+        return path if path.is_file() and (self.dir / f"{snapshot_id}.desc").is_file() else None
+
+    def _kept(self) -> list[tuple[pb.SnapshotFile, bytes]]:
+        """Kept snapshots, newest first: (descriptor, sealed envelope)."""
+        out = []
+        for p in self.dir.glob("*.desc"):
+            try:
+                sealed = p.read_bytes()
+                env = pb.Envelope.FromString(sealed)
+                d = pb.SnapshotFile.FromString(env.body)
+            except Exception as exc:  # a damaged file: rebuilt, never served
+                log.warning("ignoring snapshot descriptor %s: %s", p.name, exc)
+                continue
+            if (self.dir / f"{d.snapshot_id}.snap").is_file():
+                out.append((d, sealed))
+        out.sort(key=lambda x: (x[0].created_at_ms, x[0].last_seq), reverse=True)
+        return out
+
+    def descriptor_for(self, dlog: DistrictLog, min_last_seq: int) -> bytes:
+        """The sealed descriptor of a snapshot of ``dlog``'s epoch with ``last_seq >=
+        min_last_seq`` (the newest kept one, else a new one built now)."""
+        with self._lock:
+            kept = self._kept()
+            if kept:
+                d, sealed = kept[0]
+                if self._forgotten_after(dlog, d):
+                    self._remove_stale(dlog, kept)
+                elif (d.epoch == dlog.epoch and d.embedder_id == dlog.embedder_id
+                        and d.dim == dlog.dim and d.last_seq >= min_last_seq
+                        and d.district_id == dlog.district_id
+                        and d.url.startswith(self.base_url + snapfile.URL_PATH)):
+                    return sealed
+            sealed = self._build(dlog)
+            self._prune()
+            return sealed
+
+    def _build(self, dlog: DistrictLog) -> bytes:
+        t0 = time.monotonic()
+        snap_id = uuid.uuid4().hex
+        epoch = dlog.epoch
+        tmp = self.dir / f"{snap_id}.snap.tmp"
+        digest = hashlib.sha256()
+        size = 0
+
+        class _Hashing:
+            """Write-through file object that hashes and counts what it writes."""
+
+            def __init__(self, fh: object) -> None:
+                self.fh = fh
+
+            def write(self, data: bytes) -> int:
+                nonlocal size
+                digest.update(data)
+                size += len(data)
+                return self.fh.write(data)  # type: ignore[attr-defined, no-any-return]
+
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as raw, dlog.snapshot() as (last_seq, nc, nd, rows):
+                out = _Hashing(raw)
+                index = 0
+                pending: list[bytes] = []
+                psize = 0
+
+                def flush(last: bool) -> None:
+                    nonlocal index
+                    c = pb.SnapshotChunk(
+                        district_id=dlog.district_id, epoch=epoch,
+                        embedder_id=dlog.embedder_id, dim=dlog.dim, snapshot_id=snap_id,
+                        last_seq=last_seq, index=index, last=last, citizen_count=nc,
+                        dossier_count=nd)
+                    for blob in pending:
+                        c.changes.add().MergeFromString(blob)
+                    snapfile.write_record(out, c.SerializeToString())  # type: ignore[arg-type]
+                    index += 1
+                    pending.clear()
+
+                for blob in rows:
+                    if pending and psize + len(blob) > self.chunk_max_bytes:
+                        flush(False)
+                        psize = 0
+                    pending.append(blob)
+                    psize += len(blob)
+                flush(True)
+                raw.flush()
+                os.fsync(raw.fileno())
+            desc = pb.SnapshotFile(
+                district_id=dlog.district_id, epoch=epoch, embedder_id=dlog.embedder_id,
+                dim=dlog.dim, snapshot_id=snap_id, last_seq=last_seq, size=size,
+                sha256=digest.digest(), citizen_count=nc, dossier_count=nd,
+                url=f"{self.base_url}{snapfile.URL_PATH}{snap_id}",
+                created_at_ms=int(time.time() * 1000))
+            sealed = seal(self.key, dlog.district_id, pb.PAYLOAD_KIND_SNAPSHOT_FILE,
+                          desc.SerializeToString())
+            os.replace(tmp, self.dir / f"{snap_id}.snap")
+            _write_atomic(self.dir / f"{snap_id}.desc", sealed)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.built += 1
+        log.info("snapshot file %s: epoch %d, change %d, %d citizens, %d bytes, %.1f s",
+                 snap_id, epoch, last_seq, nc, size, time.monotonic() - t0)
+        return sealed
+
+    def sweep(self, dlog: DistrictLog) -> int:
+        """Remove every kept file that holds a citizen deleted after it; how many."""
+        with self._lock:
+            return self._remove_stale(dlog, self._kept())
+
+    def _remove_stale(self, dlog: DistrictLog,
+                      kept: list[tuple[pb.SnapshotFile, bytes]]) -> int:
+        n = 0
+        for d, _ in kept:
+            if self._forgotten_after(dlog, d):
+                self._remove(d.snapshot_id)
+                self.forgotten += 1
+                n += 1
+                log.info("snapshot file %s removed: a citizen in it was deleted since",
+                         d.snapshot_id)
+        return n
+
+    def _forgotten_after(self, dlog: DistrictLog, d: pb.SnapshotFile) -> bool:
+        """True when a citizen was deleted after ``d.last_seq`` (or the log no longer
+        tells: compacted). Each change is read once per file (remembered)."""
+        first = self._clean_to.get(d.snapshot_id, d.last_seq) + 1
+        head = dlog.head_seq
+        while first <= head:
+            last = min(head, first + SCAN_CHANGES - 1)
+            try:
+                blobs = dlog.changes(first, last)
+            except DistrictError:
+                return True  # compacted past it: too old to reuse anyway
+            for blob in blobs:  # redacted entries come as deletes too
+                if pb.Change.FromString(blob).WhichOneof("kind") == "citizen_delete":
+                    return True
+            self._clean_to[d.snapshot_id] = last
+            first = last + 1
+        return False
+
+    def _remove(self, snapshot_id: str) -> None:
+        for suffix in (".desc", ".snap"):  # descriptor first: never served half-gone
+            (self.dir / f"{snapshot_id}{suffix}").unlink(missing_ok=True)
+        self._clean_to.pop(snapshot_id, None)
+
+    def _prune(self) -> None:
+        for d, _ in self._kept()[self.keep:]:
+            self._remove(d.snapshot_id)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def snapshot_app(files: SnapshotFiles) -> FastAPI:
+    """The terminals' HTTP API: ``GET /v1/snapshots/{id}`` (Range requests: resumable).
+    Who may connect is the TLS layer's job (client certificates of the district CA,
+    ``[snapshots] client_ca``); the file itself is checked by the terminal against the
+    signed descriptor."""
+    app = FastAPI(title="motcua district snapshots", version="1", docs_url=None,
+                  redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_r: object, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"errors": [{"field": "", "message": str(exc.detail)}]},
+                            status_code=exc.status_code)
+
+    @app.get("/healthz", response_class=PlainTextResponse)
+    def healthz() -> str:
+        return "ok\n"
+
+    @app.get(snapfile.URL_PATH + "{snapshot_id}")
+    def get_snapshot(snapshot_id: str) -> FileResponse:
+        path = files.path_of(snapshot_id)
+        if path is None:
+            raise HTTPException(404, "no such snapshot (a newer one replaced it: ask again)")
+        return FileResponse(path, media_type="application/octet-stream")
+
+    return app
+
+
+__all__ = ["KEEP", "SWEEP_S", "SnapshotFiles", "snapshot_app"]
