@@ -225,6 +225,15 @@ class Browser:
         self.port = rig.port
         self.cookies: dict[str, str] = {}
 
+    @classmethod
+    def at(cls, cert: Path, port: int) -> Browser:
+        """A client of a console not run by a :class:`Rig` (e.g. a subprocess)."""
+        b = cls.__new__(cls)
+        b.ctx = ssl.create_default_context(cafile=str(cert))
+        b.port = port
+        b.cookies = {}
+        return b
+
     def request(self, method: str, path: str, form: dict[str, str] | None = None, *,
                 body: bytes | None = None, ctype: str = "application/x-www-form-urlencoded",
                 ) -> tuple[int, dict[str, str], str]:

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import datetime
 import html
+import http.client
 import os
 import re
+import signal
 import sqlite3
 import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -57,8 +60,10 @@ from tests.console_helpers import (
     emb,
     iso,
     rig,
+    seed,
     write_console_config,
 )
+from tests.sync_helpers import wait_for
 
 __all__ = ["rig"]  # the fixture
 
@@ -183,6 +188,56 @@ def test_deletions_ratings_calibration_pages(rig: Rig) -> None:
     assert status == 200 and "Not calibrated yet" in page and 'lang="en"' in page
     status, _h, page = b.get("/console/calibration?lang=vi")
     assert status == 200 and "Chưa hiệu chỉnh" in page and 'lang="vi"' in page
+
+
+def test_console_through_a_real_serve_process(tmp_path: Path, broker: MosquittoBroker
+                                              ) -> None:
+    """``motcua district serve`` as a process, the console on: readyz over TLS against
+    its self-signed certificate, log in, the fleet and ratings pages, SIGTERM ends it."""
+    db = tmp_path / "district.sqlite"
+    DistrictLog.create(db, district_id=DISTRICT, embedder_id="test-emb", dim=DIM).close()
+    dlog = DistrictLog.open(db)
+    try:
+        seed(dlog)
+    finally:
+        dlog.close()
+    users, cert, key = console_files(tmp_path)
+    cfg = write_console_config(tmp_path, broker, db, console=f"""
+enabled = true
+users_file = "{users}"
+tls_cert_file = "{cert}"
+tls_key_file = "{key}"
+""")
+    port = load_district_config(cfg).ingest.listen.rsplit(":", 1)[1]
+    b = Browser.at(cert, int(port))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = (tmp_path / "serve.log").open("w")  # a file: a full pipe would block the server
+    proc = subprocess.Popen([sys.executable, "-m", "motcua", "--config", str(cfg), "district",
+                             "serve"], cwd=REPO, env=env, stderr=log)
+
+    def ready() -> bool:
+        try:
+            return b.get("/readyz")[0] == 200
+        except OSError:  # not listening yet (or exited: checked below)
+            return proc.poll() is not None
+    try:
+        wait_for(ready, 60, "the service ready over TLS")
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        # plain http is refused: the server speaks TLS only
+        with pytest.raises((OSError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).close()
+        assert b.login()[0] == 303
+        status, _h, page = b.get("/console/fleet")
+        assert status == 200 and T["vi"]["fleet_title"] in page
+        status, _h, page = b.get("/console/ratings")
+        assert status == 200 and html.escape(SURVEY_COMMENT, quote=False) in page
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
 
 
 # ---- units -----------------------------------------------------------------------------
