@@ -198,9 +198,8 @@ def survey_comments(dlog: DistrictLog, first: datetime.date, last: datetime.date
                     limit: int) -> list[SurveyComment]:
     """The newest ``limit`` non-empty survey comments made in [first, last], each with the
     officers and counters its answer is joined to (none when disputed)."""
-    answers = [a for a in dlog.survey_answers_between(
-        _stamp(first), _stamp(last + datetime.timedelta(days=1))) if a[5].strip()]
-    answers = answers[::-1][:limit]
+    answers = dlog.survey_answers_between(
+        _stamp(first), _stamp(last + datetime.timedelta(days=1)), limit, comments=True)
     history = _history(dlog, [a[3] for a in answers if not a[6]])
     out = []
     for t, _s, when, cid, stars, comment, is_disputed, _rated in answers:
