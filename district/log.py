@@ -741,6 +741,32 @@ class DistrictLog:
                 (first, last, limit)).fetchall()
         return [(str(a), str(b), str(c), str(d), int(e)) for a, b, c, d, e in rows]
 
+    def survey_answers_between(self, first: str, last: str, limit: int = 100_000, *,
+                               comments: bool = False) -> list[
+            tuple[str, str, str, str, int, str, bool, bool]]:
+        """Survey answers (district/survey.py) whose time (ISO 8601 UTC text) is in
+        [first, last): (terminal, session, time, citizen or "", stars, comment, disputed:
+        the session has a "not me" report, rated: the session also has a kiosk rating).
+        Oldest first with comments left out (""); with ``comments``, only the answers
+        with a comment, newest first (a comment is up to 500 characters: the caller's
+        ``limit`` bounds the memory)."""
+        if comments:
+            text, where, order = "a.comment", "AND a.comment != '' ", "DESC"
+        else:
+            text, where, order = "''", "", ""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT a.terminal_id, a.session_id, a.time, a.citizen_id, a.rating, {text}, "
+                "EXISTS (SELECT 1 FROM reports r WHERE r.terminal_id = a.terminal_id "
+                "AND r.session_id = a.session_id AND r.kind = 'not_me'), "
+                "EXISTS (SELECT 1 FROM reports r WHERE r.terminal_id = a.terminal_id "
+                "AND r.session_id = a.session_id AND r.kind = 'rating') "
+                f"FROM survey_answers a WHERE a.time >= ? AND a.time < ? {where}"
+                f"ORDER BY a.time {order}, a.terminal_id, a.session_id LIMIT ?",
+                (first, last, limit)).fetchall()
+        return [(str(a), str(b), str(c), str(d), int(e), str(f), bool(g), bool(h))
+                for a, b, c, d, e, f, g, h in rows]
+
     def citizen_deletions(self, limit: int = 200) -> list[tuple[int, str, float]]:
         """The newest citizen deletions still in the log: (seq, citizen, unix time)."""
         out: list[tuple[int, str, float]] = []

@@ -21,11 +21,13 @@ from district.console.auth import add_user
 from district.console.tlscert import make_self_signed
 from district.log import DistrictLog
 from district.service import DistrictService
+from district.survey import Offer, SurveyStore
 from proto import sync_pb2 as pb
 from sync.changes import Dossier, DossierStatus
 from sync.keys import generate_keypair
 from sync.localbroker import free_port
 from sync.mqtt import BrokerSettings, make_client
+from sync.survey import new_token, token_sha256
 from sync.topics import Topics
 from tests.broker import MosquittoBroker
 from tests.sync_helpers import wait_for
@@ -34,6 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 DISTRICT = "q9"
 USER, PASSWORD = "chi.lan", "mật-khẩu-đủ-dài-1"
 XSS = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+#: a survey comment (shown to staff on the ratings page, escaped)
+SURVEY_COMMENT = "Chị hướng dẫn rất kỹ " + XSS
 DIM = 4
 
 
@@ -150,6 +154,20 @@ def seed(dlog: DistrictLog) -> int:
         ("t-2", "s-5", "rating", iso(now - 20), "c2", 4, 0.0),
         ("t-2", "s-6", "rating", iso(now - 10), "", 1, 0.0),  # an old terminal: no citizen
     ])
+    # survey answers from phones: one counted (Cường, Quầy 2), one of a session also rated
+    # at the kiosk (not counted again), one of a session reported "not me" (not counted)
+    store = SurveyStore(dlog.path, lifetime_s=600)
+    try:
+        for terminal, session, cid, stars, comment in (
+                ("t-2", "s-7", "c2", 2, SURVEY_COMMENT),
+                ("t-1", "s-3", "c1", 1, "trùng phiên"),
+                ("t-1", "s-1", "c1", 1, "không phải tôi")):
+            tok = new_token()
+            store.add_offers([Offer(token_sha256(tok), terminal, session, cid, now - 30)],
+                             now=now - 30)
+            assert store.answer(tok, stars, comment, now=now - 5) == "ok"
+    finally:
+        store.close()
     return deleted
 
 
@@ -206,6 +224,15 @@ class Browser:
         self.ctx = ssl.create_default_context(cafile=str(rig.cert))
         self.port = rig.port
         self.cookies: dict[str, str] = {}
+
+    @classmethod
+    def at(cls, cert: Path, port: int) -> Browser:
+        """A client of a console not run by a :class:`Rig` (e.g. a subprocess)."""
+        b = cls.__new__(cls)
+        b.ctx = ssl.create_default_context(cafile=str(cert))
+        b.port = port
+        b.cookies = {}
+        return b
 
     def request(self, method: str, path: str, form: dict[str, str] | None = None, *,
                 body: bytes | None = None, ctype: str = "application/x-www-form-urlencoded",

@@ -6,13 +6,17 @@ over TLS on a free port with a real Mosquitto and terminal states published reta
 from __future__ import annotations
 
 import datetime
+import html
+import http.client
 import os
 import re
+import signal
 import sqlite3
 import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,14 +39,17 @@ from district.fleet import FleetCache, FleetRow
 from district.ingest import Ingestor, parse_event
 from district.log import DistrictLog
 from district.service import DistrictService
+from district.survey import Offer, SurveyStore
 from proto import sync_pb2 as pb
 from sync.changes import DossierStatus
+from sync.survey import new_token, token_sha256
 from tests.broker import MosquittoBroker
 from tests.console_helpers import (
     DIM,
     DISTRICT,
     PASSWORD,
     REPO,
+    SURVEY_COMMENT,
     USER,
     XSS,
     Browser,
@@ -53,8 +60,10 @@ from tests.console_helpers import (
     emb,
     iso,
     rig,
+    seed,
     write_console_config,
 )
+from tests.sync_helpers import wait_for
 
 __all__ = ["rig"]  # the fixture
 
@@ -162,14 +171,73 @@ def test_deletions_ratings_calibration_pages(rig: Rig) -> None:
     assert status == 200
     avg = dict(re.findall(r'<td class="name">([^<]*)</td><td class="num avg">([^<]*)</td>',
                           page))
-    assert avg["Trần Thị Bình"] == "4.00" and avg["Lê Văn Cường"] == "4.00"
-    assert avg["Quầy 1"] == "4.00" and avg["Quầy 2"] == "4.00"
+    # Cường: 4 at the kiosk + 2 from the phone; the phone's 1s are the same session as a
+    # kiosk rating (Bình's 5) and a session reported "not me": neither counts
+    assert avg["Trần Thị Bình"] == "4.00" and avg["Lê Văn Cường"] == "3.00"
+    assert avg["Quầy 1"] == "4.00" and avg["Quầy 2"] == "3.00"
     assert re.search(r'id="unattributed">1<', page)
+    assert re.search(r'id="survey-same-session">1<', page)
+    assert re.search(r'id="survey-disputed">1<', page)
+    comments = re.search(r'<table id="survey-comments">.*?</table>', page, re.S)
+    assert comments, page
+    assert html.escape(SURVEY_COMMENT, quote=False) in comments.group(0)
+    assert XSS not in page and "Lê Văn Cường" in comments.group(0)
+    assert "N*** V**" not in comments.group(0)  # never the citizen's name
     assert b.get("/console/ratings?from=2026-13-01&to=x")[0] == 400
     status, _h, page = b.get("/console/calibration")  # English stays chosen
     assert status == 200 and "Not calibrated yet" in page and 'lang="en"' in page
     status, _h, page = b.get("/console/calibration?lang=vi")
     assert status == 200 and "Chưa hiệu chỉnh" in page and 'lang="vi"' in page
+
+
+def test_console_through_a_real_serve_process(tmp_path: Path, broker: MosquittoBroker
+                                              ) -> None:
+    """``motcua district serve`` as a process, the console on: readyz over TLS against
+    its self-signed certificate, log in, the fleet and ratings pages, SIGTERM ends it."""
+    db = tmp_path / "district.sqlite"
+    DistrictLog.create(db, district_id=DISTRICT, embedder_id="test-emb", dim=DIM).close()
+    dlog = DistrictLog.open(db)
+    try:
+        seed(dlog)
+    finally:
+        dlog.close()
+    users, cert, key = console_files(tmp_path)
+    cfg = write_console_config(tmp_path, broker, db, console=f"""
+enabled = true
+users_file = "{users}"
+tls_cert_file = "{cert}"
+tls_key_file = "{key}"
+""")
+    port = load_district_config(cfg).ingest.listen.rsplit(":", 1)[1]
+    b = Browser.at(cert, int(port))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = (tmp_path / "serve.log").open("w")  # a file: a full pipe would block the server
+    proc = subprocess.Popen([sys.executable, "-m", "motcua", "--config", str(cfg), "district",
+                             "serve"], cwd=REPO, env=env, stderr=log)
+
+    def ready() -> bool:
+        try:
+            return b.get("/readyz")[0] == 200
+        except OSError:  # not listening yet (or exited: checked below)
+            return proc.poll() is not None
+    try:
+        wait_for(ready, 60, "the service ready over TLS")
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        # plain http is refused: the server speaks TLS only
+        with pytest.raises((OSError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).close()
+        assert b.login()[0] == 303
+        status, _h, page = b.get("/console/fleet")
+        assert status == 200 and T["vi"]["fleet_title"] in page
+        status, _h, page = b.get("/console/ratings")
+        assert status == 200 and html.escape(SURVEY_COMMENT, quote=False) in page
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
 
 
 # ---- units -----------------------------------------------------------------------------
@@ -294,6 +362,38 @@ def test_ratings_averages_from_the_log(tmp_path: Path) -> None:
         data.parse_period("2026-11-10", "2026-11-09")
     with pytest.raises(ValueError):
         data.parse_period("2025-01-01", "2026-11-09")
+    # survey answers from phones join by the same rule, at the answer's time
+    store = SurveyStore(tmp_path / "d.sqlite", lifetime_s=600)
+    try:
+        def answer(terminal: str, session: str, cid: str, at: float, stars: int,
+                   comment: str) -> None:
+            tok = new_token()
+            assert store.add_offers([Offer(token_sha256(tok), terminal, session, cid, at)],
+                                    now=at) == 1
+            assert store.answer(tok, stars, comment, now=at + 30) == "ok"
+
+        answer("t", "r3", "c2", base + 8000, 1, "trùng phiên")  # r3 rated at the kiosk too
+        answer("t", "s1", "c2", base + 8100, 4, "")  # D2: Cường, Quầy 2
+        answer("t", "s2", "c1", base + 8200, 5, "<b>tận tình</b>")  # D1 (returned): Bình
+        answer("t", "s3", "c1", base + 8300, 1, "không phải tôi")  # disputed below
+        answer("t", "s4", "c2", base - 600, 2, "")  # before any dossier
+        dlog.add_reports([("t", "s3", "not_me", iso(base + 8290), "c1", 0, 0.7)])
+    finally:
+        store.close()
+    s = data.ratings(dlog, day, day + datetime.timedelta(days=5))
+    assert (s.total, s.survey_total, s.survey_same_session, s.survey_disputed) == (5, 4, 1, 1)
+    assert s.unattributed == 1  # r6 (s4 is the day before the period)
+    assert {(a.key, a.count, a.total, a.kiosk, a.survey) for a in s.officers} == {
+        ("Bình", 3, 13, 2, 1), ("Cường", 2, 6, 1, 1), ("Dung", 1, 4, 1, 0)}
+    s = data.ratings(dlog, day - datetime.timedelta(days=1), day)
+    assert s.survey_total == 5 and s.unattributed == 2 + 1  # r5, r6; s4
+    comments = data.survey_comments(dlog, day, day, limit=10)
+    assert [(c.comment, c.officers, c.counters, c.disputed) for c in comments] == [
+        ("không phải tôi", [], [], True),  # newest first; disputed: joined to no one
+        ("<b>tận tình</b>", ["Bình"], ["Quầy 1"], False),
+        ("trùng phiên", ["Cường"], ["Quầy 2"], False),
+    ]
+    assert len(data.survey_comments(dlog, day, day, limit=1)) == 1
     # a deleted citizen's handling history goes with them (right to be forgotten)
     dlog.delete_citizen("c2")
     assert dlog.handling(["c2"]) == []

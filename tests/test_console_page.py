@@ -3,9 +3,9 @@ over TLS (its own self-signed certificate: this test browser alone accepts it), 
 Mosquitto and three terminals' retained states (tests/console_helpers.py).
 
 The browser logs in, sees every page in Vietnamese and in English, marks a "not me"
-report reviewed and picks a rating period. Screenshots go to the test's tmp directory,
-and are copied to tests/artifacts/console/ when MOTCUA_CONSOLE_SCREENSHOTS=1 (they are
-never committed)."""
+report reviewed, picks a rating period and reads a phone survey's comment. Screenshots go
+to the test's tmp directory, and are copied to tests/artifacts/console/ when
+MOTCUA_CONSOLE_SCREENSHOTS=1 (they are never committed)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from district.console.i18n import T
-from tests.console_helpers import PASSWORD, USER, Rig, rig
+from tests.console_helpers import PASSWORD, SURVEY_COMMENT, USER, Rig, rig
 
 __all__ = ["rig"]  # the fixture
 
@@ -176,6 +176,15 @@ def test_console_in_chromium(browser: webdriver.Chrome, rig: Rig, tmp_path: Path
     wait_for(browser, lambda d: d.find_elements(By.ID, "officers"), "today's averages")
     officers = browser.find_element(By.ID, "officers").text
     assert "Trần Thị Bình" in officers and "4.00" in officers
+    # the phone survey's comment is shown to staff as text, with its counter and officer
+    row = browser.find_element(
+        By.XPATH, "//table[@id='survey-comments']//tr[td[@class='comment'][contains(., "
+                  "'Chị hướng dẫn')]]")
+    assert row.find_element(By.CSS_SELECTOR, "td.comment").text == SURVEY_COMMENT
+    assert row.find_element(By.CSS_SELECTOR, "td.officers").text == "Lê Văn Cường"
+    assert row.find_element(By.CSS_SELECTOR, "td.counters").text == "Quầy 2"
+    assert not browser.find_elements(By.CSS_SELECTOR, "td.comment img, td.comment script")
+    shot("ratings_survey_comments_vi")
 
     # sign out: the pages want a login again
     browser.find_element(By.ID, "logout").click()

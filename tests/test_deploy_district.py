@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import ConfigError
 from district.config import load_district_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +87,10 @@ def test_provision_is_idempotent_and_writes_a_loadable_config(tmp_path: Path) ->
     cfg = load_district_config(root / "etc/motcua/district.toml")
     assert cfg.district.id == "q7" and cfg.broker.broker == "mqtt.district.lan:8883"
     assert cfg.ingest.token_file == Path("/var/lib/motcua-district/ingest.token")
+    # the console and the survey are written off, ready to be turned on
+    assert not cfg.console.enabled and not cfg.survey.enabled
+    assert cfg.console.users_file == Path("/var/lib/motcua-district/console-users")
+    _enable_console_and_survey(root, exe, tmp_path)
     before = _tree(root)
     second = _provision(root, exe, *args)
     assert second.returncode == 0, second.stderr
@@ -96,6 +101,41 @@ def test_provision_is_idempotent_and_writes_a_loadable_config(tmp_path: Path) ->
     assert _provision(root, exe, *args).returncode == 0
     assert conf.read_text().endswith("# edited\n")
     assert (root / "etc/motcua/district.toml.new").exists()
+
+
+def _enable_console_and_survey(root: Path, exe: Path, tmp: Path) -> None:
+    """Turn on the written [console] and [survey] as the comments above them say, in a
+    copy of the config (paths moved under ``root``): each refuses to start until the
+    keys it names are there."""
+    state = root / "var/lib/motcua-district"
+    text = (root / "etc/motcua/district.toml").read_text().replace(
+        "/var/lib/motcua-district/", f"{state}/")
+    conf = tmp / "enabled.toml"
+
+    def load_with(console: str, survey: str) -> None:
+        conf.write_text(text.replace("[console]\nenabled = false", console)
+                        .replace("[survey]\nenabled = false", survey))
+        load_district_config(conf)
+
+    on = "[console]\nenabled = true"
+    with pytest.raises(ConfigError, match=r"console\.tls_cert_file: .* is not a file"):
+        load_with(on, "[survey]\nenabled = false")
+    for cmd, stdin in ((["district", "console-cert", "--host", "district.local"], ""),
+                       (["district", "console-user", "add", "admin"], "mật-khẩu-đủ-dài\n")):
+        proc = subprocess.run([str(exe), "--config", str(conf), *cmd], input=stdin,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+    load_with(on, "[survey]\nenabled = false")
+    survey_on = "[survey]\nenabled = true"
+    with pytest.raises(ConfigError, match=r"survey\.base_url: required"):
+        load_with(on, survey_on)
+    text = text.replace("# base_url = ", "base_url = ")
+    load_with(on, survey_on)
+    cfg = load_district_config(conf)
+    assert cfg.console.enabled and cfg.survey.enabled
+    assert cfg.survey.base_url == "https://khaosat.example.vn"
+    for f in ("console.crt", "console.key", "console-users"):
+        (state / f).unlink()  # the rerun below must find the tree as provisioned
 
 
 @pytest.mark.parametrize("bad", [

@@ -120,6 +120,27 @@ broker = "$broker"
 [ingest]
 listen = "$listen"
 token_file = "/var/lib/motcua-district/ingest.token"
+
+# The operator console (docs/district.md "Console"), off until turned on on purpose:
+# when on, the whole server (ingest, health, metrics too) speaks TLS only. To turn it on:
+#   motcua --config /etc/motcua/district.toml district console-user add NAME
+#   motcua --config /etc/motcua/district.toml district console-cert --host NAME
+#     (a test install; a real one copies the office CA's certificate and key here)
+#   chown -R motcua-district:motcua-district /var/lib/motcua-district
+# then set enabled = true and restart motcua-district.
+[console]
+enabled = false
+users_file = "/var/lib/motcua-district/console-users"
+tls_cert_file = "/var/lib/motcua-district/console.crt"
+tls_key_file = "/var/lib/motcua-district/console.key"
+
+# The satisfaction survey behind the terminals' QR codes (docs/district.md "Survey QR"),
+# off until turned on: set base_url to the https address the citizens' phones reach this
+# server's /s/ pages at (a reverse proxy in front of [ingest] listen), then enabled = true.
+[survey]
+enabled = false
+# base_url = "https://khaosat.example.vn"
+# trusted_proxies = ["127.0.0.1"]   # the reverse proxy, whose X-Forwarded-For is believed
 TOML
 )
 if [ -n "$pack" ]; then

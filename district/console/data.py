@@ -14,6 +14,15 @@ rejected); if none, the one updated last before that time. The rating counts onc
 each distinct officer and once for each distinct counter of those dossiers. A rating
 without a citizen (older terminals), of a citizen deleted since, or of a citizen with no
 dossier before that time is "not joined" and counted apart.
+
+Survey answers (district/survey.py: the citizen rated from their phone after scanning the
+kiosk's QR) are joined by the same rule, at the answer's time (district clock), and
+counted with their source (kiosk button or phone survey) per officer and counter. One
+session counts once: when a session has both a kiosk rating and a survey answer, the
+kiosk rating counts and the answer is counted apart as "same session" (the kiosk rating
+is made at the counter, nearer the handling it rates, and it is what terminals without
+the survey send). A "disputed" answer (the session also has a "not me" report: the
+citizen shown was not the one at the terminal) counts toward no officer, apart too.
 """
 
 from __future__ import annotations
@@ -62,6 +71,8 @@ class Average:
     key: str
     count: int = 0
     total: int = 0
+    kiosk: int = 0  # of count: from the kiosk's buttons
+    survey: int = 0  # of count: from the phone survey
 
     @property
     def mean(self) -> float:
@@ -76,6 +87,24 @@ class RatingSummary:
     unattributed: int
     officers: list[Average]
     counters: list[Average]
+    #: survey answers in the period, and of them: those of a session also rated at the
+    #: kiosk (not counted again), and those disputed by a "not me" report (not counted)
+    survey_total: int = 0
+    survey_same_session: int = 0
+    survey_disputed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SurveyComment:
+    """A survey comment for staff: where it was joined, never who wrote it."""
+
+    time: str  # district clock, ISO 8601 UTC
+    terminal_id: str
+    stars: int
+    comment: str
+    officers: list[str]  # empty: not joined (no dossier, deleted, or disputed)
+    counters: list[str]
+    disputed: bool
 
 
 def parse_period(first: str, last: str) -> tuple[datetime.date, datetime.date]:
@@ -109,23 +138,44 @@ def join_rating(history: Iterable[tuple[str, str, str, str, str, float]],
     return {v[2] for v in chosen}, {v[1] for v in chosen}
 
 
-def ratings(dlog: DistrictLog, first: datetime.date, last: datetime.date) -> RatingSummary:
-    """Averages per officer and per counter of the ratings made in [first, last] (UTC
-    days, inclusive), joined by :func:`join_rating`."""
-    rows = dlog.ratings_between(_stamp(first), _stamp(last + datetime.timedelta(days=1)))
+def _history(dlog: DistrictLog, citizens: Iterable[str]
+             ) -> dict[str, list[tuple[str, str, str, str, str, float]]]:
     history: dict[str, list[tuple[str, str, str, str, str, float]]] = {}
-    for h in dlog.handling([r[3] for r in rows if r[3]]):
+    for h in dlog.handling([c for c in citizens if c]):
         history.setdefault(h[0], []).append(h)
+    return history
+
+
+def _join_at(history: dict[str, list[tuple[str, str, str, str, str, float]]], cid: str,
+             when: str) -> tuple[set[str], set[str]] | None:
+    try:
+        at = datetime.datetime.fromisoformat(when).timestamp()
+    except ValueError:
+        return None
+    return join_rating(history.get(cid, []), at) if cid else None
+
+
+def ratings(dlog: DistrictLog, first: datetime.date, last: datetime.date) -> RatingSummary:
+    """Averages per officer and per counter of the kiosk ratings and survey answers made
+    in [first, last] (UTC days, inclusive), joined by :func:`join_rating`; one count per
+    session (the module's docstring)."""
+    lo, hi = _stamp(first), _stamp(last + datetime.timedelta(days=1))
+    rows = dlog.ratings_between(lo, hi)
+    answers = dlog.survey_answers_between(lo, hi)
+    history = _history(dlog, [r[3] for r in rows] + [a[3] for a in answers])
     officers: dict[str, Average] = {}
     counters: dict[str, Average] = {}
-    unattributed = 0
-    for _t, _s, when, cid, stars in rows:
-        try:
-            at = datetime.datetime.fromisoformat(when).timestamp()
-        except ValueError:
-            unattributed += 1
-            continue
-        joined = join_rating(history.get(cid, []), at) if cid else None
+    unattributed = same = disputed = 0
+    counted: list[tuple[str, str, int, bool]] = [(r[3], r[2], r[4], True) for r in rows]
+    for _t, _s, when, cid, stars, _c, is_disputed, rated in answers:
+        if rated:
+            same += 1
+        elif is_disputed:
+            disputed += 1
+        else:
+            counted.append((cid, when, stars, False))
+    for cid, when, stars, kiosk in counted:
+        joined = _join_at(history, cid, when)
         if joined is None:
             unattributed += 1
             continue
@@ -134,6 +184,27 @@ def ratings(dlog: DistrictLog, first: datetime.date, last: datetime.date) -> Rat
                 avg = table.setdefault(name, Average(name))
                 avg.count += 1
                 avg.total += stars
+                if kiosk:
+                    avg.kiosk += 1
+                else:
+                    avg.survey += 1
     return RatingSummary(first, last, len(rows), unattributed,
                          sorted(officers.values(), key=lambda a: a.key),
-                         sorted(counters.values(), key=lambda a: a.key))
+                         sorted(counters.values(), key=lambda a: a.key),
+                         len(answers), same, disputed)
+
+
+def survey_comments(dlog: DistrictLog, first: datetime.date, last: datetime.date, *,
+                    limit: int) -> list[SurveyComment]:
+    """The newest ``limit`` non-empty survey comments made in [first, last], each with the
+    officers and counters its answer is joined to (none when disputed)."""
+    answers = dlog.survey_answers_between(
+        _stamp(first), _stamp(last + datetime.timedelta(days=1)), limit, comments=True)
+    history = _history(dlog, [a[3] for a in answers if not a[6]])
+    out = []
+    for t, _s, when, cid, stars, comment, is_disputed, _rated in answers:
+        joined = None if is_disputed else _join_at(history, cid, when)
+        out.append(SurveyComment(when, t, stars, comment,
+                                 sorted(joined[0]) if joined else [],
+                                 sorted(joined[1]) if joined else [], is_disputed))
+    return out

@@ -72,7 +72,9 @@ T: dict[str, dict[str, str]] = {
         "no_deletions": "Không có lệnh xoá nào trong nhật ký.",
         "ratings_title": "Đánh giá cán bộ và quầy",
         "ratings_help": "Mỗi đánh giá được gắn với hồ sơ của công dân tại thời điểm đánh giá: "
-                        "các hồ sơ chưa kết thúc, nếu không có thì hồ sơ cập nhật gần nhất.",
+                        "các hồ sơ chưa kết thúc, nếu không có thì hồ sơ cập nhật gần nhất. "
+                        "Mỗi phiên chỉ tính một lần: nếu vừa bấm trên thiết bị vừa trả lời "
+                        "khảo sát, chỉ tính đánh giá trên thiết bị.",
         "from": "Từ ngày",
         "to": "Đến ngày",
         "show": "Xem",
@@ -86,6 +88,20 @@ T: dict[str, dict[str, str]] = {
         "unattributed": "Không gắn được với hồ sơ",
         "no_ratings": "Không có đánh giá nào trong khoảng này.",
         "bad_period": "Khoảng thời gian không hợp lệ (YYYY-MM-DD, tối đa 366 ngày).",
+        "from_kiosk": "Từ nút trên thiết bị",
+        "from_survey": "Từ khảo sát trên điện thoại",
+        "survey_total": "Trả lời khảo sát trong khoảng",
+        "survey_same_session": "Cùng phiên đã đánh giá trên thiết bị (không tính lại)",
+        "survey_disputed": "Phiên có báo \u201ckhông phải tôi\u201d (không tính)",
+        "survey_comments": "Góp ý qua khảo sát",
+        "survey_comments_help": "Các góp ý mới nhất trong khoảng, với quầy và cán bộ được "
+                                "gắn theo cùng quy tắc; không hiển thị tên công dân.",
+        "answered_at": "Thời điểm trả lời",
+        "stars": "Số sao",
+        "comment": "Góp ý",
+        "disputed": "(phiên bị báo không phải tôi)",
+        "not_joined": "(không gắn được với hồ sơ)",
+        "no_comments": "Không có góp ý nào trong khoảng này.",
         "calibration_title": "Hiệu chỉnh ngưỡng nhận diện",
         "no_calibration": "Chưa hiệu chỉnh (dùng ngưỡng của gói mô hình).",
         "threshold": "Ngưỡng",
@@ -168,7 +184,9 @@ T: dict[str, dict[str, str]] = {
         "no_deletions": "No deletions in the log.",
         "ratings_title": "Ratings of officers and counters",
         "ratings_help": "Each rating is joined to the citizen's dossiers at the rating's time: "
-                        "those not finished, else the one updated last.",
+                        "those not finished, else the one updated last. Each session counts "
+                        "once: when rated both at the kiosk and in the phone survey, the "
+                        "kiosk rating counts.",
         "from": "From",
         "to": "To",
         "show": "Show",
@@ -182,6 +200,21 @@ T: dict[str, dict[str, str]] = {
         "unattributed": "Not joined to a dossier",
         "no_ratings": "No ratings in this period.",
         "bad_period": "Invalid period (YYYY-MM-DD, at most 366 days).",
+        "from_kiosk": "From the kiosk button",
+        "from_survey": "From the phone survey",
+        "survey_total": "Survey answers in the period",
+        "survey_same_session": "Same session already rated at the kiosk (not counted again)",
+        "survey_disputed": "Session with a \u201cnot me\u201d report (not counted)",
+        "survey_comments": "Survey comments",
+        "survey_comments_help": "The newest comments in the period, with the counter and "
+                                "officer joined by the same rule; citizens' names are never "
+                                "shown.",
+        "answered_at": "Answered at",
+        "stars": "Stars",
+        "comment": "Comment",
+        "disputed": "(session reported as not me)",
+        "not_joined": "(not joined to a dossier)",
+        "no_comments": "No comments in this period.",
         "calibration_title": "Recognition calibration",
         "no_calibration": "Not calibrated yet (the model pack's threshold is used).",
         "threshold": "Threshold",

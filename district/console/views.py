@@ -46,6 +46,9 @@ MAX_FORM_BYTES = 8 * 1024
 MAX_FORM_FIELDS = 10
 #: rows of the report queue and deletions shown (newest first)
 PAGE_ROWS = 200
+#: survey comments shown on the ratings page (newest first): up to 500 characters each,
+#: so 50 keeps the page readable and small (~25 kB); older ones: pick an earlier period
+COMMENT_ROWS = 50
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
 SECURITY_HEADERS = {
@@ -323,7 +326,8 @@ def create_console(deps: ConsoleDeps) -> _FormLimit:
                         first=first[:10], last=last[:10], bad=True)
         return page(request, "ratings.html", s.lang, session=s,
                     summary=data.ratings(deps.dlog, a, b), first=a.isoformat(),
-                    last=b.isoformat(), bad=False)
+                    last=b.isoformat(), bad=False,
+                    comments=data.survey_comments(deps.dlog, a, b, limit=COMMENT_ROWS))
 
     @app.get("/calibration", response_class=HTMLResponse)
     def calibration(request: Request) -> Response:
