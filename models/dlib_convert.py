@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import numpy as np
 import onnx
@@ -89,7 +90,7 @@ class Stream:
         self.data = data
         self.pos = 0
 
-    def fail(self, msg: str) -> None:
+    def fail(self, msg: str) -> NoReturn:
         sys.exit(f"bad model file at byte {self.pos}: {msg}")
 
     def take(self, n: int) -> bytes:
@@ -99,7 +100,7 @@ class Stream:
         self.pos += n
         return b
 
-    def int(self) -> int:
+    def read_int(self) -> int:
         head = self.take(1)[0]
         size, neg = head & 0x7F, head & 0x80
         if size > 8:
@@ -107,36 +108,36 @@ class Stream:
         value = int.from_bytes(self.take(size), "little") if size else 0
         return -value if neg else value
 
-    def float(self) -> float:
-        mantissa, exponent = self.int(), self.int()
+    def read_float(self) -> float:
+        mantissa, exponent = self.read_int(), self.read_int()
         return float(mantissa) * 2.0 ** exponent
 
-    def str(self) -> str:
-        n = self.int()
+    def read_str(self) -> str:
+        n = self.read_int()
         if not 0 <= n < 256:
             self.fail(f"string of length {n}")
         return self.take(n).decode("ascii")
 
-    def bool(self) -> bool:
+    def read_bool(self) -> bool:
         c = self.take(1)  # dlib writes a bool as the character '1' or '0'
         if c not in (b"0", b"1"):
             self.fail(f"bool {c!r}")
         return c == b"1"
 
     def expect_str(self, *names: str) -> str:
-        s = self.str()
+        s = self.read_str()
         if s not in names:
             self.fail(f"expected {' or '.join(names)}, found {s!r}")
         return s
 
     def version(self, want: int) -> None:
-        v = self.int()
+        v = self.read_int()
         if v != want:
             self.fail(f"version {v}, expected {want}")
 
     def tensor(self) -> np.ndarray:
         self.version(2)
-        shape = tuple(self.int() for _ in range(4))
+        shape = tuple(self.read_int() for _ in range(4))
         if any(d < 0 for d in shape):
             self.fail(f"tensor shape {shape}")
         count = int(np.prod(shape))
@@ -144,7 +145,7 @@ class Stream:
 
     def alias(self) -> tuple[int, int, int, int]:
         self.version(1)
-        return tuple(self.int() for _ in range(4))  # type: ignore[return-value]
+        return tuple(self.read_int() for _ in range(4))  # type: ignore[return-value]
 
 
 @dataclass
@@ -175,13 +176,13 @@ def _layer_details(st: Stream, spec: tuple) -> Layer:
     if kind == "con":
         st.expect_str("con_4", "con_5")
         params = st.tensor()
-        nf, nr, nc = st.int(), st.int(), st.int()
-        sy, sx, py, px = st.int(), st.int(), st.int(), st.int()
+        nf, nr, nc = st.read_int(), st.read_int(), st.read_int()
+        sy, sx, py, px = st.read_int(), st.read_int(), st.read_int(), st.read_int()
         fshape, bshape = st.alias(), st.alias()
         if nf != spec[1] or nr != nc or nr != spec[2] or sy != sx or sy != spec[3]:
             st.fail(f"con {nf} {nr}x{nc}/{sy},{sx}, expected {spec[1:]}")
         for _ in range(4):  # learning-rate and weight-decay multipliers: training only
-            st.float()
+            st.read_float()
         lay.ints = {"pad_y": py, "pad_x": px}
         w, b = _split(params, fshape, (bshape[1],))
         lay.arrays = {"w": w, "b": b}
@@ -189,14 +190,14 @@ def _layer_details(st: Stream, spec: tuple) -> Layer:
         st.expect_str("affine_")
         params = st.tensor()
         gshape, bshape = st.alias(), st.alias()
-        st.int()  # mode: CONV_MODE (per channel); the shapes say the same
+        st.read_int()  # mode: CONV_MODE (per channel); the shapes say the same
         g, b = _split(params, gshape, bshape)
         lay.arrays = {"gamma": g.reshape(-1), "beta": b.reshape(-1)}
     elif kind == "relu":
         st.expect_str("relu_")
     elif kind in ("max_pool", "avg_pool", "avg_pool_all"):
         st.expect_str("max_pool_2" if kind == "max_pool" else "avg_pool_2")
-        nr, nc, sy, sx, py, px = (st.int() for _ in range(6))
+        nr, nc, sy, sx, py, px = (st.read_int() for _ in range(6))
         if kind == "avg_pool_all":
             if (nr, nc) != (0, 0):
                 st.fail(f"avg_pool_everything with window {nr}x{nc}")
@@ -205,12 +206,12 @@ def _layer_details(st: Stream, spec: tuple) -> Layer:
         lay.ints = {"pad_y": py, "pad_x": px}
     elif kind == "fc":
         st.expect_str("fc_2", "fc_3")
-        n_out, n_in = st.int(), st.int()
+        n_out, n_in = st.read_int(), st.read_int()
         params = st.tensor()
         wshape, _ = st.alias(), st.alias()
-        bias_mode = st.int()
+        bias_mode = st.read_int()
         for _ in range(4):  # learning-rate and weight-decay multipliers: training only
-            st.float()
+            st.read_float()
         if n_out != spec[1] or bias_mode != 1:  # 1 = FC_NO_BIAS
             st.fail(f"fc {n_out} outputs, bias mode {bias_mode}")
         lay.arrays = {"w": _split(params, (wshape[0] * wshape[1],))[0].reshape(n_in, n_out)}
@@ -223,13 +224,13 @@ def _layer_details(st: Stream, spec: tuple) -> Layer:
 
 def _layer_tail(st: Stream, bottom: bool) -> None:
     # this_layer_setup_called, gradient_input_is_stale, get_output_and_gradient_input_disabled
-    st.bool(), st.bool(), st.bool()
+    st.read_bool(), st.read_bool(), st.read_bool()
     for _ in range(3):  # x_grad, cached_output, params_grad (or grad_final): empty here
         t = st.tensor()
         if t.size:
             st.fail("unexpected non-empty state tensor")
     if bottom:  # the bottom add_layer also stores its _sample_expansion_factor
-        st.int()
+        st.read_int()
 
 
 def parse(data: bytes) -> tuple[list[float], list[Layer]]:
@@ -237,14 +238,14 @@ def parse(data: bytes) -> tuple[list[float], list[Layer]]:
     st = Stream(data)
     st.version(1)  # add_loss_layer
     st.expect_str("loss_metric_", "loss_metric_2")
-    st.float(), st.float()  # margin, distance threshold: training only
+    st.read_float(), st.read_float()  # margin, distance threshold: training only
     arch = architecture()
     for spec in arch[:-2]:  # versions, top-down; the bottom add_layer has version 3
         st.version(1 if spec[0] in ("tag", "skip") else 2)
     st.version(3)
     st.expect_str("input_rgb_image_sized")
-    means = [st.float(), st.float(), st.float()]
-    size = (st.int(), st.int())
+    means = [st.read_float(), st.read_float(), st.read_float()]
+    size = (st.read_int(), st.read_int())
     if size != (150, 150):
         st.fail(f"input size {size}")
     layers: list[Layer] = []
@@ -279,7 +280,7 @@ class Graph:
         self.inits.append(numpy_helper.from_array(arr, name))
         return name
 
-    def op(self, op: str, inputs: list[str], **attrs: object) -> str:
+    def op(self, op: str, inputs: list[str], **attrs: Any) -> str:
         name = self.name(op)
         self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
         return name
