@@ -24,6 +24,12 @@
    ``Matcher`` (SURE / CONFIRM / NO): ``fpir`` (both paths), ``fnir_confirmed``,
    ``face_only_share``, ``fpir_predicted``; checked first on the held-out split.
 
+6. ``--second ONNX``: a second embedder (dlib's ResNet built by models/dlib_convert.py, its
+   chip from MTCNN's landmarks), alone (``--fusion-weight 0``) or in score fusion with the
+   pack's (``--fusion-weight w``: cosine ``w cos_pack + (1 - w) cos_second``, as one
+   concatenated vector so every protocol above runs unchanged); ``--second-centre``
+   subtracts its mean vector; ``--fusion-view1`` chooses the weight on View 1.
+
 Progress goes to stderr; the last line of stdout is one JSON object of the figures.
 docs/recognition.md describes the protocols and the figures.
 
