@@ -653,6 +653,8 @@ def test_two_workers_share_requests_and_reports_a_terminal_cannot_join(tmp_path:
         wait_for(lambda: len(dlog.reports()) == n, what="every report stored")
         wait_for(lambda: sum(p.stats.requests.get("t-a", 0) for p in pubs) == n,
                  what="every request received")
+        # the writers count a report just after its commit, which the rows above show
+        wait_for(lambda: sum(p.report_writer.stored for p in pubs) == n, 10, "reports counted")
         # each message went to one worker, and both had a share
         assert sum(p.report_writer.stored for p in pubs) == n
         assert all(p.report_writer.stored > 0 and p.stats.requests["t-a"] > 0 for p in pubs)
