@@ -108,16 +108,17 @@ def collect(
         client.connect(broker.host, broker.port, keepalive=broker.keepalive_s)
     except OSError as exc:
         raise SyncError(f"cannot reach broker {broker.host}:{broker.port}: {exc}") from None
-    client.loop_start()
     start = time.monotonic()
     try:
+        # the network loop runs in this thread: a process stalled mid-burst (a loaded
+        # machine) finds the rest of the burst waiting in the socket when it resumes,
+        # instead of a watcher thread seeing a "quiet" gap before paho's thread read it
         while not done.is_set() and time.monotonic() - start < timeout_s:
+            client.loop(timeout=0.05)
             if subscribed.is_set() and time.monotonic() - last_msg[0] > QUIET_S:
                 break
-            time.sleep(0.05)
     finally:
         client.disconnect()
-        client.loop_stop()
     if failure:
         err = f"broker refused the fleet view: {failure[0]}"
         raise AuthenticationError(err) if "auth" in failure else SyncError(err)
