@@ -16,7 +16,8 @@ from proto import sync_pb2 as pb
 from sync.mqtt import BrokerSettings, is_auth_failure, make_client
 from sync.topics import Topics
 
-#: stop collecting once no retained message arrived for this long (they come in a burst)
+#: stop collecting once no retained message arrived for this long after the broker
+#: acknowledged the subscription (the retained messages follow the SUBACK in a burst)
 QUIET_S = 0.3
 
 
@@ -44,6 +45,9 @@ def collect(
     rows: dict[str, FleetRow] = {}
     head: list[int] = []
     last_msg = [time.monotonic()]
+    #: the quiet period counts from the SUBACK: connecting and subscribing can take longer
+    #: than QUIET_S on a loaded machine, and stopping before it returned an empty fleet
+    subscribed = threading.Event()
     done = threading.Event()
     failure: list[str] = []
     # a throw-away id: with the shipped broker config the broker uses the login instead,
@@ -58,6 +62,10 @@ def collect(
             done.set()
             return
         c.subscribe([(topics.all_states, 1), (topics.all_statuses, 1), (topics.manifest, 1)])
+
+    def on_subscribe(*_a: object) -> None:
+        last_msg[0] = time.monotonic()
+        subscribed.set()
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         last_msg[0] = time.monotonic()
@@ -94,21 +102,23 @@ def collect(
             row.updated_s_ago = max(0.0, time.time() - st.updated_at_ms / 1000)
 
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
     client.on_message = on_message
     try:
         client.connect(broker.host, broker.port, keepalive=broker.keepalive_s)
     except OSError as exc:
         raise SyncError(f"cannot reach broker {broker.host}:{broker.port}: {exc}") from None
-    client.loop_start()
     start = time.monotonic()
     try:
+        # the network loop runs in this thread: a process stalled mid-burst (a loaded
+        # machine) finds the rest of the burst waiting in the socket when it resumes,
+        # instead of a watcher thread seeing a "quiet" gap before paho's thread read it
         while not done.is_set() and time.monotonic() - start < timeout_s:
-            if time.monotonic() - last_msg[0] > QUIET_S and time.monotonic() - start > QUIET_S:
+            client.loop(timeout=0.05)
+            if subscribed.is_set() and time.monotonic() - last_msg[0] > QUIET_S:
                 break
-            time.sleep(0.05)
     finally:
         client.disconnect()
-        client.loop_stop()
     if failure:
         err = f"broker refused the fleet view: {failure[0]}"
         raise AuthenticationError(err) if "auth" in failure else SyncError(err)

@@ -150,6 +150,9 @@ def _many_terminals(rig: Rig, port: int) -> None:
     terminals = [rig.terminal(f"t{i}") for i in range(n)]
     wait_for(lambda: all(rig.converged(t) for t in terminals), 60, "initial sync")
     assert rig.files.built == 1
+    # the engine counts the file a moment after the store commit that `converged` sees
+    wait_for(lambda: all(t.engine.snapshot_files_applied >= 1 for t in terminals), 10,
+             "the snapshot files counted")
     assert all(t.engine.snapshot_files_applied == 1 for t in terminals)
     assert all(t.engine.rejections.get("snapshot_failed", 0) == 0 for t in terminals)
 

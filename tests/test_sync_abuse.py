@@ -105,7 +105,9 @@ def test_replay_flood_is_bounded_per_terminal_and_others_are_served(
         wait_for(settled, 30, "the flood answered")
         # the other terminal got its snapshot without waiting behind the flood
         wait_for(lambda: store.last_seq == dlog.head_seq, 15, "t-good synced")
-        assert pub.stats.snapshots >= 1 and counter.bytes[topics.direct("t-good")] > 0
+        # the publisher counts a snapshot after its last chunk is sent: t-good may be first
+        wait_for(lambda: pub.stats.snapshots >= 1, 10, "the snapshot counted")
+        assert counter.bytes[topics.direct("t-good")] > 0
         # 150 requests became at most a couple of answers: the rest were coalesced
         assert pub.stats.coalesced_requests >= 140
         assert pub.stats.replays_truncated >= 1
@@ -169,9 +171,11 @@ def test_report_flood_is_limited_checked_and_never_stalls_the_network_thread(
         good = pb.SyncRequest(protocol_version=1, terminal_id="t-good", district_id=DISTRICT,
                               kind=pb.SyncRequest.KIND_REPLAY, epoch=dlog.epoch, from_seq=1)
         evil.publish(topics.request("t-good"), good.SerializeToString(), qos=1)
-        wait_for(lambda: counter.bytes[topics.direct("t-good")] > 0, 8,
+        # the lock is held until the ROLLBACK below, so the replay arriving at all shows
+        # it did not wait for the lock (no wall-clock bound: a loaded machine is slow)
+        wait_for(lambda: counter.bytes[topics.direct("t-good")] > 0, 30,
                  "t-good's replay while reports wait for the log")
-        assert time.monotonic() - t0 < 8
+        assert pub.report_writer.stored == 0  # the reports did wait
         other.execute("ROLLBACK")
         for info in infos:
             info.wait_for_publish(15)  # PUBACKs follow the store
@@ -214,11 +218,12 @@ def test_report_flood_is_limited_checked_and_never_stalls_the_network_thread(
         st, w = pub.stats, pub.report_writer
         wait_for(lambda: st.limited_reports + st.citizen_dup_reports + w.stored - 3 == 350,
                  15, "the flood handled")
-        elapsed = time.monotonic() - t1
+        now = time.monotonic()
         rows = [r for r in dlog.reports(10_000) if r[0] == "t-evil"]
         flood = [r for r in rows if int(r[1][2:]) >= 2000]
-        # the budget: 20 - 3 left at the start, +1/s
-        assert len(flood) <= 17 + int(elapsed) + 1
+        # the budget: 20 - 3 = 17 left after the 3 reports (admitted after t0), refilled at
+        # 1/s by wall-clock time up to 20 while this test waited (seconds under load)
+        assert 17 <= len(flood) <= min(20 + (now - t1), 17 + (now - t0))
         assert pub.stats.limited_reports >= 300 - len(flood)
         assert sum(1 for r in flood if r[4] == "c0000001") == 1
         assert pub.stats.citizen_dup_reports >= 49 - 1

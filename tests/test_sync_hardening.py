@@ -185,8 +185,9 @@ class FullDiskStore(GalleryStore):
         raise StoreError("database or disk is full")
 
 
-#: fixed observation window for counting snapshot requests: unfixed, the terminal asked
-#: again ~every snapshot_min_interval (0.5 s here), i.e. ~10 requests in this window
+#: fixed observation window, after the third failure, for counting snapshot requests:
+#: unfixed, the terminal asked again ~every snapshot_min_interval (0.5 s here), i.e. ~10
+#: requests in this window
 WINDOW_S = 6.0
 
 
@@ -219,6 +220,9 @@ def test_failing_snapshot_install_backs_off_pauses_and_says_why(
         ).start()
         rig.terminals.append(t)
         stop = threading.Event()
+        # three tries with back-off take ~3 s unloaded, longer on a loaded machine: wait
+        # for them, then watch a window in which an unfixed terminal would ask again
+        wait_for(lambda: t.engine.rejections["snapshot_failed"] >= 3, 60, "3 failed snapshots")
         stop.wait(WINDOW_S)  # the measurement window (not a synchronisation)
         sent = len(requests.on(TOPICS.request("t-a")))
         assert sent == 3, f"{sent} snapshot requests in {WINDOW_S} s"

@@ -7,12 +7,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from core.errors import AuthenticationError
-from district.fleet import collect, format_table
+from district.fleet import FleetRow, collect, format_table
 from district.publisher import Publisher
 from edge.store.gallery import GalleryStore
 from edge.syncclient.subscriber import TerminalSubscriber
@@ -293,8 +294,9 @@ def test_acl_keeps_terminals_off_gallery_topics_and_each_other(tmp_path: Path) -
                 k: v for k, v in b.items() if k != "duplicate"
             }
         assert seen == []  # no read access to another terminal's topics
-        head, rows = collect(cfg("district-q1"), TOPICS, timeout_s=3)
-        assert head == dlog.head_seq
+        # t-a's state and the manifest are retained a moment after the stores commit
+        head, rows = fleet_when(cfg("district-q1"), lambda h, rs: h == dlog.head_seq and any(
+            r.terminal_id == "t-a" and r.applied_seq == h for r in rs), "t-a's state")
         by_id = {r.terminal_id: r for r in rows}
         assert by_id["t-b"].online is True  # the spy's "offline" never landed
         assert by_id["t-a"].applied_seq == dlog.head_seq and by_id["t-a"].lag == 0
@@ -309,6 +311,21 @@ def test_acl_keeps_terminals_off_gallery_topics_and_each_other(tmp_path: Path) -
         for st in stores:
             st.close()
         broker.stop()
+
+
+def fleet_when(broker: BrokerSettings, ok: Callable[[int | None, list[FleetRow]], bool],
+               what: str, timeout: float = 30.0) -> tuple[int | None, list[FleetRow]]:
+    """The first fleet view (one ``collect``) that meets ``ok``, to assert on: the state,
+    the status and the manifest are separate retained messages changing at separate
+    times, so a view collected after the wait may differ from the one waited for."""
+    got: list[tuple[int | None, list[FleetRow]]] = []
+
+    def met() -> bool:
+        got[:] = [collect(broker, TOPICS, timeout_s=2)]
+        return ok(*got[0])
+
+    wait_for(met, timeout, what)
+    return got[0]
 
 
 def test_fleet_view_shows_offline_terminal_by_last_will(
@@ -332,24 +349,17 @@ def test_fleet_view_shows_offline_terminal_by_last_will(
     ).start()
     try:
         wait_for(lambda: store.last_seq == dlog.head_seq, what="synced")
-        wait_for(
-            lambda: (
-                next(iter(collect(s, TOPICS, timeout_s=2)[1]), None) is not None
-                and collect(s, TOPICS, timeout_s=2)[1][0].applied_seq == dlog.head_seq
-            ),
-            what="state published",
-        )
-        head, rows = collect(s, TOPICS, timeout_s=2)
+        head, rows = fleet_when(
+            s, lambda h, rs: len(rs) == 1 and rs[0].applied_seq == dlog.head_seq == h
+            and rs[0].online is True, "state published")
         (row,) = rows
         assert (row.online, row.lag, row.model) == (True, 0, "mtcnn-facenet")
         sub.stop(graceful=False)  # power cut: the broker publishes the will after keepalive
         dlog.update_dossier("HS-0000001", stage="Phòng Tư pháp")
-        wait_for(
-            lambda: collect(s, TOPICS, timeout_s=2)[1][0].online is False,
-            timeout=30,
-            what="last will 'offline'",
-        )
-        head, rows = collect(s, TOPICS, timeout_s=2)
+        # the will and the district's new manifest are independent events: wait for both
+        head, rows = fleet_when(
+            s, lambda h, rs: len(rs) == 1 and rs[0].online is False and h == dlog.head_seq,
+            "last will 'offline' and the new head", timeout=30)
         assert rows[0].lag == 1 and head == dlog.head_seq
         out = subprocess.run(
             [
@@ -519,7 +529,8 @@ def test_a_terminal_login_cannot_take_over_another_terminals_session(tmp_path: P
         wait_for(lambda: store.last_seq == seq, what="t2 applied the next change")
         assert t2.connects == 1  # never dropped, never reconnected
         assert "Client t2 already connected" not in broker.log_path.read_text()
-        head, rows = collect(cfg("fleet-q1"), TOPICS, timeout_s=3)
+        # the manifest goes out after the batch: t2 may apply the change before it
+        head, rows = fleet_when(cfg("fleet-q1"), lambda h, _rs: h == seq, "the new head")
         (row,) = [r for r in rows if r.terminal_id == "t2"]
         assert row.online is True and head == seq
         assert pub.wait_connected(1)  # the fleet view has its own login: no takeover
@@ -642,6 +653,8 @@ def test_two_workers_share_requests_and_reports_a_terminal_cannot_join(tmp_path:
         wait_for(lambda: len(dlog.reports()) == n, what="every report stored")
         wait_for(lambda: sum(p.stats.requests.get("t-a", 0) for p in pubs) == n,
                  what="every request received")
+        # the writers count a report just after its commit, which the rows above show
+        wait_for(lambda: sum(p.report_writer.stored for p in pubs) == n, 10, "reports counted")
         # each message went to one worker, and both had a share
         assert sum(p.report_writer.stored for p in pubs) == n
         assert all(p.report_writer.stored > 0 and p.stats.requests["t-a"] > 0 for p in pubs)
