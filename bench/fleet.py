@@ -26,8 +26,9 @@ Steps:
    broker's bytes sent meanwhile ($SYS/broker/bytes/sent) and their ratio to one
    snapshot's bytes (``resnapshot_bytes_ratio``; one snapshot = the file's signed size,
    or with MQTT chunks the fewest bytes one terminal received during the step: what a
-   single terminal needs), the HTTP bytes the terminals downloaded
-   (``resnapshot_http_bytes``) and the terminals' CPU seconds in the step;
+   single terminal needs), the HTTP bytes the district's snapshot server sent (its
+   /metrics counter, ``resnapshot_http_bytes``), those the terminals downloaded, and
+   the terminals' CPU seconds in the step;
 3. ``--deletes`` citizens deleted one at a time: seconds from the district's commit until
    the citizen is unmatchable on every terminal (p50/p99 over the deletes);
 4. takeover: when ``motcua district serve`` can run as two workers with a lease
@@ -477,6 +478,15 @@ token_file = "{token}"
                     return float(m.group(1)) > 0
         return None
 
+    def http_bytes_served(self) -> int:
+        """The snapshot server's body bytes sent so far (its /metrics counter), 0 without
+        one."""
+        _st, text = self.get("/metrics")
+        for line in text.splitlines():
+            if line.startswith("motcua_district_snapshot_http_bytes_total "):
+                return int(float(line.split()[1]))
+        return 0
+
     def sample(self) -> None:
         if self.proc.poll() is None:
             self.peak_kb = max(self.peak_kb, vm_kb(self.proc.pid, "VmHWM"))
@@ -712,6 +722,7 @@ class Fleet:
 
     def new_epoch(self) -> None:
         before = [t.status(self.tag("pre")) for t in self.terminals]
+        served0 = sum(w.http_bytes_served() for w in self.workers)
         sent0, recv0 = self.sys.fresh()
         try:
             secs, done, expected = self.converge("epoch", self.dlog.new_epoch,
@@ -725,6 +736,7 @@ class Fleet:
             })
             raise
         sent1, recv1 = self.sys.fresh()
+        served = sum(w.http_bytes_served() for w in self.workers) - served0
         after = [t.status(self.tag("post")) for t in self.terminals]
         pairs = list(zip(after, before, strict=True))
         got = [a["bytes_received"] - b["bytes_received"] for a, b in pairs]
@@ -752,7 +764,8 @@ class Fleet:
             "resnapshot_broker_bytes_received": recv1 - recv0,
             "resnapshot_terminal_bytes": sum(got),
             "resnapshot_bytes_ratio": round((sent1 - sent0) / one, 4),
-            "resnapshot_http_bytes": sum(http),
+            "resnapshot_http_bytes": served,
+            "resnapshot_http_bytes_downloaded": sum(http),
             "snapshot_file_bytes": file_size,
             "snapshots_per_terminal_max": max(snaps),
             "snapshots_per_terminal_min": min(snaps),
@@ -764,7 +777,7 @@ class Fleet:
         progress(f"new-epoch: all converged in {secs:.1f} s (first after {t_first:.1f} s); "
                  f"broker sent {(sent1 - sent0) / 1e6:.1f} MB = "
                  f"{(sent1 - sent0) / one:.4f} x one snapshot ({one / 1e6:.2f} MB); "
-                 f"HTTP {sum(http) / 1e6:.1f} MB; terminal CPU {sum(cpu):.0f} s in all; "
+                 f"HTTP {served / 1e6:.1f} MB served; terminal CPU {sum(cpu):.0f} s in all; "
                  f"hash mismatches: {len(bad)}")
 
     def snapshot_file_size(self) -> int | None:

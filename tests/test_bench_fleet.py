@@ -47,12 +47,14 @@ def _common(r: dict[str, Any], terminals: int, deletes: int) -> None:
         assert r["snapshot_files_per_terminal_min"] >= 1
         assert r["snapshot_bytes"] == r["snapshot_file_bytes"]
         assert r["resnapshot_http_bytes"] >= terminals * r["snapshot_file_bytes"]
+        assert r["resnapshot_http_bytes_downloaded"] >= terminals * r["snapshot_file_bytes"]
         # the chunks no longer go through the broker: its bytes are descriptors,
         # requests, manifests and $SYS (bytes, not timings: no load makes them grow
         # by a snapshot unless a terminal fell back to MQTT chunks)
         assert r["resnapshot_broker_bytes_sent"] < r["snapshot_bytes"]
     else:
         assert r["resnapshot_http_bytes"] == 0 and r["snapshot_file_bytes"] is None
+        assert r["resnapshot_http_bytes_downloaded"] == 0
     assert set(r["targets"]) == {"epoch_converged_s", "resnapshot_bytes_ratio",
                                  "delete_unmatchable_s_p99", "takeover_s"}
     for name, t in r["targets"].items():
