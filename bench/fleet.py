@@ -4,9 +4,12 @@ Everything runs on loopback, each part in its own process as in a district:
 - one Mosquitto (sync.localbroker) with the shipped settings (deploy/mosquitto/
   motcua-sync.conf), a password per login and the shipped ACL (motcua-sync.acl), and
   ``sys_interval`` set so that ``$SYS/broker/bytes/*`` is fresh every ~2 s;
-- the district: ``motcua district serve`` (publisher, requests, ingest API) on a
-  change log of ``--citizens`` synthetic citizens (clustered face-like 512-d embeddings
-  from edge.store.synthetic, one dossier each), written by this process;
+- the district: ``motcua district serve`` (publisher, requests, ingest API and, with
+  ``--snapshots file``, the default, the snapshot file server: ``[snapshots] listen`` on
+  loopback, plain HTTP as the config allows there) on a change log of ``--citizens``
+  synthetic citizens (clustered face-like 512-d embeddings from edge.store.synthetic,
+  one dossier each), written by this process; ``--snapshots mqtt`` runs it without the
+  file server, so every terminal gets its snapshot as MQTT chunks (the fallback path);
 - ``--terminals`` terminal processes (this file, ``_terminal`` mode): each the real sync
   client (edge.syncclient TerminalSubscriber + SyncEngine) and the real GalleryStore in
   its own directory, logging in with its own user name (its terminal id, which the
@@ -21,8 +24,11 @@ Steps:
 2. ``new-epoch`` (the log's ``new_epoch()``, what ``motcua district new-epoch`` does):
    seconds until every terminal has converged again (``epoch_converged_s``), the
    broker's bytes sent meanwhile ($SYS/broker/bytes/sent) and their ratio to one
-   snapshot's bytes (``resnapshot_bytes_ratio``; one snapshot = the fewest bytes one
-   terminal received during the step: what a single terminal needs);
+   snapshot's bytes (``resnapshot_bytes_ratio``; one snapshot = the file's signed size,
+   or with MQTT chunks the fewest bytes one terminal received during the step: what a
+   single terminal needs), the HTTP bytes the district's snapshot server sent (its
+   /metrics counter, ``resnapshot_http_bytes``), those the terminals downloaded, and
+   the terminals' CPU seconds in the step;
 3. ``--deletes`` citizens deleted one at a time: seconds from the district's commit until
    the citizen is unmatchable on every terminal (p50/p99 over the deletes);
 4. takeover: when ``motcua district serve`` can run as two workers with a lease
@@ -35,6 +41,7 @@ Peak RSS (VmHWM) of the broker, the district worker(s) and the terminals.
 The last line is one JSON object with the figures and each target with pass/fail.
 
     PYTHONPATH=. python bench/fleet.py [--quick] [--terminals N] [--citizens N]
+                                       [--snapshots file|mqtt]
 """
 
 from __future__ import annotations
@@ -113,6 +120,12 @@ def vm_kb(pid: int, field: str) -> int:
 # ---- the terminal process ---------------------------------------------------------------
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system, all threads) this process used so far."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def terminal_main(argv: list[str]) -> None:
     """One terminal: the real sync client and store; commands on stdin, events on stdout."""
     import logging
@@ -179,7 +192,10 @@ def terminal_main(argv: list[str]) -> None:
             eng = sub.engine
             emit(ev="status", tag=cmd["tag"], last_seq=store.last_seq, epoch=store.epoch,
                  citizens=store.citizen_count, bytes_received=sub.bytes_received,
-                 snapshots_applied=eng.snapshots_applied, duplicates=eng.duplicates,
+                 snapshots_applied=eng.snapshots_applied,
+                 snapshot_files_applied=eng.snapshot_files_applied,
+                 http_bytes=sub.downloader.bytes_received if sub.downloader else 0,
+                 cpu_s=_cpu_s(), duplicates=eng.duplicates,
                  rejections=sum(eng.rejections.values()) - eng.rejections["duplicate"],
                  requests=dict(eng.requests),
                  hash=store.content_hash() if cmd.get("hash") else None,
@@ -383,7 +399,7 @@ class Worker:
     """One ``motcua district serve`` process with its own config, login and HTTP port."""
 
     def __init__(self, work: Path, name: str, user: str, password: str, broker: str,
-                 db: Path, key: Path, token: Path) -> None:
+                 db: Path, key: Path, token: Path, *, snapshot_files: bool) -> None:
         from sync.localbroker import free_port
 
         self.name = name
@@ -397,6 +413,14 @@ class Worker:
 
         named = any(f.name == "worker" for f in dataclasses.fields(DistrictSection))
         worker_line = f'worker = "{name}"\n' if named else ""
+        # file mode: the district serves one snapshot file over HTTP (docs/scale.md "One
+        # snapshot for many terminals"); plain HTTP is allowed on loopback only (the
+        # config refuses it elsewhere), so no TLS here, as for the broker. The terminals
+        # get the URL in the signed descriptor, as real terminals do. A second worker
+        # uses the default folder beside the log, as a second real worker would.
+        self.snap_port = free_port() if snapshot_files else 0
+        snap_section = (f'[snapshots]\nlisten = "127.0.0.1:{self.snap_port}"\n'
+                        if snapshot_files else "")
         self.conf.write_text(f"""[district]
 id = "{DISTRICT}"
 db = "{db}"
@@ -410,7 +434,7 @@ reconnect_max_s = 2.0
 [ingest]
 listen = "127.0.0.1:{self.port}"
 token_file = "{token}"
-""")
+{snap_section}""")
         self.log = work / f"{name}.log"
         self.err = open(self.log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -453,6 +477,15 @@ token_file = "{token}"
                 if m:
                     return float(m.group(1)) > 0
         return None
+
+    def http_bytes_served(self) -> int:
+        """The snapshot server's body bytes sent so far (its /metrics counter), 0 without
+        one."""
+        _st, text = self.get("/metrics")
+        for line in text.splitlines():
+            if line.startswith("motcua_district_snapshot_http_bytes_total "):
+                return int(float(line.split()[1]))
+        return 0
 
     def sample(self) -> None:
         if self.proc.poll() is None:
@@ -591,7 +624,7 @@ class Fleet:
 
     def worker(self, name: str, user: str) -> Worker:
         return Worker(self.work, name, user, self.logins[user], self.broker_addr, self.db,
-                      self.key, self.token)
+                      self.key, self.token, snapshot_files=self.args.snapshots == "file")
 
     def seed_store(self) -> Path:
         """One store built from the district's state (the install a snapshot does),
@@ -600,15 +633,19 @@ class Fleet:
         from proto import sync_pb2 as pb
         from sync.wire import change_from_pb
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         path = self.work / "seed-store"
         store = GalleryStore.open(path, embedder_id=EMBEDDER, dim=DIM)
         with self.dlog.snapshot() as (last, _nc, _nd, rows):
             changes = [change_from_pb(pb.Change.FromString(b), DIM) for b in rows]
         store.replace_all(changes, epoch=self.dlog.epoch, last_seq=last)
         store.close()
+        # one install's cost (decode + replace_all: SQLite and the HNSW index), all threads
+        self.figures["preseed_install_s"] = round(time.perf_counter() - t0, 2)
+        self.figures["preseed_install_cpu_s"] = round(time.process_time() - c0, 2)
         progress(f"--preseed: one store of the district's state built in "
-                 f"{time.perf_counter() - t0:.0f} s, copied to every terminal")
+                 f"{time.perf_counter() - t0:.0f} s ({time.process_time() - c0:.1f} s CPU), "
+                 f"copied to every terminal")
         return path
 
     def start_terminals(self) -> None:
@@ -685,6 +722,7 @@ class Fleet:
 
     def new_epoch(self) -> None:
         before = [t.status(self.tag("pre")) for t in self.terminals]
+        served0 = sum(w.http_bytes_served() for w in self.workers)
         sent0, recv0 = self.sys.fresh()
         try:
             secs, done, expected = self.converge("epoch", self.dlog.new_epoch,
@@ -698,11 +736,20 @@ class Fleet:
             })
             raise
         sent1, recv1 = self.sys.fresh()
+        served = sum(w.http_bytes_served() for w in self.workers) - served0
         after = [t.status(self.tag("post")) for t in self.terminals]
         pairs = list(zip(after, before, strict=True))
         got = [a["bytes_received"] - b["bytes_received"] for a, b in pairs]
+        http = [a["http_bytes"] - b["http_bytes"] for a, b in pairs]
+        cpu = [a["cpu_s"] - b["cpu_s"] for a, b in pairs]
         snaps = [a["snapshots_applied"] - b["snapshots_applied"] for a, b in pairs]
-        one = min(got)
+        files = [a["snapshot_files_applied"] - b["snapshot_files_applied"] for a, b in pairs]
+        file_size = self.snapshot_file_size()
+        # one snapshot: by file, the file's signed size (what each terminal downloads; the
+        # terminals' MQTT bytes carry only descriptors, manifests and batches); by MQTT,
+        # the fewest payload bytes a terminal received in the step (chunks + signatures
+        # + a manifest): what a single terminal needs
+        one = (file_size or min(http)) if self.args.snapshots == "file" else min(got)
         bad = [d["id"] for d in done if d["hash"] != expected]
         _e, _h, _x, content = district_hash(self.dlog)
         times = sorted(d["t"] for d in done)
@@ -716,14 +763,36 @@ class Fleet:
             "resnapshot_broker_bytes_sent": sent1 - sent0,
             "resnapshot_broker_bytes_received": recv1 - recv0,
             "resnapshot_terminal_bytes": sum(got),
-            "resnapshot_bytes_ratio": round((sent1 - sent0) / one, 3),
+            "resnapshot_bytes_ratio": round((sent1 - sent0) / one, 4),
+            "resnapshot_http_bytes": served,
+            "resnapshot_http_bytes_downloaded": sum(http),
+            "snapshot_file_bytes": file_size,
             "snapshots_per_terminal_max": max(snaps),
             "snapshots_per_terminal_min": min(snaps),
+            "snapshot_files_per_terminal_min": min(files),
+            "epoch_terminal_cpu_s_median": round(float(np.median(cpu)), 2),
+            "epoch_terminal_cpu_s_max": round(max(cpu), 2),
+            "epoch_terminal_cpu_s_sum": round(sum(cpu), 1),
         })
         progress(f"new-epoch: all converged in {secs:.1f} s (first after {t_first:.1f} s); "
                  f"broker sent {(sent1 - sent0) / 1e6:.1f} MB = "
-                 f"{(sent1 - sent0) / one:.1f} x one snapshot ({one / 1e6:.2f} MB); "
+                 f"{(sent1 - sent0) / one:.4f} x one snapshot ({one / 1e6:.2f} MB); "
+                 f"HTTP {served / 1e6:.1f} MB served; terminal CPU {sum(cpu):.0f} s in all; "
                  f"hash mismatches: {len(bad)}")
+
+    def snapshot_file_size(self) -> int | None:
+        """The signed size of the district's newest snapshot file (its descriptor), None
+        without files."""
+        from proto import sync_pb2 as pb
+
+        folder = self.db.with_name(self.db.name + ".snapshots")
+        descs = []
+        for p in folder.glob("*.desc"):
+            d = pb.SnapshotFile.FromString(pb.Envelope.FromString(p.read_bytes()).body)
+            descs.append(d)
+        if not descs:
+            return None
+        return max(descs, key=lambda d: (d.created_at_ms, d.last_seq)).size
 
     def deletes(self) -> None:
         n = self.args.deletes
@@ -895,6 +964,10 @@ def main() -> None:
     ap.add_argument("--preseed", action="store_true",
                     help="start the terminals with a copy of one store built from the "
                          "district (in sync): skips the initial N snapshots")
+    ap.add_argument("--snapshots", choices=("file", "mqtt"), default="file",
+                    help="file: the district serves one snapshot file over HTTP ([snapshots] "
+                         "listen); mqtt: no snapshot server, each terminal gets MQTT chunks "
+                         "(the path before it, kept as fallback; for comparison)")
     ap.add_argument("--takeover-anyway", action="store_true",
                     help="run the takeover step without a lease (exercises the bench only)")
     args = ap.parse_args()
@@ -905,7 +978,8 @@ def main() -> None:
         raise SystemExit("bench: --terminals 1..999 and --deletes <= --citizens")
     load = os.getloadavg()
     print(f"fleet bench: {args.terminals} terminal processes, {args.citizens} citizens "
-          f"({DIM}-d), {args.deletes} deletes; load average {load[0]:.2f} {load[1]:.2f} "
+          f"({DIM}-d), {args.deletes} deletes, snapshots by {args.snapshots}; "
+          f"load average {load[0]:.2f} {load[1]:.2f} "
           f"{load[2]:.2f} on {os.cpu_count()} CPUs", flush=True)
     # stop cleanly (terminals, worker, broker) on SIGTERM and on SIGINT, also when the
     # shell started us in the background with SIGINT ignored
@@ -929,7 +1003,7 @@ def main() -> None:
         finally:
             fleet.close()
     fig = {"terminals": args.terminals, "citizens": args.citizens, "quick": args.quick,
-           **fleet.figures}
+           "snapshots": args.snapshots, **fleet.figures}
     fig["targets"] = targets(fig)
     if fleet.notes:
         fig["notes"] = fleet.notes

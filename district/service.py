@@ -52,7 +52,7 @@ from district.ingest import Event, EventResult, IngestError, Ingestor, error_fie
 from district.lease import LeaseCollector
 from district.log import DistrictLog
 from district.publisher import Publisher
-from district.snapshots import SWEEP_S, SnapshotFiles, snapshot_app
+from district.snapshots import SWEEP_S, SnapshotCollector, SnapshotFiles, snapshot_app
 from district.survey import OfferWriter, SurveyCollector, SurveyStore, published
 from district.survey_page import mount_survey
 from faces.pipeline import FacePipeline, load_pipeline
@@ -369,6 +369,8 @@ class DistrictService:
                                  on_change=self.publisher.notify)
         self.metrics = Metrics(self.log)
         self.metrics.registry.register(LeaseCollector(self.publisher.lease))
+        if self.snapshot_files is not None:
+            self.metrics.registry.register(SnapshotCollector(self.snapshot_files))
         self.app = create_app(self.ingestor, self.token, self.metrics, ready=self.ready,
                               max_body_bytes=ing.max_body_bytes,
                               max_batch_events=ing.max_batch_events)

@@ -31,6 +31,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from prometheus_client.core import CounterMetricFamily
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import DistrictError
 from district.log import DistrictLog
@@ -72,6 +74,10 @@ class SnapshotFiles:
         self.built = 0
         #: files removed because a citizen was deleted after them
         self.forgotten = 0
+        #: response body bytes the snapshot server handed to the connections (all
+        #: responses; Range answers count what they send): the district's side of the
+        #: re-snapshot traffic (``motcua_district_snapshot_http_bytes_total``)
+        self.bytes_served = 0
         #: snapshot id -> change number up to which no citizen deletion follows it
         self._clean_to: dict[str, int] = {}
         for stale in self.dir.glob("*.tmp"):  # a build a crash interrupted
@@ -245,6 +251,42 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.close(dfd)
 
 
+class _CountBody:
+    """ASGI middleware: adds every response body's bytes to ``files.bytes_served``
+    (runs on the server's one event loop thread: no lock)."""
+
+    def __init__(self, app: ASGIApp, files: SnapshotFiles) -> None:
+        self.app = app
+        self.files = files
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counting(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                self.files.bytes_served += len(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive, counting if scope["type"] == "http" else send)
+
+
+class SnapshotCollector:
+    """Prometheus: bytes the snapshot server sent and files built by this worker."""
+
+    def __init__(self, files: SnapshotFiles) -> None:
+        self.files = files
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return []
+
+    def collect(self) -> list[CounterMetricFamily]:
+        return [
+            CounterMetricFamily("motcua_district_snapshot_http_bytes", "response body "
+                                "bytes the snapshot file server sent",
+                                value=self.files.bytes_served),
+            CounterMetricFamily("motcua_district_snapshot_files_built", "snapshot files "
+                                "this worker built", value=self.files.built),
+        ]
+
+
 def snapshot_app(files: SnapshotFiles) -> FastAPI:
     """The terminals' HTTP API: ``GET /v1/snapshots/{id}`` (Range requests: resumable).
     Who may connect is the TLS layer's job (client certificates of the district CA,
@@ -269,7 +311,8 @@ def snapshot_app(files: SnapshotFiles) -> FastAPI:
             raise HTTPException(404, "no such snapshot (a newer one replaced it: ask again)")
         return FileResponse(path, media_type="application/octet-stream")
 
+    app.add_middleware(_CountBody, files=files)
     return app
 
 
-__all__ = ["KEEP", "SWEEP_S", "SnapshotFiles", "snapshot_app"]
+__all__ = ["KEEP", "SWEEP_S", "SnapshotCollector", "SnapshotFiles", "snapshot_app"]

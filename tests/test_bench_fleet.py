@@ -38,10 +38,23 @@ def _common(r: dict[str, Any], terminals: int, deletes: int) -> None:
     for key in ("epoch_converged_s", "delete_unmatchable_s_p50", "delete_unmatchable_s_p99",
                 "resnapshot_bytes_ratio", "broker_peak_rss_mb", "district_peak_rss_mb"):
         assert isinstance(r[key], float | int) and r[key] > 0, key
-    # (no bound on the broker's bytes against the snapshot's: that is the figure the
-    # HTTP snapshot changes from ~N x to ~0 x)
+    # one snapshot (the file's signed size, or one terminal's MQTT chunks) holds every
+    # change of the state plus its framing (records or chunk envelopes and signatures)
     assert r["snapshot_bytes"] >= r["snapshot_content_bytes"] > 0
     assert r["resnapshot_broker_bytes_sent"] > 0
+    if r["snapshots"] == "file":
+        # every terminal installed the file, downloaded whole over HTTP (at least once)
+        assert r["snapshot_files_per_terminal_min"] >= 1
+        assert r["snapshot_bytes"] == r["snapshot_file_bytes"]
+        assert r["resnapshot_http_bytes"] >= terminals * r["snapshot_file_bytes"]
+        assert r["resnapshot_http_bytes_downloaded"] >= terminals * r["snapshot_file_bytes"]
+        # the chunks no longer go through the broker: its bytes are descriptors,
+        # requests, manifests and $SYS (bytes, not timings: no load makes them grow
+        # by a snapshot unless a terminal fell back to MQTT chunks)
+        assert r["resnapshot_broker_bytes_sent"] < r["snapshot_bytes"]
+    else:
+        assert r["resnapshot_http_bytes"] == 0 and r["snapshot_file_bytes"] is None
+        assert r["resnapshot_http_bytes_downloaded"] == 0
     assert set(r["targets"]) == {"epoch_converged_s", "resnapshot_bytes_ratio",
                                  "delete_unmatchable_s_p99", "takeover_s"}
     for name, t in r["targets"].items():
@@ -59,6 +72,16 @@ def test_fleet_quick() -> None:
         assert r["takeover_note"].startswith("not supported")
     else:
         assert r["takeover_hash_mismatches"] == 0 and r["takeover_rejections"] == 0
+
+
+def test_fleet_mqtt_chunks_mode() -> None:
+    """``--snapshots mqtt``: no snapshot server, every terminal gets its snapshot as MQTT
+    chunks (the path kept as fallback), for comparison with the file."""
+    r = _run("--terminals", "3", "--citizens", "200", "--deletes", "2", "--snapshots", "mqtt")
+    _common(r, 3, 2)
+    assert r["snapshots"] == "mqtt"
+    # each terminal received its own copy through the broker
+    assert r["resnapshot_broker_bytes_sent"] >= 3 * r["snapshot_content_bytes"]
 
 
 def test_fleet_takeover_step_runs() -> None:

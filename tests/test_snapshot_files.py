@@ -442,3 +442,34 @@ def test_deleted_citizen_removes_the_files_holding_them(rig: Rig) -> None:
     assert new.citizen_count == first.citizen_count - 1
     path = rig.files.path_of(new.snapshot_id)
     assert path is not None and b"c0000007" not in path.read_bytes()
+
+
+def test_server_counts_the_bytes_it_sends_on_metrics(rig: Rig) -> None:
+    """The district's side of the re-snapshot traffic (bench/fleet.py
+    ``resnapshot_http_bytes``): a whole GET and a Range GET add exactly the body bytes
+    sent, and /metrics reports them."""
+    import http.client
+    import urllib.parse
+
+    from prometheus_client import generate_latest
+
+    rig.start()
+    desc = pb.SnapshotFile.FromString(
+        pb.Envelope.FromString(rig.files.descriptor_for(rig.dlog, 0)).body)
+    assert rig.files.bytes_served == 0
+    url = urllib.parse.urlsplit(desc.url)
+    for headers, want in (({}, desc.size), ({"Range": "bytes=1000-"}, desc.size - 1000)):
+        conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+        try:
+            conn.request("GET", url.path, headers=headers)
+            body = conn.getresponse().read()
+        finally:
+            conn.close()
+        assert len(body) == want
+    assert rig.files.bytes_served == 2 * desc.size - 1000
+    assert rig.svc is not None
+    text = generate_latest(rig.svc.metrics.registry).decode()
+    served = [float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("motcua_district_snapshot_http_bytes_total ")]
+    assert served == [2 * desc.size - 1000]
+    assert "motcua_district_snapshot_files_built_total 1.0" in text
