@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import dlib  # type: ignore[import-not-found]
 import numpy as np
@@ -32,7 +33,9 @@ def main() -> None:
     det = dlib.get_frontal_face_detector()
     sp = dlib.shape_predictor(str(dat / "shape_predictor_5_face_landmarks.dat"))
     fr = dlib.face_recognition_model_v1(str(dat / "dlib_face_recognition_resnet_model_v1.dat"))
-    chips, descs, names = [], [], []
+    chips: list[Any] = []
+    descs: list[Any] = []
+    names: list[str] = []
     for f in files:
         if len(chips) >= n:
             break

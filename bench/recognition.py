@@ -1170,7 +1170,7 @@ def main() -> int:
     by_size: dict[int, list[dict[str, Any]]] = {}
     for s, rows in enumerate(calib):
         for r in rows:
-            by_size.setdefault(r["gallery"], []).append(r)
+            by_size.setdefault(int(r["gallery"]), []).append(r)
             show(f"split {s}", r)
     cal_summary = []
     log("  mean over the reported splits (measured FPIR, std):")
