@@ -76,18 +76,17 @@ class Report:
     score: float
 
 
-def check_report(rep: pb.TerminalReport, *, terminal: str, district: str,
-                 now: float | None = None) -> Report:
-    """The report as stored, or ValueError saying which field is wrong."""
+def check_common(rep: pb.TerminalReport, *, terminal: str, district: str,
+                 now: float | None = None) -> datetime.datetime:
+    """The checks every kind of terminal report shares (protocol version, ids against
+    the topic, session id, the terminal's time within the accepted window); returns the
+    report's time, or ValueError saying which field is wrong."""
     now = time.time() if now is None else now
     if rep.protocol_version != PROTOCOL_VERSION:
         raise ValueError(f"protocol version {rep.protocol_version}")
     if rep.terminal_id != terminal or rep.district_id != district:
         raise ValueError("terminal or district id does not match the topic")
-    kind = _KINDS.get(rep.kind)
-    if kind is None:
-        raise ValueError(f"kind {rep.kind}")
-    if not _SESSION.match(rep.session_id):
+    if not _SESSION.fullmatch(rep.session_id):  # fullmatch: '$' would let a final \n by
         raise ValueError("session id: 1-128 letters, digits, '_', '.', ':', '-'")
     try:
         when = datetime.datetime.fromisoformat(rep.time) if len(rep.time) <= 40 else None
@@ -95,9 +94,19 @@ def check_report(rep: pb.TerminalReport, *, terminal: str, district: str,
         when = None
     if when is None or when.tzinfo is None:
         raise ValueError("time: ISO 8601 with a time zone")
-    t = when.timestamp()
-    if not now - REPORT_MAX_AGE_S <= t <= now + REPORT_MAX_AHEAD_S:
+    if not now - REPORT_MAX_AGE_S <= when.timestamp() <= now + REPORT_MAX_AHEAD_S:
         raise ValueError("time: too old or in the future")
+    return when
+
+
+def check_report(rep: pb.TerminalReport, *, terminal: str, district: str,
+                 now: float | None = None) -> Report:
+    """The report as stored, or ValueError saying which field is wrong."""
+    kind = _KINDS.get(rep.kind)
+    if kind is None:
+        check_common(rep, terminal=terminal, district=district, now=now)  # names the field
+        raise ValueError(f"kind {rep.kind}")
+    when = check_common(rep, terminal=terminal, district=district, now=now)
     stamp = when.astimezone(datetime.timezone.utc).isoformat(timespec="milliseconds")
     score = float(rep.score)
     if kind == "not_me":

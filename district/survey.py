@@ -32,15 +32,13 @@ from prometheus_client.core import GaugeMetricFamily
 from core.errors import DistrictError
 from district.log import BUSY_TIMEOUT_MS
 from district.reports import (
-    REPORT_MAX_AGE_S,
-    REPORT_MAX_AHEAD_S,
     Report,
     ReportGate,
+    check_common,
 )
 from proto import sync_pb2 as pb
 from sync.survey import TOKEN_RE, PublishedSurvey, token_sha256
 from sync.topics import check_id
-from sync.wire import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +61,6 @@ OFFER_WRITE_BATCH = 200
 OFFER_KEEP_EXPIRED_S = 86400.0
 PRUNE_INTERVAL_S = 600.0
 
-_SESSION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
 
 
 # ---- offers (from terminals) -----------------------------------------------------------
@@ -83,15 +80,10 @@ class Offer:
 def check_offer(rep: pb.TerminalReport, *, terminal: str, district: str,
                 now: float | None = None) -> Offer:
     """The offer as stored, or ValueError saying which field is wrong."""
-    now = time.time() if now is None else now
-    if rep.protocol_version != PROTOCOL_VERSION:
-        raise ValueError(f"protocol version {rep.protocol_version}")
-    if rep.terminal_id != terminal or rep.district_id != district:
-        raise ValueError("terminal or district id does not match the topic")
     if rep.kind != pb.TerminalReport.KIND_SURVEY_OFFER:
+        check_common(rep, terminal=terminal, district=district, now=now)  # names the field
         raise ValueError(f"kind {rep.kind}")
-    if not 1 <= len(rep.session_id) <= 128 or not set(rep.session_id) <= _SESSION_CHARS:
-        raise ValueError("session id: 1-128 letters, digits, '_', '.', ':', '-'")
+    t = check_common(rep, terminal=terminal, district=district, now=now).timestamp()
     if len(rep.survey_token_sha256) != 32:
         raise ValueError("survey token hash: 32 bytes expected")
     if rep.rating != 0 or rep.score != 0.0:
@@ -101,15 +93,6 @@ def check_offer(rep: pb.TerminalReport, *, terminal: str, district: str,
             check_id(rep.citizen_id, "citizen id")
     except ValueError as exc:
         raise ValueError(str(exc)) from None
-    try:
-        when = datetime.datetime.fromisoformat(rep.time) if len(rep.time) <= 40 else None
-    except ValueError:
-        when = None
-    if when is None or when.tzinfo is None:
-        raise ValueError("time: ISO 8601 with a time zone")
-    t = when.timestamp()
-    if not now - REPORT_MAX_AGE_S <= t <= now + REPORT_MAX_AHEAD_S:
-        raise ValueError("time: too old or in the future")
     return Offer(bytes(rep.survey_token_sha256), terminal, rep.session_id, rep.citizen_id, t)
 
 
