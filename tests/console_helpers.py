@@ -24,12 +24,11 @@ from district.service import DistrictService
 from district.survey import Offer, SurveyStore
 from proto import sync_pb2 as pb
 from sync.changes import Dossier, DossierStatus
-from sync.keys import generate_keypair
-from sync.localbroker import free_port
 from sync.mqtt import BrokerSettings, make_client
 from sync.survey import new_token, token_sha256
 from sync.topics import Topics
 from tests.broker import MosquittoBroker
+from tests.district_helpers import write_district_config
 from tests.sync_helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,31 +75,10 @@ class Rig:
 
 def write_console_config(tmp: Path, broker: MosquittoBroker, db: Path, *,
                          console: str) -> Path:
-    keys = tmp / "keys"
-    if not (keys / "district.key").exists():
-        generate_keypair(keys / "district.key", keys / "district.pub")
-    (tmp / "token").write_text("t" * 40 + "\n")
-    (tmp / "token").chmod(0o600)
-    cfg = tmp / "district.toml"
-    cfg.write_text(f"""
-[district]
-id = "{DISTRICT}"
-db = "{db}"
-key_file = "{keys / 'district.key'}"
-
-[broker]
-broker = "{broker.host}:{broker.port}"
-reconnect_min_s = 0.1
-reconnect_max_s = 1.0
-
-[ingest]
-listen = "127.0.0.1:{free_port()}"
-token_file = "{tmp / 'token'}"
-
-[console]
-{console}
-""")
-    return cfg
+    """The district's config (tests/district_helpers.py) with ``console`` as its
+    ``[console]`` table."""
+    return write_district_config(tmp, broker, district=DISTRICT, db=db,
+                                 sections=f"[console]\n{console}")
 
 
 def console_files(tmp: Path) -> tuple[Path, Path, Path]:

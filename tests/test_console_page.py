@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 from district.console.i18n import T
+from tests.chromium import assert_no_csp_violation, chromium
+from tests.chromium import body_text as body
+from tests.chromium import wait_page as wait_for
 from tests.console_helpers import PASSWORD, SURVEY_COMMENT, USER, Rig, rig
 
 __all__ = ["rig"]  # the fixture
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "console"
 #: set to 1 to keep the screenshots under tests/artifacts/console/
 COPY_ENV = "MOTCUA_CONSOLE_SCREENSHOTS"
@@ -36,22 +33,10 @@ COPY_ENV = "MOTCUA_CONSOLE_SCREENSHOTS"
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
-    profile = tempfile.mkdtemp(prefix="motcua-console-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--window-size=1366,900", "--hide-scrollbars",
-    ):
-        opts.add_argument(flag)
     # the test install's self-signed certificate: accepted by this test browser only
-    opts.accept_insecure_certs = True
-    driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(20)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    with chromium(window="1366,900", prefix="motcua-console-chromium-",
+                  insecure_certs=True) as driver:
+        yield driver
 
 
 class Shots:
@@ -71,19 +56,6 @@ class Shots:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             for p in self.paths:
                 shutil.copy2(p, ARTIFACTS / p.name)
-
-
-def wait_for(driver: webdriver.Chrome, cond: Callable[[webdriver.Chrome], object],
-             what: str, timeout: float = 10) -> None:
-    try:
-        WebDriverWait(driver, timeout, poll_frequency=0.05).until(cond)
-    except TimeoutException:
-        body = driver.find_element(By.TAG_NAME, "body").text
-        raise AssertionError(f"page never showed {what}; it shows: {body!r}") from None
-
-
-def body(driver: webdriver.Chrome) -> str:
-    return driver.find_element(By.TAG_NAME, "body").text
 
 
 def test_console_in_chromium(browser: webdriver.Chrome, rig: Rig, tmp_path: Path) -> None:
@@ -132,8 +104,7 @@ def test_console_in_chromium(browser: webdriver.Chrome, rig: Rig, tmp_path: Path
         assert "<script>alert(1)</script>" in body(browser)
         assert not browser.find_elements(By.CSS_SELECTOR, "td.err img, td.err script")
     # no CSP violation was reported on any page (there is no script, no inline style)
-    logs = browser.get_log("browser")
-    assert not [e for e in logs if "Content Security Policy" in e["message"]], logs
+    assert_no_csp_violation(browser)
 
     # the language switch link: back to Vietnamese, and it stays chosen
     browser.find_element(By.ID, "lang-switch").click()

@@ -30,42 +30,22 @@ from edge.store.gallery import GalleryStore
 from edge.syncclient.subscriber import TerminalSubscriber
 from proto import display_pb2 as dpb
 from sync.changes import DossierStatus
-from sync.keys import generate_keypair, load_public_key
+from sync.keys import load_public_key
 from sync.localbroker import free_port
 from sync.mqtt import BrokerSettings
 from tests.broker import MosquittoBroker
+from tests.district_helpers import TOKEN, write_district_config
 from tests.sync_helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-TOKEN = "t" * 40
 DISTRICT = "q7"
 
 
 def write_config(tmp: Path, broker: MosquittoBroker, port: int, db: Path) -> Path:
-    keys = tmp / "keys"
-    if not (keys / "district.key").exists():
-        generate_keypair(keys / "district.key", keys / "district.pub")
-    (tmp / "token").write_text(TOKEN + "\n")
-    (tmp / "token").chmod(0o600)
-    cfg = tmp / "district.toml"
-    cfg.write_text(f"""
-[district]
-id = "{DISTRICT}"
-db = "{db}"
-key_file = "{keys / 'district.key'}"
-
-[broker]
-broker = "{broker.host}:{broker.port}"
-reconnect_min_s = 0.1
-reconnect_max_s = 1.0
-
-[ingest]
-listen = "127.0.0.1:{port}"
-token_file = "{tmp / 'token'}"
-max_body_bytes = 4194304
-max_batch_events = 50
-""")
-    return cfg
+    """This file's district config (tests/district_helpers.py), with ingest bounds below
+    the defaults (4 MiB bodies, 50-event batches) for the tests to reach."""
+    return write_district_config(tmp, broker, district=DISTRICT, db=db, port=port,
+                                 ingest="max_body_bytes = 4194304\nmax_batch_events = 50")
 
 
 @pytest.fixture

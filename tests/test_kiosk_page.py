@@ -8,8 +8,6 @@ The store and session machine are unit-boundary fakes (tests/display_fakes.py).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,10 +15,7 @@ from pathlib import Path
 import pytest
 from display_fakes import PIN, FakeControl, FakeDirectory
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 from edge.api.server import ApiServer, create_server
 from edge.api.state import DisplayState
@@ -28,10 +23,11 @@ from edge.config import ApiConfig, DisplayConfig
 from edge.display.app import DisplayApp
 from edge.session import events as ev
 from tests.broker import PortReservation
+from tests.chromium import assert_no_csp_violation, chromium
+from tests.chromium import body_text as text
+from tests.chromium import wait_page as wait_for
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 def start_api(port: int = 0) -> tuple[ApiServer, FakeControl]:
@@ -46,23 +42,12 @@ def start_api(port: int = 0) -> tuple[ApiServer, FakeControl]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    profile = tempfile.mkdtemp(prefix="motcua-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--window-size=1280,800", "--hide-scrollbars",
-    ):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(20)
-    # the kiosk screen is 1280x800: make that the page's viewport, not the window's
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    with chromium() as driver:
+        # the kiosk screen is 1280x800: make that the page's viewport, not the window's
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": 1280, "height": 800, "deviceScaleFactor": 1,
+                                "mobile": False})
+        yield driver
 
 
 class Rig:
@@ -106,15 +91,6 @@ def rig() -> Iterator[Rig]:
     r.close()
 
 
-def wait_for(driver: webdriver.Chrome, cond: Callable[[webdriver.Chrome], object],
-             what: str, timeout: float = 10) -> None:
-    try:
-        WebDriverWait(driver, timeout, poll_frequency=0.05).until(cond)
-    except TimeoutException:
-        body = driver.find_element(By.TAG_NAME, "body").text
-        raise AssertionError(f"page never showed {what}; it shows: {body!r}") from None
-
-
 def shows_state(driver: webdriver.Chrome, state: str, session: str | None = None) -> None:
     def ok(d: webdriver.Chrome) -> bool:
         el = d.find_element(By.ID, "screen")
@@ -123,10 +99,6 @@ def shows_state(driver: webdriver.Chrome, state: str, session: str | None = None
         )
 
     wait_for(driver, ok, f"state {state}")
-
-
-def text(driver: webdriver.Chrome) -> str:
-    return driver.find_element(By.TAG_NAME, "body").text
 
 
 def shot(driver: webdriver.Chrome, name: str) -> None:
@@ -158,8 +130,7 @@ def test_each_session_state_in_vietnamese(browser: webdriver.Chrome, rig: Rig) -
     bar = browser.find_element(By.CSS_SELECTOR, ".progress .bar")
     assert bar.get_attribute("style") == "width: 40%;"
     assert bar.size["width"] > 0
-    logs = browser.get_log("browser")
-    assert not [e for e in logs if "Content Security Policy" in e["message"]], logs
+    assert_no_csp_violation(browser)
     shot(browser, "03_challenge")
 
     rig.state.on_event(ev.Matched("s1", citizen_id="c1", score=0.8, margin=0.3))

@@ -20,16 +20,16 @@ from edge.store.gallery import GalleryStore
 from edge.syncclient.download import Downloader, DownloadError, TlsMaterial
 from edge.syncclient.subscriber import TerminalSubscriber
 from proto import sync_pb2 as pb
-from sync.keys import generate_keypair, load_private_key, load_public_key
+from sync.keys import load_private_key, load_public_key
 from sync.localbroker import free_port
 from sync.mqtt import BrokerSettings
 from sync.wire import seal
 from tests.broker import MosquittoBroker
 from tests.certs import CA
+from tests.district_helpers import district_keys, write_district_config
 from tests.sync_helpers import EMBEDDER, add_citizens, new_key, reference_store, wait_for
 
 DISTRICT = "q1"
-TOKEN = "t" * 40
 DIM = 64
 
 
@@ -43,29 +43,10 @@ class Rig:
         self.dlog = DistrictLog.create(self.db, district_id=DISTRICT, embedder_id=EMBEDDER,
                                        dim=DIM)
         add_citizens(self.dlog, citizens)
-        keys = tmp / "keys"
-        generate_keypair(keys / "district.key", keys / "district.pub")
-        self.key_file = keys / "district.key"
-        self.public_key = load_public_key(keys / "district.pub")
-        (tmp / "token").write_text(TOKEN + "\n")
-        (tmp / "token").chmod(0o600)
-        cfg = tmp / "district.toml"
-        cfg.write_text(f"""
-[district]
-id = "{DISTRICT}"
-db = "{self.db}"
-key_file = "{self.key_file}"
-
-[broker]
-broker = "{broker.host}:{broker.port}"
-reconnect_min_s = 0.1
-reconnect_max_s = 1.0
-
-[ingest]
-listen = "127.0.0.1:{free_port()}"
-token_file = "{tmp / 'token'}"
-{snapshots}
-""")
+        self.key_file, pub = district_keys(tmp)
+        self.public_key = load_public_key(pub)
+        cfg = write_district_config(tmp, broker, district=DISTRICT, db=self.db,
+                                    sections=snapshots)
         self.cfg = load_district_config(cfg)
         self.svc: DistrictService | None = None
         self.terminals: list[TerminalSubscriber] = []

@@ -14,8 +14,6 @@ the next result screen has no QR. Screenshots go to tests/artifacts/survey_*.png
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -26,10 +24,7 @@ import cv2
 import numpy as np
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
 from district.config import load_district_config
 from district.service import DistrictService
@@ -43,72 +38,37 @@ from edge.session import events as ev
 from edge.session.audit import OutboxReporter
 from edge.store.gallery import GalleryStore
 from edge.syncclient.subscriber import TerminalSubscriber
-from sync.keys import generate_keypair, load_public_key
+from sync.keys import load_public_key
 from sync.mqtt import BrokerSettings
 from sync.survey import PublishedSurvey, new_token
 from tests.broker import MosquittoBroker, PortReservation
+from tests.chromium import assert_no_csp_violation, body_text, chromium, wait_page
+from tests.district_helpers import write_district_config
 from tests.sync_helpers import EMBEDDER, add_citizens, new_district, wait_for
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 DISTRICT = "q7"
 TERMINAL = "t1"
 DIM = 16
 
 
 def write_config(tmp: Path, broker: MosquittoBroker, port: int, *, survey: bool) -> Path:
-    keys = tmp / "keys"
-    if not (keys / "district.key").exists():
-        generate_keypair(keys / "district.key", keys / "district.pub")
-    (tmp / "token").write_text("t" * 40 + "\n")
-    (tmp / "token").chmod(0o600)
-    cfg = tmp / "district.toml"
-    text = f"""
-[district]
-id = "{DISTRICT}"
-db = "{tmp / 'district.sqlite'}"
-key_file = "{keys / 'district.key'}"
-
-[broker]
-broker = "{broker.host}:{broker.port}"
-reconnect_min_s = 0.1
-reconnect_max_s = 1.0
-
-[ingest]
-listen = "127.0.0.1:{port}"
-token_file = "{tmp / 'token'}"
-"""
-    if survey:
-        text += f"""
+    """The district's config (tests/district_helpers.py), the survey on or off."""
+    return write_district_config(tmp, broker, district=DISTRICT, db=tmp / "district.sqlite",
+                                 port=port, sections=f"""
 [survey]
 enabled = true
 base_url = "http://127.0.0.1:{port}/"
 token_lifetime_s = 900
 # the test stands in for a reverse proxy on loopback: X-Forwarded-For is believed
 trusted_proxies = ["127.0.0.1"]
-"""
-    cfg.write_text(text)
-    return cfg
+""" if survey else "")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    profile = tempfile.mkdtemp(prefix="motcua-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--window-size=1280,800", "--hide-scrollbars",
-    ):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(20)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    with chromium(browser_log=True) as driver:
+        yield driver
 
 
 def kiosk_screen(driver: webdriver.Chrome) -> None:
@@ -124,11 +84,7 @@ def phone_screen(driver: webdriver.Chrome) -> None:
 
 
 def until(driver: webdriver.Chrome, cond, what: str, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
-    try:
-        WebDriverWait(driver, timeout, poll_frequency=0.05).until(cond)
-    except TimeoutException:
-        body = driver.find_element(By.TAG_NAME, "body").text
-        raise AssertionError(f"page never showed {what}; it shows: {body!r}") from None
+    wait_page(driver, cond, what, timeout)
 
 
 def shows(driver: webdriver.Chrome, state: str, session: str) -> None:
@@ -241,8 +197,7 @@ def test_qr_hand_off_end_to_end(tmp_path: Path, broker: MosquittoBroker,
         token = m.group(1)
         for secret in (cid, "Nguyễn", "HS-", "sess-1", TERMINAL):
             assert secret not in url
-        logs = browser.get_log("browser")
-        assert not [e for e in logs if "Content Security Policy" in e["message"]], logs
+        assert_no_csp_violation(browser)
 
         # -- the offer reached the district through the outbox and the broker ----------
         wait_for(lambda: svc.survey is not None and svc.survey.offer_count() == 1, 20,
@@ -291,10 +246,9 @@ def test_qr_hand_off_end_to_end(tmp_path: Path, broker: MosquittoBroker,
         browser.find_element(By.ID, "comment").send_keys("Cán bộ hướng dẫn tận tình")
         browser.find_element(By.ID, "send").click()
         until(browser, lambda d: d.find_elements(By.ID, "thanks"), "the thanks page")
-        assert "Cảm ơn quý khách!" in browser.find_element(By.TAG_NAME, "body").text
+        assert "Cảm ơn quý khách!" in body_text(browser)
         shot(browser, "03_phone_thanks")
-        logs = browser.get_log("browser")
-        assert not [e for e in logs if "Content Security Policy" in e["message"]], logs
+        assert_no_csp_violation(browser)
 
         # -- a second answer is refused; the district counts exactly one ----------------
         browser.get(url)
