@@ -143,6 +143,49 @@ def test_login_csrf_sessions_and_escaping(rig: Rig) -> None:
     assert b.get("/console/fleet")[0] == 303
 
 
+#: every page behind the session, and every form action behind the session + its token
+PAGES = ("/console/fleet", "/console/reports", "/console/deletions", "/console/ratings",
+         "/console/calibration")
+ACTIONS = ("/console/logout", "/console/reports/review", "/console/reports/suspend")
+
+
+def test_every_page_needs_a_session_and_every_action_its_token(rig: Rig) -> None:
+    """No session: each page and each action sends to the login page and does nothing;
+    a session without its CSRF token (none, another session's, a made-up one): 403 and
+    nothing done (no report reviewed, no face suspended, the session not ended)."""
+    report = {"terminal": "t-1", "session": "s-1"}  # a "not me" report of the seed
+    head = rig.dlog.head_seq
+
+    def untouched() -> bool:
+        return rig.dlog.head_seq == head and all(
+            not r[5] for r in rig.dlog.reports_reviewed("not_me"))
+
+    b = Browser(rig)
+    for path in PAGES:
+        status, headers, _ = b.get(path)
+        assert status == 303 and headers["location"].startswith("/console/login"), path
+    other = Browser(rig)
+    assert other.login()[0] == 303
+    others_token = csrf_of(other.get("/console/fleet")[2])
+    for path in ACTIONS:
+        status, headers, _ = b.post(path, {**report, "csrf": others_token})
+        assert status == 303 and headers["location"].startswith("/console/login"), path
+    assert untouched()
+    assert b.login()[0] == 303
+    own_token = csrf_of(b.get("/console/fleet")[2])
+    for path in ACTIONS:
+        for token in (None, others_token, "x" * 43):
+            form = report if token is None else {**report, "csrf": token}
+            assert b.post(path, form)[0] == 403, (path, token)
+    assert untouched()
+    for path in PAGES:
+        assert b.get(path)[0] == 200, path
+    # the token of the session itself opens them (logout last: it ends the session)
+    assert b.post("/console/reports/review", {**report, "csrf": own_token})[0] == 303
+    assert b.post("/console/logout", {"csrf": own_token})[0] == 303
+    assert b.get("/console/fleet")[0] == 303
+
+
 def test_lockout_after_failures(rig: Rig) -> None:
     b = Browser(rig)
     for _ in range(3):

@@ -14,7 +14,7 @@ import datetime
 import logging
 import secrets
 import urllib.parse
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,36 @@ def create_console(deps: ConsoleDeps) -> _FormLimit:
     def forbidden(request: Request, lang: str) -> HTMLResponse:
         return page(request, "error.html", lang, 403, message_key="forbidden")
 
+    # FastAPI reads an endpoint's signature for its parameters: the wrappers below take
+    # only the request, and keep the handler's name and doc without functools.wraps
+    # (whose __wrapped__ would show FastAPI the handler's own parameters)
+
+    def signed_in(handler: Callable[[Request, Session], Response]
+                  ) -> Callable[[Request], Response]:
+        """A page behind a live session: none, and it is the login page."""
+        def view(request: Request) -> Response:
+            s = current(request)
+            if s is None:
+                return to_login(request)
+            return handler(request, s)
+        view.__name__, view.__doc__ = handler.__name__, handler.__doc__
+        return view
+
+    def form_action(handler: Callable[[Request, Session, dict[str, str]], Response]
+                    ) -> Callable[[Request], Awaitable[Response]]:
+        """A POST form behind a live session and its CSRF token: no session, and it is
+        the login page; a missing or wrong token, 403 and nothing done."""
+        async def action(request: Request) -> Response:
+            s = current(request)
+            if s is None:
+                return to_login(request)
+            form = await read_form(request)
+            if not same_token(form.get("csrf"), s.csrf):
+                return forbidden(request, s.lang)
+            return handler(request, s, form)
+        action.__name__, action.__doc__ = handler.__name__, handler.__doc__
+        return action
+
     @app.get("/static/console.css")
     def stylesheet() -> Response:
         return Response(css, media_type="text/css", headers=SECURITY_HEADERS)
@@ -231,23 +261,16 @@ def create_console(deps: ConsoleDeps) -> _FormLimit:
         return resp
 
     @app.post("/logout")
-    async def logout(request: Request) -> Response:
-        s = current(request)
-        if s is None:
-            return to_login(request)
-        form = await read_form(request)
-        if not same_token(form.get("csrf"), s.csrf):
-            return forbidden(request, s.lang)
+    @form_action
+    def logout(request: Request, s: Session, form: dict[str, str]) -> Response:
         deps.sessions.end(s.sid)
         resp = redirect(f"/console/login?lang={s.lang}")
         resp.delete_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="strict")
         return resp
 
     @app.get("/fleet", response_class=HTMLResponse)
-    def fleet(request: Request) -> Response:
-        s = current(request)
-        if s is None:
-            return to_login(request)
+    @signed_in
+    def fleet(request: Request, s: Session) -> Response:
         head, epoch = deps.dlog.published_seq, deps.dlog.epoch
         rows = deps.fleet.rows(head)
         snaps = {r.terminal_id: deps.fleet.last_snapshot(r.terminal_id) for r in rows}
@@ -255,37 +278,25 @@ def create_console(deps: ConsoleDeps) -> _FormLimit:
                     epoch=epoch, snapshots=snaps)
 
     @app.get("/reports", response_class=HTMLResponse)
-    def reports(request: Request) -> Response:
-        s = current(request)
-        if s is None:
-            return to_login(request)
+    @signed_in
+    def reports(request: Request, s: Session) -> Response:
         rows = deps.dlog.reports_reviewed("not_me", PAGE_ROWS)
         done = request.query_params.get("suspended", "")
         return page(request, "reports.html", s.lang, session=s, rows=rows,
                     suspended=done if done.isdigit() else "")
 
     @app.post("/reports/review")
-    async def review(request: Request) -> Response:
-        s = current(request)
-        if s is None:
-            return to_login(request)
-        form = await read_form(request)
-        if not same_token(form.get("csrf"), s.csrf):
-            return forbidden(request, s.lang)
+    @form_action
+    def review(request: Request, s: Session, form: dict[str, str]) -> Response:
         deps.dlog.review_report(form.get("terminal", ""), form.get("session", ""), "not_me",
                                 by=s.user)
         return redirect("/console/reports")
 
     @app.post("/reports/suspend")
-    async def suspend(request: Request) -> Response:
+    @form_action
+    def suspend(request: Request, s: Session, form: dict[str, str]) -> Response:
         """Act on one "not me" report: suspend its citizen's face until re-enrolment
         (the report is recorded with the suspension) and mark the report reviewed."""
-        s = current(request)
-        if s is None:
-            return to_login(request)
-        form = await read_form(request)
-        if not same_token(form.get("csrf"), s.csrf):
-            return forbidden(request, s.lang)
         terminal, session = form.get("terminal", ""), form.get("session", "")
         try:
             # the report names the citizen: the browser only says which report
@@ -301,20 +312,16 @@ def create_console(deps: ConsoleDeps) -> _FormLimit:
         return redirect(f"/console/reports?suspended={seq}")
 
     @app.get("/deletions", response_class=HTMLResponse)
-    def deletions(request: Request) -> Response:
-        s = current(request)
-        if s is None:
-            return to_login(request)
+    @signed_in
+    def deletions(request: Request, s: Session) -> Response:
         rows = deps.fleet.rows(deps.dlog.published_seq)
         return page(request, "deletions.html", s.lang, session=s,
                     deletions=data.deletions(deps.dlog, rows, limit=PAGE_ROWS),
                     epoch=deps.dlog.epoch)
 
     @app.get("/ratings", response_class=HTMLResponse)
-    def ratings(request: Request) -> Response:
-        s = current(request)
-        if s is None:
-            return to_login(request)
+    @signed_in
+    def ratings(request: Request, s: Session) -> Response:
         today = datetime.datetime.now(datetime.timezone.utc).date()
         first = request.query_params.get("from") or (today - datetime.timedelta(days=30))\
             .isoformat()
@@ -330,10 +337,8 @@ def create_console(deps: ConsoleDeps) -> _FormLimit:
                     comments=data.survey_comments(deps.dlog, a, b, limit=COMMENT_ROWS))
 
     @app.get("/calibration", response_class=HTMLResponse)
-    def calibration(request: Request) -> Response:
-        s = current(request)
-        if s is None:
-            return to_login(request)
+    @signed_in
+    def calibration(request: Request, s: Session) -> Response:
         try:
             point = calib.stored(deps.dlog)
         except DistrictError:
