@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from core.errors import DistrictError
 from district.log import DistrictLog
@@ -224,16 +225,9 @@ class ReportWriter:
 
     def _loop(self, dlog: DistrictLog) -> None:
         while not self.stop_event.is_set() or not self._q.empty():
-            try:
-                first = self._q.get(timeout=0.1)
-            except queue.Empty:
+            items = take_batch(self._q, REPORT_WRITE_BATCH)
+            if not items:
                 continue
-            items = [first]
-            while len(items) < REPORT_WRITE_BATCH:
-                try:
-                    items.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
             try:
                 new = dlog.add_reports([dataclasses.astuple(r) for r, _ in items])
             except (DistrictError, sqlite3.Error) as exc:  # acked anyway: see docs/sync.md
@@ -244,6 +238,25 @@ class ReportWriter:
                 self.duplicates += len(items) - new
             for _r, token in items:
                 self.on_stored(token)
+
+
+T = TypeVar("T")
+
+
+def take_batch(q: queue.Queue[T], most: int, wait_s: float = 0.1) -> list[T]:
+    """Up to ``most`` items of ``q`` for one write: waits ``wait_s`` for the first (none
+    by then: ``[]``), takes the rest only if already queued. ``wait_s``: 0.1 s lets a
+    writer loop see its stop event ten times a second while idle."""
+    try:
+        items = [q.get(timeout=wait_s)]
+    except queue.Empty:
+        return []
+    while len(items) < most:
+        try:
+            items.append(q.get_nowait())
+        except queue.Empty:
+            break
+    return items
 
 
 def suspend_for_report(dlog: DistrictLog, report_id: str) -> int:

@@ -463,24 +463,22 @@ class DistrictService:
         return not self._closed and self.publisher.wait_connected(0)
 
     def _serve_http(self) -> None:
-        try:
-            self.server.run()
-        except BaseException:
-            log.exception("the HTTP server failed")
-        finally:
-            if not self.stop_event.is_set():
-                log.error("the HTTP server stopped: stopping the service")
-                self.stop_event.set()
+        self._serve(self.server, "HTTP server")
 
     def _serve_snapshots(self) -> None:
         assert self.snapshot_server is not None
+        self._serve(self.snapshot_server, "snapshot server")
+
+    def _serve(self, server: uvicorn.Server, what: str) -> None:
+        """Run ``server`` (a thread's body); when it ends but the service was not
+        stopped, stop the service: it does not run on without one of its servers."""
         try:
-            self.snapshot_server.run()
+            server.run()
         except BaseException:
-            log.exception("the snapshot server failed")
+            log.exception("the %s failed", what)
         finally:
             if not self.stop_event.is_set():
-                log.error("the snapshot server stopped: stopping the service")
+                log.error("the %s stopped: stopping the service", what)
                 self.stop_event.set()
 
     def _sweep_snapshots(self) -> None:

@@ -35,6 +35,7 @@ from district.reports import (
     Report,
     ReportGate,
     check_common,
+    take_batch,
 )
 from proto import sync_pb2 as pb
 from sync.survey import TOKEN_RE, PublishedSurvey, token_sha256
@@ -324,16 +325,9 @@ class OfferWriter:
                         store.prune()
                     except sqlite3.Error as exc:
                         log.error("cannot prune survey offers: %s", exc)
-                try:
-                    first = self._q.get(timeout=0.1)
-                except queue.Empty:
+                items = take_batch(self._q, OFFER_WRITE_BATCH)
+                if not items:
                     continue
-                items = [first]
-                while len(items) < OFFER_WRITE_BATCH:
-                    try:
-                        items.append(self._q.get_nowait())
-                    except queue.Empty:
-                        break
                 try:
                     if store is None:
                         raise sqlite3.OperationalError("the survey tables are not open")
