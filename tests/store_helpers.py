@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +52,16 @@ def fill(store: GalleryStore, n: int, *, batch: int = 100, epoch: int = 1, most:
 
 def unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def files_holding(directory: Path, forms: list[bytes]) -> list[str]:
+    """Names of the files under ``directory`` whose bytes contain any of ``forms`` (e.g.
+    an embedding as it would sit in a file): where a deleted face may still be."""
+    hits = []
+    for f in directory.rglob("*"):
+        if f.is_file():
+            with contextlib.suppress(FileNotFoundError):  # a temp file renamed meanwhile
+                blob = f.read_bytes()
+                if any(form in blob for form in forms):
+                    hits.append(f.name)
+    return hits

@@ -4,14 +4,13 @@ the terminal store, the sync engine's checks on forged and malformed suspensions
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from store_helpers import DIM, FACES, cid, dossier, fill, open_store, upsert
+from store_helpers import DIM, FACES, cid, dossier, files_holding, fill, open_store, upsert
 
 from core.errors import DistrictError, MessageRejected, StoreError
 from district.ingest import Ingestor, parse_event
@@ -41,17 +40,6 @@ LOG_DIM = 64
 def _bytes_of(emb: np.ndarray) -> list[bytes]:  # type: ignore[type-arg]
     """How each row sits in a file (little-endian float32)."""
     return [np.ascontiguousarray(row, dtype="<f4").tobytes() for row in emb]
-
-
-def _files_holding(directory: Path, forms: list[bytes]) -> list[str]:
-    hits = []
-    for f in directory.rglob("*"):
-        if f.is_file():
-            with contextlib.suppress(FileNotFoundError):  # a temp file renamed meanwhile
-                blob = f.read_bytes()
-                if any(form in blob for form in forms):
-                    hits.append(f.name)
-    return hits
 
 
 # ---------------------------------------------------------------- district log
@@ -92,7 +80,7 @@ def test_suspend_face_keeps_the_citizen_and_forgets_the_face_in_state_and_log(
     assert dlog.first_embeddings().shape == (1, LOG_DIM)
     # no byte of either face is left in the log's files (secure_delete, WAL truncated),
     # while the log is still open (closing it would checkpoint the WAL anyway)
-    assert _files_holding(tmp_path / "d", faces) == []
+    assert files_holding(tmp_path / "d", faces) == []
     dlog.close()
 
 
@@ -252,7 +240,7 @@ def test_store_suspension_removes_every_vector_and_keeps_record_and_dossiers(
         current = FACES.samples(victim, range(10, 10 + FACES.enrolled_count(victim, 3)))
         forms = [*_bytes_of(first), *_bytes_of(current),
                  *_bytes_of(unit_rows(first, DIM, "t")), *_bytes_of(unit_rows(current, DIM, "t"))]
-        assert _files_holding(tmp_path, forms), "the probe must see the vectors first"
+        assert files_holding(tmp_path, forms), "the probe must see the vectors first"
         before = s.citizen(cid(victim))
         assert before is not None and before.embedding_count == len(current)
         live, count = s.index_stats()["live"], s.citizen_count
@@ -270,8 +258,8 @@ def test_store_suspension_removes_every_vector_and_keeps_record_and_dossiers(
         assert [d.code for d in s.dossiers(cid(victim))] == ["HS-7"]
         s.verify_index()
         # gone from every file (SQLite, WAL, index checkpoints) within the deletion bound
-        while _files_holding(tmp_path, forms):
-            assert time.monotonic() - t0 <= scrub_s + 5.0, _files_holding(tmp_path, forms)
+        while files_holding(tmp_path, forms):
+            assert time.monotonic() - t0 <= scrub_s + 5.0, files_holding(tmp_path, forms)
             time.sleep(0.05)  # polling a condition with a deadline
         seq = s.last_seq
     # a restart (checkpoint + replay) does not bring the face back

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import store_security_child as child
-from store_helpers import DIM, FACES, cid, fill, open_store
+from store_helpers import DIM, FACES, cid, files_holding, fill, open_store
 
 from edge.config import StoreSettings
 from edge.store.validate import unit_rows
@@ -56,22 +56,11 @@ def _deleted_forms() -> list[bytes]:
             for v in (raw, unit_rows(raw, DIM, "t")[0])]
 
 
-def _files_holding(directory: Path, forms: list[bytes]) -> list[str]:
-    hits = []
-    for f in directory.rglob("*"):
-        if f.is_file():
-            with contextlib.suppress(FileNotFoundError):  # a temp file renamed meanwhile
-                blob = f.read_bytes()
-                if any(form in blob for form in forms):
-                    hits.append(f.name)
-    return hits
-
-
 def _clean_within(directory: Path, forms: list[bytes], since: float, bound: float
                   ) -> float:
     """Seconds from ``since`` until no file holds the vector; fails past the bound."""
     while True:
-        hits = _files_holding(directory, forms)
+        hits = files_holding(directory, forms)
         now = time.monotonic()
         if not hits:
             return now - since
@@ -104,7 +93,7 @@ def test_deleted_vector_leaves_every_file_within_the_bound_while_running(tmp_pat
         assert proc.poll() is None  # still running: no close() did it
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
-    assert not _files_holding(tmp_path, forms), "back after the kill"
+    assert not files_holding(tmp_path, forms), "back after the kill"
     print(f"deleted vector gone from every file {took:.2f} s after the delete")
 
 
@@ -114,13 +103,13 @@ def test_deleted_vector_leaves_every_file_after_sigkill_before_the_bound(tmp_pat
     with _deleting_child(tmp_path) as (proc, _):
         proc.send_signal(signal.SIGKILL)  # at once: nothing was scrubbed from the files
         proc.wait(30)
-    assert _files_holding(tmp_path, forms), "the probe must see the leftovers of the kill"
+    assert files_holding(tmp_path, forms), "the probe must see the leftovers of the kill"
     t0 = time.monotonic()
     with open_store(tmp_path, checkpoint_every=10_000, **_scrub_setting()) as s:
         took = _clean_within(tmp_path, forms, t0, SCRUB_S)
         assert s.citizen(cid(child.DELETED)) is None
         s._abandon()  # noqa: SLF001 - like a crash: nothing more on close
-    assert not _files_holding(tmp_path, forms)
+    assert not files_holding(tmp_path, forms)
     print(f"deleted vector gone {took:.2f} s after the restart began")
 
 
