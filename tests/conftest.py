@@ -42,3 +42,23 @@ def face_pipeline():  # type: ignore[no-untyped-def]
         return load_pipeline(Config())
     except ModelError as exc:
         pytest.fail(f"{exc} -- build it first: motcua models build (scripts/install.sh does)")
+
+
+@pytest.fixture
+def health_server():  # type: ignore[no-untyped-def]
+    """A gRPC server with the standard health service alone, on a free loopback port:
+    yields (port, servicer); the test sets what the servicer answers."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port, servicer
+    finally:
+        server.stop(0).wait()

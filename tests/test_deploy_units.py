@@ -9,12 +9,10 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
 from edge.config import config_from_dict
 from edge.ops import doctor
@@ -199,30 +197,24 @@ def fake_release(root: Path, tmp: Path, version: str, healthy: bool):  # type: i
 
 
 @pytest.mark.parametrize("new_is_healthy", [False, True])
-def test_update_rolls_back_when_health_fails(tmp_path, new_is_healthy) -> None:
+def test_update_rolls_back_when_health_fails(tmp_path, new_is_healthy,
+                                            health_server) -> None:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     old = fake_release(root, tmp_path, "0.1.0", healthy=True)
     new = fake_release(root, tmp_path, "0.2.0", healthy=new_is_healthy)
     t = md.Target(root)
     md.switch_release(t, md.RELEASES / old.id)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        manager = FakeServiceManager(root, servicer)
-        manager.restart()
-        ctx = doctor.Context(config_from_dict({"api": {"listen": f"127.0.0.1:{port}"}}),
-                             timeout=2.0)
+    port, servicer = health_server
+    manager = FakeServiceManager(root, servicer)
+    manager.restart()
+    ctx = doctor.Context(config_from_dict({"api": {"listen": f"127.0.0.1:{port}"}}),
+                         timeout=2.0)
 
-        def probe() -> bool:  # the same gRPC health check `doctor --only grpc` runs
-            return doctor.check_grpc(ctx).status is doctor.Status.OK
+    def probe() -> bool:  # the same gRPC health check `doctor --only grpc` runs
+        return doctor.check_grpc(ctx).status is doctor.Status.OK
 
-        kept = md.update(t, new, None, restart=manager.restart, probe=probe, timeout=1.5)
-    finally:
-        server.stop(0).wait()
+    kept = md.update(t, new, None, restart=manager.restart, probe=probe, timeout=1.5)
     current = os.readlink(root / "opt/motcua/current")
     if new_is_healthy:
         assert kept and current == f"releases/{new.id}"

@@ -15,18 +15,15 @@ import json
 import subprocess
 import threading
 import types
-from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from edge.config import config_from_dict
 from edge.ops import doctor
@@ -346,19 +343,6 @@ def test_outbox_waiting_reports(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------- grpc
-
-
-@pytest.fixture
-def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield port, servicer
-    finally:
-        server.stop(0).wait()
 
 
 def test_grpc_health(tmp_path, health_server) -> None:
