@@ -4,12 +4,17 @@ loopback port for the ingest API (a free one unless the test picks it)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 from sync.keys import generate_keypair
 from sync.localbroker import free_port
 from tests.broker import MosquittoBroker
 
+REPO = Path(__file__).resolve().parents[1]
 #: the ingest bearer token the tests' districts accept (the service wants >= 32 chars)
 TOKEN = "t" * 40
 
@@ -51,3 +56,12 @@ token_file = "{tmp / 'token'}"
 {sections}
 """)
     return cfg
+
+
+def serve_process(cfg: Path, **popen: Any) -> subprocess.Popen[Any]:
+    """``motcua --config cfg district serve`` as a process of this checkout's code;
+    ``popen``: where its output goes (stderr=..., text=...). The caller waits for it to
+    be ready and stops it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "motcua", "--config", str(cfg),
+                             "district", "serve"], cwd=REPO, env=env, **popen)

@@ -63,6 +63,7 @@ from tests.console_helpers import (
     seed,
     write_console_config,
 )
+from tests.district_helpers import serve_process
 from tests.sync_helpers import wait_for
 
 __all__ = ["rig"]  # the fixture
@@ -253,10 +254,8 @@ tls_key_file = "{key}"
 """)
     port = load_district_config(cfg).ingest.listen.rsplit(":", 1)[1]
     b = Browser.at(cert, int(port))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = (tmp_path / "serve.log").open("w")  # a file: a full pipe would block the server
-    proc = subprocess.Popen([sys.executable, "-m", "motcua", "--config", str(cfg), "district",
-                             "serve"], cwd=REPO, env=env, stderr=log)
+    proc = serve_process(cfg, stderr=log)
 
     def ready() -> bool:
         try:

@@ -13,14 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from district.config import load_district_config
-from district.enrol import pipeline_embedder
-from district.log import DistrictLog
 from district.service import DistrictService
-from sync.localbroker import free_port
-from tests.broker import MosquittoBroker
 from tests.sync_helpers import wait_for
-from tests.test_district_service import TOKEN, call, write_config
+from tests.test_district_service import TOKEN, call, district
+
+__all__ = ["district"]  # the fixture
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = REPO / "docs" / "district.md"
@@ -43,13 +40,9 @@ def test_the_guide_has_an_example_of_every_event_kind() -> None:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl (scripts/debian-packages.txt)")
-def test_the_curl_examples_run_as_written(tmp_path: Path, broker: MosquittoBroker,
-                                          face_pipeline, media_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    db = tmp_path / "district.sqlite"
-    DistrictLog.create(db, district_id="q7", embedder_id=face_pipeline.embedder_id,
-                       dim=int(face_pipeline.embedder.dim)).close()
-    svc = DistrictService(load_district_config(write_config(tmp_path, broker, free_port(), db)),
-                          embedder=pipeline_embedder(face_pipeline)).start()
+def test_the_curl_examples_run_as_written(tmp_path: Path, district: DistrictService,
+                                          media_dir: Path) -> None:
+    svc = district  # the real face pipeline embeds the enrolment photo
     work = tmp_path / "operator"
     work.mkdir()
     shutil.copy(media_dir / "faces" / "barack_obama" / "1.jpg", work / "an.jpg")
@@ -59,15 +52,12 @@ def test_the_curl_examples_run_as_written(tmp_path: Path, broker: MosquittoBroke
     assert block.startswith("TOKEN=$(sudo cat /var/lib/motcua-district/ingest.token)\n"
                             "API=http://127.0.0.1:8470\n")
     script = block.split("\n", 2)[2]
-    try:
-        wait_for(lambda: call(svc, "GET", "/readyz", token=None)[0] == 200, 20, "ready")
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work,
-                              env={"PATH": "/usr/bin:/bin", "TOKEN": TOKEN, "API": svc.url},
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        head = svc.log.head_seq
-    finally:
-        svc.stop()
+    wait_for(lambda: call(svc, "GET", "/readyz", token=None)[0] == 200, 20, "ready")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work,
+                          env={"PATH": "/usr/bin:/bin", "TOKEN": TOKEN, "API": svc.url},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    head = svc.log.head_seq
     answers = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     singles = [a for a in answers if "outcome" in a]
     assert [a["outcome"] for a in singles] == ["applied"] * 7, done.stdout

@@ -34,7 +34,7 @@ from sync.keys import load_public_key
 from sync.localbroker import free_port
 from sync.mqtt import BrokerSettings
 from tests.broker import MosquittoBroker
-from tests.district_helpers import TOKEN, write_district_config
+from tests.district_helpers import TOKEN, serve_process, write_district_config
 from tests.sync_helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -472,9 +472,7 @@ def test_serve_process_logs_json_and_stops_on_sigterm(tmp_path: Path,
     DistrictLog.create(db, district_id=DISTRICT, embedder_id="x", dim=4).close()
     port = free_port()
     cfg = write_config(tmp_path, broker, port, db)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "motcua", "--config", str(cfg), "district",
-                             "serve"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    proc = serve_process(cfg, stderr=subprocess.PIPE, text=True)
 
     def ready() -> bool:
         try:
