@@ -81,6 +81,19 @@ def write_console_config(tmp: Path, broker: MosquittoBroker, db: Path, *,
                                  sections=f"[console]\n{console}")
 
 
+def tls_console_config(tmp: Path, broker: MosquittoBroker, db: Path, extra: str = ""
+                       ) -> tuple[Path, Path]:
+    """The district's config with the console on over TLS (:func:`console_files`), and
+    the certificate a client trusts; ``extra``: more lines of ``[console]``."""
+    users, cert, key = console_files(tmp)
+    return write_console_config(tmp, broker, db, console=f"""
+enabled = true
+users_file = "{users}"
+tls_cert_file = "{cert}"
+tls_key_file = "{key}"
+{extra}"""), cert
+
+
 def console_files(tmp: Path) -> tuple[Path, Path, Path]:
     users, cert, key = tmp / "console-users", tmp / "tls" / "console.crt", tmp / "tls" / "k.pem"
     if not users.exists():
@@ -173,15 +186,8 @@ def rig(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Rig]:
     DistrictLog.create(db, district_id=DISTRICT, embedder_id="test-emb", dim=DIM).close()
     dlog = DistrictLog.open(db)
     deleted = seed(dlog)
-    users, cert, key = console_files(tmp_path)
-    cfg = load_district_config(write_console_config(tmp_path, broker, db, console=f"""
-enabled = true
-users_file = "{users}"
-tls_cert_file = "{cert}"
-tls_key_file = "{key}"
-max_failures = 3
-lockout_minutes = 1
-"""))
+    path, cert = tls_console_config(tmp_path, broker, db, "max_failures = 3\nlockout_minutes = 1")
+    cfg = load_district_config(path)
     svc = DistrictService(cfg).start()
     try:
         wait_for(lambda: dlog.published_seq == dlog.head_seq, 20, "the log published")

@@ -61,6 +61,7 @@ from tests.console_helpers import (
     iso,
     rig,
     seed,
+    tls_console_config,
     write_console_config,
 )
 from tests.district_helpers import serve_process
@@ -245,13 +246,7 @@ def test_console_through_a_real_serve_process(tmp_path: Path, broker: MosquittoB
         seed(dlog)
     finally:
         dlog.close()
-    users, cert, key = console_files(tmp_path)
-    cfg = write_console_config(tmp_path, broker, db, console=f"""
-enabled = true
-users_file = "{users}"
-tls_cert_file = "{cert}"
-tls_key_file = "{key}"
-""")
+    cfg, cert = tls_console_config(tmp_path, broker, db)
     port = load_district_config(cfg).ingest.listen.rsplit(":", 1)[1]
     b = Browser.at(cert, int(port))
     log = (tmp_path / "serve.log").open("w")  # a file: a full pipe would block the server
