@@ -24,9 +24,11 @@ and the manifest. docs/scale.md, "Several district workers".
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import hmac
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -146,6 +148,8 @@ class PublisherStats:
     citizen_dup_reports: int = 0
     #: reports dropped because the writer's queue was full
     dropped_reports: int = 0
+    #: ReportReceipts sent (stored, duplicate or refused for good)
+    receipts: int = 0
     #: well-formed requests received, by terminal
     requests: dict[str, int] = field(default_factory=dict)
     #: requests merged into one already pending from the same terminal
@@ -282,7 +286,12 @@ class Publisher:
     ) -> None:
         self.log = dlog
         self.key = key
-        self.broker = broker
+        #: a named worker's session ends when its connection does (session expiry 0):
+        #: a persistent session would keep it in the shared subscriptions' round robin
+        #: while it is dead and strand its share there (docs/scale.md); what a dead
+        #: worker had received is sent again by the terminals (requests: their retry;
+        #: reports: until the district's ReportReceipt)
+        self.broker = dataclasses.replace(broker, session_expiry_s=0) if worker else broker
         self.topics = Topics(prefix, dlog.district_id)
         self.stop_event = stop or threading.Event()
         self.batch_max_changes = batch_max_changes
@@ -323,13 +332,15 @@ class Publisher:
         self.shared_subscriptions = bool(worker)
         default_cid = f"motcua-district-{dlog.district_id}" + (f"-{worker}" if worker else "")
         cid = client_id or session_client_id(broker, default_cid)
-        self.client = make_client(cid, broker)
+        self.client = make_client(cid, self.broker)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self._acked: set[int] = set()
         self._acked_cv = threading.Condition()
+        #: mids of receipts published without waiting (their PUBACKs are not _send's)
+        self._receipt_mids: set[int] = set()
         # reports: PUBACK after the writer stored them; a connection's number tells a
         # stale mid (the link dropped meanwhile: the broker sends it again) from a live one
         self.client.manual_ack_set(True)
@@ -421,19 +432,28 @@ class Publisher:
             rep.ParseFromString(payload)
             if (rep.kind == pb.TerminalReport.KIND_SURVEY_OFFER
                     and self.survey_offers is not None):
-                return self.survey_offers.on_report(terminal, rep, self.log.district_id, token)
+                bad = self.survey_offers.bad
+                if self.survey_offers.on_report(terminal, rep, self.log.district_id,
+                                                (*token, terminal, rep)):
+                    return True
+                if self.survey_offers.bad > bad:  # refused for good: stop sending it
+                    self._send_receipt(terminal, rep)
+                return False
             report = check_report(rep, terminal=terminal, district=self.log.district_id)
         except (DecodeError, ValueError) as exc:
             self.stats.bad_reports += 1
             log.warning("bad report from %s dropped: %s", terminal, exc)
+            self._send_receipt(terminal, rep)  # refused for good: stop sending it
             return False
         verdict = self.report_gate.admit(report)
-        if verdict == "rate":
+        if verdict == "rate":  # no receipt: the terminal sends it again later
             self.stats.limited_reports += 1
             return False
         if verdict == "citizen":
             self.stats.citizen_dup_reports += 1
+            self._send_receipt(terminal, rep)
             return False
+        token = (*token, terminal, rep)  # type: ignore[assignment]
         if not self.report_writer.offer(report, token):
             self.stats.dropped_reports += 1
             return False
@@ -441,9 +461,29 @@ class Publisher:
 
     def _report_stored(self, token: object) -> None:
         """The writer stored a report (district-reports thread): acknowledge it now."""
-        link, mid, qos = typing.cast(tuple[int, int, int], token)
+        link, mid, qos, *rest = typing.cast(tuple[int, ...], token)
         if link == self._link and self._connected.is_set():
             self.client.ack(mid, qos)
+        if len(rest) == 2:
+            self._send_receipt(typing.cast(str, rest[0]),
+                               typing.cast(pb.TerminalReport, rest[1]))
+
+    def _send_receipt(self, terminal: str, rep: pb.TerminalReport) -> None:
+        """Tell the terminal its report was dealt with (stored, already stored, or refused
+        for good): a signed ReportReceipt on its direct topic, QoS 1, not waited for (a
+        lost one costs a re-sent report, which is stored once). Any thread."""
+        if not _is_id(terminal) or not _SESSION_ID.fullmatch(rep.session_id):
+            return  # nothing the terminal could match (and nothing to echo back)
+        body = pb.ReportReceipt(district_id=self.log.district_id, terminal_id=terminal,
+                                kind=rep.kind, session_id=rep.session_id).SerializeToString()
+        payload = seal(self.key, self.log.district_id, pb.PAYLOAD_KIND_REPORT_RECEIPT, body)
+        info = self.client.publish(self.topics.direct(terminal), payload, qos=1)
+        with self._acked_cv:  # its PUBACK may have come already (paho's thread)
+            if info.mid in self._acked:
+                self._acked.discard(info.mid)
+            else:
+                self._receipt_mids.add(info.mid)
+        self.stats.receipts += 1
 
     # ---- life cycle ----------------------------------------------------------------
 
@@ -504,6 +544,9 @@ class Publisher:
     def _on_publish(self, _c: object, _u: object, mid: int, _rc: object, _p: object) -> None:
         # runs in paho's thread holding paho's lock: only touch our own condition here
         with self._acked_cv:
+            if mid in self._receipt_mids:
+                self._receipt_mids.discard(mid)
+                return
             self._acked.add(mid)
             self._acked_cv.notify_all()
 
@@ -576,6 +619,7 @@ class Publisher:
                 predicted_fpir=point.predicted_fpir, gallery_size=point.gallery_size,
                 derived_at_ms=point.derived_at_ms, method=point.method),
             survey=None if self.survey is None else survey_to_pb(self.survey),
+            report_receipts=True,
         ).SerializeToString()
         return seal(self.key, self.log.district_id, pb.PAYLOAD_KIND_MANIFEST, body)
 
@@ -843,6 +887,10 @@ class Publisher:
         self.fleet.snapshot_sent(terminal)
         self.stats.last_snapshot_bytes = sent_bytes
         log.info("snapshot %s to %s: %d chunks, %d bytes", snap_id, terminal, index, sent_bytes)
+
+
+#: what a receipt echoes back as a session id (district/reports.py checks the same)
+_SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 def _is_id(value: str) -> bool:
