@@ -459,11 +459,19 @@ class Publisher:
             return False
         return True
 
-    def _report_stored(self, token: object) -> None:
-        """The writer stored a report (district-reports thread): acknowledge it now."""
+    def _report_stored(self, token: object, verdict: str = "new") -> None:
+        """The writer stored a report (district-reports thread): acknowledge it now.
+        ``verdict`` 'rate' (the district-wide limit) or 'failed' (SQLite): no receipt,
+        the terminal sends it again later; 'citizen': refused for good."""
         link, mid, qos, *rest = typing.cast(tuple[int, ...], token)
         if link == self._link and self._connected.is_set():
             self.client.ack(mid, qos)
+        if verdict == "rate":
+            self.stats.limited_reports += 1
+        if verdict in ("rate", "failed"):  # not stored: let the terminal send it again
+            return
+        if verdict == "citizen":
+            self.stats.citizen_dup_reports += 1
         if len(rest) == 2:
             self._send_receipt(typing.cast(str, rest[0]),
                                typing.cast(pb.TerminalReport, rest[1]))
@@ -488,6 +496,8 @@ class Publisher:
     # ---- life cycle ----------------------------------------------------------------
 
     def start(self) -> Publisher:
+        # the district-wide limits: the gate's settings (a test may have replaced it)
+        self.report_writer.limits = self.report_gate
         self.report_writer.start()
         if self.survey_offers is not None:
             self.survey_offers.on_stored = self._report_stored

@@ -234,3 +234,57 @@ def test_report_flood_is_limited_checked_and_never_stalls_the_network_thread(
         evil.loop_stop()
         counter.close()
         pub.stop()
+
+
+def test_two_workers_share_one_report_budget_per_terminal(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Two district workers (shared subscription, round robin) each with the same gate:
+    a terminal's flood is stored within ONE budget, not one per worker, and a "not me"
+    about one citizen from many sessions is stored once (the limits are counted in the
+    log file both workers write, docs/scale.md)."""
+    from district.log import DistrictLog
+    from district.reports import ReportGate
+
+    dlog = new_district(tmp_path / "d.sqlite", dim=16)
+    add_citizens(dlog, 3)
+    key = new_key()
+    pubs = []
+    for name in ("a", "b"):
+        log_ = dlog if name == "a" else DistrictLog.open(tmp_path / "d.sqlite")
+        pub = Publisher(log_, key, settings(broker), worker=name)
+        # 10 reports, then one per 1,000 s: the test's few seconds add nothing
+        pub.report_gate = ReportGate(per_s=0.001, burst=10)
+        pubs.append(pub.start())
+    evil = make_client("evil", settings(broker))
+    evil.connect(broker.host, broker.port)
+    evil.loop_start()
+    try:
+        for pub in pubs:
+            assert pub.wait_connected(10)
+        last = None
+        for i in range(40):  # different citizens: only the budget limits them
+            last = evil.publish(pubs[0].topics.report("t-evil"), _report(5000 + i), qos=1)
+        for i in range(20):  # one citizen, 20 sessions
+            last = evil.publish(pubs[0].topics.report("t-other"),
+                                _report(6000 + i, citizen_id="c0000042",
+                                        terminal_id="t-other"), qos=1)
+        assert last is not None
+        last.wait_for_publish(30)
+
+        def handled() -> int:
+            return sum(p.stats.limited_reports + p.stats.citizen_dup_reports
+                       + p.report_writer.stored for p in pubs)
+
+        wait_for(lambda: handled() == 60, 30, "the flood handled by both workers")
+        got = [p.report_writer.stored + p.stats.limited_reports + p.stats.citizen_dup_reports
+               for p in pubs]
+        assert min(got) > 0, f"one worker got nothing: {got} (no round robin?)"
+        rows = dlog.reports(10_000)
+        assert sum(1 for r in rows if r[0] == "t-evil") == 10  # one budget, not two
+        assert sum(1 for r in rows if r[0] == "t-other") == 1  # one citizen, once
+    finally:
+        evil.disconnect()
+        evil.loop_stop()
+        for pub in pubs:
+            pub.stop()
