@@ -92,6 +92,11 @@ CREATE TABLE IF NOT EXISTS report_budget (  -- a terminal's report token bucket
     tokens REAL NOT NULL,
     at REAL NOT NULL                    -- wall clock: the workers share one host
 );
+CREATE TABLE IF NOT EXISTS request_budget (  -- a terminal's byte bucket, named workers
+    terminal_id TEXT PRIMARY KEY,
+    tokens REAL NOT NULL,               -- bytes; < 0: in debt after a snapshot
+    at REAL NOT NULL                    -- wall clock: the workers share one host
+);
 CREATE TABLE IF NOT EXISTS survey_offers (  -- survey QRs shown (district/survey.py)
     token_sha256 BLOB PRIMARY KEY,      -- the token itself never reaches the district
     terminal_id TEXT NOT NULL,
@@ -737,6 +742,27 @@ class DistrictLog:
                                  (terminal, tokens, now))
                 out.append(verdict)
         return out
+
+    def charge_request_budget(self, terminal: str, n: int, *, rate: float, burst: float,
+                              now: float | None = None) -> float:
+        """Charge ``n`` bytes sent on ``terminal``'s direct topic to its byte bucket
+        shared by the district's workers (``rate`` bytes/s up to ``burst``; it may go
+        into debt); returns the level after. ``n`` 0 only reads it (no write)."""
+        now = time.time() if now is None else now
+        q = "SELECT tokens, at FROM request_budget WHERE terminal_id = ?"
+        if n == 0:
+            with self._lock:
+                got = self._db.execute(q, (terminal,)).fetchone()
+            return float(burst) if got is None else min(
+                float(burst), got[0] + max(0.0, now - got[1]) * rate)
+        with self.transaction():
+            got = self._db.execute(q, (terminal,)).fetchone()
+            tokens = float(burst) if got is None else min(
+                float(burst), got[0] + max(0.0, now - got[1]) * rate)
+            tokens -= n
+            self._db.execute("INSERT OR REPLACE INTO request_budget VALUES (?, ?, ?)",
+                             (terminal, tokens, now))
+        return tokens
 
     def reports(self, limit: int = 1000) -> list[tuple[str, str, str, str, str, int, float]]:
         """Newest reports first: (terminal, session, kind, time, citizen, rating, score)."""

@@ -759,6 +759,12 @@ class Publisher:
             if item is None:
                 continue
             terminal, req, received = item
+            if self._shared_budget(terminal, 0) <= 0:
+                # another worker spent this terminal's budget: back in the queue, which
+                # now waits for the refill (the local bucket holds the shared level)
+                self.requests.done()
+                self.requests.put(terminal, req)
+                continue
             try:
                 self._serve(terminal, req, received)
             except Exception as exc:  # keep serving other terminals; log the failure
@@ -766,11 +772,33 @@ class Publisher:
             finally:
                 self.requests.done()
 
+    def _shared_budget(self, terminal: str, n: int) -> float:
+        """Charge ``n`` bytes (0: read) to the terminal's byte budget and return its
+        level. Named workers: the budget is in the log file, shared by the district's
+        workers (N workers must not give a terminal N budgets; one SQLite write per
+        message sent on its direct topic, each ~1 MiB at most), and the local bucket is
+        set to it, so a replay stops as soon as the district-wide budget is spent. A lone
+        publisher, or a log it cannot write, keeps to its own bucket."""
+        b = self._bucket(terminal)
+        if not self.shared_subscriptions:
+            b.charge(n)
+            return b.level(time.monotonic())
+        try:
+            level = self.log.charge_request_budget(
+                terminal, n, rate=self.request_bytes_per_s, burst=self.request_burst_bytes)
+        except DistrictError as exc:
+            log.error("shared request budget of %s: %s", terminal, exc)
+            b.charge(n)
+            return b.level(time.monotonic())
+        b.level(time.monotonic())
+        b.tokens = level
+        return level
+
     def _send_direct(self, terminal: str, payload: bytes) -> bool:
         """Send on one terminal's direct topic and charge its byte budget."""
         if not self._send(self.topics.direct(terminal), payload):
             return False
-        self._bucket(terminal).charge(len(payload))
+        self._shared_budget(terminal, len(payload))
         self.stats.direct_bytes[terminal] = self.stats.direct_bytes.get(terminal, 0) + len(payload)
         return True
 

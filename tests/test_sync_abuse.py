@@ -288,3 +288,58 @@ def test_two_workers_share_one_report_budget_per_terminal(
         evil.loop_stop()
         for pub in pubs:
             pub.stop()
+
+
+def test_two_workers_share_one_request_byte_budget_per_terminal(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Two district workers answering one terminal's replay flood (each gets half of the
+    requests, round robin) send it what ONE byte budget allows, not two (the budget is
+    counted in the log file both write)."""
+    from district.log import DistrictLog
+
+    limits = dict(request_burst_bytes=256 << 10, request_bytes_per_s=4 << 10,
+                  replay_max_bytes=4 << 20, batch_max_changes=20)
+    dlog = new_district(tmp_path / "d.sqlite", dim=512)
+    add_citizens(dlog, 300)  # 600 changes, ~1.3 MB: one replay from 1 is 5x the burst
+    key = new_key()
+    pubs = []
+    for name in ("a", "b"):
+        log_ = dlog if name == "a" else DistrictLog.open(tmp_path / "d.sqlite")
+        pubs.append(Publisher(log_, key, settings(broker), worker=name,
+                              **limits).start())  # type: ignore[arg-type]
+    topics = pubs[0].topics
+    counter = Counter(broker, [topics.direct("t-evil")])
+    flood = make_client("flood", settings(broker))
+    flood.connect(broker.host, broker.port)
+    flood.loop_start()
+    try:
+        for pub in pubs:
+            assert pub.wait_connected(10)
+        wait_for(lambda: dlog.published_seq == dlog.head_seq, 30, "published")
+        req = pb.SyncRequest(protocol_version=1, terminal_id="t-evil", district_id=DISTRICT,
+                             kind=pb.SyncRequest.KIND_REPLAY, epoch=dlog.epoch, from_seq=1)
+        t0 = time.monotonic()
+        for _ in range(60):  # 3 s of requests: both workers always have one pending
+            flood.publish(topics.request("t-evil"), req.SerializeToString(), qos=1)
+            time.sleep(0.05)  # pacing the flood, not waiting for anything
+        wait_for(lambda: all(p.stats.requests.get("t-evil", 0) > 0 for p in pubs)
+                 and sum(p.stats.requests.get("t-evil", 0) for p in pubs) == 60
+                 and all(p.requests.idle() for p in pubs), 30, "the flood answered")
+        elapsed = time.monotonic() - t0
+        got = counter.bytes[topics.direct("t-evil")]
+        sent = sum(p.stats.direct_bytes.get("t-evil", 0) for p in pubs)
+        wait_for(lambda: counter.bytes[topics.direct("t-evil")] == sent, 10, "all counted")
+        # one budget, plus the batch each worker may have had on its way when it ran out
+        allowed = limits["request_burst_bytes"] + limits["request_bytes_per_s"] * elapsed \
+            + 2 * ONE_BATCH
+        print(f"\ntwo workers, one terminal's replay flood: {got} bytes sent in {elapsed:.1f} s"
+              f" (bound {allowed:.0f}: one budget + 2 batches)")
+        assert got <= allowed, f"t-evil was sent {got} bytes, one budget {allowed:.0f}"
+        assert got >= limits["request_burst_bytes"]  # the flood did spend the budget
+    finally:
+        flood.disconnect()
+        flood.loop_stop()
+        counter.close()
+        for pub in pubs:
+            pub.stop()
