@@ -317,6 +317,8 @@ class Publisher:
         #: terminal -> monotonic time its last snapshot was wholly sent
         self._snapshot_sent_at: dict[str, float] = {}
         self._auth_error: str | None = None
+        #: why the publisher stopped by itself (other than credentials): raised by run()
+        self.fatal_error: SyncError | None = None
         self._threads: list[threading.Thread] = []
         #: only the holder of this lease publishes batches and the manifest
         self.lease = lease or Lease(dlog.path, new_holder_id(worker))
@@ -365,6 +367,18 @@ class Publisher:
                 self._auth_error = f"broker refused the district's credentials: {rc}"
                 client.disconnect()
                 self.stop_event.set()
+            return
+        if self.shared_subscriptions and getattr(_p, "SharedSubscriptionAvailable", 1) == 0:
+            # ejabberd 23.01 says so and then drops the client at the $share subscribe:
+            # a reconnect loop (~8/s measured) in which the lease is held and nothing is
+            # ever published (docs/scale.md); stop instead, saying why
+            self.fatal_error = SyncError(
+                "the broker does not support shared subscriptions (CONNACK "
+                "SharedSubscriptionAvailable = 0): several district workers need them; "
+                "on this broker run one worker, without [district] worker")
+            log.error("%s", self.fatal_error)
+            client.disconnect()
+            self.stop_event.set()
             return
         self._link += 1
         if self.shared_subscriptions:
@@ -541,6 +555,8 @@ class Publisher:
             self.stop()
         if self._auth_error:
             raise AuthenticationError(self._auth_error)
+        if self.fatal_error is not None:
+            raise self.fatal_error
 
     def notify(self) -> None:
         """Wake the publisher now (in-process writers; others are found by polling)."""
