@@ -10,7 +10,9 @@ is sent twice, and terminals ignore duplicates.
 Terminals' reports ("not me", ratings) arrive on their report topics (QoS 1). paho's
 network thread only checks them and applies the per-terminal limits (district/reports.py);
 the ``district-reports`` thread stores them in the log's ``reports`` table, once per
-(terminal, session, kind), and only then is the PUBACK sent (manual acknowledgement).
+(terminal, session, kind), and only then is the PUBACK sent (manual acknowledgement),
+followed by a signed ReportReceipt on the terminal's direct topic (the terminal re-sends
+a report until it has one).
 The network thread never waits for SQLite, so a report flood cannot stall the PUBACKs
 of the district's own batches.
 
