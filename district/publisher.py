@@ -496,6 +496,8 @@ class Publisher:
         """Tell the terminal its report was dealt with (stored, already stored, or refused
         for good): a signed ReportReceipt on its direct topic, QoS 1, not waited for (a
         lost one costs a re-sent report, which is stored once). Any thread."""
+        if not rep.wants_receipt:
+            return  # an older terminal: the broker's PUBACK is its delivery
         if not _is_id(terminal) or not _SESSION_ID.fullmatch(rep.session_id):
             return  # nothing the terminal could match (and nothing to echo back)
         body = pb.ReportReceipt(district_id=self.log.district_id, terminal_id=terminal,

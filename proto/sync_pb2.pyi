@@ -335,7 +335,7 @@ class TerminalState(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., terminal_id: _Optional[str] = ..., district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., applied_seq: _Optional[int] = ..., gallery_size: _Optional[int] = ..., embedder_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., last_error: _Optional[str] = ..., rejections: _Optional[_Mapping[str, int]] = ..., updated_at_ms: _Optional[int] = ..., syncing: _Optional[bool] = ...) -> None: ...
 
 class TerminalReport(_message.Message):
-    __slots__ = ("protocol_version", "terminal_id", "district_id", "kind", "session_id", "time", "citizen_id", "rating", "score", "survey_token_sha256")
+    __slots__ = ("protocol_version", "terminal_id", "district_id", "kind", "session_id", "time", "citizen_id", "rating", "score", "survey_token_sha256", "wants_receipt")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[TerminalReport.Kind]
@@ -356,6 +356,7 @@ class TerminalReport(_message.Message):
     RATING_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SURVEY_TOKEN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    WANTS_RECEIPT_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     terminal_id: str
     district_id: str
@@ -366,7 +367,8 @@ class TerminalReport(_message.Message):
     rating: int
     score: float
     survey_token_sha256: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., terminal_id: _Optional[str] = ..., district_id: _Optional[str] = ..., kind: _Optional[_Union[TerminalReport.Kind, str]] = ..., session_id: _Optional[str] = ..., time: _Optional[str] = ..., citizen_id: _Optional[str] = ..., rating: _Optional[int] = ..., score: _Optional[float] = ..., survey_token_sha256: _Optional[bytes] = ...) -> None: ...
+    wants_receipt: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., terminal_id: _Optional[str] = ..., district_id: _Optional[str] = ..., kind: _Optional[_Union[TerminalReport.Kind, str]] = ..., session_id: _Optional[str] = ..., time: _Optional[str] = ..., citizen_id: _Optional[str] = ..., rating: _Optional[int] = ..., score: _Optional[float] = ..., survey_token_sha256: _Optional[bytes] = ..., wants_receipt: _Optional[bool] = ...) -> None: ...
 
 class ReportReceipt(_message.Message):
     __slots__ = ("district_id", "terminal_id", "kind", "session_id")

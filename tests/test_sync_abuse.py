@@ -259,6 +259,8 @@ def test_two_workers_share_one_report_budget_per_terminal(
     evil = make_client("evil", settings(broker))
     evil.connect(broker.host, broker.port)
     evil.loop_start()
+    # these reports do not ask for receipts (an older terminal): none must be sent
+    counter = Counter(broker, [pubs[0].topics.direct("t-evil"), pubs[0].topics.direct("t-other")])
     try:
         for pub in pubs:
             assert pub.wait_connected(10)
@@ -283,9 +285,11 @@ def test_two_workers_share_one_report_budget_per_terminal(
         rows = dlog.reports(10_000)
         assert sum(1 for r in rows if r[0] == "t-evil") == 10  # one budget, not two
         assert sum(1 for r in rows if r[0] == "t-other") == 1  # one citizen, once
+        assert sum(p.stats.receipts for p in pubs) == 0 and sum(counter.bytes.values()) == 0
     finally:
         evil.disconnect()
         evil.loop_stop()
+        counter.close()
         for pub in pubs:
             pub.stop()
 

@@ -228,6 +228,7 @@ def test_outbox_keeps_a_report_until_the_districts_receipt(tmp_path: Path) -> No
         return len(sent)
 
     assert sender.pump(publish, 0.0) == 2
+    assert all(pb.TerminalReport.FromString(p).wants_receipt for p in sent)
     sender.acked(1)
     sender.acked(2)
     assert sender.settle(now=0.0) == 0  # the broker has them; the district may not

@@ -183,6 +183,7 @@ class OutboxSender:
         for key, msg in self.pending():
             if key in busy:
                 continue
+            msg.wants_receipt = self.want_receipts
             mid = publish(msg.SerializeToString())
             with self._lock:
                 self._inflight[mid] = (key, now)
