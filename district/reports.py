@@ -178,8 +178,9 @@ class ReportGate:
 
 class ReportWriter:
     """The ``district-reports`` thread: stores queued reports in batches, then calls
-    ``on_stored(token, verdict)`` for each: 'new', 'duplicate', 'failed' (never retried
-    here), and with ``limits`` set 'rate' or 'citizen'.
+    ``on_stored(token, verdict)`` for each: 'failed' (SQLite; never retried here), else
+    without ``limits`` 'stored' (new or duplicate), with them 'new', 'duplicate', 'rate'
+    or 'citizen'.
 
     ``limits`` (a :class:`ReportGate`'s settings) are then applied again when storing,
     against counters in the log file (``DistrictLog.add_reports_limited``): the gate on
@@ -249,21 +250,23 @@ class ReportWriter:
             try:
                 if lim is None:
                     new = dlog.add_reports(rows)
-                    verdicts = ["new"] * new + ["duplicate"] * (len(items) - new)  # counts only
+                    verdicts = ["stored"] * len(items)  # new or duplicate: only counted
+                    self.stored += new
+                    self.duplicates += len(items) - new
                 else:
                     verdicts = dlog.add_reports_limited(
                         rows, per_s=lim.per_s, burst=lim.burst,
                         citizen_window_s=lim.citizen_window_s)
+                    self.stored += verdicts.count("new")
+                    self.duplicates += verdicts.count("duplicate")
+                    self.limited += len(items) - verdicts.count("new") - verdicts.count(
+                        "duplicate")
             except (DistrictError, sqlite3.Error) as exc:  # acked anyway: see docs/sync.md
                 log.error("cannot store %d report(s): %s", len(items), exc)
                 self.failed += len(items)
                 verdicts = ["failed"] * len(items)
-            else:
-                self.stored += verdicts.count("new")
-                self.duplicates += verdicts.count("duplicate")
-                self.limited += len(items) - verdicts.count("new") - verdicts.count("duplicate")
             for (_r, token), verdict in zip(items, verdicts, strict=True):
-                self.on_stored(token, verdict if lim is not None else "stored")
+                self.on_stored(token, verdict)
 
 
 def suspend_for_report(dlog: DistrictLog, report_id: str) -> int:
