@@ -557,6 +557,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     svc.wait()
     if svc.publisher._auth_error:
         raise AuthenticationError(svc.publisher._auth_error)
+    if svc.publisher.fatal_error is not None:
+        raise svc.publisher.fatal_error
     return 0
 
 

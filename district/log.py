@@ -85,6 +85,18 @@ CREATE TABLE IF NOT EXISTS reports (   -- terminals' "not me" reports and rating
     received_at REAL NOT NULL,
     PRIMARY KEY (terminal_id, session_id, kind)
 );
+-- the report limits of district/reports.py, shared by all workers of the district
+CREATE INDEX IF NOT EXISTS reports_by_citizen ON reports (terminal_id, citizen_id);
+CREATE TABLE IF NOT EXISTS report_budget (  -- a terminal's report token bucket
+    terminal_id TEXT PRIMARY KEY,
+    tokens REAL NOT NULL,
+    at REAL NOT NULL                    -- wall clock: the workers share one host
+);
+CREATE TABLE IF NOT EXISTS request_budget (  -- a terminal's byte bucket, named workers
+    terminal_id TEXT PRIMARY KEY,
+    tokens REAL NOT NULL,               -- bytes; < 0: in debt after a snapshot
+    at REAL NOT NULL                    -- wall clock: the workers share one host
+);
 CREATE TABLE IF NOT EXISTS survey_offers (  -- survey QRs shown (district/survey.py)
     token_sha256 BLOB PRIMARY KEY,      -- the token itself never reaches the district
     terminal_id TEXT NOT NULL,
@@ -691,6 +703,66 @@ class DistrictLog:
                     "(?, ?, ?, ?, ?, ?, ?, strftime('%s','now'))", row)
                 new += cur.rowcount
         return new
+
+    def add_reports_limited(self, rows: list[tuple[str, str, str, str, str, int, float]],
+                            *, per_s: float, burst: float, citizen_window_s: float,
+                            now: float | None = None) -> list[str]:
+        """Store reports like :meth:`add_reports`, under limits every worker shares (the
+        rows live in this file, not in one worker's memory); one verdict per row: 'new',
+        'duplicate' (already stored: a resend, not charged), 'rate' (the terminal's
+        bucket of ``burst`` tokens, refilled at ``per_s``, is empty) or 'citizen' (a
+        "not me" about the same citizen from another session of this terminal within
+        ``citizen_window_s``)."""
+        now = time.time() if now is None else now
+        out: list[str] = []
+        with self.transaction():
+            for row in rows:
+                terminal, session, kind, _t, citizen = row[:5]
+                if self._db.execute(
+                        "SELECT 1 FROM reports WHERE terminal_id = ? AND session_id = ? "
+                        "AND kind = ?", (terminal, session, kind)).fetchone() is not None:
+                    out.append("duplicate")
+                    continue
+                if kind == "not_me" and self._db.execute(
+                        "SELECT 1 FROM reports WHERE terminal_id = ? AND citizen_id = ? "
+                        "AND kind = 'not_me' AND received_at > ?",
+                        (terminal, citizen, now - citizen_window_s)).fetchone() is not None:
+                    out.append("citizen")
+                    continue
+                got = self._db.execute("SELECT tokens, at FROM report_budget "
+                                       "WHERE terminal_id = ?", (terminal,)).fetchone()
+                tokens = float(burst) if got is None else min(
+                    float(burst), got[0] + max(0.0, now - got[1]) * per_s)
+                verdict = "rate" if tokens < 1.0 else "new"
+                if verdict == "new":
+                    tokens -= 1.0
+                    self._db.execute("INSERT INTO reports VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                     (*row, now))
+                self._db.execute("INSERT OR REPLACE INTO report_budget VALUES (?, ?, ?)",
+                                 (terminal, tokens, now))
+                out.append(verdict)
+        return out
+
+    def charge_request_budget(self, terminal: str, n: int, *, rate: float, burst: float,
+                              now: float | None = None) -> float:
+        """Charge ``n`` bytes sent on ``terminal``'s direct topic to its byte bucket
+        shared by the district's workers (``rate`` bytes/s up to ``burst``; it may go
+        into debt); returns the level after. ``n`` 0 only reads it (no write)."""
+        now = time.time() if now is None else now
+        q = "SELECT tokens, at FROM request_budget WHERE terminal_id = ?"
+        if n == 0:
+            with self._lock:
+                got = self._db.execute(q, (terminal,)).fetchone()
+            return float(burst) if got is None else min(
+                float(burst), got[0] + max(0.0, now - got[1]) * rate)
+        with self.transaction():
+            got = self._db.execute(q, (terminal,)).fetchone()
+            tokens = float(burst) if got is None else min(
+                float(burst), got[0] + max(0.0, now - got[1]) * rate)
+            tokens -= n
+            self._db.execute("INSERT OR REPLACE INTO request_budget VALUES (?, ?, ?)",
+                             (terminal, tokens, now))
+        return tokens
 
     def reports(self, limit: int = 1000) -> list[tuple[str, str, str, str, str, int, float]]:
         """Newest reports first: (terminal, session, kind, time, citizen, rating, score)."""

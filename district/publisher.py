@@ -10,7 +10,9 @@ is sent twice, and terminals ignore duplicates.
 Terminals' reports ("not me", ratings) arrive on their report topics (QoS 1). paho's
 network thread only checks them and applies the per-terminal limits (district/reports.py);
 the ``district-reports`` thread stores them in the log's ``reports`` table, once per
-(terminal, session, kind), and only then is the PUBACK sent (manual acknowledgement).
+(terminal, session, kind), and only then is the PUBACK sent (manual acknowledgement),
+followed by a signed ReportReceipt on the terminal's direct topic (the terminal re-sends
+a report until it has one).
 The network thread never waits for SQLite, so a report flood cannot stall the PUBACKs
 of the district's own batches.
 
@@ -24,9 +26,11 @@ and the manifest. docs/scale.md, "Several district workers".
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import hmac
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -146,6 +150,8 @@ class PublisherStats:
     citizen_dup_reports: int = 0
     #: reports dropped because the writer's queue was full
     dropped_reports: int = 0
+    #: ReportReceipts sent (stored, duplicate or refused for good)
+    receipts: int = 0
     #: well-formed requests received, by terminal
     requests: dict[str, int] = field(default_factory=dict)
     #: requests merged into one already pending from the same terminal
@@ -282,7 +288,12 @@ class Publisher:
     ) -> None:
         self.log = dlog
         self.key = key
-        self.broker = broker
+        #: a named worker's session ends when its connection does (session expiry 0):
+        #: a persistent session would keep it in the shared subscriptions' round robin
+        #: while it is dead and strand its share there (docs/scale.md); what a dead
+        #: worker had received is sent again by the terminals (requests: their retry;
+        #: reports: until the district's ReportReceipt)
+        self.broker = dataclasses.replace(broker, session_expiry_s=0) if worker else broker
         self.topics = Topics(prefix, dlog.district_id)
         self.stop_event = stop or threading.Event()
         self.batch_max_changes = batch_max_changes
@@ -308,6 +319,8 @@ class Publisher:
         #: terminal -> monotonic time its last snapshot was wholly sent
         self._snapshot_sent_at: dict[str, float] = {}
         self._auth_error: str | None = None
+        #: why the publisher stopped by itself (other than credentials): raised by run()
+        self.fatal_error: SyncError | None = None
         self._threads: list[threading.Thread] = []
         #: only the holder of this lease publishes batches and the manifest
         self.lease = lease or Lease(dlog.path, new_holder_id(worker))
@@ -323,13 +336,15 @@ class Publisher:
         self.shared_subscriptions = bool(worker)
         default_cid = f"motcua-district-{dlog.district_id}" + (f"-{worker}" if worker else "")
         cid = client_id or session_client_id(broker, default_cid)
-        self.client = make_client(cid, broker)
+        self.client = make_client(cid, self.broker)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self._acked: set[int] = set()
         self._acked_cv = threading.Condition()
+        #: mids of receipts published without waiting (their PUBACKs are not _send's)
+        self._receipt_mids: set[int] = set()
         # reports: PUBACK after the writer stored them; a connection's number tells a
         # stale mid (the link dropped meanwhile: the broker sends it again) from a live one
         self.client.manual_ack_set(True)
@@ -354,6 +369,18 @@ class Publisher:
                 self._auth_error = f"broker refused the district's credentials: {rc}"
                 client.disconnect()
                 self.stop_event.set()
+            return
+        if self.shared_subscriptions and getattr(_p, "SharedSubscriptionAvailable", 1) == 0:
+            # ejabberd 23.01 says so and then drops the client at the $share subscribe:
+            # a reconnect loop (~8/s measured) in which the lease is held and nothing is
+            # ever published (docs/scale.md); stop instead, saying why
+            self.fatal_error = SyncError(
+                "the broker does not support shared subscriptions (CONNACK "
+                "SharedSubscriptionAvailable = 0): several district workers need them; "
+                "on this broker run one worker, without [district] worker")
+            log.error("%s", self.fatal_error)
+            client.disconnect()
+            self.stop_event.set()
             return
         self._link += 1
         if self.shared_subscriptions:
@@ -421,33 +448,74 @@ class Publisher:
             rep.ParseFromString(payload)
             if (rep.kind == pb.TerminalReport.KIND_SURVEY_OFFER
                     and self.survey_offers is not None):
-                return self.survey_offers.on_report(terminal, rep, self.log.district_id, token)
+                bad = self.survey_offers.bad
+                if self.survey_offers.on_report(terminal, rep, self.log.district_id,
+                                                (*token, terminal, rep)):
+                    return True
+                if self.survey_offers.bad > bad:  # refused for good: stop sending it
+                    self._send_receipt(terminal, rep)
+                return False
             report = check_report(rep, terminal=terminal, district=self.log.district_id)
         except (DecodeError, ValueError) as exc:
             self.stats.bad_reports += 1
             log.warning("bad report from %s dropped: %s", terminal, exc)
+            self._send_receipt(terminal, rep)  # refused for good: stop sending it
             return False
         verdict = self.report_gate.admit(report)
-        if verdict == "rate":
+        if verdict == "rate":  # no receipt: the terminal sends it again later
             self.stats.limited_reports += 1
             return False
         if verdict == "citizen":
             self.stats.citizen_dup_reports += 1
+            self._send_receipt(terminal, rep)
             return False
+        token = (*token, terminal, rep)  # type: ignore[assignment]
         if not self.report_writer.offer(report, token):
             self.stats.dropped_reports += 1
             return False
         return True
 
-    def _report_stored(self, token: object) -> None:
-        """The writer stored a report (district-reports thread): acknowledge it now."""
-        link, mid, qos = typing.cast(tuple[int, int, int], token)
+    def _report_stored(self, token: object, verdict: str = "new") -> None:
+        """The writer stored a report (district-reports thread): acknowledge it now.
+        ``verdict`` 'rate' (the district-wide limit) or 'failed' (SQLite): no receipt,
+        the terminal sends it again later; 'citizen': refused for good."""
+        link, mid, qos, *rest = typing.cast(tuple[int, ...], token)
         if link == self._link and self._connected.is_set():
             self.client.ack(mid, qos)
+        if verdict == "rate":
+            self.stats.limited_reports += 1
+        if verdict in ("rate", "failed"):  # not stored: let the terminal send it again
+            return
+        if verdict == "citizen":
+            self.stats.citizen_dup_reports += 1
+        if len(rest) == 2:
+            self._send_receipt(typing.cast(str, rest[0]),
+                               typing.cast(pb.TerminalReport, rest[1]))
+
+    def _send_receipt(self, terminal: str, rep: pb.TerminalReport) -> None:
+        """Tell the terminal its report was dealt with (stored, already stored, or refused
+        for good): a signed ReportReceipt on its direct topic, QoS 1, not waited for (a
+        lost one costs a re-sent report, which is stored once). Any thread."""
+        if not rep.wants_receipt:
+            return  # an older terminal: the broker's PUBACK is its delivery
+        if not _is_id(terminal) or not _SESSION_ID.fullmatch(rep.session_id):
+            return  # nothing the terminal could match (and nothing to echo back)
+        body = pb.ReportReceipt(district_id=self.log.district_id, terminal_id=terminal,
+                                kind=rep.kind, session_id=rep.session_id).SerializeToString()
+        payload = seal(self.key, self.log.district_id, pb.PAYLOAD_KIND_REPORT_RECEIPT, body)
+        info = self.client.publish(self.topics.direct(terminal), payload, qos=1)
+        with self._acked_cv:  # its PUBACK may have come already (paho's thread)
+            if info.mid in self._acked:
+                self._acked.discard(info.mid)
+            else:
+                self._receipt_mids.add(info.mid)
+        self.stats.receipts += 1
 
     # ---- life cycle ----------------------------------------------------------------
 
     def start(self) -> Publisher:
+        # the district-wide limits: the gate's settings (a test may have replaced it)
+        self.report_writer.limits = self.report_gate
         self.report_writer.start()
         if self.survey_offers is not None:
             self.survey_offers.on_stored = self._report_stored
@@ -491,6 +559,8 @@ class Publisher:
             self.stop()
         if self._auth_error:
             raise AuthenticationError(self._auth_error)
+        if self.fatal_error is not None:
+            raise self.fatal_error
 
     def notify(self) -> None:
         """Wake the publisher now (in-process writers; others are found by polling)."""
@@ -504,6 +574,9 @@ class Publisher:
     def _on_publish(self, _c: object, _u: object, mid: int, _rc: object, _p: object) -> None:
         # runs in paho's thread holding paho's lock: only touch our own condition here
         with self._acked_cv:
+            if mid in self._receipt_mids:
+                self._receipt_mids.discard(mid)
+                return
             self._acked.add(mid)
             self._acked_cv.notify_all()
 
@@ -576,6 +649,7 @@ class Publisher:
                 predicted_fpir=point.predicted_fpir, gallery_size=point.gallery_size,
                 derived_at_ms=point.derived_at_ms, method=point.method),
             survey=None if self.survey is None else survey_to_pb(self.survey),
+            report_receipts=True,
         ).SerializeToString()
         return seal(self.key, self.log.district_id, pb.PAYLOAD_KIND_MANIFEST, body)
 
@@ -705,6 +779,12 @@ class Publisher:
             if item is None:
                 continue
             terminal, req, received = item
+            if self._shared_budget(terminal, 0) <= 0:
+                # another worker spent this terminal's budget: back in the queue, which
+                # now waits for the refill (the local bucket holds the shared level)
+                self.requests.done()
+                self.requests.put(terminal, req)
+                continue
             try:
                 self._serve(terminal, req, received)
             except Exception as exc:  # keep serving other terminals; log the failure
@@ -712,11 +792,33 @@ class Publisher:
             finally:
                 self.requests.done()
 
+    def _shared_budget(self, terminal: str, n: int) -> float:
+        """Charge ``n`` bytes (0: read) to the terminal's byte budget and return its
+        level. Named workers: the budget is in the log file, shared by the district's
+        workers (N workers must not give a terminal N budgets; one SQLite write per
+        message sent on its direct topic, each ~1 MiB at most), and the local bucket is
+        set to it, so a replay stops as soon as the district-wide budget is spent. A lone
+        publisher, or a log it cannot write, keeps to its own bucket."""
+        b = self._bucket(terminal)
+        if not self.shared_subscriptions:
+            b.charge(n)
+            return b.level(time.monotonic())
+        try:
+            level = self.log.charge_request_budget(
+                terminal, n, rate=self.request_bytes_per_s, burst=self.request_burst_bytes)
+        except DistrictError as exc:
+            log.error("shared request budget of %s: %s", terminal, exc)
+            b.charge(n)
+            return b.level(time.monotonic())
+        b.level(time.monotonic())
+        b.tokens = level
+        return level
+
     def _send_direct(self, terminal: str, payload: bytes) -> bool:
         """Send on one terminal's direct topic and charge its byte budget."""
         if not self._send(self.topics.direct(terminal), payload):
             return False
-        self._bucket(terminal).charge(len(payload))
+        self._shared_budget(terminal, len(payload))
         self.stats.direct_bytes[terminal] = self.stats.direct_bytes.get(terminal, 0) + len(payload)
         return True
 
@@ -843,6 +945,10 @@ class Publisher:
         self.fleet.snapshot_sent(terminal)
         self.stats.last_snapshot_bytes = sent_bytes
         log.info("snapshot %s to %s: %d chunks, %d bytes", snap_id, terminal, index, sent_bytes)
+
+
+#: what a receipt echoes back as a session id (district/reports.py checks the same)
+_SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 def _is_id(value: str) -> bool:

@@ -179,21 +179,32 @@ class ReportGate:
 
 class ReportWriter:
     """The ``district-reports`` thread: stores queued reports in batches, then calls
-    ``on_stored(token)`` for each (stored, duplicate or failed: it is never retried).
+    ``on_stored(token, verdict)`` for each: 'failed' (SQLite; never retried here), else
+    without ``limits`` 'stored' (new or duplicate), with them 'new', 'duplicate', 'rate'
+    or 'citizen'.
+
+    ``limits`` (a :class:`ReportGate`'s settings) are then applied again when storing,
+    against counters in the log file (``DistrictLog.add_reports_limited``): the gate on
+    paho's thread is per worker, so with N workers sharing the reports round robin a
+    terminal would get N x its budget; the log's counters are the district's.
 
     It has its own connection to the log file: while it waits for SQLite's write lock
     (another district command, a slow disk) the publisher's reads go on."""
 
-    def __init__(self, dlog: DistrictLog, on_stored: Callable[[object], None],
-                 stop: threading.Event, *, maxsize: int = REPORT_QUEUE_MAX) -> None:
+    def __init__(self, dlog: DistrictLog, on_stored: Callable[[object, str], None],
+                 stop: threading.Event, *, maxsize: int = REPORT_QUEUE_MAX,
+                 limits: ReportGate | None = None) -> None:
         self.path = dlog.path
         self.log: DistrictLog | None = None
         self.on_stored = on_stored
+        self.limits = limits
         self.stop_event = stop
         self._q: queue.Queue[tuple[Report, object]] = queue.Queue(maxsize)
         self.stored = 0
         self.duplicates = 0
         self.failed = 0
+        #: refused by the district-wide limits (with ``limits``)
+        self.limited = 0
         self._thread = threading.Thread(target=self._run, name="district-reports", daemon=True)
 
     def start(self) -> ReportWriter:
@@ -228,16 +239,28 @@ class ReportWriter:
             items = take_batch(self._q, REPORT_WRITE_BATCH)
             if not items:
                 continue
+            rows = [dataclasses.astuple(r) for r, _ in items]
+            lim = self.limits
             try:
-                new = dlog.add_reports([dataclasses.astuple(r) for r, _ in items])
+                if lim is None:
+                    new = dlog.add_reports(rows)
+                    verdicts = ["stored"] * len(items)  # new or duplicate: only counted
+                    self.stored += new
+                    self.duplicates += len(items) - new
+                else:
+                    verdicts = dlog.add_reports_limited(
+                        rows, per_s=lim.per_s, burst=lim.burst,
+                        citizen_window_s=lim.citizen_window_s)
+                    self.stored += verdicts.count("new")
+                    self.duplicates += verdicts.count("duplicate")
+                    self.limited += len(items) - verdicts.count("new") - verdicts.count(
+                        "duplicate")
             except (DistrictError, sqlite3.Error) as exc:  # acked anyway: see docs/sync.md
                 log.error("cannot store %d report(s): %s", len(items), exc)
                 self.failed += len(items)
-            else:
-                self.stored += new
-                self.duplicates += len(items) - new
-            for _r, token in items:
-                self.on_stored(token)
+                verdicts = ["failed"] * len(items)
+            for (_r, token), verdict in zip(items, verdicts, strict=True):
+                self.on_stored(token, verdict)
 
 
 T = TypeVar("T")

@@ -19,6 +19,7 @@ class PayloadKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAYLOAD_KIND_MANIFEST: _ClassVar[PayloadKind]
     PAYLOAD_KIND_SNAPSHOT_CHUNK: _ClassVar[PayloadKind]
     PAYLOAD_KIND_SNAPSHOT_FILE: _ClassVar[PayloadKind]
+    PAYLOAD_KIND_REPORT_RECEIPT: _ClassVar[PayloadKind]
 
 class DossierStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -42,6 +43,7 @@ PAYLOAD_KIND_BATCH: PayloadKind
 PAYLOAD_KIND_MANIFEST: PayloadKind
 PAYLOAD_KIND_SNAPSHOT_CHUNK: PayloadKind
 PAYLOAD_KIND_SNAPSHOT_FILE: PayloadKind
+PAYLOAD_KIND_REPORT_RECEIPT: PayloadKind
 DOSSIER_STATUS_UNSPECIFIED: DossierStatus
 DOSSIER_STATUS_RECEIVED: DossierStatus
 DOSSIER_STATUS_PROCESSING: DossierStatus
@@ -158,7 +160,7 @@ class Batch(_message.Message):
     def __init__(self, district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., embedder_id: _Optional[str] = ..., dim: _Optional[int] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., origin: _Optional[_Union[BatchOrigin, str]] = ..., published_at_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Manifest(_message.Message):
-    __slots__ = ("district_id", "epoch", "head_seq", "embedder_id", "dim", "replay_from_seq", "published_at_ms", "point", "survey")
+    __slots__ = ("district_id", "epoch", "head_seq", "embedder_id", "dim", "replay_from_seq", "published_at_ms", "point", "survey", "report_receipts")
     DISTRICT_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +170,7 @@ class Manifest(_message.Message):
     PUBLISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     POINT_FIELD_NUMBER: _ClassVar[int]
     SURVEY_FIELD_NUMBER: _ClassVar[int]
+    REPORT_RECEIPTS_FIELD_NUMBER: _ClassVar[int]
     district_id: str
     epoch: int
     head_seq: int
@@ -177,7 +180,8 @@ class Manifest(_message.Message):
     published_at_ms: int
     point: OperatingPoint
     survey: SurveySettings
-    def __init__(self, district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., head_seq: _Optional[int] = ..., embedder_id: _Optional[str] = ..., dim: _Optional[int] = ..., replay_from_seq: _Optional[int] = ..., published_at_ms: _Optional[int] = ..., point: _Optional[_Union[OperatingPoint, _Mapping]] = ..., survey: _Optional[_Union[SurveySettings, _Mapping]] = ...) -> None: ...
+    report_receipts: bool
+    def __init__(self, district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., head_seq: _Optional[int] = ..., embedder_id: _Optional[str] = ..., dim: _Optional[int] = ..., replay_from_seq: _Optional[int] = ..., published_at_ms: _Optional[int] = ..., point: _Optional[_Union[OperatingPoint, _Mapping]] = ..., survey: _Optional[_Union[SurveySettings, _Mapping]] = ..., report_receipts: _Optional[bool] = ...) -> None: ...
 
 class SurveySettings(_message.Message):
     __slots__ = ("base_url", "token_lifetime_s")
@@ -331,7 +335,7 @@ class TerminalState(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., terminal_id: _Optional[str] = ..., district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., applied_seq: _Optional[int] = ..., gallery_size: _Optional[int] = ..., embedder_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., last_error: _Optional[str] = ..., rejections: _Optional[_Mapping[str, int]] = ..., updated_at_ms: _Optional[int] = ..., syncing: _Optional[bool] = ...) -> None: ...
 
 class TerminalReport(_message.Message):
-    __slots__ = ("protocol_version", "terminal_id", "district_id", "kind", "session_id", "time", "citizen_id", "rating", "score", "survey_token_sha256")
+    __slots__ = ("protocol_version", "terminal_id", "district_id", "kind", "session_id", "time", "citizen_id", "rating", "score", "survey_token_sha256", "wants_receipt")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[TerminalReport.Kind]
@@ -352,6 +356,7 @@ class TerminalReport(_message.Message):
     RATING_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SURVEY_TOKEN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    WANTS_RECEIPT_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     terminal_id: str
     district_id: str
@@ -362,4 +367,17 @@ class TerminalReport(_message.Message):
     rating: int
     score: float
     survey_token_sha256: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., terminal_id: _Optional[str] = ..., district_id: _Optional[str] = ..., kind: _Optional[_Union[TerminalReport.Kind, str]] = ..., session_id: _Optional[str] = ..., time: _Optional[str] = ..., citizen_id: _Optional[str] = ..., rating: _Optional[int] = ..., score: _Optional[float] = ..., survey_token_sha256: _Optional[bytes] = ...) -> None: ...
+    wants_receipt: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., terminal_id: _Optional[str] = ..., district_id: _Optional[str] = ..., kind: _Optional[_Union[TerminalReport.Kind, str]] = ..., session_id: _Optional[str] = ..., time: _Optional[str] = ..., citizen_id: _Optional[str] = ..., rating: _Optional[int] = ..., score: _Optional[float] = ..., survey_token_sha256: _Optional[bytes] = ..., wants_receipt: _Optional[bool] = ...) -> None: ...
+
+class ReportReceipt(_message.Message):
+    __slots__ = ("district_id", "terminal_id", "kind", "session_id")
+    DISTRICT_ID_FIELD_NUMBER: _ClassVar[int]
+    TERMINAL_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    district_id: str
+    terminal_id: str
+    kind: TerminalReport.Kind
+    session_id: str
+    def __init__(self, district_id: _Optional[str] = ..., terminal_id: _Optional[str] = ..., kind: _Optional[_Union[TerminalReport.Kind, str]] = ..., session_id: _Optional[str] = ...) -> None: ...

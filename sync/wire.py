@@ -157,6 +157,7 @@ def open_envelope(
         pb.PAYLOAD_KIND_MANIFEST,
         pb.PAYLOAD_KIND_SNAPSHOT_CHUNK,
         pb.PAYLOAD_KIND_SNAPSHOT_FILE,
+        pb.PAYLOAD_KIND_REPORT_RECEIPT,
     ):
         raise MessageRejected(MALFORMED, f"unknown payload kind {env.kind}")
     signed = _signed_bytes(env.kind, env.body)
@@ -174,6 +175,8 @@ def parse_body(
     env: pb.Envelope,
 ) -> pb.Batch | pb.Manifest | pb.SnapshotChunk | pb.SnapshotFile:
     """Parse a verified envelope's body; its district id must match the envelope's."""
+    if env.kind == pb.PAYLOAD_KIND_REPORT_RECEIPT:  # the outbox's, see parse_receipt
+        raise MessageRejected(UNEXPECTED, "a report receipt outside the outbox")
     cls: type[pb.Batch | pb.Manifest | pb.SnapshotChunk | pb.SnapshotFile] = {
         pb.PAYLOAD_KIND_BATCH: pb.Batch,
         pb.PAYLOAD_KIND_MANIFEST: pb.Manifest,
@@ -187,6 +190,31 @@ def parse_body(
         raise MessageRejected(MALFORMED, f"body: {exc}") from None
     if msg.district_id != env.district_id:
         raise MessageRejected(MALFORMED, "body and envelope name different districts")
+    return msg
+
+
+def is_receipt(payload: bytes) -> bool:
+    """Whether ``payload`` claims to be a ReportReceipt (not verified: a cheap look
+    before :func:`open_envelope`, to route it to the outbox instead of the engine)."""
+    env = pb.Envelope()
+    try:
+        env.ParseFromString(payload)
+    except (DecodeError, RuntimeError, ValueError):
+        return False
+    return env.kind == pb.PAYLOAD_KIND_REPORT_RECEIPT
+
+
+def parse_receipt(env: pb.Envelope, terminal_id: str) -> pb.ReportReceipt:
+    """Parse a verified envelope's ReportReceipt; it must name this district and terminal."""
+    if env.kind != pb.PAYLOAD_KIND_REPORT_RECEIPT:
+        raise MessageRejected(MALFORMED, f"payload kind {env.kind}, not a report receipt")
+    msg = pb.ReportReceipt()
+    try:
+        msg.ParseFromString(env.body)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise MessageRejected(MALFORMED, f"body: {exc}") from None
+    if msg.district_id != env.district_id or msg.terminal_id != terminal_id:
+        raise MessageRejected(MALFORMED, "a receipt for another district or terminal")
     return msg
 
 

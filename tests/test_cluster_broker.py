@@ -342,3 +342,35 @@ def test_broker_checklist_passes_on_the_shipped_mosquitto(
     assert rc == 0, out
     assert sorted(line.split()[1] for line in out.splitlines()) == sorted(CHECKS), out
     assert all(line.startswith("PASS ") for line in out.splitlines()), out
+
+
+@pytest.mark.cluster
+def test_a_named_worker_on_a_broker_without_shared_subscriptions_stops_and_says_why(
+        tmp_path: Path) -> None:
+    """ejabberd 23.01 answers CONNACK with SharedSubscriptionAvailable = 0 and drops a
+    client at its ``$share`` subscription. A named district worker (one of several)
+    used to reconnect in a loop there (123 connections in 15 s, measured), holding the
+    lease and publishing nothing; it now stops with an error that says what to do. A
+    lone publisher (no worker name) subscribes plainly and runs (the fail-over test)."""
+    with EjabberdCluster(tmp_path / "ejabberd", names=("a",),
+                         users={DISTRICT_USER: PASSWORD}, district=DISTRICT,
+                         district_user=DISTRICT_USER) as c:
+        node = c.nodes[0]
+        dlog = new_district(tmp_path / "district.sqlite", dim=16)
+        add_citizens(dlog, 2)
+        settings = BrokerSettings(host=node.host, port=node.port, username=DISTRICT_USER,
+                                  password=PASSWORD, **FAST)  # type: ignore[arg-type]
+        pub = Publisher(dlog, new_key(), settings, worker="a")
+        connects: list[object] = []
+        on_connect = pub.client.on_connect
+        pub.client.on_connect = lambda *a: (connects.append(a[3]), on_connect(*a))
+        pub.start()
+        try:
+            wait_for(pub.stop_event.is_set, 60, "the worker stopping by itself")
+            assert pub.fatal_error is not None
+            assert "does not support shared subscriptions" in str(pub.fatal_error)
+            assert len(connects) == 1, f"it reconnected: {len(connects)} connections"
+            assert dlog.published_seq == 0  # nothing half-done
+        finally:
+            pub.stop()
+        assert not pub.lease.held()

@@ -44,7 +44,8 @@ SHIPPED_CONF = REPO / "deploy" / "mosquitto" / "motcua-sync.conf"
 ACL = REPO / "deploy" / "mosquitto" / "motcua-sync.acl"
 TOKEN = "w" * 40
 DIM = 16
-USERS = {"district-q1": "pa", "district-q1-b": "pb", "t1": "p1", "t2": "p2", "obs": "po"}
+USERS = {"district-q1": "pa", "district-q1-b": "pb", "t1": "p1", "t2": "p2", "obs": "po",
+         **{f"t{i}": f"p{i}" for i in range(3, 7)}}
 WORKERS = {"a": "district-q1", "b": "district-q1-b"}
 FAST = dict(reconnect_min_s=0.0, reconnect_max_s=0.5, keepalive_s=5)
 TOPICS = Topics(DEFAULT_PREFIX, DISTRICT)
@@ -352,6 +353,113 @@ def test_sigkilled_lease_holder_is_replaced_and_nothing_is_lost_or_doubled(
         for s in stores.values():
             s.close()
         observer.close()
+        d.close()
+
+
+#: the terminals' wait for a report's receipt before sending it again, in this test (the
+#: product's RECEIPT_WAIT_S is 30 s; shorter here so the test takes seconds)
+TEST_RECEIPT_WAIT_S = 3.0
+#: the bound this test states: from the SIGKILL of a worker that never comes back, every
+#: report is stored and every fresh terminal's request answered (it converged) within
+#: this long. Expected: a report stranded with the dead worker is sent again one receipt
+#: wait after its PUBACK (3 s); a lost request is asked again after the terminal's
+#: doubling delay (2, 4, 8 s...); the takeover of the lease <= ~7 s; 45 s leaves room
+#: for a loaded 2-core machine
+DEAD_WORKER_BOUND_S = 45.0
+
+
+def test_worker_killed_for_good_strands_no_report_and_no_request(tmp_path: Path) -> None:
+    """A worker SIGSTOPped (so the broker hands it requests and reports it never
+    answers) and then SIGKILLed, never restarted: every report is stored exactly once
+    and every request is answered, by the other worker."""
+    d = District(tmp_path)
+    stores: dict[str, GalleryStore] = {}
+    terms: dict[str, TerminalSubscriber] = {}
+    outboxes: dict[str, OutboxReporter] = {}
+
+    def terminal(t: str, with_outbox: bool) -> TerminalSubscriber:
+        state = tmp_path / f"state-{t}"
+        stores[t] = GalleryStore.open(tmp_path / f"store-{t}", embedder_id=EMBEDDER, dim=DIM)
+        if with_outbox:
+            outboxes[t] = OutboxReporter.in_state_dir(state)
+        sub = TerminalSubscriber(
+            stores[t], d.settings(t), district_id=DISTRICT, terminal_id=t,
+            public_key=d.public_key, spool_dir=tmp_path / f"spool-{t}",
+            state_interval_s=0.5, outbox_dir=state / "outbox" if with_outbox else None)
+        if sub.outbox is not None:
+            sub.outbox.receipt_wait_s = TEST_RECEIPT_WAIT_S
+        terms[t] = sub.start()
+        return sub
+
+    def stored() -> list[tuple[object, ...]]:
+        return sorted(query(d.db, "SELECT terminal_id, session_id, kind, rating FROM reports"))
+
+    expected: list[tuple[str, str, str, int]] = []
+
+    def rate(i: int) -> None:
+        t = "t1" if i % 2 == 0 else "t2"
+        outboxes[t].report("rating", {"terminal": t, "session": f"s-{i}", "stars": 1 + i % 5})
+        expected.append((t, f"s-{i}", "rating", 1 + i % 5))
+
+    try:
+        victim, survivor = d.start()
+        for t in ("t1", "t2"):
+            terminal(t, with_outbox=True)
+        for t in ("t1", "t2"):
+            wait_for(lambda t=t: stores[t].last_seq == d.base, 60, f"{t} synced")
+        for i in range(10):  # both workers up: stored and receipted
+            rate(i)
+        wait_for(lambda: len(stored()) == 10, 30, "the first reports stored")
+        wait_for(lambda: all(terms[t].outbox.pending() == []  # type: ignore[union-attr]
+                             for t in ("t1", "t2")), 30, "their receipts")
+
+        # the victim stops reading: what the broker hands it from now on is in flight
+        # (unacknowledged) or queued in its session when it is killed
+        victim.signal(signal.SIGSTOP)
+        for i in range(10, 50):
+            rate(i)
+        fresh = [terminal(f"t{i}", with_outbox=False) for i in range(3, 7)]
+        wait_for(lambda: all(terms[t].outbox.unacknowledged() == 0  # type: ignore[union-attr]
+                             for t in ("t1", "t2")), 30, "the broker acknowledged them all")
+        wait_for(lambda: all(sum(f.engine.requests.values()) > 0 for f in fresh), 30,
+                 "each fresh terminal asked for a snapshot")
+        held = len(expected) - len(stored())
+        victim.signal(signal.SIGKILL)
+        t_kill = time.monotonic()
+        victim.proc.wait(10)  # type: ignore[union-attr]
+        assert held > 0, "the stopped worker was handed none of the reports"
+
+        wait_for(lambda: len(stored()) >= len(expected), DEAD_WORKER_BOUND_S,
+                 "every report stored without the dead worker")
+        t_reports = time.monotonic() - t_kill
+        for f in fresh:
+            wait_for(lambda f=f: stores[f.terminal_id].last_seq == d.base
+                     and f.engine.applied_seq == d.base,
+                     max(1.0, DEAD_WORKER_BOUND_S - (time.monotonic() - t_kill)),
+                     f"{f.terminal_id} answered and synced")
+        t_requests = time.monotonic() - t_kill
+        asked = {f.terminal_id: sum(f.engine.requests.values()) for f in fresh}
+        print(f"\nworker {victim.name} stopped then SIGKILLed for good: {held} of "
+              f"{len(expected)} reports were not stored at the kill; all stored "
+              f"{t_reports:.1f} s after it; 4 fresh terminals synced {t_requests:.1f} s "
+              f"after it (requests each: {asked}); bound {DEAD_WORKER_BOUND_S:.0f} s")
+        assert stored() == sorted(expected)  # each exactly once
+        wait_for(lambda: all(terms[t].outbox.pending() == []  # type: ignore[union-attr]
+                             for t in ("t1", "t2")), 30, "every report receipted")
+        ref = reference_store_at(d.db, tmp_path / "ref")
+        for t in terms:
+            assert stores[t].content_hash() == ref, f"{t}'s gallery differs from the log"
+        # the survivor takes the lease over and publishes (the dead one never returns)
+        wait_for(lambda: holder_of(d.db)[0] == survivor.name, 30, "the survivor's lease")
+        assert survivor.post(status_event(0)) is not None
+        for t in terms:
+            wait_for(lambda t=t: stores[t].last_seq == d.base + 1, 30, f"{t} gets a change")
+        assert survivor.stop() == 0, survivor.log_path.read_text()[-2000:]
+    finally:
+        for sub in terms.values():
+            sub.stop()
+        for st in stores.values():
+            st.close()
         d.close()
 
 

@@ -234,3 +234,116 @@ def test_report_flood_is_limited_checked_and_never_stalls_the_network_thread(
         evil.loop_stop()
         counter.close()
         pub.stop()
+
+
+def test_two_workers_share_one_report_budget_per_terminal(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Two district workers (shared subscription, round robin) each with the same gate:
+    a terminal's flood is stored within ONE budget, not one per worker, and a "not me"
+    about one citizen from many sessions is stored once (the limits are counted in the
+    log file both workers write, docs/scale.md)."""
+    from district.log import DistrictLog
+    from district.reports import ReportGate
+
+    dlog = new_district(tmp_path / "d.sqlite", dim=16)
+    add_citizens(dlog, 3)
+    key = new_key()
+    pubs = []
+    for name in ("a", "b"):
+        log_ = dlog if name == "a" else DistrictLog.open(tmp_path / "d.sqlite")
+        pub = Publisher(log_, key, settings(broker), worker=name)
+        # 10 reports, then one per 1,000 s: the test's few seconds add nothing
+        pub.report_gate = ReportGate(per_s=0.001, burst=10)
+        pubs.append(pub.start())
+    evil = make_client("evil", settings(broker))
+    evil.connect(broker.host, broker.port)
+    evil.loop_start()
+    # these reports do not ask for receipts (an older terminal): none must be sent
+    counter = Counter(broker, [pubs[0].topics.direct("t-evil"), pubs[0].topics.direct("t-other")])
+    try:
+        for pub in pubs:
+            assert pub.wait_connected(10)
+        last = None
+        for i in range(40):  # different citizens: only the budget limits them
+            last = evil.publish(pubs[0].topics.report("t-evil"), _report(5000 + i), qos=1)
+        for i in range(20):  # one citizen, 20 sessions
+            last = evil.publish(pubs[0].topics.report("t-other"),
+                                _report(6000 + i, citizen_id="c0000042",
+                                        terminal_id="t-other"), qos=1)
+        assert last is not None
+        last.wait_for_publish(30)
+
+        def handled() -> int:
+            return sum(p.stats.limited_reports + p.stats.citizen_dup_reports
+                       + p.report_writer.stored for p in pubs)
+
+        wait_for(lambda: handled() == 60, 30, "the flood handled by both workers")
+        got = [p.report_writer.stored + p.stats.limited_reports + p.stats.citizen_dup_reports
+               for p in pubs]
+        assert min(got) > 0, f"one worker got nothing: {got} (no round robin?)"
+        rows = dlog.reports(10_000)
+        assert sum(1 for r in rows if r[0] == "t-evil") == 10  # one budget, not two
+        assert sum(1 for r in rows if r[0] == "t-other") == 1  # one citizen, once
+        assert sum(p.stats.receipts for p in pubs) == 0 and sum(counter.bytes.values()) == 0
+    finally:
+        evil.disconnect()
+        evil.loop_stop()
+        counter.close()
+        for pub in pubs:
+            pub.stop()
+
+
+def test_two_workers_share_one_request_byte_budget_per_terminal(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Two district workers answering one terminal's replay flood (each gets half of the
+    requests, round robin) send it what ONE byte budget allows, not two (the budget is
+    counted in the log file both write)."""
+    from district.log import DistrictLog
+
+    limits = dict(request_burst_bytes=256 << 10, request_bytes_per_s=4 << 10,
+                  replay_max_bytes=4 << 20, batch_max_changes=20)
+    dlog = new_district(tmp_path / "d.sqlite", dim=512)
+    add_citizens(dlog, 300)  # 600 changes, ~1.3 MB: one replay from 1 is 5x the burst
+    key = new_key()
+    pubs = []
+    for name in ("a", "b"):
+        log_ = dlog if name == "a" else DistrictLog.open(tmp_path / "d.sqlite")
+        pubs.append(Publisher(log_, key, settings(broker), worker=name,
+                              **limits).start())  # type: ignore[arg-type]
+    topics = pubs[0].topics
+    counter = Counter(broker, [topics.direct("t-evil")])
+    flood = make_client("flood", settings(broker))
+    flood.connect(broker.host, broker.port)
+    flood.loop_start()
+    try:
+        for pub in pubs:
+            assert pub.wait_connected(10)
+        wait_for(lambda: dlog.published_seq == dlog.head_seq, 30, "published")
+        req = pb.SyncRequest(protocol_version=1, terminal_id="t-evil", district_id=DISTRICT,
+                             kind=pb.SyncRequest.KIND_REPLAY, epoch=dlog.epoch, from_seq=1)
+        t0 = time.monotonic()
+        for _ in range(60):  # 3 s of requests: both workers always have one pending
+            flood.publish(topics.request("t-evil"), req.SerializeToString(), qos=1)
+            time.sleep(0.05)  # pacing the flood, not waiting for anything
+        wait_for(lambda: all(p.stats.requests.get("t-evil", 0) > 0 for p in pubs)
+                 and sum(p.stats.requests.get("t-evil", 0) for p in pubs) == 60
+                 and all(p.requests.idle() for p in pubs), 30, "the flood answered")
+        elapsed = time.monotonic() - t0
+        got = counter.bytes[topics.direct("t-evil")]
+        sent = sum(p.stats.direct_bytes.get("t-evil", 0) for p in pubs)
+        wait_for(lambda: counter.bytes[topics.direct("t-evil")] == sent, 10, "all counted")
+        # one budget, plus the batch each worker may have had on its way when it ran out
+        allowed = limits["request_burst_bytes"] + limits["request_bytes_per_s"] * elapsed \
+            + 2 * ONE_BATCH
+        print(f"\ntwo workers, one terminal's replay flood: {got} bytes sent in {elapsed:.1f} s"
+              f" (bound {allowed:.0f}: one budget + 2 batches)")
+        assert got <= allowed, f"t-evil was sent {got} bytes, one budget {allowed:.0f}"
+        assert got >= limits["request_burst_bytes"]  # the flood did spend the budget
+    finally:
+        flood.disconnect()
+        flood.loop_stop()
+        counter.close()
+        for pub in pubs:
+            pub.stop()

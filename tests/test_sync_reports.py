@@ -209,3 +209,66 @@ def test_outbox_redaction_without_an_outbox_is_quiet(tmp_path: Path, caplog) -> 
     sender = OutboxSender(tmp_path / "outbox", terminal_id="t1", district_id=DISTRICT)
     assert sender.redact_citizens(lambda _cid: False) == 0
     assert not caplog.records and not (tmp_path / "outbox").exists()
+
+
+def test_outbox_keeps_a_report_until_the_districts_receipt(tmp_path: Path) -> None:
+    """With receipts (the manifest says so) a PUBACK is not delivery: the report is sent
+    again every receipt wait until the district's receipt, which is fsynced."""
+    from edge.syncclient.outbox import RECEIPT_WAIT_S
+
+    ob = OutboxReporter.in_state_dir(tmp_path)
+    ob.report("rating", {"session": "s-1", "stars": 4})
+    ob.report("not_me", {"session": "s-2", "citizen_id": "c1"})
+    sender = OutboxSender(tmp_path / "outbox", terminal_id="t1", district_id=DISTRICT)
+    sender.want_receipts = True
+    sent: list[bytes] = []
+
+    def publish(p: bytes) -> int:
+        sent.append(p)
+        return len(sent)
+
+    assert sender.pump(publish, 0.0) == 2
+    assert all(pb.TerminalReport.FromString(p).wants_receipt for p in sent)
+    sender.acked(1)
+    sender.acked(2)
+    assert sender.settle(now=0.0) == 0  # the broker has them; the district may not
+    assert (sender.unacknowledged(), sender.awaiting(), len(sender.pending())) == (0, 2, 2)
+    assert sender.pump(publish, RECEIPT_WAIT_S - 1) == 0
+    # a receipt naming nothing of ours changes nothing
+    assert not sender.receipt(pb.TerminalReport.KIND_RATING, "s-9")
+    assert not sender.receipt(pb.TerminalReport.KIND_NOT_ME, "s-1")  # wrong kind
+    assert sender.receipt(pb.TerminalReport.KIND_RATING, "s-1")
+    assert not sender.receipt(pb.TerminalReport.KIND_RATING, "s-1")  # already
+    # no receipt for s-2 (its worker died): sent again, and only it
+    assert sender.pump(publish, RECEIPT_WAIT_S) == 1
+    assert pb.TerminalReport.FromString(sent[-1]).session_id == "s-2"
+    restarted = OutboxSender(tmp_path / "outbox", terminal_id="t1", district_id=DISTRICT)
+    assert [k for k, _ in restarted.pending()] == ["not_me\ts-2"]  # s-1's receipt is on disk
+    # the receipt may overtake the PUBACK: still delivered
+    assert sender.receipt(pb.TerminalReport.KIND_NOT_ME, "s-2")
+    sender.acked(3)
+    assert sender.settle(now=RECEIPT_WAIT_S) == 0 and sender.pending() == []
+    assert sender.awaiting() == 0
+
+
+def test_a_receipt_is_for_one_terminal_and_never_reaches_the_engine() -> None:
+    """Receipts are signed like every district message and name their terminal; the
+    engine's parser refuses one (the subscriber hands them to the outbox)."""
+    from core.errors import MessageRejected
+    from sync import wire
+
+    key = new_key()
+    body = pb.ReportReceipt(district_id=DISTRICT, terminal_id="t1",
+                            kind=pb.TerminalReport.KIND_RATING, session_id="s-1")
+    payload = wire.seal(key, DISTRICT, pb.PAYLOAD_KIND_REPORT_RECEIPT, body.SerializeToString())
+    assert wire.is_receipt(payload) and not wire.is_receipt(b"\xff\x00garbage")
+    env = wire.open_envelope(payload, district_id=DISTRICT, public_key=key.public_key(),
+                             max_bytes=1 << 20)
+    assert wire.parse_receipt(env, "t1").session_id == "s-1"
+    with pytest.raises(MessageRejected, match="another district or terminal"):
+        wire.parse_receipt(env, "t2")
+    with pytest.raises(MessageRejected, match="unexpected"):
+        wire.parse_body(env)
+    with pytest.raises(MessageRejected, match="signature"):
+        wire.open_envelope(payload, district_id=DISTRICT, public_key=new_key().public_key(),
+                           max_bytes=1 << 20)

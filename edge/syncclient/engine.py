@@ -228,6 +228,10 @@ class SyncEngine:
         #: the district's survey (newest signed manifest; None: off, or no manifest yet
         #: since this start: a terminal shows no QR until its district says so)
         self.survey: PublishedSurvey | None = None
+        #: the newest manifest says the district sends ReportReceipts (the outbox then
+        #: keeps a report until its receipt; edge/syncclient/outbox.py); None: no
+        #: manifest since this start (the outbox waits for one)
+        self.report_receipts: bool | None = None
         #: called (sync thread) when the survey settings change (None: switched off)
         self.on_survey: Callable[[PublishedSurvey | None], object] | None = None
 
@@ -394,6 +398,7 @@ class SyncEngine:
             return  # an older manifest (replayed or reordered): keep what we know
         self._take_point(m)
         self._take_survey(m)
+        self.report_receipts = m.report_receipts
         self.district_epoch = m.epoch
         self.district_head = m.head_seq
         # a signed manifest of a newer epoch: never accept the older one again, even

@@ -7,6 +7,13 @@ report's key appended (fsynced) to ``reports.delivered`` beside it. A crash betw
 PUBACK and that write sends the report again after the restart: delivery is at least
 once, and the district keeps one row per (terminal, session, kind).
 
+Receipts: when the district's manifest says ``report_receipts`` (``want_receipts``), the
+broker's PUBACK is not enough: a broker hands a report to one district worker, and if
+that worker dies before storing it the broker drops it with the worker's session
+(docs/scale.md "Several district workers"). The key is then written to
+``reports.delivered`` only on the district's signed ReportReceipt, and a report without
+one is published again every RECEIPT_WAIT_S (the district stores it once).
+
 Compaction (``compact()``, every COMPACT_INTERVAL_S): no file is ever rewritten while the
 session may append to it. A ``reports.jsonl`` whose lines are all delivered is renamed to
 ``reports-<n>.jsonl`` (the session's next line starts a new file); a renamed file is
@@ -46,6 +53,15 @@ COMPACT_INTERVAL_S = 60.0
 #: a renamed outbox file is deleted only when unchanged this long (see the module text)
 ROTATED_GRACE_S = 60.0
 ROTATED_PREFIX = "reports-"
+#: a report the broker acknowledged but the district has not receipted is published
+#: again after this long. The district stores and receipts within ~a second; a worker
+#: that died with the report is noticed by its peers' shared subscription at once on a
+#: closed socket, or after its 1.5 x keepalive (30 s: up to 45 s) when its machine
+#: vanished. 30 s bounds the delay of a stranded report at ~2 x that; a report refused
+#: by the district's rate limit (no receipt) comes back at this pace too, 2/min
+RECEIPT_WAIT_S = 30.0
+#: report kinds by their wire number (receipts name them so)
+KIND_NAMES: dict[int, str] = {int(v): k for k, v in KINDS.items()}
 
 
 def report_key(kind: str, session_id: str) -> str:
@@ -104,6 +120,12 @@ class OutboxSender:
         self._lock = threading.Lock()
         self._inflight: dict[int, tuple[str, float]] = {}  # mid -> (key, monotonic sent)
         self._acked: list[int] = []
+        #: keep reports until the district's receipt (its manifest says it sends them)
+        self.want_receipts = False
+        self.receipt_wait_s = RECEIPT_WAIT_S
+        #: key -> monotonic time of the PUBACK, for reports waiting for their receipt
+        self._awaiting: dict[str, float] = {}
+        self.receipts = 0
 
     def _read_delivered(self) -> list[str]:
         try:
@@ -156,10 +178,12 @@ class OutboxSender:
         """Publish every pending report not in flight; returns how many were published."""
         with self._lock:
             busy = {k for k, t in self._inflight.values() if now - t < RESEND_AFTER_S}
+        busy |= {k for k, t in self._awaiting.items() if now - t < self.receipt_wait_s}
         n = 0
         for key, msg in self.pending():
             if key in busy:
                 continue
+            msg.wants_receipt = self.want_receipts
             mid = publish(msg.SerializeToString())
             with self._lock:
                 self._inflight[mid] = (key, now)
@@ -171,12 +195,45 @@ class OutboxSender:
         with self._lock:
             self._acked.append(mid)
 
-    def settle(self) -> int:
-        """Record acknowledged reports as delivered (fsynced); returns how many."""
+    def settle(self, now: float | None = None) -> int:
+        """Record acknowledged reports as delivered (fsynced); returns how many. With
+        ``want_receipts`` a PUBACK only starts the wait for the receipt."""
         with self._lock:
             mids, self._acked = self._acked, []
             keys = [self._inflight.pop(m)[0] for m in mids if m in self._inflight]
         keys = [k for k in dict.fromkeys(keys) if k not in self.delivered]
+        if keys and self.want_receipts:
+            at = time.monotonic() if now is None else now
+            for k in keys:
+                self._awaiting[k] = at
+            return 0
+        return self._mark_delivered(keys)
+
+    def receipt(self, kind: int, session_id: str) -> bool:
+        """The district's (verified) ReportReceipt: the report is delivered (fsynced);
+        False for one that names nothing waiting here (already delivered, or unknown)."""
+        key = report_key(KIND_NAMES.get(kind, ""), session_id)
+        if key in self.delivered or not session_id:
+            return False
+        known = key in self._awaiting or any(k == key for k, _m in self.pending())
+        if not known:
+            return False
+        if self._mark_delivered([key]) != 1:
+            return False  # not written: the report is sent again, stored once
+        self._awaiting.pop(key, None)
+        self.receipts += 1
+        return True
+
+    def unacknowledged(self) -> int:
+        """Reports the broker has not acknowledged yet (reports waiting only for their
+        receipt are not counted)."""
+        return sum(1 for k, _m in self.pending() if k not in self._awaiting)
+
+    def awaiting(self) -> int:
+        """Reports the broker acknowledged that wait for the district's receipt."""
+        return len(self._awaiting)
+
+    def _mark_delivered(self, keys: list[str]) -> int:
         if not keys:
             return 0
         data = "".join(k + "\n" for k in keys).encode("utf-8")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from core.errors import AuthenticationError
+from core.errors import AuthenticationError, MessageRejected
 from edge import __version__
 from edge.syncclient.download import RETRIES, RETRY_S, Downloader, DownloadError, TlsMaterial
 from edge.syncclient.engine import (
@@ -40,6 +40,7 @@ from edge.syncclient.engine import (
 )
 from edge.syncclient.outbox import COMPACT_INTERVAL_S, OutboxSender
 from proto import sync_pb2 as pb
+from sync import wire
 from sync.mqtt import (
     BrokerSettings,
     is_auth_failure,
@@ -288,7 +289,10 @@ class TerminalSubscriber:
             if got is not None:
                 channel, payload = got
                 try:
-                    self.engine.handle(channel, payload)
+                    if channel == "direct" and wire.is_receipt(payload):
+                        self._on_receipt(payload)
+                    else:
+                        self.engine.handle(channel, payload)
                 except Exception as exc:  # a bug or a full disk must not stop the sync
                     log.exception("sync message handling failed")
                     self.engine.rejections["error"] += 1
@@ -302,7 +306,10 @@ class TerminalSubscriber:
                     self.topics.request(self.terminal_id), req.SerializeToString(), qos=1
                 )
             now = time.monotonic()
-            if self.outbox is not None:
+            # with receipts, a report stays in the outbox until the district has it; the
+            # first manifest since the start says whether the district sends them
+            if self.outbox is not None and self.engine.report_receipts is not None:
+                self.outbox.want_receipts = self.engine.report_receipts
                 self.outbox.settle()
                 if now - last_outbox >= OUTBOX_INTERVAL_S:
                     last_outbox = now
@@ -349,6 +356,20 @@ class TerminalSubscriber:
             self._downloads.put((desc, None, f"snapshot download failed: {exc}"[:300], False))
             return
         self._downloads.put((desc, path, "", False))
+
+    def _on_receipt(self, payload: bytes) -> None:
+        """A ReportReceipt on the direct topic: checked like any district message, then
+        the outbox marks the report delivered (bad ones are counted as rejections)."""
+        try:
+            env = wire.open_envelope(payload, district_id=self.engine.district_id,
+                                     public_key=self.engine.public_key,
+                                     max_bytes=self.max_message_bytes)
+            receipt = wire.parse_receipt(env, self.terminal_id)
+        except MessageRejected as exc:
+            self.engine._reject(exc)
+            return
+        if self.outbox is not None:
+            self.outbox.receipt(int(receipt.kind), receipt.session_id)
 
     def _publish_report(self, payload: bytes) -> int:
         info = self.client.publish(self.topics.report(self.terminal_id), payload, qos=1)
