@@ -424,12 +424,12 @@ class Embeddings:
             "fallback": list(FALLBACK_BOX),
         }
         size = getattr(emb, "size", 0)
+        self.aligner: Any = pipe.aligner
         if prep.crop == "pack":
             if prep.flip:
                 raise SystemExit("bench: --flip needs a crop of one model, not --crop pack")
-            self.aligner = pipe.aligner
         elif prep.crop == "margin":
-            self.aligner: Any = MarginCrop(size, margin)
+            self.aligner = MarginCrop(size, margin)
         elif prep.crop == "margin_src":
             self.aligner = SourceMarginCrop(size, margin)
         elif prep.crop == "similarity":
