@@ -223,7 +223,10 @@ def build_embedder(spec: EmbedderSpec, config: PipelineSettings) -> FacenetDlibE
     h, w = spec.input_size
     if h != w:
         raise ModelError(f"model pack embedder {spec.id}: input_size must be square")
-    second = _param(spec, "second_file", Path)  # a file of the pack: a checked path
+    second = spec.params.get("second_file")  # a file of the pack: its checked path
+    if not isinstance(second, Path):
+        raise ModelError(f"model pack embedder {spec.id}: second_file must name a file "
+                         "of [files]")
     second_dim = int(_param(spec, "second_dim", int))
     chip = int(_param(spec, "chip_size", int))
     weight = float(_param(spec, "fusion_weight", (int, float)))

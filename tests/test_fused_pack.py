@@ -326,3 +326,43 @@ def test_demo_on_the_fused_pack_matches(tmp_path: Path) -> None:
     assert result.matched and set(result.matched) == {"astronaut (scikit-image)"}, text
     assert result.wrong_matches == []
     assert result.status_change is not None and result.status_change.ok, text
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("second_file", "dlib_resnet_v1.onnx", "second_file must name a file of"),
+    ("fusion_weight", 1.0, "strictly between 0 and 1"),
+    ("chip_template", [[1.0, 2.0]], "chip_template must be 5"),
+    ("centre_sha256", "0" * 64, "fails its sha256 check"),
+])
+def test_bad_fused_settings_are_refused(key: str, value: object, message: str) -> None:
+    from types import MappingProxyType
+
+    spec = _load(PACK).embedder
+    bad = dataclasses.replace(spec, params=MappingProxyType({**spec.params, key: value}))
+    with pytest.raises(ModelError, match=message):
+        facenet_dlib.build_aligner(bad, _config(PACK))
+        facenet_dlib.build_embedder(bad, _config(PACK))
+
+
+def test_recognition_bench_runs_through_the_fused_pack(tmp_path: Path) -> None:
+    """bench/recognition.py --pack mtcnn-facenet-dlib: the pack's own aligner and
+    embedder (--crop pack), on a tiny LFW subset from a cold cache."""
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "recognition.py"), "--pack", PACK, "--quick",
+         "--people", "40", "--pairs-per-fold", "5", "--splits", "1",
+         "--cache-dir", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["embedder_id"] == load_manifest(PACK).embedder["id"]
+    assert "crop=pack" in r["prep"]
+    # 100 pairs at chance would give ~0.5
+    assert 0.85 <= r["lfw_10fold_acc"] <= 1.0
+    (emb,) = tmp_path.glob("embeddings-*.npz")
+    with np.load(emb) as z:
+        assert z["embeddings"].shape[1] == 640
