@@ -364,6 +364,22 @@ class FusedEmbeddings:
         return self.a.no_face(paths)
 
 
+def detector_pack(name: str) -> str:
+    """The first shipped pack (by name) with the same detector as pack ``name``: same
+    ``[detector]`` table and detector files (sha256); packs sharing a detector share the
+    detection cache (the fused pack reuses mtcnn-facenet's detections)."""
+    from models.pack import known_packs, load_manifest
+
+    def detector_of(pack: str) -> str:
+        m = load_manifest(pack)
+        files = {v: m.files[v].sha256 for v in m.detector.values()
+                 if isinstance(v, str) and v in m.files}
+        return json.dumps([dict(m.detector), files], sort_keys=True)
+
+    mine = detector_of(name)
+    return next(p for p in known_packs() if detector_of(p) == mine)
+
+
 def _sig(obj: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -386,7 +402,7 @@ class Embeddings:
         self.root = root
         det: Any = pipe.detector
         det_key = {
-            "pack": cfg.models.pack,
+            "pack": detector_pack(cfg.models.pack),
             "detector": getattr(det, "detector_id", type(det).__name__),
             "settings": dataclasses.asdict(det.settings) if hasattr(det, "settings") else {},
             "min_face": getattr(det, "min_face", cfg.detector.min_face),
@@ -394,20 +410,26 @@ class Embeddings:
         }
         emb: Any = pipe.embedder
         margin = prep.margin or getattr(pipe.aligner, "margin", 0)
+        if prep.crop == "pack":  # the pack's own aligner and embedder, whatever they are
+            margin = getattr(getattr(pipe.aligner, "first", pipe.aligner), "margin", 0)
         self.emb_key = {
             "det": _sig(det_key),
             "embedder_id": pipe.embedder_id,
-            "standardise": getattr(emb.standardise, "__name__", "?"),
-            "size": emb.size,
+            "standardise": getattr(getattr(emb, "standardise", None), "__name__", "?"),
+            "size": getattr(emb, "size", 0),
             "pick": prep.pick,
             "crop": prep.crop,
             "margin": margin,
             "flip": prep.flip,
             "fallback": list(FALLBACK_BOX),
         }
-        size = emb.size
-        if prep.crop == "margin":
-            self.aligner: Any = MarginCrop(size, margin)
+        size = getattr(emb, "size", 0)
+        self.aligner: Any = pipe.aligner
+        if prep.crop == "pack":
+            if prep.flip:
+                raise SystemExit("bench: --flip needs a crop of one model, not --crop pack")
+        elif prep.crop == "margin":
+            self.aligner = MarginCrop(size, margin)
         elif prep.crop == "margin_src":
             self.aligner = SourceMarginCrop(size, margin)
         elif prep.crop == "similarity":
@@ -930,7 +952,12 @@ def main() -> int:
     ap.add_argument("--config", help="terminal configuration TOML")
     ap.add_argument("--cache-dir", help="default $MOTCUA_CACHE_DIR/recognition")
     ap.add_argument("--pick", default=Prep.pick, choices=("centre", "largest", "upstream"))
-    ap.add_argument("--crop", default=Prep.crop, choices=("margin", "margin_src", "similarity"))
+    ap.add_argument("--crop", default=Prep.crop,
+                    choices=("margin", "margin_src", "similarity", "pack"),
+                    help="the crop (pack: the pack's own aligner and embedder, e.g. the "
+                         "fused pack's; chosen by itself for a pack of another embedder kind)")
+    ap.add_argument("--pack", help="model pack to run (default: the config's models.pack), "
+                                   "e.g. mtcnn-facenet-dlib")
     ap.add_argument("--margin", type=int, default=0, help="crop margin, 0 = the pack's")
     ap.add_argument("--flip", action="store_true", help="average with the mirrored crop")
     ap.add_argument("--view1-choice", action="store_true",
@@ -961,7 +988,13 @@ def main() -> int:
 
     t_start = time.perf_counter()
     cfg = load_config(Path(args.config) if args.config else None)
+    if args.pack:
+        cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, pack=args.pack))
     pipe = load_pipeline(cfg)
+    if not hasattr(pipe.embedder, "standardise") and args.crop != "pack":
+        # not a FaceNet-style single model (the fused pack): its own crops, nothing else
+        log(f"pack {cfg.models.pack}: embedder {type(pipe.embedder).__name__}, --crop pack")
+        args.crop = "pack"
     threshold = cfg.session.threshold or pipe.match_threshold
     margin = cfg.session.margin
     top = cfg.session.top_k

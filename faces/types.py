@@ -90,7 +90,9 @@ class Aligner(Protocol):
     size: int
 
     def crops(self, image: Image, faces: Detections) -> npt.NDArray[np.uint8]:
-        """One RGB crop per face, uint8 (n, size, size, 3), in the order of ``faces``."""
+        """One RGB crop per face, uint8 (n, size, size, 3), in the order of ``faces``
+        (a fused embedder's aligner gives each face's crops side by side: its embedder
+        takes exactly what its aligner makes, faces/facenet_dlib.py)."""
         ...
 
 

