@@ -258,6 +258,39 @@ def test_deletion_really_removes_from_index_db_and_checkpoints(tmp_path: Path) -
                     assert not _vector_bytes_in(f, vec), f"deleted vector still in {f.name}"
 
 
+def test_deletion_is_visible_before_the_vector_scrub(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deleted citizen is unmatchable (SQLite row gone, index labels marked deleted,
+    the store at the batch's change number) before the slow part of the deletion
+    starts: overwriting the vector with zeros, which hnswlib does by re-linking its
+    neighbours (~0.1 s per vector at 10,000 x 512-d; docs/scale.md "Delete path"). The
+    overwrite still happens inside the same apply, so the vector is gone from the index
+    (and from the next checkpoint) when apply returns."""
+    from edge.store import upkeep
+
+    seen: list[tuple[bool, bool, bool, int]] = []
+    real = upkeep.scrub_removed
+
+    def spy(index: object, st: object) -> None:
+        labels = [*st.scrub, *st.scrub_hidden]  # type: ignore[attr-defined]
+        seen.append((any(index.is_live(x) for x in labels),  # type: ignore[attr-defined]
+                     cid(4) in s._mapping.citizen_labels,  # noqa: SLF001
+                     s.citizen(cid(4)) is not None, s.last_seq))
+        real(index, st)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(upkeep, "scrub_removed", spy)
+    with open_store(tmp_path, checkpoint_every=10_000) as s:
+        fill(s, 30, most=1)
+        vec = unit_rows(FACES.samples(4, [0])[0], DIM, "t")[0]
+        seq = s.last_seq + 1
+        s.apply([CitizenDelete(seq, cid(4))], epoch=1)
+        assert seen == [(False, False, False, seq)], seen
+        assert cid(4) not in [m.citizen_id for m in s.search(vec, 10)]
+        s.checkpoint(force=True)
+    for f in (tmp_path / "checkpoints").glob("index-*.hnsw"):
+        assert not _vector_bytes_in(f, vec), f"deleted vector still in {f.name}"
+
+
 @pytest.mark.parametrize("crash", [False, True], ids=["running", "crash-restart"])
 def test_reenrolled_then_deleted_citizen_leaves_no_vector(tmp_path: Path, crash: bool) -> None:
     """Re-enrolment only hides the old vectors (the citizen stays); deleting the citizen

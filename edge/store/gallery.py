@@ -326,10 +326,16 @@ class GalleryStore:
             # committed: from here on the batch is acknowledged; the index follows
             try:
                 with self._rw.write():
-                    upkeep.apply_staged(self._require_index(), self._mapping, staged,
+                    upkeep.apply_visible(self._require_index(), self._mapping, staged,
                                          self._settings)
                     self._epoch, self._last_seq = epoch, last
                     self._next_label, self._last_delete_seq = next_label, delete_seq
+                if staged.scrub or staged.scrub_hidden:
+                    # deleted citizens are unmatchable now (searches may run again);
+                    # their vectors go before the writer lock is released, so before
+                    # any checkpoint can be saved (docs/store.md, "Deletion path")
+                    with self._rw.write():
+                        upkeep.scrub_removed(self._require_index(), staged)
             except (StoreError, MemoryError) as exc:
                 log.error("index update failed after commit (%s); rebuilding from SQLite", exc)
                 self._epoch, self._last_seq = epoch, last
