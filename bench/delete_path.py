@@ -23,8 +23,10 @@ Timestamps are wall-clock ``time.time()`` of one machine (all processes share it
 | ``index`` | committed -> the index marks the citizen deleted (write side of the index lock) |
 | ``after`` | index marked -> ``store.apply`` returns (WAL truncation, checkpoint policy) |
 | ``visible`` | send -> index marked on this terminal (from then no lookup can return them) |
+| ``shown_never`` | send -> SQLite commit on this terminal (from then the kiosk shows nobody) |
 | ``e2e`` | send -> index marked on the slowest terminal (the issue's figure) |
 | ``e2e_applied`` | send -> ``store.apply`` returned on the slowest terminal (bench/fleet.py's) |
+| ``e2e_sqlite`` | send -> SQLite commit on the slowest terminal (the kiosk shows nobody) |
 
 Each terminal also checks, right after ``store.apply`` returned, that the citizen is
 unmatchable: not among the 10 best for their own embedding, and no record.
@@ -67,7 +69,7 @@ REPO = HERE.parent
 SEARCH_K = 10
 #: hops in path order (the JSON's keys; see the module docstring)
 HOPS = ("ingest", "commit_answer", "pickup", "broker", "queue", "verify", "lock", "sqlite",
-        "index", "after", "visible")
+        "index", "after", "visible", "shown_never")
 
 
 def _terminal_main(argv: list[str]) -> None:
@@ -404,6 +406,7 @@ def run(args: argparse.Namespace, code: Path, fleet: Any, work: Path, seed_dir: 
     watch = None
     lat: dict[str, list[float]] = {h: [] for h in HOPS}
     e2e: list[float] = []
+    e2e_sqlite: list[float] = []
     e2e_applied: list[float] = []
     not_ok = 0
     trunc: list[float] = []
@@ -457,9 +460,11 @@ def run(args: argparse.Namespace, code: Path, fleet: Any, work: Path, seed_dir: 
                 lat["index"].append(b["indexed"] - b["committed"])
                 lat["after"].append(b["applied"] - b["indexed"])
                 lat["visible"].append(b["indexed"] - t_send)
+                lat["shown_never"].append(b["committed"] - t_send)
                 trunc.append(b.get("truncate_s", 0.0))
                 not_ok += not b["ok"][str(seq)]
             e2e.append(max(b["indexed"] for _t, b in rows) - t_send)
+            e2e_sqlite.append(max(b["committed"] for _t, b in rows) - t_send)
             e2e_applied.append(max(b["applied"] for _t, b in rows) - t_send)
             if (k + 1) % 10 == 0:
                 fleet.progress(f"{code.name}: delete {k + 1}/{len(victims)}: "
@@ -484,6 +489,7 @@ def run(args: argparse.Namespace, code: Path, fleet: Any, work: Path, seed_dir: 
             "hops_ms": {h: stats(v) for h, v in lat.items()},
             "truncate_wal_ms": stats(trunc),
             "e2e_ms": stats(e2e), "e2e_applied_ms": stats(e2e_applied),
+            "e2e_sqlite_ms": stats(e2e_sqlite),
             "still_matchable": not_ok, "rejections": rejections}
 
 
