@@ -117,6 +117,13 @@ CREATE TABLE IF NOT EXISTS survey_answers (  -- one per offered session
     comment TEXT NOT NULL,
     PRIMARY KEY (terminal_id, session_id)
 );
+-- delete_citizen() blanks the citizen in these three tables: without these indexes it
+-- scanned every report and survey row ever stored, inside the log's write transaction
+-- (400,000 reports + 2 x 100,000 survey rows: 75-210 ms per delete, 0.3-12 ms with
+-- them, bench/district_delete.py; docs/scale.md "Delete path")
+CREATE INDEX IF NOT EXISTS reports_citizen ON reports (citizen_id);
+CREATE INDEX IF NOT EXISTS survey_offers_citizen ON survey_offers (citizen_id);
+CREATE INDEX IF NOT EXISTS survey_answers_citizen ON survey_answers (citizen_id);
 CREATE TABLE IF NOT EXISTS ingest_events (  -- case-system events seen (district/ingest.py)
     event_id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,

@@ -227,6 +227,56 @@ def test_doctor_uses_tls_exactly_when_the_service_does(tmp_path) -> None:
         assert st is Status.FAIL, text
 
 
+def test_doctor_checks_every_broker_of_the_list(tmp_path, broker) -> None:
+    """With ``fallback_brokers`` each node is logged in to and reported, not only the
+    first: a dead node (a reserved port nothing listens on) is named as unreachable
+    beside the live Mosquitto; WARN while one node works, FAIL when none does."""
+    from tests.broker import PortReservation
+
+    live = f"{broker.host}:{broker.port}"
+    with PortReservation() as dead_a, PortReservation() as dead_b:
+        dead = f"127.0.0.1:{dead_a.port}"
+        for first, others in ((broker, [dead]),
+                              (types.SimpleNamespace(host="127.0.0.1", port=dead_a.port),
+                               [live])):
+            cfg = broker_config(tmp_path, first, fallback_brokers=others)
+            st, text = status(Context(cfg, timeout=3.0), "broker")
+            assert st is Status.WARN, text
+            assert f"{live} accepted our credentials" in text, text
+            assert f"{dead} unreachable" in text, text
+            # in list order: the configured broker first
+            assert text.index(live) < text.index(dead) if first is broker else \
+                text.index(dead) < text.index(live), text
+        both_dead = broker_config(
+            tmp_path, types.SimpleNamespace(host="127.0.0.1", port=dead_a.port),
+            fallback_brokers=[f"127.0.0.1:{dead_b.port}"])
+        st, text = status(Context(both_dead, timeout=3.0), "broker")
+        assert st is Status.FAIL, text
+        assert text.count("unreachable") == 2, text
+    # the same broker under two names: both probed, both accept
+    cfg = broker_config(tmp_path, broker, fallback_brokers=[f"localhost:{broker.port}"])
+    st, text = status(Context(cfg, timeout=3.0), "broker")
+    assert st is Status.OK, text
+    assert text.count("accepted our credentials") == 2, text
+
+
+def test_doctor_fails_when_one_broker_of_the_list_refuses_the_login(tmp_path, broker) -> None:
+    """A node that refuses the credentials would stop the terminal's sync when it fails
+    over to it (an authentication refusal is not retried): FAIL, even though the first
+    node accepts."""
+    from tests.broker import MosquittoBroker
+
+    pw = tmp_path / "pw"
+    pw.write_text("right-password\n")
+    with MosquittoBroker(tmp_path / "strict", users={"someone-else": "x"}) as strict:
+        cfg = broker_config(tmp_path, broker, username="q1-hall-01", password_file=pw,
+                            fallback_brokers=[f"{strict.host}:{strict.port}"])
+        st, text = status(Context(cfg, timeout=3.0), "broker")
+    assert st is Status.FAIL, text
+    assert f"{broker.host}:{broker.port} accepted our credentials" in text, text
+    assert f"{strict.host}:{strict.port} refused the connection" in text, text
+
+
 # ---------------------------------------------------------------- certificate
 
 

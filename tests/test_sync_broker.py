@@ -144,6 +144,37 @@ def test_live_updates_and_delete_reach_two_terminals(rig: Rig) -> None:
         assert sum(t.engine.rejections.values()) == t.engine.rejections["duplicate"]
 
 
+def test_an_ingested_delete_is_published_at_once_not_at_a_timer(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The district's own ingest wakes the publisher (``on_change=notify``): a lone
+    delete is published at once, with no batch timer. With the publisher's poll for
+    other processes' writes set to a minute, the delete still reaches the terminal and
+    is applied (the citizen unmatchable) within seconds (docs/scale.md "Delete path")."""
+    from district import publisher as publisher_mod
+    from district.ingest import Ingestor, parse_event
+
+    ids = add_citizens(rig.dlog, 20)
+    monkeypatch.setattr(publisher_mod, "POLL_INTERVAL_S", 60.0)
+    pub = rig.start_publisher()
+    t = rig.terminal("t-a")
+    wait_for(lambda: rig.converged(t), what="initial sync")
+    victim = ids[4]
+    emb = victim_embedding(rig, victim)
+    ingest = Ingestor(rig.dlog, None, on_change=pub.notify)
+    t0 = time.monotonic()
+    res = ingest.apply(parse_event({"event_id": "del-1", "kind": "citizen.deleted",
+                                    "version": 1, "data": {"citizen_id": victim}}))
+    assert res.outcome == "applied"
+    store = t.engine.store
+    wait_for(lambda: store.last_seq >= res.seq, timeout=20.0, what="the delete applied")
+    took = time.monotonic() - t0
+    print(f"ingested delete applied on the terminal after {took:.2f} s")
+    assert took < 20.0  # the poll would have taken 60 s
+    assert store.citizen(victim) is None
+    assert all(m.citizen_id != victim for m in store.search(emb, 5))
+    assert rig.converged(t)
+
+
 def test_snapshot_of_5000_citizens_reaches_two_terminals(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:

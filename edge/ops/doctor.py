@@ -36,6 +36,7 @@ from edge.syncclient.outbox import OutboxSender
 from models.pack import load_pack
 from proto import display_pb2, display_pb2_grpc
 from sync.mqtt import (
+    BrokerSettings,
     broker_settings,
     connect_properties,
     make_client,
@@ -198,14 +199,19 @@ def check_store(ctx: Context) -> Finding:
 def check_broker(ctx: Context) -> Finding:
     """The district broker is reachable and accepts our credentials, over exactly the
     connection the service makes (``sync.mqtt.broker_settings`` and ``make_client``:
-    same address, credentials and TLS, which is on only when ``tls = true``).
+    same address, credentials and TLS, which is on only when ``tls = true``); with
+    ``fallback_brokers`` each node of the list in turn, each reported.
 
     The broker binds the client id to the login (one login = one connection), so while the
     terminal service runs the doctor asks it (``GetStatus``) instead of logging in beside
     it, which would take its connection over. With the service stopped it logs in as the
     terminal does (same client id, persistent session kept: ``clean_start`` off, the
     service's session expiry) and acknowledges nothing, so batches queued for the terminal
-    stay queued for it."""
+    stay queued for it. One node at a time, each connection closed before the next.
+
+    Several nodes: OK when all accept; FAIL when none is usable or one refuses the
+    credentials (the terminal stops syncing when a node it fails over to refuses it);
+    WARN when some are unreachable (the terminal syncs, with less to fall back on)."""
     sync = ctx.cfg.sync
     if not sync.broker:
         return warn("no broker in [sync]: this terminal runs on its local store only")
@@ -213,18 +219,39 @@ def check_broker(ctx: Context) -> Finding:
         settings = broker_settings(sync, "sync")
     except MotcuaError as exc:
         return fail(f"credentials unusable: {exc}")
-    where = f"{settings.host}:{settings.port}" + (" (TLS)" if settings.tls else "")
+    tls = " (TLS)" if settings.tls else ""
     running = _running_terminal_status(ctx)
     if running is not None:
+        where = f"{settings.host}:{settings.port}{tls}"
+        nodes = ", ".join(f"{h}:{p}" for h, p in settings.fallbacks)
+        others = (f"; fallback brokers not probed while it runs (a login beside it would "
+                  f"take its session over): {nodes}" if settings.fallbacks else "")
         if running.sync_connected:
             return ok(f"{where}: the running terminal is connected (asked it; the doctor does "
-                      "not log in beside it)")
+                      f"not log in beside it){others}")
         return fail(f"{where}: the running terminal is not connected to its broker (see "
                     "`journalctl -u motcua-terminal`; stop the service and run the doctor "
-                    "again to test the login itself)")
+                    f"again to test the login itself){others}")
+    found = [_probe_broker(ctx, settings, host, port)
+             for host, port in settings.addresses]
+    if len(found) == 1:
+        return found[0]
+    text = "; ".join(f.explanation for f in found)
+    if any(f.explanation.endswith(REFUSED_HINT) for f in found):
+        return fail(text)
+    if all(f.status is not Status.OK for f in found):
+        return fail(text)
+    if any(f.status is not Status.OK for f in found):
+        return warn(text)
+    return ok(text)
+
+
+def _probe_broker(ctx: Context, settings: BrokerSettings, host: str, port: int) -> Finding:
+    """Log in to one broker node as the terminal does and log out (see check_broker)."""
+    where = f"{host}:{port}" + (" (TLS)" if settings.tls else "")
+    node = dataclasses.replace(settings, host=host, port=port, fallbacks=())
     try:
-        client = make_client(session_client_id(settings, f"motcua-{ctx.cfg.terminal.id}"),
-                             settings)
+        client = make_client(session_client_id(node, f"motcua-{ctx.cfg.terminal.id}"), node)
     except MotcuaError as exc:
         return fail(f"credentials unusable: {exc}")
     client.manual_ack_set(True)  # never acknowledge: queued batches stay the terminal's
@@ -237,8 +264,8 @@ def check_broker(ctx: Context) -> Finding:
 
     client.on_connect = on_connect
     try:
-        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s,
-                       clean_start=False, properties=connect_properties(settings))
+        client.connect(host, port, keepalive=node.keepalive_s,
+                       clean_start=False, properties=connect_properties(node))
     except (OSError, ValueError) as exc:
         hint = "certificate or clock problem" if "certificate" in str(exc).lower() else (
             "network, firewall or broker down")
@@ -253,9 +280,12 @@ def check_broker(ctx: Context) -> Finding:
         stop_client(client)
     reason = result["reason"]
     if reason.is_failure:
-        return fail(f"{where} refused the connection: {reason} (check the user name "
-                    "and password, or the device certificate)")
+        return fail(f"{where} refused the connection: {reason} {REFUSED_HINT}")
     return ok(f"{where} accepted our credentials")
+
+
+#: ends the explanation of a broker that refused our login (check_broker looks for it)
+REFUSED_HINT = "(check the user name and password, or the device certificate)"
 
 
 def _running_terminal_status(ctx: Context) -> Any:
