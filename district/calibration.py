@@ -457,6 +457,8 @@ def is_stale(point: CalibratedPoint | None, citizens: int, settings: Calibration
         return citizens > 0
     if point.target_fpir != settings.target_fpir or point.margin != settings.margin:
         return True
+    if 0.0 < point.confirm_threshold < settings.confirm_floor - 1e-9:
+        return True  # derived before the floor (or a lower one) was set
     base = max(point.gallery_size, 1)
     return abs(citizens - point.gallery_size) / base > settings.recompute_share
 

@@ -11,6 +11,7 @@ candidate with the confirmation floor.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from pathlib import Path
 
@@ -308,5 +309,8 @@ def test_derive_puts_the_confirm_threshold_on_the_floor_when_the_secret_is_stron
     lower = calib.derive(g, calib.CalibrationSettings(min_gallery=100, confirm_floor=0.3),
                          pack_threshold=0.5)
     assert lower.confirm_threshold == pytest.approx(0.3)
+    # a point derived under a lower floor is re-derived when the floor is raised
+    assert not calib.is_stale(strong, len(g), s)
+    assert calib.is_stale(strong, len(g), dataclasses.replace(s, confirm_floor=0.6))
     back = calib.CalibratedPoint.from_json(strong.to_json())
     assert back.secret_id4_share == 1.0 and json.loads(strong.to_json())["confirm_threshold"]
