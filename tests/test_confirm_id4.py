@@ -314,3 +314,21 @@ def test_derive_puts_the_confirm_threshold_on_the_floor_when_the_secret_is_stron
     assert calib.is_stale(strong, len(g), dataclasses.replace(s, confirm_floor=0.6))
     back = calib.CalibratedPoint.from_json(strong.to_json())
     assert back.secret_id4_share == 1.0 and json.loads(strong.to_json())["confirm_threshold"]
+
+
+def test_a_store_made_before_the_flag_column_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    from edge.store.gallery import DB_NAME
+
+    store = GalleryStore.open(tmp_path / "s", embedder_id=EMBEDDER, dim=32)
+    path = store.path / DB_NAME
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE citizens DROP COLUMN dob_id4")
+    db.commit()
+    db.close()
+    for _ in range(2):  # idempotent
+        GalleryStore.open(tmp_path / "s", embedder_id=EMBEDDER, dim=32).close()
+        cols = {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(citizens)")}
+        assert "dob_id4" in cols
