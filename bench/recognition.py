@@ -57,7 +57,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # project modules: kept to these lines so a package rename is a one-place change
 from core.errors import ImageError  # noqa: E402
-from district.calibration import CalibrationSettings, Predictor, derive, loo_scores  # noqa: E402
+from district.calibration import (  # noqa: E402
+    KIND_DOB,
+    KIND_DOB_ID4,
+    SECRETS,
+    CalibrationSettings,
+    Predictor,
+    derive,
+    loo_scores,
+)
 from edge.config import Config, load_config  # noqa: E402
 from edge.session.decision import Matcher, OperatingPoint, Verdict, decide  # noqa: E402
 from edge.session.ports import GalleryMatch  # noqa: E402
@@ -833,26 +841,48 @@ class ArrayGallery:
         return [Match(self.ids[int(i)], float(s[i])) for i in part]
 
 
-def calibration_settings(cfg: Config, target: float) -> CalibrationSettings:
-    """The district's settings matching this terminal configuration (bench: no floor)."""
-    return CalibrationSettings(
+def calibration_settings(cfg: Config, target: float, secret: str,
+                         floor: float | None = None) -> CalibrationSettings:
+    """The district's settings matching this terminal configuration (bench: no gallery
+    floor); ``secret``: ``[calibration] confirm_secret``; ``floor``: None = the default
+    ``confirm_floor``."""
+    base = CalibrationSettings(
         target_fpir=target, margin=cfg.session.margin,
         confirm_candidates=cfg.session.confirm_candidates,
         confirm_tries=min(cfg.session.confirm_tries, cfg.api.pin_max_failures),
-        min_gallery=2)
+        confirm_secret=secret, min_gallery=2)
+    return base if floor is None else dataclasses.replace(base, confirm_floor=floor)
+
+
+def secret_kinds(split: Split, settings: CalibrationSettings, id4_share: float,
+                 seed: int) -> npt.NDArray[np.int8]:
+    """Each gallery citizen's confirmation secret: ``settings.default_kind``, except that
+    a seeded random ``1 - id4_share`` of them lack the number (date of birth only)."""
+    kinds = np.full(len(split.gallery_ids), settings.default_kind, np.int8)
+    if settings.default_kind == KIND_DOB_ID4 and id4_share < 1.0:
+        rng = np.random.default_rng(seed + 31)
+        kinds[rng.random(len(kinds)) >= id4_share] = KIND_DOB
+    return kinds
 
 
 def confirmed_rates(emb: Embeddings, split: Split, cfg: Config,
-                    settings: CalibrationSettings) -> dict[str, Any]:
+                    settings: CalibrationSettings,
+                    kinds: npt.NDArray[np.int8] | None = None,
+                    point_override: tuple[float, float] | None = None) -> dict[str, Any]:
     """Derive the point from the enrolled gallery only; run every probe through the real
-    Matcher at it."""
+    Matcher at it. ``kinds``: each gallery citizen's secret (None: the settings' default);
+    ``point_override``: (threshold, confirm_threshold) instead of the derived ones (the
+    held-out sweep only)."""
     g = emb.matrix(split.gallery_paths)
-    point = derive(g, settings, pack_threshold=0.54)
+    point = derive(g, settings, pack_threshold=0.54, kinds=kinds)
+    t_sure, t_conf = point_override or (point.threshold, point.confirm_threshold)
     matcher = Matcher(ArrayGallery(g, split.gallery_ids),
-                      OperatingPoint(point.threshold, point.margin, "bench calibration",
-                                     point.confirm_threshold),
-                      cfg.session.top_k, cfg.session.confirm_candidates)
-    guess = settings.guess_per_candidate
+                      OperatingPoint(t_sure, point.margin, "bench calibration", t_conf),
+                      cfg.session.top_k, settings.confirm_candidates)
+    kind_of = dict(zip(split.gallery_ids,
+                       (kinds if kinds is not None
+                        else np.full(len(g), settings.default_kind, np.int8)).tolist(),
+                       strict=True))
     ns = nc = 0
     nguess = 0.0
     for v in emb.matrix([p for p, _ in split.nonmated]):
@@ -861,7 +891,8 @@ def confirmed_rates(emb: Embeddings, split: Split, cfg: Config,
             ns += 1
         elif d.verdict is Verdict.CONFIRM:
             nc += 1
-            nguess += min(1.0, len(d.candidates) * guess)
+            # every try is checked against every candidate: union bound over both
+            nguess += min(1.0, sum(settings.guess_for(kind_of[c]) for c in d.candidates))
     sure_right = sure_wrong = confirm_right = 0
     for v, (_, who) in zip(emb.matrix([p for p, _ in split.mated]), split.mated, strict=True):
         d = matcher.match(v)
@@ -874,14 +905,14 @@ def confirmed_rates(emb: Embeddings, split: Split, cfg: Config,
             confirm_right += 1
     n_n, n_m = max(len(split.nonmated), 1), max(len(split.mated), 1)
     # the empirical-only prediction at the same point (no tail fit), for the method check
-    pred_emp = Predictor(loo_scores(g, keep=max(2, settings.confirm_candidates),
-                                    duplicate_score=settings.duplicate_score).top,
-                         settings, None)
-    emp = pred_emp.sure_rate(point.threshold) + pred_emp.confirm_rate(
-        point.threshold, point.confirm_threshold)
+    loo = loo_scores(g, keep=max(2, settings.confirm_candidates),
+                     duplicate_score=settings.duplicate_score)
+    pred_emp = Predictor(loo.top, settings, None, loo.idx, kinds)
+    emp = pred_emp.sure_rate(t_sure) + pred_emp.confirm_rate(t_sure, t_conf)
     return {
-        "gallery": len(g), "threshold": point.threshold, "margin": point.margin,
-        "confirm_threshold": point.confirm_threshold,
+        "gallery": len(g), "threshold": t_sure, "margin": point.margin,
+        "confirm_threshold": t_conf, "confirm_candidates": settings.confirm_candidates,
+        "confirm_secret": settings.confirm_secret, "secret_id4_share": point.secret_id4_share,
         "fpir_predicted": point.predicted_fpir, "predicted_sure": point.predicted_sure,
         "predicted_confirm": point.predicted_confirm, "fpir_predicted_empirical": emp,
         "fpir": (ns + nguess) / n_n, "fpir_sure": ns / n_n, "confirm_rate": nc / n_n,
@@ -891,6 +922,53 @@ def confirmed_rates(emb: Embeddings, split: Split, cfg: Config,
         "face_only_share": (sure_right + sure_wrong) / n_m,
         "seconds_derive": point.seconds,
     }
+
+
+def confirm_sweep(emb: Embeddings, dev: Split, settings: CalibrationSettings,
+                  kinds: npt.NDArray[np.int8], floors: Sequence[float],
+                  ks: Sequence[int]) -> list[dict[str, Any]]:
+    """On the held-out split only: at the derived SURE threshold, for each CONFIRM floor
+    and number of candidates k, FNIR with confirmation, the share of strangers asked to
+    confirm, the innocent candidates a stranger's wrong answer is charged to, and FPIR
+    (what ``confirm_floor`` and ``confirm_candidates`` are chosen from). Vectorised over
+    one exact top-k search (the gallery holds one photo per person, so the top-k are
+    distinct citizens, as the Matcher's are)."""
+    g = emb.matrix(dev.gallery_paths)
+    t_sure = derive(g, settings, pack_threshold=0.54, kinds=kinds).threshold
+    guess = np.array([settings.guess_for(int(c)) for c in kinds])
+    kmax = max(ks)
+    ids = np.array(dev.gallery_ids)
+    n_idx, n_val = top_k(emb.matrix([p for p, _ in dev.nonmated]), g, max(kmax, 2))
+    m_idx, m_val = top_k(emb.matrix([p for p, _ in dev.mated]), g, max(kmax, 2))
+    who = np.array([w for _, w in dev.mated])
+
+    def sure(val: F32) -> npt.NDArray[np.bool_]:
+        return (val[:, 0] >= t_sure) & (val[:, 0] - val[:, 1] >= settings.margin)
+
+    n_sure, m_sure = sure(n_val), sure(m_val)
+    m_right = ids[m_idx] == who[:, None]
+    rows = []
+    for k in ks:
+        for f in floors:
+            n_near = n_val[:, :k] >= f
+            asked = ~n_sure & n_near.any(axis=1)
+            p = np.minimum(1.0, np.sum(np.where(n_near, guess[n_idx[:, :k]], 0.0), axis=1))
+            fp_conf = float(np.sum(np.where(asked, p, 0.0))) / len(n_val)
+            m_near = m_val[:, :k] >= f
+            ok = (m_sure & m_right[:, 0]) | (~m_sure & np.any(m_near & m_right[:, :k], axis=1))
+            row = {"confirm_candidates": k, "floor": f, "threshold": t_sure,
+                   "fnir_confirmed": round(1.0 - float(ok.mean()), 5),
+                   "strangers_asked": round(float(asked.mean()), 5),
+                   "charged_per_stranger": round(float(np.sum(
+                       np.where(asked[:, None], n_near, False)) / len(n_val)), 4),
+                   "fpir_sure": round(float(n_sure.mean()), 6),
+                   "fpir_confirm": fp_conf}
+            rows.append(row)
+            log(f"  k {k} floor {f:.2f} (sure {t_sure:.3f}): FNIR confirmed "
+                f"{row['fnir_confirmed']:.4f}, strangers asked {row['strangers_asked']:.4f}, "
+                f"candidates charged per stranger lookup {row['charged_per_stranger']:.3f}, "
+                f"FPIR sure {row['fpir_sure']:.5f} + confirm {fp_conf:.2e}")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------
@@ -984,7 +1062,22 @@ def main() -> int:
                     help="with --second: View 1 figures of fusion weights 0, 0.1 .. 1, and stop")
     ap.add_argument("--view1", action="store_true",
                     help="View 1 figures of the given crop settings only, and stop")
+    ap.add_argument("--confirm-secret", default=CalibrationSettings.confirm_secret,
+                    choices=SECRETS, help="the confirmation secret ([calibration] "
+                    "confirm_secret; default %(default)s)")
+    ap.add_argument("--id4-share", type=float, default=1.0,
+                    help="with birth_date_id4: share of the gallery whose number the "
+                    "district has (the rest: date of birth only); default 1")
+    ap.add_argument("--confirm-candidates", type=int,
+                    help="CONFIRM candidates k (default: [session] confirm_candidates)")
+    ap.add_argument("--confirm-floor", type=float,
+                    help="[calibration] confirm_floor (default: the setting's default)")
+    ap.add_argument("--confirm-sweep", action="store_true",
+                    help="on the held-out split only: FNIR/strangers asked/FPIR for CONFIRM "
+                    "floors 0.30..0.56 and k = 3, 5; then stop")
     args = ap.parse_args()
+    if not 0.0 <= args.id4_share <= 1.0:
+        raise SystemExit("bench: --id4-share must be in [0, 1]")
 
     t_start = time.perf_counter()
     cfg = load_config(Path(args.config) if args.config else None)
@@ -1095,6 +1188,21 @@ def main() -> int:
     if args.embed_only:
         print(json.dumps({"photos": len(ds.paths), "no_face": emb.no_face(ds.paths),
                           "cache": str(emb.emb_path)}))
+        return 0
+
+    if args.confirm_candidates:
+        cfg = dataclasses.replace(cfg, session=dataclasses.replace(
+            cfg.session, confirm_candidates=args.confirm_candidates))
+    cset = calibration_settings(cfg, args.target_fpir, args.confirm_secret, args.confirm_floor)
+    if args.confirm_sweep:
+        dev_seed = args.seed + DEV_SPLIT_OFFSET
+        dev = make_split(ds, args.enrol_share, dev_seed)
+        log(f"\nheld-out split (seed {dev_seed}) only, secret {args.confirm_secret} "
+            f"(id4 share {args.id4_share}): CONFIRM floor and candidates")
+        rows = confirm_sweep(emb, dev, cset, secret_kinds(dev, cset, args.id4_share, dev_seed),
+                             [round(x, 2) for x in np.arange(0.30, 0.605, 0.02)], (3, 5))
+        print(json.dumps({"confirm_sweep": rows, "seed": dev_seed,
+                          "confirm_secret": args.confirm_secret}))
         return 0
 
     out: dict[str, Any] = {"dataset": root.name, "quick": bool(args.quick),
@@ -1227,10 +1335,13 @@ def main() -> int:
         cal_summary.append(entry)
 
     # -- the product's calibration + confirmation step: held-out split first, then splits
-    cset = calibration_settings(cfg, args.target_fpir)
+    space = cset.plausible_dates * (cset.id4_combinations
+                                    if cset.default_kind == KIND_DOB_ID4 else 1)
     log(f"\ncalibrated point for target {args.target_fpir:g} (district/calibration.py, "
-        f"gallery only), confirmation through the real Matcher; P(guess) <= "
-        f"{cset.confirm_tries} tries x candidates / {cset.plausible_dates} dates")
+        f"gallery only), confirmation through the real Matcher; secret "
+        f"{cset.confirm_secret} (id4 share {args.id4_share}), k = "
+        f"{cset.confirm_candidates}, floor {cset.confirm_floor}; P(guess) <= "
+        f"{cset.confirm_tries} tries x candidates / {space:,} secrets")
 
     def show_conf(tag: str, c: dict[str, Any]) -> None:
         log(f"  {tag}: gallery {c['gallery']} sure {c['threshold']:.3f}+{c['margin']} "
@@ -1242,12 +1353,14 @@ def main() -> int:
             f"{c['mated_wrong_sure']:.5f} [{c['mated_wrong_sure_count']}], face-only "
             f"{c['face_only_share']:.4f}")
 
-    dev_conf = confirmed_rates(emb, dev, cfg, cset)
+    dev_conf = confirmed_rates(emb, dev, cfg, cset,
+                               secret_kinds(dev, cset, args.id4_share, dev_seed))
     show_conf(f"held-out split (seed {dev_seed})", dev_conf)
     confs = []
     for s in range(args.splits):
-        confs.append(confirmed_rates(emb, make_split(ds, args.enrol_share, args.seed + s),
-                                     cfg, cset))
+        sp = make_split(ds, args.enrol_share, args.seed + s)
+        confs.append(confirmed_rates(emb, sp, cfg, cset,
+                                     secret_kinds(sp, cset, args.id4_share, args.seed + s)))
         show_conf(f"split {s}", confs[-1])
 
     def mean(key: str) -> float:
@@ -1276,6 +1389,10 @@ def main() -> int:
         confirm_rate=mean("confirm_rate"),
         calibrated_threshold=mean("threshold"),
         calibrated_confirm_threshold=mean("confirm_threshold"),
+        confirm_secret=cset.confirm_secret,
+        id4_share=args.id4_share,
+        confirm_candidates=cset.confirm_candidates,
+        confirm_floor=cset.confirm_floor,
         mated_wrong_sure=mean("mated_wrong_sure"),
         calibrated_splits=confs,
         calibrated_dev=dev_conf,

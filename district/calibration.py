@@ -3,13 +3,19 @@
 A stranger at a terminal is shown someone else's data in one of two ways: a SURE match
 (best score >= ``threshold`` and ahead of the next citizen by ``margin``), or a CONFIRM
 step (best score >= ``confirm_threshold``) in which they then guess one of the candidates'
-dates of birth. So
+confirmation secrets. So
 
-    FPIR = P(SURE) + sum over strangers reaching CONFIRM of P(guess | k candidates)
+    FPIR = P(SURE) + sum over strangers reaching CONFIRM of P(guess | its candidates)
 
-with P(guess) <= tries x k / plausible_dates (each try is checked against every
-candidate; ``tries`` = min(the terminal's ``[session] confirm_tries``, the per-citizen
-budget ``api.pin_max_failures``)).
+with P(guess) <= tries x sum over the candidates c of 1 / space(c) (each try is checked
+against every candidate; ``tries`` = min(the terminal's ``[session] confirm_tries``, the
+per-citizen budget ``api.pin_max_failures``)). ``space(c)`` follows the secret candidate c
+has on record (``[calibration] confirm_secret`` decides what the district hashes when it
+has the number): the date of birth alone, ``plausible_dates``; the date of birth and the
+last 4 digits of the personal identification number, ``plausible_dates x
+id4_combinations``; no secret at all, no guess (the terminal never confirms them).
+``confirm_floor`` keeps the CONFIRM step for faces that are near someone even when the
+guess costs almost nothing.
 
 Nobody in the gallery is a stranger, but every enrolled citizen is a stranger *to every
 other citizen*: the best scores of each citizen's embedding against all OTHER citizens
@@ -59,6 +65,15 @@ GRID_STEP = 0.001
 #: name of the key in the change log's ``meta`` table holding the current point
 META_KEY = "calibration"
 
+#: the confirmation secrets (``[calibration] confirm_secret``; per citizen in the log):
+#: the date of birth "DDMMYYYY" alone, or followed by the last 4 digits of the personal
+#: identification number (số định danh cá nhân)
+SECRET_DOB = "birth_date"
+SECRET_DOB_ID4 = "birth_date_id4"
+SECRETS = (SECRET_DOB, SECRET_DOB_ID4)
+#: per-citizen secret codes in the arrays the predictor takes
+KIND_NONE, KIND_DOB, KIND_DOB_ID4 = 0, 1, 2
+
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationSettings:
@@ -74,6 +89,23 @@ class CalibrationSettings:
     margin: float = 0.08
     #: the terminals' ``[session] confirm_candidates``
     confirm_candidates: int = 3
+    #: what the district hashes for the confirmation step when a record carries the
+    #: personal identification number: "birth_date_id4" (date of birth + the number's last
+    #: 4 digits) or "birth_date" (date of birth only, the number is not used). Citizens
+    #: without a number always have the date of birth only; the prediction counts each
+    #: candidate by the secret it has
+    confirm_secret: str = SECRET_DOB_ID4
+    #: values of the last 4 digits: the tail of a 6-digit serial issued in order within a
+    #: province, century/sex and birth year, so close to uniform over 0000-9999; a
+    #: stranger who does not hold the card has no better guess than 1 in 10,000
+    id4_combinations: int = 10000
+    #: lowest confirmation threshold, whatever the guess budget allows. With the 4 digits
+    #: a guess costs ~1e-7 per candidate, so the budget alone would let every face reach
+    #: the step, and each wrong answer (a stranger typing their own date) is charged to
+    #: every candidate's per-citizen tries. 0.46 = the highest floor at which FNIR with
+    #: confirmation is <= 5 % on LFW's held-out split (seed 1000, FaceNet, k = 3: 4.83 %;
+    #: 0.48: 5.29 %); chosen there, never on the reported splits (docs/recognition.md)
+    confirm_floor: float = 0.46
     #: guesses a stranger gets per lookup: min(``[session] confirm_tries`` (3),
     #: ``api.pin_max_failures`` (5))
     confirm_tries: int = 3
@@ -100,7 +132,13 @@ class CalibrationSettings:
             raise ConfigError(f"{p}sure_share: in (0, 1], got {self.sure_share!r}")
         if not 0.0 <= self.margin < 1.0:
             raise ConfigError(f"{p}margin: in [0, 1), got {self.margin!r}")
-        for name in ("confirm_candidates", "confirm_tries", "plausible_dates", "min_gallery"):
+        if self.confirm_secret not in SECRETS:
+            raise ConfigError(f"{p}confirm_secret: one of {', '.join(SECRETS)}, got "
+                              f"{self.confirm_secret!r}")
+        if not 0.0 <= self.confirm_floor < 1.0:
+            raise ConfigError(f"{p}confirm_floor: a cosine in [0, 1), got {self.confirm_floor!r}")
+        for name in ("confirm_candidates", "confirm_tries", "plausible_dates", "min_gallery",
+                     "id4_combinations"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{p}{name}: at least 1")
         if not 0.0 < self.duplicate_score <= 1.0:
@@ -110,8 +148,22 @@ class CalibrationSettings:
 
     @property
     def guess_per_candidate(self) -> float:
-        """Upper bound of P(a stranger names one candidate's date of birth) per lookup."""
-        return min(1.0, self.confirm_tries / self.plausible_dates)
+        """Upper bound of P(a stranger names one candidate's date of birth) per lookup
+        (the weakest secret: a candidate with the date of birth only)."""
+        return self.guess_for(KIND_DOB)
+
+    def guess_for(self, kind: int) -> float:
+        """Upper bound of P(a stranger names the secret of one candidate whose secret is
+        ``kind``) per lookup."""
+        if kind == KIND_NONE:
+            return 0.0
+        space = self.plausible_dates * (self.id4_combinations if kind == KIND_DOB_ID4 else 1)
+        return min(1.0, self.confirm_tries / space)
+
+    @property
+    def default_kind(self) -> int:
+        """The secret every citizen has when the district holds everyone's number."""
+        return KIND_DOB_ID4 if self.confirm_secret == SECRET_DOB_ID4 else KIND_DOB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +184,8 @@ class CalibratedPoint:
     method: str
     duplicate_pairs: int = 0
     seconds: float = 0.0
+    #: share of the citizens whose secret is the date of birth + 4 digits of the number
+    secret_id4_share: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -159,6 +213,8 @@ class LooScores:
     top: F32
     #: pairs of citizens >= duplicate_score (left out)
     duplicate_pairs: int
+    #: (N, k+1) the row numbers of those citizens, same order (-1: none)
+    idx: npt.NDArray[np.int64] | None = None
 
 
 def loo_scores(gallery: F32, *, keep: int, duplicate_score: float,
@@ -170,6 +226,7 @@ def loo_scores(gallery: F32, *, keep: int, duplicate_score: float,
     n = len(g)
     keep = max(1, min(keep, n - 1)) if n > 1 else 1
     top = np.full((n, keep), -1.0, np.float32)
+    idx = np.full((n, keep), -1, np.int64)
     dups = 0
     for a in range(0, n, row_block):
         s = g[a : a + row_block] @ g.T
@@ -179,11 +236,15 @@ def loo_scores(gallery: F32, *, keep: int, duplicate_score: float,
         dups += int(dup.sum())
         s[dup] = -2.0
         if n > 1:
-            part = np.partition(s, n - keep, axis=1)[:, n - keep:] if keep < n else s
-            top[a : a + row_block] = -np.sort(-part, axis=1)[:, :keep]
+            cols = (np.argpartition(s, n - keep, axis=1)[:, n - keep:] if keep < n
+                    else np.broadcast_to(np.arange(n), s.shape))
+            vals = np.take_along_axis(s, cols, axis=1)
+            order = np.argsort(-vals, axis=1, kind="stable")[:, :keep]
+            top[a : a + row_block] = np.take_along_axis(vals, order, axis=1)
+            idx[a : a + row_block] = np.take_along_axis(cols, order, axis=1)
         if progress is not None:
             progress(min(a + row_block, n), n)
-    return LooScores(top=top, duplicate_pairs=dups // 2)
+    return LooScores(top=top, duplicate_pairs=dups // 2, idx=idx)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,10 +294,31 @@ class Predictor:
     top: F32
     settings: CalibrationSettings
     tail: Tail | None
+    #: (N, k+1) the row numbers of ``top``'s citizens; None: every candidate is taken to
+    #: have the weakest secret (date of birth only)
+    idx: npt.NDArray[np.int64] | None = None
+    #: (N,) each citizen's secret (KIND_*); None: ``settings.default_kind`` for all
+    kinds: npt.NDArray[np.int8] | None = None
 
     @classmethod
-    def from_scores(cls, loo: LooScores, settings: CalibrationSettings) -> Predictor:
-        return cls(loo.top, settings, fit_tail(loo.top[:, 0]))
+    def from_scores(cls, loo: LooScores, settings: CalibrationSettings,
+                    kinds: npt.NDArray[np.int8] | None = None) -> Predictor:
+        return cls(loo.top, settings, fit_tail(loo.top[:, 0]), loo.idx, kinds)
+
+    def candidate_guess(self, k: int) -> npt.NDArray[np.float64]:
+        """(N, k) P(guess) of each row's k best other citizens (by their secret)."""
+        n = len(self.top)
+        if self.idx is None:
+            return np.full((n, k), self.settings.guess_for(KIND_DOB))
+        table = np.array([self.settings.guess_for(c)
+                          for c in (KIND_NONE, KIND_DOB, KIND_DOB_ID4)])
+        if self.kinds is None:
+            per_citizen = np.full(n, self.settings.default_kind, np.int64)
+        else:
+            per_citizen = self.kinds.astype(np.int64)
+        ix = self.idx[:, :k]
+        out = table[per_citizen[np.clip(ix, 0, None)]]
+        return np.where(ix >= 0, out, 0.0)
 
     def sure_empirical(self, t: float) -> tuple[float, int]:
         best = self.top[:, 0]
@@ -264,23 +346,26 @@ class Predictor:
         return float((lead[order] >= self.settings.margin).mean()) if len(order) else 1.0
 
     def confirm_rate(self, t: float, tc: float) -> float:
-        """Predicted P(stranger reaches CONFIRM and guesses a date of birth)."""
+        """Predicted P(stranger reaches CONFIRM and guesses a candidate's secret)."""
         if tc <= 0.0 or tc >= t:
             return 0.0
-        k = self.settings.confirm_candidates
+        k = min(self.settings.confirm_candidates, self.top.shape[1])
         best = self.top[:, 0]
         lead = best - self.top[:, 1] if self.top.shape[1] > 1 else best
         sure = (best >= t) & (lead >= self.settings.margin)
-        cands = (self.top[:, :k] >= tc).sum(axis=1)
-        reach = ~sure & (cands > 0)
-        p = np.minimum(1.0, cands * self.settings.guess_per_candidate)
+        near = self.top[:, :k] >= tc
+        reach = ~sure & near.any(axis=1)
+        p = np.minimum(1.0, np.sum(np.where(near, self.candidate_guess(k), 0.0), axis=1))
         return float(np.sum(np.where(reach, p, 0.0)) / len(best))
 
 
 def derive(gallery: F32, settings: CalibrationSettings, *, pack_threshold: float,
            progress: Callable[[int, int], None] | None = None,
-           now_ms: int | None = None) -> CalibratedPoint:
-    """The operating point of this gallery (one embedding per citizen, unit rows)."""
+           now_ms: int | None = None,
+           kinds: npt.NDArray[np.int8] | None = None) -> CalibratedPoint:
+    """The operating point of this gallery (one embedding per citizen, unit rows);
+    ``kinds``: each citizen's confirmation secret (KIND_*, same rows; None: all have
+    ``settings.default_kind``)."""
     t0 = time.perf_counter()
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     n = len(gallery)
@@ -292,7 +377,7 @@ def derive(gallery: F32, settings: CalibrationSettings, *, pack_threshold: float
             predicted_confirm=0.0, gallery_size=n, derived_at_ms=now_ms, method="pack")
     loo = loo_scores(gallery, keep=max(2, settings.confirm_candidates),
                      duplicate_score=settings.duplicate_score, progress=progress)
-    pred = Predictor.from_scores(loo, settings)
+    pred = Predictor.from_scores(loo, settings, kinds)
     grid = np.round(np.arange(1.0, 0.0, -GRID_STEP), 6)
     # T_sure: the lowest threshold at which the strangers' best score alone (margin not
     # counted) fits the sure share of the budget. Not leaning on the margin keeps a
@@ -306,10 +391,11 @@ def derive(gallery: F32, settings: CalibrationSettings, *, pack_threshold: float
             break
         t_sure = float(t)
     sure = pred.sure_rate(t_sure)
-    # T_confirm: the lowest threshold whose total still meets the target
+    # T_confirm: the lowest threshold whose total still meets the target, not below the
+    # floor (with a strong secret the budget alone would reach down to any face)
     t_conf = 0.0
     conf = 0.0
-    for tc in grid[grid < t_sure]:
+    for tc in grid[(grid < t_sure) & (grid >= settings.confirm_floor - 1e-9)]:
         c = pred.confirm_rate(t_sure, float(tc))
         if sure + c > target:
             break
@@ -318,15 +404,25 @@ def derive(gallery: F32, settings: CalibrationSettings, *, pack_threshold: float
         threshold=t_sure, margin=settings.margin, confirm_threshold=t_conf,
         target_fpir=target, predicted_fpir=sure + conf, predicted_sure=sure,
         predicted_confirm=conf, gallery_size=n, derived_at_ms=now_ms, method="calibrated",
-        duplicate_pairs=loo.duplicate_pairs, seconds=round(time.perf_counter() - t0, 2))
+        duplicate_pairs=loo.duplicate_pairs, seconds=round(time.perf_counter() - t0, 2),
+        secret_id4_share=id4_share(kinds, n, settings))
+
+
+def id4_share(kinds: npt.NDArray[np.int8] | None, n: int,
+              settings: CalibrationSettings) -> float:
+    """Share of the citizens whose secret includes the 4 digits."""
+    if kinds is None:
+        return 1.0 if settings.default_kind == KIND_DOB_ID4 and n else 0.0
+    return float(np.mean(kinds == KIND_DOB_ID4)) if len(kinds) else 0.0
 
 
 def predict(gallery: F32, settings: CalibrationSettings, threshold: float,
-            confirm_threshold: float) -> tuple[float, float]:
+            confirm_threshold: float,
+            kinds: npt.NDArray[np.int8] | None = None) -> tuple[float, float]:
     """Predicted (SURE, CONFIRM-and-guess) stranger rates at a given point."""
     loo = loo_scores(gallery, keep=max(2, settings.confirm_candidates),
                      duplicate_score=settings.duplicate_score)
-    pred = Predictor.from_scores(loo, settings)
+    pred = Predictor.from_scores(loo, settings, kinds)
     return pred.sure_rate(threshold), pred.confirm_rate(threshold, confirm_threshold)
 
 
@@ -336,6 +432,11 @@ def predict(gallery: F32, settings: CalibrationSettings, threshold: float,
 def gallery_of(dlog: DistrictLog) -> F32:
     """One embedding per enrolled citizen (the first, normally the ID photo)."""
     return dlog.first_embeddings()
+
+
+def gallery_and_secrets(dlog: DistrictLog) -> tuple[F32, npt.NDArray[np.int8]]:
+    """:func:`gallery_of` and each citizen's confirmation secret (KIND_*), row for row."""
+    return dlog.first_embeddings_and_secrets()
 
 
 def stored(dlog: DistrictLog) -> CalibratedPoint | None:
@@ -356,6 +457,8 @@ def is_stale(point: CalibratedPoint | None, citizens: int, settings: Calibration
         return citizens > 0
     if point.target_fpir != settings.target_fpir or point.margin != settings.margin:
         return True
+    if 0.0 < point.confirm_threshold < settings.confirm_floor - 1e-9:
+        return True  # derived before the floor (or a lower one) was set
     base = max(point.gallery_size, 1)
     return abs(citizens - point.gallery_size) / base > settings.recompute_share
 
@@ -363,8 +466,9 @@ def is_stale(point: CalibratedPoint | None, citizens: int, settings: Calibration
 def recompute(dlog: DistrictLog, settings: CalibrationSettings, *, pack_threshold: float,
               progress: Callable[[int, int], None] | None = None) -> CalibratedPoint:
     """Derive the point from the log's citizens now and store it in the log."""
-    point = derive(gallery_of(dlog), settings, pack_threshold=pack_threshold,
-                   progress=progress)
+    gallery, kinds = gallery_and_secrets(dlog)
+    point = derive(gallery, settings, pack_threshold=pack_threshold, progress=progress,
+                   kinds=kinds)
     dlog.set_meta(META_KEY, point.to_json())
     log.info("calibration: %s", point.describe())
     return point
@@ -392,4 +496,8 @@ LIMITS = (
     "method does not see",
     "date-of-birth guessing assumes uniform dates within the plausible range; "
     "IDs with an unknown day (01/01) make some dates likelier",
+    "the 4 digits of the personal identification number stop a stranger, not someone who "
+    "knows the citizen: a relative or anyone who has seen the ID card (a targeted attack, "
+    "docs/security.md); citizens without the number on record count with the date of "
+    "birth alone",
 )

@@ -301,7 +301,8 @@ def cmd_enrol(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\rembedding photos: {done}/{total}", end="", file=sys.stderr, flush=True)
 
-    result = enrol(dlog, records, args.photos, embedder, progress=progress)
+    result = enrol(dlog, records, args.photos, embedder, progress=progress,
+                   confirm_secret=cfg.calibration.confirm_secret)
     print(file=sys.stderr)
     for line in result.skipped_photos:
         print(f"skipped {line}", file=sys.stderr)
@@ -481,7 +482,7 @@ def cmd_calibration(args: argparse.Namespace) -> int:
         return 0
     at = datetime.datetime.fromtimestamp(point.derived_at_ms / 1000, datetime.timezone.utc)
     print(f"operating point: threshold {point.threshold:.3f}, margin {point.margin:.3f}, "
-          + (f"confirm (date of birth) from {point.confirm_threshold:.3f}"
+          + (f"confirm (date of birth [+ 4 digits]) from {point.confirm_threshold:.3f}"
              if point.confirm_threshold else "no confirmation step"))
     print(f"target FPIR {point.target_fpir:g}; predicted {point.predicted_fpir:.2e} "
           f"(face alone {point.predicted_sure:.2e} + confirmation guessed "
@@ -490,8 +491,11 @@ def cmd_calibration(args: argparse.Namespace) -> int:
           f"(now {citizens}; re-derived past a {settings.recompute_share:.0%} change), "
           f"{point.duplicate_pairs} duplicate pair(s) left out (>= {settings.duplicate_score})"
           f", {point.seconds:.1f} s")
-    print(f"date-of-birth guess bound: {settings.confirm_tries} tries x candidates / "
-          f"{settings.plausible_dates} plausible dates")
+    print(f"confirmation secret ({settings.confirm_secret}): date of birth + the personal "
+          f"number's last 4 digits for {point.secret_id4_share:.1%} of the citizens; guess "
+          f"bound {settings.confirm_tries} tries x candidates / {settings.plausible_dates} "
+          f"plausible dates (x {settings.id4_combinations} with the 4 digits); confirmation "
+          f"never below {settings.confirm_floor:.2f}")
     if point.method == "pack":
         print(f"WARNING: {point.gallery_size} citizens < [calibration] min_gallery "
               f"{settings.min_gallery}: too few to predict a rate of {point.target_fpir:g}; "

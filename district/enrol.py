@@ -1,11 +1,14 @@
 """District enrolment: records (CSV or JSON) + a folder of photos -> change-log entries.
 
-Records: JSON ``[{citizen_id, full_name, phone, pin?, date_of_birth?, photos?, dossiers:
-[{code, procedure, status, stage, received_on, appointment_on?, counter?}]}]`` or CSV with
-columns ``citizen_id, full_name, phone[, pin][, date_of_birth][, dossier_code, procedure,
-status, stage, received_on, appointment_on, counter]`` (one row per dossier; citizen
-columns repeat). ``date_of_birth`` is ``YYYY-MM-DD`` or ``DD/MM/YYYY``; a citizen without
-one cannot use the terminal's confirmation step (only a sure face match shows them).
+Records: JSON ``[{citizen_id, full_name, phone, pin?, date_of_birth?, personal_id_number?,
+photos?, dossiers: [{code, procedure, status, stage, received_on, appointment_on?,
+counter?}]}]`` or CSV with columns ``citizen_id, full_name, phone[, pin][, date_of_birth][,
+personal_id_number][, dossier_code, procedure, status, stage, received_on, appointment_on,
+counter]`` (one row per dossier; citizen columns repeat). ``date_of_birth`` is
+``YYYY-MM-DD`` or ``DD/MM/YYYY``; a citizen without one cannot use the terminal's
+confirmation step (only a sure face match shows them). ``personal_id_number`` (12 digits,
+the CCCD number) needs a date of birth; only its last 4 digits are kept in memory, hashed
+with the date of birth (``[calibration] confirm_secret``), never written anywhere.
 Photos: ``<photos>/<citizen_id>/*`` or ``<photos>/<citizen_id>.<ext>`` (or the record's
 ``photos`` list, relative to the folder).
 
@@ -29,7 +32,16 @@ import numpy.typing as npt
 
 from core.errors import DistrictError, ImageError
 from district.log import DistrictLog
-from district.privacy import check_phone, dob_digits, hash_dob, hash_pin, issue_pin, mask_name
+from district.privacy import (
+    SECRET_DOB_ID4,
+    check_phone,
+    dob_digits,
+    hash_confirmation,
+    hash_pin,
+    issue_pin,
+    mask_name,
+    personal_id_last4,
+)
 from faces.imagefiles import read_image
 from sync.changes import Dossier, DossierStatus
 
@@ -69,6 +81,9 @@ class Record:
     pin: str = ""
     #: "DDMMYYYY" (normalised from the record), "" when the record has none
     date_of_birth: str = ""
+    #: 8 zeros + the last 4 digits of the personal identification number (the rest is
+    #: dropped when the record is read), "" when the record has none
+    personal_id: str = ""
     photos: list[str] = dataclasses.field(default_factory=list)
     dossiers: list[Dossier] = dataclasses.field(default_factory=list)
 
@@ -146,8 +161,8 @@ def read_records(path: Path) -> list[Record]:
             where = f"{path} line {n}"
             rec = _citizen(row, where)
             have = records.setdefault(rec.citizen_id, rec)
-            if (have.full_name, have.phone, have.date_of_birth) != (
-                    rec.full_name, rec.phone, rec.date_of_birth):
+            if (have.full_name, have.phone, have.date_of_birth, have.personal_id) != (
+                    rec.full_name, rec.phone, rec.date_of_birth, rec.personal_id):
                 raise DistrictError(f"{where}: citizen {rec.citizen_id} differs from earlier rows")
             if (row.get("dossier_code") or "").strip():
                 d = {
@@ -180,8 +195,18 @@ def _citizen(item: dict, where: str) -> Record:  # type: ignore[type-arg]
     phone = str(item.get("phone", "") or "").strip()
     pin = str(item.get("pin", "") or "").strip()
     dob = str(item.get("date_of_birth", "") or "").strip()
+    pid = str(item.get("personal_id_number", "") or "").strip()
     if not cid or not name:
         raise DistrictError(f"{where}: citizen_id and full_name are required")
+    if pid:
+        try:
+            # only the last 4 digits are kept (padded to 12 so the shape stays checked)
+            pid = "0" * 8 + personal_id_last4(pid)
+        except ValueError as exc:
+            raise DistrictError(f"{where}: personal_id_number: {exc}") from None
+        if not dob:
+            raise DistrictError(f"{where}: personal_id_number needs date_of_birth (the "
+                                "confirmation secret hashes them together)")
     try:
         if phone:
             check_phone(phone)
@@ -192,7 +217,7 @@ def _citizen(item: dict, where: str) -> Record:  # type: ignore[type-arg]
         raise DistrictError(f"{where}: {exc}") from None
     if pin and not (pin.isdigit() and 4 <= len(pin) <= 8):
         raise DistrictError(f"{where}: a PIN is 4 to 8 digits")
-    return Record(cid, name, phone, pin, dob)
+    return Record(cid, name, phone, pin, dob, pid)
 
 
 def photo_paths(rec: Record, photos_dir: Path) -> list[Path]:
@@ -242,8 +267,11 @@ def enrol(
     embedder: PhotoEmbedder,
     *,
     progress: Callable[[int, int], None] | None = None,
+    confirm_secret: str = SECRET_DOB_ID4,
 ) -> EnrolResult:
-    """Embed every citizen's photos, then append all changes in one transaction."""
+    """Embed every citizen's photos, then append all changes in one transaction;
+    ``confirm_secret``: ``[calibration] confirm_secret`` (what the confirmation hash
+    covers when a record has the personal identification number)."""
     if embedder.embedder_id != dlog.embedder_id or embedder.dim != dlog.dim:
         raise DistrictError(
             f"the log is for embedder {dlog.embedder_id!r}/{dlog.dim}, the model pack gives "
@@ -263,12 +291,14 @@ def enrol(
             pin = issue_pin()
             issued.append((rec.citizen_id, rec.phone, pin))
         pin_hash, pin_salt = hash_pin(pin)
-        dob_hash, dob_salt = hash_dob(rec.date_of_birth) if rec.date_of_birth else (b"", b"")
+        dob_hash, dob_salt, dob_id4 = (
+            hash_confirmation(rec.date_of_birth, rec.personal_id, confirm_secret)
+            if rec.date_of_birth else (b"", b"", False))
         prepared.append((rec, emb, mask_name(rec.full_name), pin_hash, pin_salt, dob_hash,
-                         dob_salt))
+                         dob_salt, dob_id4))
     first = dlog.head_seq + 1
     with dlog.transaction():
-        for rec, emb, masked, pin_hash, pin_salt, dob_hash, dob_salt in prepared:
+        for rec, emb, masked, pin_hash, pin_salt, dob_hash, dob_salt, dob_id4 in prepared:
             dlog.upsert_citizen(
                 rec.citizen_id,
                 masked_name=masked,
@@ -277,6 +307,7 @@ def enrol(
                 pin_salt=pin_salt,
                 dob_hash=dob_hash,
                 dob_salt=dob_salt,
+                dob_id4=dob_id4,
             )
             for d in rec.dossiers:
                 dlog.upsert_dossier(d)

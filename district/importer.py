@@ -3,7 +3,8 @@
 Formats (docs/district.md): ``.json`` (a list of events, as the API takes them),
 ``.jsonl``/``.ndjson`` (one event per line) or ``.csv`` (columns ``event_id, kind,
 version`` and the data fields, e.g. ``code, citizen_id, procedure, status, stage,
-received_on, appointment_on, counter, full_name, date_of_birth, pin, photos``; a cell
+received_on, appointment_on, counter, full_name, date_of_birth, personal_id_number,
+pin, photos``; a cell
 only counts for the kinds that have that field, an empty cell is "not given" except
 ``stage`` and ``appointment_on``, where it clears; ``photos`` are ';'-separated paths
 relative to the CSV file).
@@ -167,7 +168,8 @@ def run_import(cfg: DistrictConfig, db: Path, path: Path, *, progress: bool = Tr
     dlog = DistrictLog.open(db)
     try:
         ingestor = Ingestor(dlog, lambda: pipeline_embedder(_load_pipeline(cfg)),
-                            max_photo_bytes=cfg.ingest.max_photo_bytes)
+                            max_photo_bytes=cfg.ingest.max_photo_bytes,
+                            confirm_secret=cfg.calibration.confirm_secret)
         counts = {"applied": 0, "duplicate": 0, "stale": 0, "rejected": 0}
         rejected: list[str] = []
         bar = Progress(len(events), progress)

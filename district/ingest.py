@@ -42,7 +42,14 @@ from pydantic import ValidationError as PydanticValidationError
 from core.errors import DistrictError, ImageError
 from district.enrol import MAX_PHOTOS, PhotoEmbedder
 from district.log import MAX_ID_LEN, MAX_TEXT_LEN, DistrictLog
-from district.privacy import dob_digits, hash_dob, hash_pin, issue_pin, mask_name
+from district.privacy import (
+    PERSONAL_ID_DIGITS,
+    SECRET_DOB_ID4,
+    hash_confirmation,
+    hash_pin,
+    issue_pin,
+    mask_name,
+)
 from faces.imagefiles import decode_image, sniff_format
 from sync.changes import Dossier, DossierStatus
 
@@ -65,6 +72,10 @@ Photo = Annotated[str, StringConstraints(min_length=4, max_length=MAX_PHOTO_B64)
 Photos = Annotated[list[Photo], Field(min_length=1, max_length=MAX_PHOTOS)]
 FullName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LEN,
                                             pattern=r"^[^\x00-\x1f]+$")]
+#: the personal identification number (số định danh cá nhân, 12 digits on the CCCD card):
+#: only hashed with the date of birth; the pattern's error message never repeats the value
+PersonalId = Annotated[str, StringConstraints(max_length=PERSONAL_ID_DIGITS,
+                                              pattern=r"^([0-9]{12})?$")]
 
 
 def _real_date(value: str) -> str:
@@ -125,6 +136,9 @@ class EnrolData(_Model):
     full_name: FullName
     #: DD/MM/YYYY or YYYY-MM-DD; enables the terminal's confirmation step
     date_of_birth: str = ""
+    #: 12 digits; with the date of birth, its last 4 make the confirmation secret
+    #: stronger ([calibration] confirm_secret); never stored or published
+    personal_id_number: PersonalId = ""
     #: 4-8 digits; "" issues one (returned once, in the answer)
     pin: Annotated[str, StringConstraints(pattern=r"^(\d{4,8})?$")] = ""
     photos: Photos
@@ -134,6 +148,9 @@ class CitizenUpdateData(_Model):
     citizen_id: Code
     full_name: FullName | None = None
     date_of_birth: str | None = None
+    #: sent with date_of_birth (the district keeps neither in the clear, so a change of
+    #: either re-hashes both)
+    personal_id_number: PersonalId | None = None
     pin: Annotated[str, StringConstraints(pattern=r"^\d{4,8}$")] | None = None
     #: new photos replace the citizen's embeddings
     photos: Photos | None = None
@@ -266,6 +283,7 @@ class _Prepared:
     pin_salt: bytes = b""
     dob_hash: bytes | None = None
     dob_salt: bytes = b""
+    dob_id4: bool = False
 
 
 class Ingestor:
@@ -283,8 +301,11 @@ class Ingestor:
         *,
         max_photo_bytes: int = 2 << 20,
         on_change: Callable[[], None] | None = None,
+        confirm_secret: str = SECRET_DOB_ID4,
     ) -> None:
         self.log = dlog
+        #: ``[calibration] confirm_secret``: whether the number's 4 digits join the hash
+        self.confirm_secret = confirm_secret
         self._embedder = embedder
         self._embed_lock = threading.Lock()
         self.max_photo_bytes = max_photo_bytes
@@ -343,9 +364,15 @@ class Ingestor:
                 p.masked_name = mask_name(data.full_name)
             except ValueError as exc:
                 raise IngestError("data.full_name", str(exc)) from None
+        personal_id = data.personal_id_number or ""
+        if personal_id and not data.date_of_birth:
+            raise IngestError("data.date_of_birth", "required with data.personal_id_number "
+                              "(the confirmation secret is the date of birth and the number's "
+                              "last 4 digits, hashed together)")
         if data.date_of_birth:
             try:
-                p.dob_hash, p.dob_salt = hash_dob(dob_digits(data.date_of_birth))
+                p.dob_hash, p.dob_salt, p.dob_id4 = hash_confirmation(
+                    data.date_of_birth, personal_id, self.confirm_secret)
             except ValueError as exc:
                 raise IngestError("data.date_of_birth", str(exc)) from None
         elif data.date_of_birth == "":
@@ -480,12 +507,13 @@ class Ingestor:
                     pin_hash=p.pin_hash or old_c.pin_hash,
                     pin_salt=p.pin_salt or old_c.pin_salt,
                     dob_hash=old_c.dob_hash if p.dob_hash is None else p.dob_hash,
-                    dob_salt=old_c.dob_salt if p.dob_hash is None else p.dob_salt)
+                    dob_salt=old_c.dob_salt if p.dob_hash is None else p.dob_salt,
+                    dob_id4=old_c.dob_id4 if p.dob_hash is None else p.dob_id4)
             assert p.embeddings is not None and p.masked_name is not None
             return self.log.upsert_citizen(
                 d.citizen_id, masked_name=p.masked_name, embeddings=p.embeddings,
                 pin_hash=p.pin_hash, pin_salt=p.pin_salt,
-                dob_hash=p.dob_hash or b"", dob_salt=p.dob_salt)
+                dob_hash=p.dob_hash or b"", dob_salt=p.dob_salt, dob_id4=p.dob_id4)
         except IngestError:
             raise
         except DistrictError as exc:  # the log's own checks (text limits, dates)

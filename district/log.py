@@ -391,9 +391,12 @@ class DistrictLog:
         pin_salt: bytes = b"",
         dob_hash: bytes = b"",
         dob_salt: bytes = b"",
+        dob_id4: bool = False,
     ) -> int:
         """Create or replace a citizen; returns the change number. ``dob_hash``/``dob_salt``
-        (district.privacy.hash_dob) enable the terminal's confirmation step. New
+        (district.privacy.hash_dob / hash_confirmation) enable the terminal's confirmation
+        step; ``dob_id4``: the hash covers the date of birth and the last 4 digits of the
+        personal identification number (the number itself is never given here). New
         embeddings lift a face suspension (re-enrolment); zero embeddings are accepted
         only for a citizen whose face is suspended (it stays suspended)."""
         emb = np.asarray(embeddings, dtype=np.float32)
@@ -418,6 +421,8 @@ class DistrictLog:
                 or len(dob_salt) > MAX_SALT_LEN:
             raise DistrictError(f"citizen {citizen_id}: dob_hash must be {HASH_LEN} bytes "
                                 "with a salt, or both empty")
+        if dob_id4 and not dob_hash:
+            raise DistrictError(f"citizen {citizen_id}: dob_id4 without a dob_hash")
         change = change_to_pb(
             CitizenUpsert(
                 seq=0,
@@ -428,6 +433,7 @@ class DistrictLog:
                 embeddings=emb,
                 dob_hash=dob_hash,
                 dob_salt=dob_salt,
+                dob_id4=dob_id4,
             )
         )
         with self.transaction():
@@ -994,10 +1000,18 @@ class DistrictLog:
 
     def first_embeddings(self) -> npt.NDArray[np.float32]:
         """The first embedding of every current citizen, (N, dim) float32, id order."""
+        return self.first_embeddings_and_secrets()[0]
+
+    def first_embeddings_and_secrets(self) -> tuple[npt.NDArray[np.float32],
+                                                    npt.NDArray[np.int8]]:
+        """:meth:`first_embeddings` and, row for row, each citizen's confirmation secret:
+        0 none, 1 date of birth, 2 date of birth + the number's last 4 digits (the codes
+        of district.calibration's KIND_*)."""
         with self._lock:
             blobs = [b for (b,) in self._db.execute(
                 "SELECT change FROM citizens ORDER BY citizen_id")]
         out = np.empty((len(blobs), self.dim), np.float32)
+        kinds = np.zeros(len(blobs), np.int8)
         row = 0
         for blob in blobs:
             up = pb.Change.FromString(blob).citizen_upsert
@@ -1005,8 +1019,9 @@ class DistrictLog:
             if up.count < 1 or raw.size < self.dim:
                 continue
             out[row] = raw[: self.dim]
+            kinds[row] = (2 if up.dob_id4 else 1) if up.dob_hash else 0
             row += 1
-        return out[:row]
+        return out[:row], kinds[:row]
 
     def info(self) -> LogInfo:
         with self._lock:

@@ -6,6 +6,11 @@ the given name (last word) keeps its first letter followed by "***":
 
 Dates of birth (optional on a record): only scrypt("DDMMYYYY", its own random salt)
 leaves the district, for the terminal's confirmation step of an uncertain face match.
+With the citizen's personal identification number (số định danh cá nhân, the 12 digits
+on the CCCD card) and ``[calibration] confirm_secret = "birth_date_id4"``, that one hash
+covers the date of birth followed by the number's last 4 digits instead
+(:func:`hash_confirmation`); the number is validated, hashed and forgotten: it is never
+stored, logged or published, and error messages never repeat it.
 
 PINs: the district issues a random 6-digit PIN when it enrols a citizen (printed on the
 dossier receipt / sent by SMS to the phone on the record) unless the record carries one.
@@ -20,6 +25,7 @@ import secrets
 import unicodedata
 
 from sync.pin import hash_dob as edge_hash_dob
+from sync.pin import hash_dob_id4 as edge_hash_dob_id4
 from sync.pin import hash_pin as edge_hash_pin
 from sync.pin import new_salt, valid_dob, verify_pin
 
@@ -90,5 +96,41 @@ def hash_dob(text: str) -> tuple[bytes, bytes]:
     return edge_hash_dob(dob_digits(text), salt), salt
 
 
+#: digits of a personal identification number (số định danh cá nhân / CCCD number)
+PERSONAL_ID_DIGITS = 12
+#: the confirmation secrets a district may choose (``[calibration] confirm_secret``)
+SECRET_DOB = "birth_date"
+SECRET_DOB_ID4 = "birth_date_id4"
+
+
+def personal_id_last4(text: str) -> str:
+    """The last 4 digits of a personal identification number given as 12 ASCII digits
+    (spaces allowed between groups); ValueError otherwise. The message never contains
+    the number."""
+    digits = "".join(text.split())
+    if not (len(digits) == PERSONAL_ID_DIGITS and digits.isascii() and digits.isdigit()):
+        raise ValueError(f"the personal identification number (số định danh cá nhân) is "
+                         f"{PERSONAL_ID_DIGITS} digits; got {len(digits)} characters"
+                         + ("" if digits.isascii() and digits.isdigit() else
+                            " that are not all digits 0-9"))
+    return digits[-4:]
+
+
+def hash_confirmation(dob_text: str, personal_id: str, secret: str
+                      ) -> tuple[bytes, bytes, bool]:
+    """(hash, salt, covers the 4 digits) for the confirmation step. With ``secret`` =
+    "birth_date_id4" and a ``personal_id``: scrypt(DDMMYYYY + its last 4 digits); else
+    scrypt(DDMMYYYY). ``personal_id`` ("" = none) is always validated (ValueError)."""
+    if secret not in (SECRET_DOB, SECRET_DOB_ID4):
+        raise ValueError(f"confirm_secret: {SECRET_DOB} or {SECRET_DOB_ID4}, got {secret!r}")
+    last4 = personal_id_last4(personal_id) if personal_id else ""
+    dob = dob_digits(dob_text)
+    if last4 and secret == SECRET_DOB_ID4:
+        salt = new_salt()
+        return edge_hash_dob_id4(dob, last4, salt), salt, True
+    dob_hash, salt = hash_dob(dob)
+    return dob_hash, salt, False
+
+
 __all__ = ["mask_name", "check_phone", "issue_pin", "hash_pin", "verify_pin", "dob_digits",
-           "hash_dob"]
+           "hash_dob", "personal_id_last4", "hash_confirmation", "PERSONAL_ID_DIGITS"]

@@ -366,7 +366,8 @@ class DistrictService:
             cfg = self.cfg
             self.embedder = lambda: pipeline_embedder(_load_pipeline(cfg))
         self.ingestor = Ingestor(self.log, self.embedder, max_photo_bytes=ing.max_photo_bytes,
-                                 on_change=self.publisher.notify)
+                                 on_change=self.publisher.notify,
+                                 confirm_secret=self.cfg.calibration.confirm_secret)
         self.metrics = Metrics(self.log)
         self.metrics.registry.register(LeaseCollector(self.publisher.lease))
         if self.snapshot_files is not None:

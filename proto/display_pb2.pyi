@@ -115,18 +115,24 @@ class Match(_message.Message):
     def __init__(self, masked_name: _Optional[str] = ..., dossiers: _Optional[_Iterable[_Union[DossierSummary, _Mapping]]] = ..., pin_available: _Optional[bool] = ..., pin_tries_left: _Optional[int] = ..., pin_locked_until_unix_ms: _Optional[int] = ..., survey_url: _Optional[str] = ...) -> None: ...
 
 class Confirmation(_message.Message):
-    __slots__ = ("prompt_vi", "prompt_en", "tries_left", "wrong", "seconds_left")
+    __slots__ = ("prompt_vi", "prompt_en", "tries_left", "wrong", "seconds_left", "ask_id4", "id4_prompt_vi", "id4_prompt_en")
     PROMPT_VI_FIELD_NUMBER: _ClassVar[int]
     PROMPT_EN_FIELD_NUMBER: _ClassVar[int]
     TRIES_LEFT_FIELD_NUMBER: _ClassVar[int]
     WRONG_FIELD_NUMBER: _ClassVar[int]
     SECONDS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    ASK_ID4_FIELD_NUMBER: _ClassVar[int]
+    ID4_PROMPT_VI_FIELD_NUMBER: _ClassVar[int]
+    ID4_PROMPT_EN_FIELD_NUMBER: _ClassVar[int]
     prompt_vi: str
     prompt_en: str
     tries_left: int
     wrong: bool
     seconds_left: float
-    def __init__(self, prompt_vi: _Optional[str] = ..., prompt_en: _Optional[str] = ..., tries_left: _Optional[int] = ..., wrong: _Optional[bool] = ..., seconds_left: _Optional[float] = ...) -> None: ...
+    ask_id4: bool
+    id4_prompt_vi: str
+    id4_prompt_en: str
+    def __init__(self, prompt_vi: _Optional[str] = ..., prompt_en: _Optional[str] = ..., tries_left: _Optional[int] = ..., wrong: _Optional[bool] = ..., seconds_left: _Optional[float] = ..., ask_id4: _Optional[bool] = ..., id4_prompt_vi: _Optional[str] = ..., id4_prompt_en: _Optional[str] = ...) -> None: ...
 
 class SessionEvent(_message.Message):
     __slots__ = ("seq", "session_id", "state", "time_unix_ms", "challenge", "match", "help_counter", "reason", "can_rate", "face_seen_unix_ms", "hint", "rated", "camera_up", "confirmation")

@@ -101,7 +101,8 @@ class DisplayServicer:
         not a sure match). Checked on the terminal against the few best face candidates,
         which never leave it; wrong answers count per citizen, shared with the PIN. A right
         answer turns the screen to SESSION_STATE_MATCHED exactly as a sure match does.
-        INVALID_ARGUMENT: not 8 digits DDMMYYYY of a real date; FAILED_PRECONDITION: no
+        INVALID_ARGUMENT: not 8 digits DDMMYYYY of a real date (then, when the step asks for
+        them, 4 more digits: the last 4 of the personal identification number); FAILED_PRECONDITION: no
         session with this id is waiting for an answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -70,7 +70,7 @@ class Envelope(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., district_id: _Optional[str] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class CitizenUpsert(_message.Message):
-    __slots__ = ("citizen_id", "masked_name", "pin_hash", "pin_salt", "count", "embeddings", "dob_hash", "dob_salt")
+    __slots__ = ("citizen_id", "masked_name", "pin_hash", "pin_salt", "count", "embeddings", "dob_hash", "dob_salt", "dob_id4")
     CITIZEN_ID_FIELD_NUMBER: _ClassVar[int]
     MASKED_NAME_FIELD_NUMBER: _ClassVar[int]
     PIN_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class CitizenUpsert(_message.Message):
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     DOB_HASH_FIELD_NUMBER: _ClassVar[int]
     DOB_SALT_FIELD_NUMBER: _ClassVar[int]
+    DOB_ID4_FIELD_NUMBER: _ClassVar[int]
     citizen_id: str
     masked_name: str
     pin_hash: bytes
@@ -87,7 +88,8 @@ class CitizenUpsert(_message.Message):
     embeddings: bytes
     dob_hash: bytes
     dob_salt: bytes
-    def __init__(self, citizen_id: _Optional[str] = ..., masked_name: _Optional[str] = ..., pin_hash: _Optional[bytes] = ..., pin_salt: _Optional[bytes] = ..., count: _Optional[int] = ..., embeddings: _Optional[bytes] = ..., dob_hash: _Optional[bytes] = ..., dob_salt: _Optional[bytes] = ...) -> None: ...
+    dob_id4: bool
+    def __init__(self, citizen_id: _Optional[str] = ..., masked_name: _Optional[str] = ..., pin_hash: _Optional[bytes] = ..., pin_salt: _Optional[bytes] = ..., count: _Optional[int] = ..., embeddings: _Optional[bytes] = ..., dob_hash: _Optional[bytes] = ..., dob_salt: _Optional[bytes] = ..., dob_id4: _Optional[bool] = ...) -> None: ...
 
 class CitizenDelete(_message.Message):
     __slots__ = ("citizen_id",)

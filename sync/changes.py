@@ -91,6 +91,9 @@ class CitizenUpsert:
     #: when the district has no date of birth: the citizen cannot use the confirmation step
     dob_hash: bytes = b""
     dob_salt: bytes = b""
+    #: the hash covers the date of birth AND the last 4 digits of the personal
+    #: identification number (sync.pin.hash_dob_id4): the kiosk asks both
+    dob_id4: bool = False
 
 
 def face_suspended(change: CitizenUpsert) -> bool:

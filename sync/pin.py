@@ -9,6 +9,12 @@ The date of birth (for the confirmation step of an uncertain face match) uses th
 KDF with its own random salt: ``dob_hash = scrypt("DDMMYYYY", dob_salt, ...)``. It is
 a weaker secret than a PIN (a few tens of thousands of likely dates), so it too relies on
 the terminal's tries per citizen, never on the hash alone.
+
+When the district has the citizen's personal identification number (12 digits on the
+CCCD card), the same hash covers the date of birth followed by the number's last 4 digits
+(``dob_id4``): ``scrypt("DDMMYYYY" + "NNNN", dob_salt, ...)``, 10,000 times more
+combinations. The kiosk then takes a 12-digit answer; :func:`verify_confirmation` checks
+it against either kind of hash.
 """
 
 from __future__ import annotations
@@ -57,6 +63,26 @@ def valid_dob(dob: str) -> bool:
     return True
 
 
+#: the last 4 digits of the personal identification number, as typed on the keypad
+ID4_RE = re.compile(r"[0-9]{4}")
+#: digits of a confirmation answer: the date of birth, then maybe the 4 digits
+DOB_LEN = 8
+DOB_ID4_LEN = 12
+
+
+def valid_id4(id4: str) -> bool:
+    """True when ``id4`` is 4 ASCII digits."""
+    return ID4_RE.fullmatch(id4) is not None
+
+
+def valid_answer(answer: str) -> bool:
+    """True for a confirmation answer: a date of birth DDMMYYYY, optionally followed by
+    4 digits (the personal identification number's last 4)."""
+    if len(answer) == DOB_ID4_LEN:
+        return valid_dob(answer[:DOB_LEN]) and valid_id4(answer[DOB_LEN:])
+    return valid_dob(answer)
+
+
 def _kdf(secret: str, salt: bytes) -> bytes:
     return hashlib.scrypt(
         secret.encode("ascii"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=HASH_LEN
@@ -100,3 +126,26 @@ def verify_dob(dob: str, dob_hash: bytes, salt: bytes) -> bool:
         return False
     computed = _kdf(dob, salt or b"\0" * SALT_LEN)
     return len(dob_hash) == HASH_LEN and bool(salt) and hmac.compare_digest(computed, dob_hash)
+
+
+def hash_dob_id4(dob: str, id4: str, salt: bytes) -> bytes:
+    """The stored hash of a date of birth ``DDMMYYYY`` followed by the last 4 digits of
+    the personal identification number (ValueError when either is malformed)."""
+    if not valid_id4(id4):
+        raise ValueError("the last 4 digits of the personal identification number: 4 digits")
+    hash_dob(dob, salt)  # validates dob and salt (the cost is paid once, at the district)
+    return _kdf(dob + id4, salt)
+
+
+def verify_confirmation(answer: str, dob_hash: bytes, salt: bytes, with_id4: bool) -> bool:
+    """Constant-time check of a confirmation ``answer`` (8 or 12 digits) against one
+    citizen's stored hash: ``with_id4`` (the hash covers date of birth + 4 digits) needs
+    all 12 digits; a date-of-birth-only hash is checked against the first 8, whatever
+    follows. Runs the KDF exactly once for a well-formed answer, stored hash or not."""
+    if not valid_answer(answer):
+        return False
+    secret = answer if with_id4 else answer[:DOB_LEN]
+    computed = _kdf(secret, salt or b"\0" * SALT_LEN)
+    right_shape = len(secret) == (DOB_ID4_LEN if with_id4 else DOB_LEN)
+    return (right_shape and len(dob_hash) == HASH_LEN and bool(salt)
+            and hmac.compare_digest(computed, dob_hash))

@@ -236,6 +236,7 @@ def change_to_pb(change: Change) -> pb.Change:
                 embeddings=emb.tobytes(),
                 dob_hash=change.dob_hash,
                 dob_salt=change.dob_salt,
+                dob_id4=change.dob_id4,
             )
         )
     elif isinstance(change, CitizenDelete):
@@ -285,6 +286,7 @@ def change_from_pb(c: pb.Change, dim: int) -> Change:
             embeddings=emb,
             dob_hash=u.dob_hash,
             dob_salt=u.dob_salt,
+            dob_id4=u.dob_id4 and bool(u.dob_hash),
         )
     if kind == "citizen_delete":
         if not c.citizen_delete.citizen_id:

@@ -42,7 +42,7 @@ from edge.session.machine import SessionMachine, State
 from edge.session.tracker import Tracker
 from proto import display_pb2 as pb
 from proto import display_pb2_grpc as pb_grpc
-from sync.pin import hash_dob, hash_pin, valid_dob, verify_dob
+from sync.pin import hash_dob, hash_dob_id4, hash_pin, valid_dob, verify_dob
 from tests.test_session_machine import (
     FPS,
     FixedEmbedder,
@@ -160,20 +160,29 @@ def people() -> dict[str, np.ndarray]:
 
 
 class Directory(FakeDirectory):
-    def __init__(self, dobs: dict[str, str]) -> None:
+    """``id4s``: the last 4 digits of the personal number of the citizens whose hash
+    covers them (date of birth + 4 digits)."""
+
+    def __init__(self, dobs: dict[str, str], id4s: dict[str, str] | None = None) -> None:
         super().__init__()
         for cid, dob in dobs.items():
             salt = (cid * 16)[:16].encode()
+            id4 = (id4s or {}).get(cid, "")
+            if dob and id4:
+                self.citizens[cid] = dataclasses.replace(
+                    Citizen(f"{cid.title()} ***", b"", b"", hash_dob_id4(dob, id4, salt), salt),
+                    dob_id4=True)
+                continue
             self.citizens[cid] = Citizen(f"{cid.title()} ***", b"", b"",
                                          hash_dob(dob, salt) if dob else b"", salt)
 
 
 def machine_setup(tmp_path: Path, photo_img: np.ndarray, *, dobs: dict[str, str] | None = None,
-                  max_failures: int = 5, **cfg_kw: object):
+                  max_failures: int = 5, id4s: dict[str, str] | None = None, **cfg_kw: object):
     tmp_path.mkdir(parents=True, exist_ok=True)
     gal = people()
     base_dobs = {"alice": ALICE_DOB, "bob": BOB_DOB, "caro": CARO_DOB, "dan": ""}
-    directory = Directory(base_dobs if dobs is None else dobs)
+    directory = Directory(base_dobs if dobs is None else dobs, id4s)
     limiter = AttemptLimiter(tmp_path / "attempts.sqlite",
                              AttemptPolicy(max_failures=max_failures))
     kw = {"liveness": "off", "confirm_threshold": 0.35, "result_s": 3.0, "message_s": 2.0,
@@ -396,3 +405,76 @@ def test_grpc_limit_is_shared_with_the_pin_and_counted_on_every_candidate(
     assert not r.ok
     # and bob's PIN is locked too: one budget for both secrets
     assert not limiter.check("bob").allowed
+
+
+# -- date of birth + the last 4 digits of the personal number ----------------------------
+
+ALICE_ID4, BOB_ID4 = "4321", "0707"
+
+
+def test_grpc_asks_the_four_digits_and_checks_the_mix_per_citizen(tmp_path, photo) -> None:  # noqa: F811
+    """alice and bob have the 4 digits on record, caro only her date of birth."""
+    loop, machine, events, audit, limiter, directory = machine_setup(
+        tmp_path, photo, id4s={"alice": ALICE_ID4, "bob": BOB_ID4})
+    state = DisplayState(directory, pin_tries=3, help_counter="5", pin_limiter=limiter)
+    machine.bus.add_listener(state.on_event)
+    api: ApiServer = create_server(ApiConfig(listen="127.0.0.1:0", grace_s=0.5), state,
+                                   control=machine)
+    api.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{api.port}")
+    stub = pb_grpc.DisplayStub(channel)
+    try:
+        play(loop, photo, 10)
+        screen = state.current()
+        c = screen.confirmation
+        assert screen.state == pb.SESSION_STATE_CONFIRM and c.ask_id4
+        assert c.id4_prompt_vi.startswith("Vui lòng nhập 4 số cuối")
+        assert "last 4 digits" in c.id4_prompt_en
+        assert b"alice" not in screen.SerializeToString()
+        sid = screen.session_id
+
+        def submit(answer: str) -> pb.SubmitConfirmationResponse:
+            return stub.SubmitConfirmation(pb.SubmitConfirmationRequest(
+                session_id=sid, answer=answer), timeout=10)
+
+        # the date alone is refused as malformed when the 4 digits were asked: no try
+        for bad in (ALICE_DOB, ALICE_DOB + "123", ALICE_DOB + "12345", "31021990" + "1234"):
+            with pytest.raises(grpc.RpcError) as exc:
+                submit(bad)
+            assert _code(exc) is grpc.StatusCode.INVALID_ARGUMENT, bad
+        assert limiter.check("alice").failures_left == 5
+        # alice's date with bob's digits, then her digits with a wrong date: both wrong,
+        # each counted once on every candidate
+        r = submit(ALICE_DOB + BOB_ID4)
+        assert not r.ok and r.tries_left == 2
+        r = submit("13031985" + ALICE_ID4)
+        assert not r.ok and r.tries_left == 1
+        for cid in ("alice", "bob", "caro"):
+            assert limiter.check(cid).failures_left == 3
+        r = submit(ALICE_DOB + ALICE_ID4)
+        assert r.ok
+        assert state.current().match.masked_name == "Alice ***"
+        assert limiter.check("alice").failures_left == 5  # a right answer clears her
+        assert limiter.check("bob").failures_left == 3
+    finally:
+        channel.close()
+        api.stop(0.5)
+
+
+def test_a_date_only_candidate_still_confirms_with_its_date(tmp_path, photo) -> None:  # noqa: F811
+    loop, machine, events, audit, limiter, _ = machine_setup(
+        tmp_path, photo, id4s={"alice": ALICE_ID4})
+    play(loop, photo, 10)
+    asked = [e for e in events if isinstance(e, ConfirmAsked)]
+    assert asked and asked[-1].ask_id4
+    # caro has no number on record: her date, whatever the 4 digits, confirms her
+    reply = machine.confirm(asked[-1].session_id, CARO_DOB + "0000")
+    assert reply.status is ConfirmStatus.CONFIRMED
+    assert [e.citizen_id for e in events if isinstance(e, Matched)] == ["caro"]
+
+
+def test_no_four_digits_asked_when_no_candidate_has_them(tmp_path, photo) -> None:  # noqa: F811
+    loop, machine, events, *_ = machine_setup(tmp_path, photo)
+    play(loop, photo, 10)
+    asked = [e for e in events if isinstance(e, ConfirmAsked)]
+    assert asked and not asked[-1].ask_id4 and asked[-1].id4_prompt_en == ""

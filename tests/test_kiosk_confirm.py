@@ -1,4 +1,5 @@
-"""The confirmation step on the kiosk page, in headless Debian chromium.
+"""The confirmation step on the kiosk page, in headless Debian chromium (the date of
+birth alone, and the date of birth then the last 4 digits of the personal number).
 
 Chain: the real session machine (scripted detector, fixed embedder) in CONFIRM -> real
 DisplayState -> gRPC server (port 0) -> display client + page server -> chromium. The
@@ -20,7 +21,7 @@ from edge.api.server import create_server
 from edge.api.state import DisplayState
 from edge.config import ApiConfig, DisplayConfig
 from edge.display.app import DisplayApp
-from tests.test_confirmation import ALICE_DOB, machine_setup, play
+from tests.test_confirmation import ALICE_DOB, ALICE_ID4, BOB_ID4, machine_setup, play
 from tests.test_kiosk_page import browser, shot, shows_state, text, wait_for  # noqa: F401
 from tests.test_session_machine import photo  # noqa: F401
 
@@ -120,3 +121,57 @@ def test_cancel_button_ends_as_not_recognised(browser: webdriver.Chrome,  # noqa
     browser.find_element(By.ID, "btn-confirm-cancel").click()
     shows_state(browser, "not_recognised")
     assert "Không nhận diện được" in text(browser)
+
+
+def type_id4(driver: webdriver.Chrome, digits: str) -> None:
+    wait_for(driver, lambda d: d.find_element(By.ID, "confirm-prompt")
+             .get_attribute("data-step") == "id4", "the 4-digit step")
+    for k in digits:
+        driver.find_element(By.CSS_SELECTOR, f"#dob-keys [data-key='{k}']").click()
+    wait_for(driver, lambda d: d.find_element(By.ID, "dob-field").text.replace(" ", "")
+             .startswith(digits), f"{digits} in the 4-digit field")
+    driver.find_element(By.CSS_SELECTOR, "#dob-keys [data-key='ok']").click()
+
+
+def test_date_then_four_digits_in_vietnamese_and_english(browser: webdriver.Chrome,  # noqa: F811
+                                                         tmp_path, photo) -> None:  # noqa: F811
+    rig = ConfirmRig(tmp_path, photo, id4s={"alice": ALICE_ID4, "bob": BOB_ID4})
+    try:
+        browser.get(rig.display.url)
+        play(rig.loop, photo, 10)
+        sid = rig.machine.session.id
+        shows_state(browser, "confirm", sid)
+        assert "Vui lòng nhập ngày sinh (ngày/tháng/năm) để xác nhận" in text(browser)
+        type_date(browser, ALICE_DOB)  # the date first: nothing sent yet
+        wait_for(browser, lambda d: "Vui lòng nhập 4 số cuối của số định danh cá nhân"
+                 in text(d), "the Vietnamese 4-digit prompt")
+        assert "_ _ _ _" in text(browser)
+        for name in ("Alice", "Bob", "Caro", "alice", "bob", "caro"):
+            assert name not in browser.page_source  # still nothing about the candidates
+        assert rig.limiter.check("alice").failures_left == 5
+        shot(browser, "confirm_06_id4_vi")
+        type_id4(browser, BOB_ID4)  # alice's date with bob's digits: wrong
+        wait_for(browser, lambda d: "Ngày sinh hoặc 4 số cuối không đúng. Còn 2 lần thử."
+                 in text(d), "the wrong-answer message")
+        for cid in ("alice", "bob", "caro"):  # one wrong answer, counted on each
+            assert rig.limiter.check(cid).failures_left == 4
+        browser.find_element(By.ID, "lang").click()
+        wait_for(browser, lambda d: "Please enter your date of birth (day/month/year) to "
+                 "confirm" in text(d), "back to the date, in English")
+        type_date(browser, ALICE_DOB)
+        wait_for(browser, lambda d: "Please enter the last 4 digits of your personal "
+                 "identification number" in text(d), "the English 4-digit prompt")
+        shot(browser, "confirm_07_id4_en")
+        browser.find_element(By.CSS_SELECTOR, "#dob-keys [data-key='1']").click()
+        browser.find_element(By.CSS_SELECTOR, "#dob-keys [data-key='ok']").click()
+        wait_for(browser, lambda d: "Please enter all 4 digits." in text(d),
+                 "too few digits refused on the page")
+        assert rig.limiter.check("alice").failures_left == 4  # nothing counted
+        browser.find_element(By.CSS_SELECTOR, "#dob-keys [data-key='del']").click()
+        type_id4(browser, ALICE_ID4)
+        shows_state(browser, "matched", sid)
+        wait_for(browser, lambda d: "Hello, Alice ***" in text(d), "the matched citizen")
+        shot(browser, "confirm_08_id4_matched_en")
+        assert rig.audit.read()[0]["outcome"] == "matched_confirmed"
+    finally:
+        rig.close()

@@ -47,8 +47,17 @@ def test_recognition_bench_quick(tmp_path: Path) -> None:
     assert 0.0 < r["face_only_share"] <= 1.0
     assert r["fpir"] == r["fpir_sure"] + r["fpir_confirm"] or abs(
         r["fpir"] - r["fpir_sure"] - r["fpir_confirm"]) < 1e-5
+    # the secret is the date of birth + 4 digits of the personal number for everyone:
+    # the confirmation threshold sits on the floor, never below it (no step at all when
+    # this tiny gallery's SURE threshold is itself below the floor)
+    assert r["confirm_secret"] == "birth_date_id4" and r["id4_share"] == 1.0
+    assert r["fpir_confirm"] < 1e-5
     for c in r["calibrated_splits"]:
-        assert 0 < c["confirm_threshold"] < c["threshold"] <= 1
+        assert 0 < c["threshold"] <= 1
+        if c["confirm_threshold"] == 0.0:
+            assert c["threshold"] <= r["confirm_floor"] + 1e-9, c
+        else:
+            assert r["confirm_floor"] <= c["confirm_threshold"] < c["threshold"], c
         assert c["fpir_predicted"] <= r["target_fpir"] + 1e-12
     # the curve: FNIR rises and FPIR (with the margin) falls as the threshold rises
     curve = r["curve"]

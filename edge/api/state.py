@@ -26,7 +26,7 @@ from edge.session import events as ev
 from edge.store.records import CitizenRecord
 from proto import display_pb2 as pb
 from sync.changes import Dossier, DossierStatus
-from sync.pin import valid_dob, valid_pin, verify_pin
+from sync.pin import DOB_ID4_LEN, valid_answer, valid_dob, valid_pin, verify_pin
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,8 @@ class DisplayState:
         self._session_started: dict[str, int] = {}
         #: session id of the confirmation step on screen ("" when none)
         self._confirm_session = ""
+        #: the confirmation step on screen asks the 4 digits too (12-digit answers)
+        self._confirm_id4 = False
         self._closed = False
 
     # -- fan-out -------------------------------------------------------------------------
@@ -331,11 +333,13 @@ class DisplayState:
         elif isinstance(event, ev.ConfirmAsked):
             with self._lock:
                 self._confirm_session = sid
+                self._confirm_id4 = event.ask_id4
             msg.state = pb.SESSION_STATE_CONFIRM
             msg.confirmation.CopyFrom(pb.Confirmation(
                 prompt_vi=event.prompt_vi, prompt_en=event.prompt_en,
                 tries_left=max(event.tries_left, 0), wrong=event.wrong,
-                seconds_left=event.seconds_left))
+                seconds_left=event.seconds_left, ask_id4=event.ask_id4,
+                id4_prompt_vi=event.id4_prompt_vi, id4_prompt_en=event.id4_prompt_en))
         elif isinstance(event, ev.Matched):
             match = match_pb(self._directory, event.citizen_id, self._pin_tries,
                              self.pin_limiter.check(event.citizen_id))
@@ -431,9 +435,18 @@ class DisplayState:
 
     def check_confirmation(self, session_id: str, answer: str) -> None:
         """Refuse a malformed confirmation (INVALID_ARGUMENT): no session id, or not 8
-        digits DDMMYYYY of a real date."""
+        digits DDMMYYYY of a real date, followed by the 4 digits of the personal number
+        when the step on screen asked for them (and only then): a wrong shape costs no
+        try."""
         self.check_session(session_id)
-        if not valid_dob(answer):
+        with self._lock:
+            id4 = self._confirm_id4 and session_id == self._confirm_session
+        if id4:
+            if len(answer) != DOB_ID4_LEN or not valid_answer(answer):
+                raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
+                              "the answer is the date of birth DDMMYYYY (a real date) and the "
+                              "last 4 digits of the personal identification number: 12 digits")
+        elif not valid_dob(answer):
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT,
                           "the date of birth is 8 digits DDMMYYYY of a real date")
 

@@ -83,6 +83,9 @@ def event_view(msg: pb.SessionEvent) -> dict[str, Any]:
             "tries_left": c.tries_left,
             "wrong": c.wrong,
             "seconds_left": round(c.seconds_left, 1),
+            "ask_id4": c.ask_id4,
+            "id4_prompt_vi": c.id4_prompt_vi,
+            "id4_prompt_en": c.id4_prompt_en,
         }
     if msg.state == pb.SESSION_STATE_CHALLENGE:
         c = msg.challenge

@@ -133,6 +133,10 @@ class Matched(SessionEvent):
 #: what the screen asks in the confirmation step (both languages, like the challenges)
 CONFIRM_PROMPT_VI = "Vui lòng nhập ngày sinh (ngày/tháng/năm) để xác nhận"
 CONFIRM_PROMPT_EN = "Please enter your date of birth (day/month/year) to confirm"
+#: then, when a candidate's secret includes them, the personal number's last 4 digits
+ID4_PROMPT_VI = "Vui lòng nhập 4 số cuối của số định danh cá nhân (trên thẻ CCCD)"
+ID4_PROMPT_EN = ("Please enter the last 4 digits of your personal identification number "
+                 "(on your ID card)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +150,8 @@ class ConfirmAsked(SessionEvent):
     wrong: bool = False
     #: seconds left to answer
     seconds_left: float = 0.0
+    #: after the date of birth, ask the last 4 digits of the personal identification number
+    ask_id4: bool = False
 
     @property
     def prompt_vi(self) -> str:
@@ -154,6 +160,14 @@ class ConfirmAsked(SessionEvent):
     @property
     def prompt_en(self) -> str:
         return CONFIRM_PROMPT_EN
+
+    @property
+    def id4_prompt_vi(self) -> str:
+        return ID4_PROMPT_VI if self.ask_id4 else ""
+
+    @property
+    def id4_prompt_en(self) -> str:
+        return ID4_PROMPT_EN if self.ask_id4 else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,8 +268,9 @@ class SessionControl(Protocol):
         ...
 
     def confirm(self, session_id: str, answer: str) -> ConfirmReply:
-        """The citizen's date of birth (DDMMYYYY, already checked for shape) for the
-        session waiting in the confirmation step."""
+        """The citizen's date of birth (DDMMYYYY, then the 4 digits when the step asked
+        for them; already checked for shape) for the session waiting in the
+        confirmation step."""
         ...
 
     def cancel_confirmation(self, session_id: str) -> bool:

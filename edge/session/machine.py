@@ -87,6 +87,8 @@ class _Session:
     candidate_scores: tuple[float, ...] = ()
     confirm_until: float = 0.0
     confirm_tries: int = 0
+    #: the step asks the personal number's last 4 digits after the date of birth
+    ask_id4: bool = False
     #: the match came through the confirmation step (audit: matched_confirmed)
     confirmed: bool = False
 
@@ -396,10 +398,12 @@ class SessionMachine:
         s.next_watch = t + self.cfg.watch_s
         s.confirm_until = t + self.cfg.confirm_timeout_s
         s.confirm_tries = self.cfg.confirm_tries
+        s.ask_id4 = self.confirmer is not None and self.confirmer.needs_id4(usable)
         self.state = State.CONFIRM
-        log.info("session %s: not sure (%.3f), asking for the date of birth", s.id, d.score)
+        log.info("session %s: not sure (%.3f), asking for the date of birth%s", s.id, d.score,
+                 " and the 4 digits" if s.ask_id4 else "")
         self._emit(ConfirmAsked(s.id, tries_left=s.confirm_tries,
-                                seconds_left=self.cfg.confirm_timeout_s))
+                                seconds_left=self.cfg.confirm_timeout_s, ask_id4=s.ask_id4))
 
     def _confirm_step(self, s: _Session, t: float, image: npt.NDArray[np.uint8],
                       subject: Track | None) -> None:
@@ -435,7 +439,7 @@ class SessionMachine:
             self._not_recognised(s, t, "confirm_failed")
             return ConfirmReply(ConfirmStatus.ENDED)
         self._emit(ConfirmAsked(s.id, tries_left=s.confirm_tries, wrong=True,
-                                seconds_left=max(s.confirm_until - t, 0.0)))
+                                seconds_left=max(s.confirm_until - t, 0.0), ask_id4=s.ask_id4))
         return ConfirmReply(ConfirmStatus.WRONG, tries_left=s.confirm_tries)
 
     def _matched(self, s: _Session, t: float, citizen_id: str, score: float, margin: float,

@@ -54,6 +54,10 @@ class Confirmer(Protocol):
         """The candidates that can be asked: a date of birth on record, not locked."""
         ...
 
+    def needs_id4(self, candidates: Sequence[str]) -> bool:
+        """Whether the answer must include the personal number's last 4 digits."""
+        ...
+
     def check(self, candidates: Sequence[str], answer: str) -> tuple[list[str], bool]:
         """(the candidates the answer is right for, whether every candidate is now
         locked). A wrong answer counts against every candidate it was checked against."""

@@ -86,8 +86,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 # -- date of birth for the confirmation step (added after schema 1 shipped): two nullable
-# -- BLOB columns, added to an existing store by an idempotent ALTER TABLE (add_dob_columns)
+# -- BLOB columns, added to an existing store by an idempotent ALTER TABLE (add_dob_columns);
+# -- then dob_id4 (the hash covers the date of birth + 4 digits of the personal number)
 DOB_COLUMNS = ("dob_hash", "dob_salt")
+DOB_ID4_COLUMN = "dob_id4"
 
 
 def add_dob_columns(c: sqlite3.Connection) -> None:
@@ -96,6 +98,8 @@ def add_dob_columns(c: sqlite3.Connection) -> None:
     for col in DOB_COLUMNS:
         if col not in have:
             c.execute(f"ALTER TABLE citizens ADD COLUMN {col} BLOB")
+    if DOB_ID4_COLUMN not in have:
+        c.execute(f"ALTER TABLE citizens ADD COLUMN {DOB_ID4_COLUMN} INTEGER NOT NULL DEFAULT 0")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -345,13 +349,15 @@ def write_changes(c: sqlite3.Connection, dim: int, prepared: list[Prepared], map
             c.execute("DELETE FROM embeddings WHERE citizen_id = ?", (ch.citizen_id,))
             c.execute(
                 "INSERT INTO citizens (citizen_id, masked_name, pin_hash, pin_salt, "
-                "updated_seq, dob_hash, dob_salt) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "updated_seq, dob_hash, dob_salt, dob_id4) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (citizen_id) DO UPDATE "
                 "SET masked_name = excluded.masked_name, pin_hash = excluded.pin_hash, "
                 "pin_salt = excluded.pin_salt, updated_seq = excluded.updated_seq, "
-                "dob_hash = excluded.dob_hash, dob_salt = excluded.dob_salt",
+                "dob_hash = excluded.dob_hash, dob_salt = excluded.dob_salt, "
+                "dob_id4 = excluded.dob_id4",
                 (ch.citizen_id, ch.masked_name, bytes(ch.pin_hash), bytes(ch.pin_salt),
-                 ch.seq, bytes(ch.dob_hash) or None, bytes(ch.dob_salt) or None),
+                 ch.seq, bytes(ch.dob_hash) or None, bytes(ch.dob_salt) or None,
+                 int(bool(ch.dob_id4 and ch.dob_hash))),
             )
             row = 4 * dim
             c.executemany(

@@ -772,13 +772,14 @@ class GalleryStore:
             row = r.execute(
                 "SELECT c.masked_name, c.pin_hash, c.pin_salt, "
                 "(SELECT count(*) FROM embeddings e WHERE e.citizen_id = c.citizen_id), "
-                "c.dob_hash, c.dob_salt "
+                "c.dob_hash, c.dob_salt, c.dob_id4 "
                 "FROM citizens c WHERE c.citizen_id = ?", (citizen_id,)
             ).fetchone()
         if row is None:
             return None
         return CitizenRecord(citizen_id, row[0], bytes(row[1]), bytes(row[2]), int(row[3]),
-                             dob_hash=bytes(row[4] or b""), dob_salt=bytes(row[5] or b""))
+                             dob_hash=bytes(row[4] or b""), dob_salt=bytes(row[5] or b""),
+                             dob_id4=bool(row[6]))
 
     def dossiers(self, citizen_id: str) -> list[Dossier]:
         """The citizen's dossiers, oldest received first."""

@@ -18,3 +18,5 @@ class CitizenRecord:
     #: salted date-of-birth hash and salt (sync.pin); empty: no confirmation step
     dob_hash: bytes = b""
     dob_salt: bytes = b""
+    #: the hash covers the date of birth + the last 4 digits of the personal number
+    dob_id4: bool = False

@@ -67,6 +67,9 @@ const T = {
     confirm_locked: "Đã nhập sai quá số lần cho phép. Việc xác nhận bằng ngày sinh tạm thời bị khóa.",
     confirm_failed: "Ngày sinh không khớp.",
     confirm_timeout: "Đã hết thời gian nhập ngày sinh.",
+    id4_prompt: "Vui lòng nhập 4 số cuối của số định danh cá nhân (trên thẻ CCCD)",
+    id4_wrong: (n) => `Ngày sinh hoặc 4 số cuối không đúng. Còn ${n} lần thử.`,
+    id4_invalid: "Xin nhập đủ 4 chữ số.",
   },
   en: {
     office: "One-stop office — Dossier lookup",
@@ -131,6 +134,9 @@ const T = {
     confirm_locked: "Too many wrong answers. Confirmation by date of birth is locked for a while.",
     confirm_failed: "The date of birth did not match.",
     confirm_timeout: "Time to enter the date of birth is up.",
+    id4_prompt: "Please enter the last 4 digits of your personal identification number (on your ID card)",
+    id4_wrong: (n) => `Wrong date of birth or last 4 digits. ${n} tries left.`,
+    id4_invalid: "Please enter all 4 digits.",
   },
 };
 
@@ -144,6 +150,10 @@ let pinSession = "";
 let dob = "";
 let dobSession = "";
 let dobMsg = "";
+// then, when the terminal asks for them, the last 4 digits of the personal number;
+// dobDone: the date is typed and checked, the keypad now takes the 4 digits
+let id4 = "";
+let dobDone = false;
 let ratedSession = "";
 // after this long on a final screen with no news, the page clears itself (the terminal
 // normally sends idle first); 20 s is enough to read a result
@@ -330,20 +340,32 @@ function realDate(x) {
   return d.getUTCFullYear() === year && d.getUTCMonth() === month - 1 && d.getUTCDate() === day;
 }
 
+function id4Mask() {
+  return id4.padEnd(4, "_").split("").join(" ");
+}
+
 function confirmView(s) {
   const c = s.confirmation || {};
-  if (dobSession !== s.session_id) { dob = ""; dobMsg = ""; dobSession = s.session_id; }
-  const msg = dobMsg || (c.wrong ? t("confirm_wrong", c.tries_left) : "");
+  if (dobSession !== s.session_id) {
+    dob = ""; id4 = ""; dobDone = false; dobMsg = ""; dobSession = s.session_id;
+  }
+  const askId4 = !!c.ask_id4;
+  if (!askId4) dobDone = false;
+  const onId4 = askId4 && dobDone;
+  const msg = dobMsg || (c.wrong ? t(askId4 ? "id4_wrong" : "confirm_wrong", c.tries_left) : "");
   const keys = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "del", "0", "ok"].map((k) =>
     el("button", {
       type: "button", class: `key key-${k}`, "data-key": k,
-      onclick: () => pressDob(k, s.session_id),
+      onclick: () => pressDob(k, s.session_id, askId4),
     }, k === "del" ? t("del") : k === "ok" ? t("ok") : k));
+  const prompt = onId4
+    ? ((lang === "vi" ? c.id4_prompt_vi : c.id4_prompt_en) || t("id4_prompt"))
+    : ((lang === "vi" ? c.prompt_vi : c.prompt_en) || t("confirm_prompt"));
   return el("div", { class: "center confirm" },
     el("p", { class: "sub" }, t("confirm_title")),
-    el("h1", { id: "confirm-prompt", class: "confirm-prompt" },
-      (lang === "vi" ? c.prompt_vi : c.prompt_en) || t("confirm_prompt")),
-    el("div", { id: "dob-field", class: "dob-field" }, dobMask()),
+    el("h1", { id: "confirm-prompt", class: "confirm-prompt", "data-step": onId4 ? "id4" : "dob" },
+      prompt),
+    el("div", { id: "dob-field", class: "dob-field" }, onId4 ? id4Mask() : dobMask()),
     el("div", { id: "dob-msg", class: "dob-msg" }, msg),
     el("div", { id: "dob-keys", class: "dob-keys" }, keys),
     el("button", {
@@ -352,21 +374,38 @@ function confirmView(s) {
     }, t("confirm_cancel")));
 }
 
-function pressDob(k, sessionId) {
+function pressDob(k, sessionId, askId4) {
   dobMsg = "";
+  if (askId4 && dobDone) {  // the 4 digits of the personal number
+    if (k === "del") {
+      if (id4) id4 = id4.slice(0, -1);
+      else dobDone = false;  // back to the date
+    } else if (k === "ok") {
+      if (!/^[0-9]{4}$/.test(id4)) { dobMsg = t("id4_invalid"); render(); return; }
+      submitConfirm(sessionId, dob + id4, true);
+    } else if (id4.length < 4) id4 += k;
+    render();
+    return;
+  }
   if (k === "del") dob = dob.slice(0, -1);
   else if (k === "ok") {
     if (!realDate(dob)) { dob = ""; dobMsg = t("confirm_invalid"); render(); return; }
-    const answer = dob;
-    dob = "";
-    post("/api/confirm", { session_id: sessionId, answer }).then((r) => {
-      if (r.status === 200 && !r.body.ok && !r.body.ended) dobMsg = t("confirm_wrong", r.body.tries_left);
-      else if (r.status !== 200 && r.body.code === "INVALID_ARGUMENT") dobMsg = t("confirm_invalid");
-      else if (r.status !== 200) dobMsg = t("pin_error");
-      render();
-    });
+    if (askId4) { dobDone = true; id4 = ""; render(); return; }
+    submitConfirm(sessionId, dob, false);
   } else if (dob.length < 8) dob += k;
   render();
+}
+
+function submitConfirm(sessionId, answer, withId4) {
+  // the typed digits are forgotten at once; a wrong answer starts again from the date
+  dob = ""; id4 = ""; dobDone = false;
+  post("/api/confirm", { session_id: sessionId, answer }).then((r) => {
+    const wrong = withId4 ? "id4_wrong" : "confirm_wrong";
+    if (r.status === 200 && !r.body.ok && !r.body.ended) dobMsg = t(wrong, r.body.tries_left);
+    else if (r.status !== 200 && r.body.code === "INVALID_ARGUMENT") dobMsg = t("confirm_invalid");
+    else if (r.status !== 200) dobMsg = t("pin_error");
+    render();
+  });
 }
 
 function render() {
