@@ -43,7 +43,7 @@ from edge.store.index import HnswIndex
 from edge.store.records import CitizenRecord
 from edge.store.rwlock import RWLock
 from edge.store.search import Match
-from edge.store.validate import prepare, unit_rows
+from edge.store.validate import prepare, prepare_many, unit_rows
 from sync.changes import Change, Dossier
 
 __all__ = ["CHECKPOINT_DIR", "DB_NAME", "CitizenRecord", "GalleryStore", "Match", "unit_rows"]
@@ -516,10 +516,14 @@ class GalleryStore:
                 c.execute("BEGIN IMMEDIATE")
                 for table in ("embeddings", "citizens", "dossiers", "removed_labels"):
                     c.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+                written: set[tuple[str, str]] = set()  # see db.write_fresh
                 for chunk in _chunks(changes, SNAPSHOT_CHUNK):
-                    prepared = [prepare(ch, self._dim, self._settings) for ch in chunk]
-                    staged, next_label = db.write_changes(c, self._dim, prepared, mapping,
-                                                          next_label)
+                    prepared = prepare_many(chunk, self._dim, self._settings)
+                    fresh = db.write_fresh(c, self._dim, prepared, next_label, written)
+                    if fresh is None:  # a delete or a repeated id: the general path
+                        fresh = db.write_changes(c, self._dim, prepared, mapping, next_label)
+                        written |= db.written_keys(prepared)
+                    staged, next_label = fresh
                     upkeep.apply_staged(index, mapping, staged, self._settings)
                     count += len(chunk)
                     log.info("snapshot: %d entries (%.0f/s)", count,

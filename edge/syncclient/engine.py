@@ -608,7 +608,7 @@ class SyncEngine:
         citizens = dossiers = 0
         with open(path, "rb") as fh:
             for chunk in snapfile.read_chunks(fh, d):
-                for change in self._decode_changes(chunk.changes, d.dim):
+                for change in wire.changes_from_pb(chunk.changes, d.dim):
                     if isinstance(change, CitizenUpsert):
                         citizens += 1
                     elif isinstance(change, DossierUpsert):
@@ -626,7 +626,7 @@ class SyncEngine:
                 offset, length = snap.chunks[index]
                 fh.seek(offset)
                 chunk = pb.SnapshotChunk.FromString(fh.read(length))
-                for change in self._decode_changes(chunk.changes, dim):
+                for change in wire.changes_from_pb(chunk.changes, dim):
                     if isinstance(change, CitizenUpsert):
                         citizens += 1
                     elif isinstance(change, DossierUpsert):
