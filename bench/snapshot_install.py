@@ -34,6 +34,7 @@ import argparse
 import cProfile
 import io
 import json
+import logging
 import os
 import pstats
 import resource
@@ -54,6 +55,10 @@ sys.path.insert(0, str(SRC))
 DIM = 512
 EMBEDDER = "bench-embedder"
 DISTRICT = "q1"
+#: citizens (every n-th label, i.e. spread over the graph's insertion order) that
+#: search for their own stored embedding after the install: a wrong label or a broken
+#: graph shows as a miss; 1,000 searches are ~0.3 s, outside the timed stages
+SELF_RECALL_SAMPLE = 1000
 STAGES = ("signature", "sha256", "install", "checkpoint", "close", "total")
 
 
@@ -109,6 +114,15 @@ def build_snapshot(work: Path, citizens: int, seed: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ terminal side (child)
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss it is not inherited
+    from the parent across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """One install into a fresh store; per-stage (wall, cpu) seconds and memory."""
     from edge.store.gallery import GalleryStore
@@ -118,7 +132,19 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from sync.keys import load_public_key
 
     work = Path(spec["work"])
-    rss_before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    graph_log: list[str] = []
+
+    class _GraphLog(logging.Handler):
+        """Whether the store loaded the district's index graph (its log says so)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage()
+            if "index graph" in msg:
+                graph_log.append(msg)
+
+    logging.getLogger("motcua.store").addHandler(_GraphLog())
+    logging.getLogger("motcua.store").setLevel(logging.INFO)
+    rss_before_mb = peak_rss_mb()
     sealed = Path(spec["descriptor"]).read_bytes()
     store = GalleryStore.open(work / "store", embedder_id=EMBEDDER, dim=DIM)
     spool = work / "spool"
@@ -133,7 +159,6 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     shutil.copyfile(spec["file"], part)  # "downloaded"
     times: dict[str, tuple[float, float]] = {}
     prof = cProfile.Profile() if spec.get("profile") else None
-    t_start, c_start = time.perf_counter(), time.process_time()
 
     def stage(name: str, fn: Any) -> Any:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -155,14 +180,30 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     if engine.snapshot_files_applied != 1 or store.citizen_count != spec["citizens"]:
         raise SystemExit(f"install failed: {dict(engine.rejections)} {engine.last_error}")
     index_stats = store.index_stats()
+    # the index serves the right citizens: each of a sample finds itself first
+    import sqlite3
+
+    import numpy as np
+    with sqlite3.connect(f"file:{work / 'store' / 'gallery.db'}?mode=ro", uri=True) as ro:
+        step = max(1, int(spec["citizens"]) // SELF_RECALL_SAMPLE)
+        sample = ro.execute("SELECT citizen_id, vector FROM embeddings WHERE label % ? = 0 "
+                            "LIMIT ?", (step, SELF_RECALL_SAMPLE)).fetchall()
+    ro.close()
+    found = sum(store.search(np.frombuffer(v, dtype="<f4"), k=1)[0].citizen_id == cid
+                for cid, v in sample)
     stage("close", store.close)
-    times["total"] = (time.perf_counter() - t_start, time.process_time() - c_start)
+    times["total"] = (sum(w for w, _ in times.values()), sum(c for _, c in times.values()))
     out: dict[str, Any] = {
         "wall": {k: v[0] for k, v in times.items()},
         "cpu": {k: v[1] for k, v in times.items()},
         "rss_before_mb": rss_before_mb,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "index_live": index_stats["live"],
+        "self_recall_at_1": found / max(len(sample), 1),
+        # "loaded": the district's graph was used; "built": the terminal built the index
+        "index": ("loaded" if any(m.startswith("snapshot index graph loaded") for m in graph_log)
+                  else "built"),
+        "graph_log": graph_log,
         "store_bytes": sum(f.stat().st_size for f in (work / "store").rglob("*")
                            if f.is_file()),
     }
@@ -216,6 +257,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["peak_rss_mb_max"] = round(max(r["peak_rss_mb"] for r in runs), 1)
     out["rss_before_mb"] = round(max(r["rss_before_mb"] for r in runs), 1)
     out["store_bytes"] = runs[-1]["store_bytes"]
+    out["index"] = sorted({r["index"] for r in runs})
+    out["self_recall_at_1_min"] = min(r["self_recall_at_1"] for r in runs)
     return out
 
 
@@ -226,7 +269,8 @@ def table(label: str, s: dict[str, Any]) -> str:
         lines.append(f"  {st:<11} {s[f'{st}_cpu_s_median']:>7.3f} / {s[f'{st}_cpu_s_p95']:<7.3f}"
                      f" {s[f'{st}_wall_s_median']:>7.3f} / {s[f'{st}_wall_s_p95']:<7.3f}")
     lines.append(f"  peak RSS {s['peak_rss_mb_max']:.1f} MB (before the install: "
-                 f"{s['rss_before_mb']:.1f} MB), store {s['store_bytes']:,} bytes")
+                 f"{s['rss_before_mb']:.1f} MB), store {s['store_bytes']:,} bytes, "
+                 f"index {'/'.join(s['index'])}, self recall@1 {s['self_recall_at_1_min']}")
     return "\n".join(lines)
 
 
@@ -261,8 +305,11 @@ def main() -> None:
             for name, src in sources.items():
                 r = run_child(src, spec, work / "terminal")
                 runs[name].append(r)
-                progress(f"run {i + 1}/{args.runs} {name}: install {r['cpu']['install']:.2f} s "
-                         f"CPU, total {r['cpu']['total']:.2f} s CPU / "
+                for m in r["graph_log"]:
+                    progress(f"  store: {m}")
+                progress(f"run {i + 1}/{args.runs} {name} (index {r['index']}): "
+                         f"install {r['cpu']['install']:.2f} s CPU, "
+                         f"total {r['cpu']['total']:.2f} s CPU / "
                          f"{r['wall']['total']:.2f} s wall, peak {r['peak_rss_mb']:.0f} MB")
         result: dict[str, Any] = {
             "citizens": spec["citizens"], "file_bytes": spec["file_bytes"],

@@ -12,6 +12,7 @@ import sqlite3
 import time
 
 import numpy as np
+import numpy.typing as npt
 
 from core.errors import StoreError
 from edge.config import StoreSettings
@@ -39,6 +40,20 @@ def apply_staged(index: HnswIndex, mapping: Mapping, st: Staged, settings: Store
         index.add(new, np.stack(list(st.added.values())), threads=threads)
     for cid, labels in st.overlay.items():
         mapping.set(cid, labels)
+
+
+def add_in_chunks(index: HnswIndex, vectors: list[npt.NDArray[np.float32]], first_label: int,
+                  chunk: int, settings: StoreSettings) -> None:
+    """Add ``vectors`` (consecutive row blocks) under labels ``first_label``, +1, ...,
+    ``chunk`` rows per ``add`` call with ``settings.build_threads``."""
+    if not vectors:
+        return
+    unit = np.concatenate(vectors)
+    for start in range(0, len(unit), chunk):
+        part = unit[start:start + chunk]
+        labels = np.arange(first_label + start, first_label + start + len(part),
+                           dtype=np.int64)
+        index.add(labels, part, threads=settings.build_threads)
 
 
 def reconcile(index: HnswIndex, conn: sqlite3.Connection, mapping: Mapping, dim: int,

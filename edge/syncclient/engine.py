@@ -90,7 +90,8 @@ class GalleryTarget(Protocol):
 
     def apply(self, changes: list[Change], *, epoch: int) -> None: ...
 
-    def replace_all(self, changes: Iterable[Change], *, epoch: int, last_seq: int) -> None: ...
+    def replace_all(self, changes: Iterable[Change], *, epoch: int, last_seq: int,
+                    graph: Callable[[], bytes] | None = None) -> None: ...
 
 
 @dataclasses.dataclass
@@ -596,18 +597,23 @@ class SyncEngine:
             return
         self.download = None
         started = self.clock()
+        graph: list[bytes] = []  # the district's index graph, filled while reading the file
         try:
-            self._install_from(d.epoch, d.last_seq, self._file_changes(d, path), started, path)
+            self._install_from(d.epoch, d.last_seq, self._file_changes(d, path, graph),
+                               started, path, graph=lambda: b"".join(graph))
         except MessageRejected as exc:
             self._file_fallback = True  # the district's file is bad: ask for chunks next
             self._reject(exc)
             return
         self.snapshot_files_applied += 1
 
-    def _file_changes(self, d: pb.SnapshotFile, path: Path) -> Iterator[Change]:
+    def _file_changes(self, d: pb.SnapshotFile, path: Path, graph: list[bytes]
+                      ) -> Iterator[Change]:
         citizens = dossiers = 0
         with open(path, "rb") as fh:
             for chunk in snapfile.read_chunks(fh, d):
+                if chunk.index_graph:
+                    graph.append(chunk.index_graph)
                 for change in wire.changes_from_pb(chunk.changes, d.dim):
                     if isinstance(change, CitizenUpsert):
                         citizens += 1
@@ -643,13 +649,17 @@ class SyncEngine:
                            snap.started, snap.spool)
 
     def _install_from(self, epoch: int, last_seq: int, changes: Iterator[Change],
-                      started: float, spool: Path) -> None:
+                      started: float, spool: Path,
+                      graph: Callable[[], bytes] | None = None) -> None:
         """Install a received snapshot (chunks or a file) atomically, then catch up."""
         received = self.clock()
         try:
             # the floor may have risen while the chunks came in (a newer manifest)
             self._below_floor(epoch, last_seq, "snapshot")
-            self.store.replace_all(changes, epoch=epoch, last_seq=last_seq)
+            if graph is None:
+                self.store.replace_all(changes, epoch=epoch, last_seq=last_seq)
+            else:
+                self.store.replace_all(changes, epoch=epoch, last_seq=last_seq, graph=graph)
         except MessageRejected as exc:
             self._snapshot_failed(str(exc))
             raise
