@@ -19,6 +19,7 @@ lists exactly as hnswlib saved them.
 from __future__ import annotations
 
 import struct
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -61,12 +62,13 @@ def params(payload: bytes, dim: int) -> tuple[int, int, int]:
 
 
 def assemble(payload: bytes, unit: npt.NDArray[np.float32], first_label: int,
-             capacity: int) -> bytes:
-    """A full hnswlib index file of ``payload``'s links, the terminal's ``unit`` vectors
-    (row ``p`` = snapshot position ``p``) and labels ``first_label + p``, with room for
-    ``capacity`` elements. MessageRejected if the payload does not fit the vectors (count,
-    dimension, labels not a permutation, an element marked deleted); the links
-    themselves are checked by graphcheck on the result, before hnswlib reads it."""
+             capacity: int, out: BinaryIO) -> None:
+    """Write to ``out`` a full hnswlib index file of ``payload``'s links, the terminal's
+    ``unit`` vectors (row ``p`` = snapshot position ``p``) and labels ``first_label + p``,
+    with room for ``capacity`` elements. MessageRejected (nothing written) if the payload
+    does not fit the vectors (count, dimension, labels not a permutation, an element
+    marked deleted); the links themselves are checked by graphcheck on the result,
+    before hnswlib reads it."""
     dim = unit.shape[1]
     if len(payload) < HEADER.size:
         raise MessageRejected(MALFORMED, "index graph: shorter than its header")
@@ -94,7 +96,9 @@ def assemble(payload: bytes, unit: npt.NDArray[np.float32], first_label: int,
         np.uint8).reshape(n, 8)
     header = bytearray(payload[:HEADER.size])
     struct.pack_into("<Q", header, 8, capacity)  # max_elements
-    return bytes(header) + level0.tobytes() + payload[HEADER.size + n * stripped:]
+    out.write(header)
+    out.write(level0.data)  # no copy of the level-0 block
+    out.write(memoryview(payload)[HEADER.size + n * stripped:])
 
 
 __all__ = ["HEADER", "assemble", "params", "strip"]

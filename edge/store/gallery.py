@@ -552,13 +552,16 @@ class GalleryStore:
                              count / max(time.monotonic() - t0, 1e-9))
                 if deferred is not None:
                     assert graph is not None
-                    loaded = self._graph_index(graph(), deferred, first_label, generation)
+                    unit = (np.concatenate(deferred) if deferred
+                            else np.empty((0, self._dim), dtype=np.float32))
+                    deferred = None  # one copy of the vectors from here on
+                    loaded = self._graph_index(graph(), unit, first_label, generation)
                     if loaded is None:
-                        upkeep.add_in_chunks(index, deferred, first_label, SNAPSHOT_CHUNK,
+                        upkeep.add_in_chunks(index, [unit], first_label, SNAPSHOT_CHUNK,
                                              self._settings)
                     else:
                         index = loaded
-                    deferred = None
+                    del unit
                 db.set_meta(c, epoch=epoch, last_seq=last_seq, next_label=next_label,
                                generation=generation, last_delete_seq=last_seq)
                 c.execute("COMMIT")
@@ -583,13 +586,11 @@ class GalleryStore:
             self._auto_checkpoint()
             self._start_quiet_checkpoint()
 
-    def _graph_index(self, payload: bytes, vectors: list[npt.NDArray[np.float32]],
+    def _graph_index(self, payload: bytes, unit: npt.NDArray[np.float32],
                      first_label: int, generation: int) -> HnswIndex | None:
-        """The index of the district's graph ``payload`` with the store's ``vectors``
+        """The index of the district's graph ``payload`` with the store's ``unit`` vectors
         (labels from ``first_label``), or None (logged) if it does not fit or fails the
         structural check: the caller builds the index itself."""
-        unit = (np.concatenate(vectors) if vectors
-                else np.empty((0, self._dim), dtype=np.float32))
         if not payload or not len(unit):
             return None
         s = self._settings
@@ -602,12 +603,9 @@ class GalleryStore:
                             s.ef_construction)
                 return None
             capacity = max(s.initial_capacity, math.ceil(n * s.growth_factor))
-            data = snapgraph.assemble(payload, unit, first_label, capacity)
-            del unit
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, db.FILE_MODE)
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            del data
+                snapgraph.assemble(payload, unit, first_label, capacity, fh)
             index = HnswIndex.load_verified(tmp, self._dim, s)  # graphcheck first
         except (MessageRejected, StoreError, OSError) as exc:
             log.warning("snapshot index graph not used (%s): building the index instead", exc)

@@ -598,9 +598,15 @@ class SyncEngine:
         self.download = None
         started = self.clock()
         graph: list[bytes] = []  # the district's index graph, filled while reading the file
+
+        def take_graph() -> bytes:
+            data = b"".join(graph)
+            graph.clear()
+            return data
+
         try:
             self._install_from(d.epoch, d.last_seq, self._file_changes(d, path, graph),
-                               started, path, graph=lambda: b"".join(graph))
+                               started, path, graph=take_graph)
         except MessageRejected as exc:
             self._file_fallback = True  # the district's file is bad: ask for chunks next
             self._reject(exc)
