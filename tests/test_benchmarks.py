@@ -83,7 +83,8 @@ def test_snapshot_fanout_benchmark_small() -> None:  # its own Mosquitto, file s
     assert f["files_built"] == 2 and f["http_bytes"] == 2 * size
     assert int(f["broker_bytes_sent"]) < 0.1 * size  # announcements, not the file
     assert 1.95 < float(t["ratio"]) < 2.1  # a shared topic: one copy per subscriber
-    assert int(m["broker_bytes_sent"]) >= int(m["chunk_bytes_one_snapshot"]) > 0.9 * size
+    # the chunks carry the changes only; the file also the index graph (~12% at 512-d)
+    assert int(m["broker_bytes_sent"]) >= int(m["chunk_bytes_one_snapshot"]) > 0.8 * size
 
 
 def test_snapshot_install_benchmark_quick() -> None:  # builds and installs a 500-citizen file
