@@ -23,11 +23,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
+import hnswlib
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
@@ -37,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.errors import DistrictError
 from district.log import DistrictLog
 from proto import sync_pb2 as pb
-from sync import snapfile
+from sync import snapfile, snapgraph
 from sync.wire import seal
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,14 @@ SCAN_CHANGES = 1000
 #: deleted citizen's embeddings stay on the district's disk seconds, not weeks, for a
 #: scan of the changes since the last look (a few per second at most)
 SWEEP_S = 10.0
+#: HNSW parameters of the graph shipped in a snapshot file: the terminal's [store]
+#: defaults (edge/config.py StoreSettings M and ef_construction; a test keeps them
+#: equal). A terminal configured otherwise ignores the graph and builds its own
+GRAPH_M = 32
+GRAPH_EF_CONSTRUCTION = 125
+#: threads of the graph build: 10,000 citizens are ~4-5 s of CPU once per file; two
+#: threads halve the wait of the first terminal without taking the district's cores
+GRAPH_THREADS = 2
 #: snapshot files kept: the newest (what requests get) and the one before (terminals still
 #: downloading it finish instead of starting over); each is ~2 KiB per citizen
 KEEP = 2
@@ -60,7 +71,8 @@ class SnapshotFiles:
     """Builds, keeps and finds one district's snapshot files (thread safe)."""
 
     def __init__(self, directory: Path, key: Ed25519PrivateKey, base_url: str, *,
-                 keep: int = KEEP, chunk_max_bytes: int = CHUNK_MAX_BYTES) -> None:
+                 keep: int = KEEP, chunk_max_bytes: int = CHUNK_MAX_BYTES,
+                 graph: bool = True) -> None:
         if keep < 1:
             raise ValueError("keep at least one snapshot file")
         self.dir = directory
@@ -68,6 +80,8 @@ class SnapshotFiles:
         self.base_url = base_url.rstrip("/")
         self.keep = keep
         self.chunk_max_bytes = chunk_max_bytes
+        #: ship the HNSW graph of the snapshot's embeddings in the file (sync/snapgraph.py)
+        self.graph = graph
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
         #: files built by this process (tests, benchmarks)
@@ -150,6 +164,7 @@ class SnapshotFiles:
                 out = _Hashing(raw)
                 index = 0
                 pending: list[bytes] = []
+                pending_graph = [b""]
                 psize = 0
 
                 def flush(last: bool) -> None:
@@ -158,19 +173,31 @@ class SnapshotFiles:
                         district_id=dlog.district_id, epoch=epoch,
                         embedder_id=dlog.embedder_id, dim=dlog.dim, snapshot_id=snap_id,
                         last_seq=last_seq, index=index, last=last, citizen_count=nc,
-                        dossier_count=nd)
+                        dossier_count=nd, index_graph=pending_graph[0])
                     for blob in pending:
                         c.changes.add().MergeFromString(blob)
                     snapfile.write_record(out, c.SerializeToString())  # type: ignore[arg-type]
                     index += 1
                     pending.clear()
 
+                vectors: list[np.ndarray] = []  # type: ignore[type-arg]
                 for blob in rows:
                     if pending and psize + len(blob) > self.chunk_max_bytes:
                         flush(False)
                         psize = 0
                     pending.append(blob)
                     psize += len(blob)
+                    if self.graph:
+                        vectors.append(_embeddings(blob, dlog.dim))
+                graph = build_graph(vectors, dlog.dim) if self.graph else b""
+                if graph:
+                    # the graph in records of its own, between the changes and an empty
+                    # last record: older terminals see chunks without changes
+                    flush(False)
+                    for at in range(0, len(graph), self.chunk_max_bytes):
+                        pending_graph[0] = graph[at:at + self.chunk_max_bytes]
+                        flush(False)
+                    pending_graph[0] = b""
                 flush(True)
                 raw.flush()
                 os.fsync(raw.fileno())
@@ -234,6 +261,35 @@ class SnapshotFiles:
     def _prune(self) -> None:
         for d, _ in self._kept()[self.keep:]:
             self._remove(d.snapshot_id)
+
+
+def _embeddings(blob: bytes, dim: int) -> np.ndarray:  # type: ignore[type-arg]
+    """A log change's embeddings (float32 rows; none for anything but a citizen)."""
+    c = pb.Change.FromString(blob)
+    if c.WhichOneof("kind") != "citizen_upsert":
+        return np.empty((0, dim), dtype=np.float32)
+    u = c.citizen_upsert
+    return np.frombuffer(u.embeddings, dtype="<f4").reshape(-1, dim)
+
+
+def build_graph(vectors: list[np.ndarray], dim: int) -> bytes:  # type: ignore[type-arg]
+    """The snapshot's index graph payload (sync/snapgraph.py) over ``vectors`` (each
+    citizen's embeddings in file order); b"" when there are none."""
+    if not vectors:
+        return b""
+    unit64 = np.concatenate(vectors).astype(np.float64)
+    if not len(unit64):
+        return b""
+    # normalised as the terminal's store does (edge/store/validate.unit_rows)
+    unit = (unit64 / np.linalg.norm(unit64, axis=1, keepdims=True)).astype(np.float32)
+    index = hnswlib.Index(space="ip", dim=dim)
+    index.init_index(max_elements=len(unit), M=GRAPH_M, ef_construction=GRAPH_EF_CONSTRUCTION,
+                     random_seed=100)
+    index.add_items(unit, np.arange(len(unit)), num_threads=GRAPH_THREADS)
+    with tempfile.TemporaryDirectory(prefix="snapgraph-") as tmp:
+        path = Path(tmp) / "graph.hnsw"
+        index.save_index(str(path))
+        return snapgraph.strip(path.read_bytes(), dim)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

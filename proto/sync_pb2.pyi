@@ -214,7 +214,7 @@ class OperatingPoint(_message.Message):
     def __init__(self, threshold: _Optional[float] = ..., margin: _Optional[float] = ..., confirm_threshold: _Optional[float] = ..., target_fpir: _Optional[float] = ..., predicted_fpir: _Optional[float] = ..., gallery_size: _Optional[int] = ..., derived_at_ms: _Optional[int] = ..., method: _Optional[str] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
-    __slots__ = ("district_id", "epoch", "embedder_id", "dim", "snapshot_id", "last_seq", "index", "last", "changes", "request_id", "citizen_count", "dossier_count")
+    __slots__ = ("district_id", "epoch", "embedder_id", "dim", "snapshot_id", "last_seq", "index", "last", "changes", "request_id", "citizen_count", "dossier_count", "index_graph")
     DISTRICT_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +227,7 @@ class SnapshotChunk(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CITIZEN_COUNT_FIELD_NUMBER: _ClassVar[int]
     DOSSIER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    INDEX_GRAPH_FIELD_NUMBER: _ClassVar[int]
     district_id: str
     epoch: int
     embedder_id: str
@@ -239,7 +240,8 @@ class SnapshotChunk(_message.Message):
     request_id: str
     citizen_count: int
     dossier_count: int
-    def __init__(self, district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., embedder_id: _Optional[str] = ..., dim: _Optional[int] = ..., snapshot_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., index: _Optional[int] = ..., last: _Optional[bool] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., request_id: _Optional[str] = ..., citizen_count: _Optional[int] = ..., dossier_count: _Optional[int] = ...) -> None: ...
+    index_graph: bytes
+    def __init__(self, district_id: _Optional[str] = ..., epoch: _Optional[int] = ..., embedder_id: _Optional[str] = ..., dim: _Optional[int] = ..., snapshot_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., index: _Optional[int] = ..., last: _Optional[bool] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., request_id: _Optional[str] = ..., citizen_count: _Optional[int] = ..., dossier_count: _Optional[int] = ..., index_graph: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotFile(_message.Message):
     __slots__ = ("district_id", "epoch", "embedder_id", "dim", "snapshot_id", "last_seq", "size", "sha256", "citizen_count", "dossier_count", "url", "created_at_ms")

@@ -2,9 +2,11 @@
 
 The file is a sequence of records, each a 4-byte big-endian length and a serialized
 ``SnapshotChunk`` (citizens, then dossiers, ~1 MiB each, indexes 0..n-1, ``last`` on the
-final one). It is not signed record by record: the signed ``SnapshotFile`` descriptor
-(``Envelope`` kind ``PAYLOAD_KIND_SNAPSHOT_FILE``) gives its exact size and SHA-256, which
-the terminal checks before it reads a record (docs/scale.md, docs/sync.md).
+final one; before the last one, records carrying the index graph in ``index_graph``
+instead of changes: sync/snapgraph.py). It is not signed record by record: the signed
+``SnapshotFile`` descriptor (``Envelope`` kind ``PAYLOAD_KIND_SNAPSHOT_FILE``) gives its
+exact size and SHA-256, which the terminal checks before it reads a record
+(docs/scale.md, docs/sync.md).
 """
 
 from __future__ import annotations

@@ -83,6 +83,7 @@ class MemoryStore:
         epoch: int,
         last_seq: int,
         embedder_id: str | None = None,
+        graph: object = None,  # the district's index graph: no index here
     ) -> None:
         citizens: dict[str, CitizenUpsert] = {}
         dossiers: dict[str, Dossier] = {}

@@ -177,7 +177,7 @@ class FullDiskStore(GalleryStore):
     """The real store whose snapshot install fails as SQLite does on a full disk (the
     fault injected at the store boundary; everything else is the real store)."""
 
-    def replace_all(self, changes, *, epoch, last_seq, embedder_id=None):  # type: ignore[no-untyped-def]
+    def replace_all(self, changes, *, epoch, last_seq, embedder_id=None, graph=None):  # type: ignore[no-untyped-def]
         from core.errors import StoreError
 
         for _ in changes:  # the engine's spool is read, as a real install would

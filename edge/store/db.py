@@ -386,3 +386,75 @@ def write_changes(c: sqlite3.Connection, dim: int, prepared: list[Prepared], map
         elif isinstance(ch, DossierDelete):
             c.execute("DELETE FROM dossiers WHERE code = ?", (ch.code,))
     return st, next_label
+
+
+def write_fresh(c: sqlite3.Connection, dim: int, prepared: list[Prepared], next_label: int,
+                written: set[tuple[str, str]]) -> tuple[Staged, int] | None:
+    """The SQL of a snapshot chunk in bulk (``executemany``), inside the transaction of
+    ``replace_all`` that emptied the tables: only when every change is an upsert of a
+    citizen or a dossier that this install has not written yet (``written`` holds
+    ("c", citizen_id) / ("d", code) of every change written so far; it is updated), so
+    that nothing is replaced and no label removed. None (nothing done) otherwise: the
+    caller uses ``write_changes``. Same rows, labels and Staged as ``write_changes``."""
+    keys: set[tuple[str, str]] = set()
+    for p in prepared:
+        ch = p.change
+        if isinstance(ch, CitizenUpsert):
+            key = ("c", ch.citizen_id)
+        elif isinstance(ch, DossierUpsert):
+            key = ("d", ch.dossier.code)
+        else:
+            return None
+        if key in written or key in keys:
+            return None
+        keys.add(key)
+    st = Staged()
+    citizens: list[tuple[object, ...]] = []
+    vectors: list[tuple[int, str, int, bytes]] = []
+    dossiers: list[tuple[str, ...]] = []
+    row = 4 * dim
+    for p in prepared:
+        ch = p.change
+        if isinstance(ch, CitizenUpsert):
+            assert p.unit is not None
+            k = p.unit.shape[0]
+            if k == 0:
+                st.deleted_citizen = True  # a suspended face, as in write_changes
+            labels = tuple(range(next_label, next_label + k))
+            next_label += k
+            for i, (label, vec) in enumerate(zip(labels, p.unit, strict=True)):
+                st.added[label] = vec
+                vectors.append((label, ch.citizen_id, i, p.raw[i * row:(i + 1) * row]))
+            st.overlay[ch.citizen_id] = labels or None
+            citizens.append((ch.citizen_id, ch.masked_name, bytes(ch.pin_hash),
+                             bytes(ch.pin_salt), ch.seq, bytes(ch.dob_hash) or None,
+                             bytes(ch.dob_salt) or None))
+        else:
+            assert isinstance(ch, DossierUpsert)
+            d = ch.dossier
+            dossiers.append((d.code, d.citizen_id, d.procedure, d.status.value, d.stage,
+                             d.received_on, d.appointment_on, d.counter))
+    c.executemany("INSERT INTO citizens (citizen_id, masked_name, pin_hash, pin_salt, "
+                  "updated_seq, dob_hash, dob_salt) VALUES (?, ?, ?, ?, ?, ?, ?)", citizens)
+    c.executemany("INSERT INTO embeddings (label, citizen_id, position, vector) "
+                  "VALUES (?, ?, ?, ?)", vectors)
+    c.executemany("INSERT INTO dossiers (code, citizen_id, procedure, status, stage, "
+                  "received_on, appointment_on, counter) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  dossiers)
+    written |= keys
+    return st, next_label
+
+
+def written_keys(prepared: list[Prepared]) -> set[tuple[str, str]]:
+    """The ("c", citizen_id) / ("d", code) keys a chunk written by ``write_changes``
+    touched (see ``write_fresh``)."""
+    keys: set[tuple[str, str]] = set()
+    for p in prepared:
+        ch = p.change
+        if isinstance(ch, CitizenUpsert | CitizenDelete):
+            keys.add(("c", ch.citizen_id))
+        elif isinstance(ch, DossierUpsert):
+            keys.add(("d", ch.dossier.code))
+        elif isinstance(ch, DossierDelete):
+            keys.add(("d", ch.code))
+    return keys

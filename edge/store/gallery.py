@@ -22,18 +22,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import ChangeOrderError, EmbedderMismatchError, StoreError
+from core.errors import ChangeOrderError, EmbedderMismatchError, MessageRejected, StoreError
 from edge.config import StoreSettings
 from edge.store import checkpoints, db, search, upkeep
 from edge.store.checkpoints import CHECKPOINT_DIR, PendingCheckpoint
@@ -43,7 +44,8 @@ from edge.store.index import HnswIndex
 from edge.store.records import CitizenRecord
 from edge.store.rwlock import RWLock
 from edge.store.search import Match
-from edge.store.validate import prepare, unit_rows
+from edge.store.validate import prepare, prepare_many, unit_rows
+from sync import snapgraph
 from sync.changes import Change, Dossier
 
 __all__ = ["CHECKPOINT_DIR", "DB_NAME", "CitizenRecord", "GalleryStore", "Match", "unit_rows"]
@@ -549,7 +551,8 @@ class GalleryStore:
             self._auto_checkpoint()
 
     def replace_all(self, changes: Iterable[Change], *, epoch: int, last_seq: int,
-                    embedder_id: str | None = None) -> None:
+                    embedder_id: str | None = None,
+                    graph: Callable[[], bytes] | None = None) -> None:
         """Install a full snapshot atomically (old content served until it is complete).
 
         ``changes`` are the snapshot's entries (normally upserts; a delete removes an
@@ -557,6 +560,11 @@ class GalleryStore:
         gallery then stands at ``epoch``/``last_seq``. Within the same epoch a snapshot
         may not go back (ChangeOrderError). One SQLite transaction: a crash or an invalid
         entry leaves the old gallery as it was.
+
+        ``graph``, called once ``changes`` is exhausted, gives the district's index graph
+        of the snapshot (sync/snapgraph.py, b"" for none): loaded with the store's own
+        vectors and labels instead of building the index, if it fits and passes the
+        structural check; otherwise (logged) the index is built as without it.
         """
         with self._apply_lock:
             self._require_open()
@@ -583,14 +591,44 @@ class GalleryStore:
                 c.execute("BEGIN IMMEDIATE")
                 for table in ("embeddings", "citizens", "dossiers", "removed_labels"):
                     c.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+                written: set[tuple[str, str]] = set()  # see db.write_fresh
+                # with a graph the vectors wait (in label order from first_label) until
+                # it is loaded; a chunk that needs the general path ends the wait
+                first_label = next_label
+                deferred: list[npt.NDArray[np.float32]] | None = [] if graph else None
                 for chunk in _chunks(changes, SNAPSHOT_CHUNK):
-                    prepared = [prepare(ch, self._dim, self._settings) for ch in chunk]
-                    staged, next_label = db.write_changes(c, self._dim, prepared, mapping,
-                                                          next_label)
-                    upkeep.apply_staged(index, mapping, staged, self._settings)
+                    prepared = prepare_many(chunk, self._dim, self._settings)
+                    fresh = db.write_fresh(c, self._dim, prepared, next_label, written)
+                    if fresh is None:  # a delete or a repeated id: the general path
+                        if deferred is not None:
+                            upkeep.add_in_chunks(index, deferred, first_label,
+                                                 SNAPSHOT_CHUNK, self._settings)
+                            deferred = None
+                        fresh = db.write_changes(c, self._dim, prepared, mapping, next_label)
+                        written |= db.written_keys(prepared)
+                    staged, next_label = fresh
+                    if deferred is not None:
+                        if staged.added:
+                            deferred.append(np.stack(list(staged.added.values())))
+                        for cid, labels in staged.overlay.items():
+                            mapping.set(cid, labels)
+                    else:
+                        upkeep.apply_staged(index, mapping, staged, self._settings)
                     count += len(chunk)
                     log.info("snapshot: %d entries (%.0f/s)", count,
                              count / max(time.monotonic() - t0, 1e-9))
+                if deferred is not None:
+                    assert graph is not None
+                    unit = (np.concatenate(deferred) if deferred
+                            else np.empty((0, self._dim), dtype=np.float32))
+                    deferred = None  # one copy of the vectors from here on
+                    loaded = self._graph_index(graph(), unit, first_label, generation)
+                    if loaded is None:
+                        upkeep.add_in_chunks(index, [unit], first_label, SNAPSHOT_CHUNK,
+                                             self._settings)
+                    else:
+                        index = loaded
+                    del unit
                 db.set_meta(c, epoch=epoch, last_seq=last_seq, next_label=next_label,
                                generation=generation, last_delete_seq=last_seq)
                 c.execute("COMMIT")
@@ -614,6 +652,35 @@ class GalleryStore:
             self._deleted_something()
             self._auto_checkpoint()
             self._start_quiet_checkpoint()
+
+    def _graph_index(self, payload: bytes, unit: npt.NDArray[np.float32],
+                     first_label: int, generation: int) -> HnswIndex | None:
+        """The index of the district's graph ``payload`` with the store's ``unit`` vectors
+        (labels from ``first_label``), or None (logged) if it does not fit or fails the
+        structural check: the caller builds the index itself."""
+        if not payload or not len(unit):
+            return None
+        s = self._settings
+        tmp = self._ckpt_dir / f"snapshot-graph-g{generation}.tmp"  # stray: removed on open
+        try:
+            n, m, efc = snapgraph.params(payload, self._dim)
+            if (m, efc) != (s.M, s.ef_construction):
+                log.warning("snapshot index graph of M=%d ef_construction=%d, the store's "
+                            "are %d/%d: building the index instead", m, efc, s.M,
+                            s.ef_construction)
+                return None
+            capacity = max(s.initial_capacity, math.ceil(n * s.growth_factor))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, db.FILE_MODE)
+            with os.fdopen(fd, "wb") as fh:
+                snapgraph.assemble(payload, unit, first_label, capacity, fh)
+            index = HnswIndex.load_verified(tmp, self._dim, s)  # graphcheck first
+        except (MessageRejected, StoreError, OSError) as exc:
+            log.warning("snapshot index graph not used (%s): building the index instead", exc)
+            return None
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("snapshot index graph loaded: %d vectors", index.live)
+        return index
 
     # ================================================================== checkpoints
     def checkpoint(self, *, force: bool = False) -> None:

@@ -12,6 +12,7 @@ import sqlite3
 import time
 
 import numpy as np
+import numpy.typing as npt
 
 from core.errors import StoreError
 from edge.config import StoreSettings
@@ -57,6 +58,20 @@ def scrub_removed(index: HnswIndex, st: Staged) -> None:
     so the store runs it after the deletion is visible, under its writer lock: no
     checkpoint can be saved before it is done."""
     index.scrub_hidden([*st.scrub, *st.scrub_hidden])
+
+
+def add_in_chunks(index: HnswIndex, vectors: list[npt.NDArray[np.float32]], first_label: int,
+                  chunk: int, settings: StoreSettings) -> None:
+    """Add ``vectors`` (consecutive row blocks) under labels ``first_label``, +1, ...,
+    ``chunk`` rows per ``add`` call with ``settings.build_threads``."""
+    if not vectors:
+        return
+    unit = np.concatenate(vectors)
+    for start in range(0, len(unit), chunk):
+        part = unit[start:start + chunk]
+        labels = np.arange(first_label + start, first_label + start + len(part),
+                           dtype=np.int64)
+        index.add(labels, part, threads=settings.build_threads)
 
 
 def reconcile(index: HnswIndex, conn: sqlite3.Connection, mapping: Mapping, dim: int,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -90,15 +91,55 @@ class Prepared:
     unit: npt.NDArray[np.float32] | None = None
 
 
+def _check_citizen_fields(change: CitizenUpsert) -> str:
+    """Check a citizen upsert's text and byte fields; the name of the change for errors."""
+    what = f"change {change.seq} (citizen {change.citizen_id!r})"
+    check_text(change.citizen_id, f"{what} citizen_id", limit=MAX_ID_LEN, empty=False)
+    check_text(change.masked_name, f"{what} masked_name")
+    check_bytes(change.pin_hash, f"{what} pin_hash")
+    check_bytes(change.pin_salt, f"{what} pin_salt")
+    check_bytes(change.dob_hash, f"{what} dob_hash")
+    check_bytes(change.dob_salt, f"{what} dob_salt")
+    return what
+
+
+def prepare_many(changes: Sequence[object], dim: int, settings: StoreSettings
+                 ) -> list[Prepared]:
+    """``[prepare(ch, dim, settings) for ch in changes]`` with the same checks and the
+    same first error, the citizens' embeddings checked and normalised in one numpy pass
+    (a snapshot's 2,000-citizen chunks: one ``unit_rows`` instead of 2,000)."""
+    out: list[Prepared] = []
+    pending: list[tuple[Prepared, npt.NDArray[np.floating]]] = []
+    try:
+        for ch in changes:
+            if isinstance(ch, CitizenUpsert):
+                emb = np.asarray(ch.embeddings)
+                if (emb.ndim == 2 and 0 < emb.shape[0] <= settings.max_embeddings_per_citizen
+                        and emb.shape[1] == dim and emb.dtype.kind == "f"):
+                    _check_citizen_fields(ch)
+                    p = Prepared(ch)
+                    pending.append((p, emb))
+                    out.append(p)
+                    continue
+            out.append(prepare(ch, dim, settings))  # anything else, or it raises
+        if pending:
+            stacked = np.concatenate([emb for _, emb in pending])
+            unit = unit_rows(stacked, dim, "snapshot embeddings")
+            raw = np.ascontiguousarray(stacked.astype("<f4"))
+    except StoreError:
+        return [prepare(ch, dim, settings) for ch in changes]  # raises the first error
+    row = 0
+    for p, emb in pending:
+        k = emb.shape[0]
+        p.unit = unit[row:row + k]
+        p.raw = raw[row:row + k].tobytes()
+        row += k
+    return out
+
+
 def prepare(change: object, dim: int, settings: StoreSettings) -> Prepared:
     if isinstance(change, CitizenUpsert):
-        what = f"change {change.seq} (citizen {change.citizen_id!r})"
-        check_text(change.citizen_id, f"{what} citizen_id", limit=MAX_ID_LEN, empty=False)
-        check_text(change.masked_name, f"{what} masked_name")
-        check_bytes(change.pin_hash, f"{what} pin_hash")
-        check_bytes(change.pin_salt, f"{what} pin_salt")
-        check_bytes(change.dob_hash, f"{what} dob_hash")
-        check_bytes(change.dob_salt, f"{what} dob_salt")
+        what = _check_citizen_fields(change)
         emb = np.asarray(change.embeddings)
         if emb.ndim != 2:
             raise StoreError(f"{what}: embeddings must have shape (k, {dim}), got {emb.shape}")

@@ -90,7 +90,8 @@ class GalleryTarget(Protocol):
 
     def apply(self, changes: list[Change], *, epoch: int) -> None: ...
 
-    def replace_all(self, changes: Iterable[Change], *, epoch: int, last_seq: int) -> None: ...
+    def replace_all(self, changes: Iterable[Change], *, epoch: int, last_seq: int,
+                    graph: Callable[[], bytes] | None = None) -> None: ...
 
 
 @dataclasses.dataclass
@@ -601,19 +602,30 @@ class SyncEngine:
             return
         self.download = None
         started = self.clock()
+        graph: list[bytes] = []  # the district's index graph, filled while reading the file
+
+        def take_graph() -> bytes:
+            data = b"".join(graph)
+            graph.clear()
+            return data
+
         try:
-            self._install_from(d.epoch, d.last_seq, self._file_changes(d, path), started, path)
+            self._install_from(d.epoch, d.last_seq, self._file_changes(d, path, graph),
+                               started, path, graph=take_graph)
         except MessageRejected as exc:
             self._file_fallback = True  # the district's file is bad: ask for chunks next
             self._reject(exc)
             return
         self.snapshot_files_applied += 1
 
-    def _file_changes(self, d: pb.SnapshotFile, path: Path) -> Iterator[Change]:
+    def _file_changes(self, d: pb.SnapshotFile, path: Path, graph: list[bytes]
+                      ) -> Iterator[Change]:
         citizens = dossiers = 0
         with open(path, "rb") as fh:
             for chunk in snapfile.read_chunks(fh, d):
-                for change in self._decode_changes(chunk.changes, d.dim):
+                if chunk.index_graph:
+                    graph.append(chunk.index_graph)
+                for change in wire.changes_from_pb(chunk.changes, d.dim):
                     if isinstance(change, CitizenUpsert):
                         citizens += 1
                     elif isinstance(change, DossierUpsert):
@@ -631,7 +643,7 @@ class SyncEngine:
                 offset, length = snap.chunks[index]
                 fh.seek(offset)
                 chunk = pb.SnapshotChunk.FromString(fh.read(length))
-                for change in self._decode_changes(chunk.changes, dim):
+                for change in wire.changes_from_pb(chunk.changes, dim):
                     if isinstance(change, CitizenUpsert):
                         citizens += 1
                     elif isinstance(change, DossierUpsert):
@@ -648,13 +660,17 @@ class SyncEngine:
                            snap.started, snap.spool)
 
     def _install_from(self, epoch: int, last_seq: int, changes: Iterator[Change],
-                      started: float, spool: Path) -> None:
+                      started: float, spool: Path,
+                      graph: Callable[[], bytes] | None = None) -> None:
         """Install a received snapshot (chunks or a file) atomically, then catch up."""
         received = self.clock()
         try:
             # the floor may have risen while the chunks came in (a newer manifest)
             self._below_floor(epoch, last_seq, "snapshot")
-            self.store.replace_all(changes, epoch=epoch, last_seq=last_seq)
+            if graph is None:
+                self.store.replace_all(changes, epoch=epoch, last_seq=last_seq)
+            else:
+                self.store.replace_all(changes, epoch=epoch, last_seq=last_seq, graph=graph)
         except MessageRejected as exc:
             self._snapshot_failed(str(exc))
             raise
