@@ -495,7 +495,7 @@ def cmd_calibration(args: argparse.Namespace) -> int:
           f"number's last 4 digits for {point.secret_id4_share:.1%} of the citizens; guess "
           f"bound {settings.confirm_tries} tries x candidates / {settings.plausible_dates} "
           f"plausible dates (x {settings.id4_combinations} with the 4 digits); confirmation "
-          f"never below {settings.confirm_floor:.2f}")
+          f"never below {settings.floor:.2f} (pack {cfg.models.pack})")
     if point.method == "pack":
         print(f"WARNING: {point.gallery_size} citizens < [calibration] min_gallery "
               f"{settings.min_gallery}: too few to predict a rate of {point.target_fpir:g}; "
