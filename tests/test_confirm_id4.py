@@ -22,6 +22,7 @@ from core.errors import ConfigError, DistrictError
 from district import calibration as calib
 from district.enrol import enrol, read_records
 from district.ingest import IngestError, Ingestor, parse_event
+from district.log import DistrictLog
 from district.privacy import hash_confirmation, personal_id_last4
 from edge.api.attempts import AttemptLimiter, AttemptPolicy
 from edge.api.confirm import DobConfirmer
@@ -349,6 +350,24 @@ def test_the_confirm_floor_is_the_model_packs_unless_the_district_sets_it(
                      pack_threshold=0.5)
     assert calib.CalibrationSettings().with_pack_floor(0.5).floor == 0.5
     assert calib.CalibrationSettings(confirm_floor=0.4).with_pack_floor(0.5).floor == 0.4
+
+
+def test_a_log_of_another_embedder_than_the_pack_is_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A district enrolled with FaceNet whose config names no pack (now the fused default)
+    is told that the pack's threshold and floor are on another scale."""
+    from district.cli import pack_threshold
+    from models.pack import load_manifest
+
+    facenet = load_manifest("mtcnn-facenet").embedder
+    dlog = DistrictLog.create(tmp_path / "d.sqlite", district_id="q1",
+                              embedder_id=facenet["id"], dim=facenet["dim"])
+    with caplog.at_level("WARNING"):
+        assert pack_threshold("mtcnn-facenet", dlog) == facenet["match_threshold"]
+        assert not caplog.records
+        pack_threshold("mtcnn-facenet-dlib", dlog)
+    assert "on another scale" in caplog.text and facenet["id"] in caplog.text
+    dlog.close()
 
 
 def test_a_store_made_before_the_flag_column_is_migrated(tmp_path: Path) -> None:
