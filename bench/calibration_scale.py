@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from district.calibration import CalibrationSettings, derive  # noqa: E402
 from edge.store.synthetic import ClusteredFaces  # noqa: E402
+from models.pack import pack_confirm_floor  # noqa: E402
+from models.settings import DEFAULT_PACK  # noqa: E402
 
 
 def synthetic_gallery(n: int, dim: int, seed: int) -> np.ndarray:  # type: ignore[type-arg]
@@ -54,7 +56,9 @@ def main() -> int:
             print(f"scored {done}/{total} citizens, {now - t0:.0f} s", file=sys.stderr,
                   flush=True)
 
-    point = derive(g, CalibrationSettings(), pack_threshold=0.54, progress=progress)
+    # the default pack's floor (a district's comes from its [models] pack)
+    settings = CalibrationSettings().with_pack_floor(pack_confirm_floor(DEFAULT_PACK))
+    point = derive(g, settings, pack_threshold=0.54, progress=progress)
     seconds = time.perf_counter() - t0
     print(point.describe(), file=sys.stderr)
     print(json.dumps({"citizens": args.citizens, "dim": args.dim,

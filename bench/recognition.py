@@ -74,6 +74,7 @@ from faces.align import MarginCrop, SimilarityAlign  # noqa: E402
 from faces.imagefiles import read_image  # noqa: E402
 from faces.pipeline import FacePipeline, load_pipeline  # noqa: E402
 from faces.types import Detections, Image  # noqa: E402
+from models.pack import pack_confirm_floor  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 F32 = npt.NDArray[np.float32]
@@ -844,14 +845,14 @@ class ArrayGallery:
 def calibration_settings(cfg: Config, target: float, secret: str,
                          floor: float | None = None) -> CalibrationSettings:
     """The district's settings matching this terminal configuration (bench: no gallery
-    floor); ``secret``: ``[calibration] confirm_secret``; ``floor``: None = the default
-    ``confirm_floor``."""
+    floor); ``secret``: ``[calibration] confirm_secret``; ``floor``: None = the model
+    pack's ``[embedder] confirm_floor`` (as a district on that pack)."""
     base = CalibrationSettings(
         target_fpir=target, margin=cfg.session.margin,
         confirm_candidates=cfg.session.confirm_candidates,
         confirm_tries=min(cfg.session.confirm_tries, cfg.api.pin_max_failures),
         confirm_secret=secret, min_gallery=2)
-    return base if floor is None else dataclasses.replace(base, confirm_floor=floor)
+    return base.with_pack_floor(pack_confirm_floor(cfg.models.pack) if floor is None else floor)
 
 
 def secret_kinds(split: Split, settings: CalibrationSettings, id4_share: float,
@@ -1071,7 +1072,8 @@ def main() -> int:
     ap.add_argument("--confirm-candidates", type=int,
                     help="CONFIRM candidates k (default: [session] confirm_candidates)")
     ap.add_argument("--confirm-floor", type=float,
-                    help="[calibration] confirm_floor (default: the setting's default)")
+                    help="[calibration] confirm_floor (default: the pack's [embedder] "
+                    "confirm_floor)")
     ap.add_argument("--confirm-sweep", action="store_true",
                     help="on the held-out split only: FNIR/strangers asked/FPIR for CONFIRM "
                     "floors 0.30..0.56 and k = 3, 5; then stop")
@@ -1105,6 +1107,11 @@ def main() -> int:
 
     second: FacePipeline | None = None
     if args.second:
+        if not hasattr(pipe.embedder, "standardise"):
+            # --second fuses with one FaceNet-style model; the default pack is fused already
+            raise SystemExit(f"bench: --second fuses a second embedder with a single-model "
+                             f"pack; pack {cfg.models.pack} is not one (use --pack "
+                             "mtcnn-facenet)")
         if not 0.0 <= args.fusion_weight <= 1.0:
             raise SystemExit("bench: --fusion-weight must be in [0, 1]")
         emb2 = OnnxChipEmbedder(Path(args.second))

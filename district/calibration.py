@@ -102,10 +102,11 @@ class CalibrationSettings:
     #: lowest confirmation threshold, whatever the guess budget allows. With the 4 digits
     #: a guess costs ~1e-7 per candidate, so the budget alone would let every face reach
     #: the step, and each wrong answer (a stranger typing their own date) is charged to
-    #: every candidate's per-citizen tries. 0.46 = the highest floor at which FNIR with
-    #: confirmation is <= 5 % on LFW's held-out split (seed 1000, FaceNet, k = 3: 4.83 %;
-    #: 0.48: 5.29 %); chosen there, never on the reported splits (docs/recognition.md)
-    confirm_floor: float = 0.46
+    #: every candidate's per-citizen tries. A cosine on the embedder's scale, so None =
+    #: the model pack's ``[embedder] confirm_floor`` (filled in by district.config from
+    #: ``[models] pack``: 0.46 FaceNet, 0.50 the fused pack, each the highest floor at
+    #: which FNIR with confirmation is <= 5 % on LFW's held-out split; docs/recognition.md)
+    confirm_floor: float | None = None
     #: guesses a stranger gets per lookup: min(``[session] confirm_tries`` (3),
     #: ``api.pin_max_failures`` (5))
     confirm_tries: int = 3
@@ -135,7 +136,7 @@ class CalibrationSettings:
         if self.confirm_secret not in SECRETS:
             raise ConfigError(f"{p}confirm_secret: one of {', '.join(SECRETS)}, got "
                               f"{self.confirm_secret!r}")
-        if not 0.0 <= self.confirm_floor < 1.0:
+        if self.confirm_floor is not None and not 0.0 <= self.confirm_floor < 1.0:
             raise ConfigError(f"{p}confirm_floor: a cosine in [0, 1), got {self.confirm_floor!r}")
         for name in ("confirm_candidates", "confirm_tries", "plausible_dates", "min_gallery",
                      "id4_combinations"):
@@ -145,6 +146,24 @@ class CalibrationSettings:
             raise ConfigError(f"{p}duplicate_score: in (0, 1]")
         if not 0.0 < self.recompute_share < 10.0:
             raise ConfigError(f"{p}recompute_share: a positive share, e.g. 0.1")
+
+    @property
+    def floor(self) -> float:
+        """``confirm_floor`` once the model pack's value filled it in (ConfigError
+        before: never a silent fallback to another embedder's scale)."""
+        if self.confirm_floor is None:
+            raise ConfigError("calibration.confirm_floor: not set, and no model pack's "
+                              "[embedder] confirm_floor filled it in")
+        return self.confirm_floor
+
+    def with_pack_floor(self, pack_floor: float) -> CalibrationSettings:
+        """These settings with ``confirm_floor`` defaulting to the model pack's value (a
+        value set in the district configuration stays)."""
+        if self.confirm_floor is not None:
+            return self
+        out = dataclasses.replace(self, confirm_floor=float(pack_floor))
+        out.validate("calibration")
+        return out
 
     @property
     def guess_per_candidate(self) -> float:
@@ -395,7 +414,7 @@ def derive(gallery: F32, settings: CalibrationSettings, *, pack_threshold: float
     # floor (with a strong secret the budget alone would reach down to any face)
     t_conf = 0.0
     conf = 0.0
-    for tc in grid[(grid < t_sure) & (grid >= settings.confirm_floor - 1e-9)]:
+    for tc in grid[(grid < t_sure) & (grid >= settings.floor - 1e-9)]:
         c = pred.confirm_rate(t_sure, float(tc))
         if sure + c > target:
             break
@@ -457,7 +476,7 @@ def is_stale(point: CalibratedPoint | None, citizens: int, settings: Calibration
         return citizens > 0
     if point.target_fpir != settings.target_fpir or point.margin != settings.margin:
         return True
-    if 0.0 < point.confirm_threshold < settings.confirm_floor - 1e-9:
+    if 0.0 < point.confirm_threshold < settings.floor - 1e-9:
         return True  # derived before the floor (or a lower one) was set
     base = max(point.gallery_size, 1)
     return abs(citizens - point.gallery_size) / base > settings.recompute_share

@@ -455,9 +455,18 @@ def cmd_survey_answers(args: argparse.Namespace) -> int:
     return 0
 
 
-def pack_threshold(pack: str) -> float:
-    """The model pack's own match threshold (used below the calibration's gallery floor)."""
-    return float(load_manifest(pack).embedder["match_threshold"])
+def pack_threshold(pack: str, dlog: DistrictLog | None = None) -> float:
+    """The model pack's own match threshold (used below the calibration's gallery floor).
+    With ``dlog``: a warning when the log holds another embedder's vectors (a district
+    enrolled with FaceNet whose config names no pack since the fused default): this
+    threshold and the pack's confirmation floor are on another scale."""
+    m = load_manifest(pack)
+    if dlog is not None and dlog.embedder_id != m.embedder["id"]:
+        log.warning("[models] pack %s embeds as %r, but the change log %s holds %r: its "
+                    "threshold and confirm_floor are on another scale; name the log's pack "
+                    "in [models] pack (e.g. \"mtcnn-facenet\")", pack, m.embedder["id"],
+                    dlog.path, dlog.embedder_id)
+    return float(m.embedder["match_threshold"])
 
 
 def cmd_calibration(args: argparse.Namespace) -> int:
@@ -473,7 +482,8 @@ def cmd_calibration(args: argparse.Namespace) -> int:
 
     point = calib.stored(dlog)
     if not args.show and (args.recompute or calib.is_stale(point, citizens, settings)):
-        point = calib.recompute(dlog, settings, pack_threshold=pack_threshold(cfg.models.pack),
+        point = calib.recompute(dlog, settings,
+                                pack_threshold=pack_threshold(cfg.models.pack, dlog),
                                 progress=progress)
         print(file=sys.stderr)
     if point is None:
@@ -495,7 +505,7 @@ def cmd_calibration(args: argparse.Namespace) -> int:
           f"number's last 4 digits for {point.secret_id4_share:.1%} of the citizens; guess "
           f"bound {settings.confirm_tries} tries x candidates / {settings.plausible_dates} "
           f"plausible dates (x {settings.id4_combinations} with the 4 digits); confirmation "
-          f"never below {settings.confirm_floor:.2f}")
+          f"never below {settings.floor:.2f} (pack {cfg.models.pack})")
     if point.method == "pack":
         print(f"WARNING: {point.gallery_size} citizens < [calibration] min_gallery "
               f"{settings.min_gallery}: too few to predict a rate of {point.target_fpir:g}; "
@@ -526,7 +536,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         replay_window=args.replay_window or REPLAY_WINDOW,
         batch_max_changes=args.batch_max_changes or BATCH_MAX_CHANGES,
         calibration=cfg.calibration,
-        pack_threshold=pack_threshold(cfg.models.pack),
+        pack_threshold=pack_threshold(cfg.models.pack, dlog),
     )
     log.info(
         "publishing district %s from %s (head %d, published %d)",

@@ -16,11 +16,12 @@ import dataclasses
 import ipaddress
 from pathlib import Path
 
-from core.errors import ConfigError
+from core.errors import ConfigError, ModelError
 from core.net import split_hostport
 from core.tomlconfig import build_section, read_secret, read_toml
 from district.calibration import CalibrationSettings
 from faces.settings import DetectorConfig, ModelsConfig, RuntimeConfig
+from models.pack import pack_confirm_floor
 from sync.mqtt import BrokerConfig
 from sync.survey import check_base_url, check_lifetime
 from sync.topics import DEFAULT_PREFIX
@@ -242,6 +243,16 @@ class DistrictConfig:
     survey: SurveySection = SurveySection()
     #: shared snapshot files for the terminals (HTTP(S), off by default)
     snapshots: SnapshotsSection = SnapshotsSection()
+
+    def __post_init__(self) -> None:
+        # the confirmation floor is a cosine on the embedder's scale: unless
+        # [calibration] confirm_floor sets it, it is the [models] pack's own value
+        if self.calibration.confirm_floor is None:
+            try:
+                floor = pack_confirm_floor(self.models.pack)
+            except ModelError as exc:
+                raise ConfigError(f"models.pack: {exc}") from None
+            object.__setattr__(self, "calibration", self.calibration.with_pack_floor(floor))
 
 
 def load_district_config(path: Path | None) -> DistrictConfig:

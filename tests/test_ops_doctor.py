@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2
 
-from edge.config import config_from_dict
+from edge.config import DEFAULT_PACK, config_from_dict
 from edge.ops import doctor
 from edge.ops.doctor import Context, Status
 
@@ -34,7 +34,7 @@ UTC = datetime.timezone.utc
 
 def ctx_for(tmp_path: Path, extra: dict | None = None, **sections: object) -> Context:
     data = {"terminal": {"state_dir": str(tmp_path / "state")},
-            "models": {"dir": str(tmp_path / "models"), "pack": "mtcnn-facenet"}}
+            "models": {"dir": str(tmp_path / "models"), "pack": DEFAULT_PACK}}
     data.update(extra or {})
     cfg = config_from_dict(data)
     if sections:  # sections replaced by plain objects (fields edge.config would refuse)
@@ -72,7 +72,7 @@ def make_pack(models: Path) -> Path:
     """A copy of the real built default pack (scripts/install.sh builds it)."""
     import shutil
 
-    from edge.config import DEFAULT_MODEL_DIR, DEFAULT_PACK
+    from edge.config import DEFAULT_MODEL_DIR
 
     src = DEFAULT_MODEL_DIR / DEFAULT_PACK
     if not src.is_dir():
@@ -86,7 +86,9 @@ def test_models_hashes(tmp_path) -> None:
     assert st is Status.FAIL and "not found" in text, text
     d = make_pack(tmp_path / "models")
     st, text = status(ctx, "models")
-    assert st is Status.OK and "facenet-20180408-102900-fixedstd-m24" in text, text
+    from models.pack import load_manifest
+
+    assert st is Status.OK and load_manifest(DEFAULT_PACK).embedder["id"] in text, text
     data = bytearray((d / "pnet.onnx").read_bytes())
     data[len(data) // 2] ^= 0x01   # one flipped bit
     (d / "pnet.onnx").write_bytes(bytes(data))

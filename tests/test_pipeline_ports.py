@@ -24,5 +24,5 @@ def test_bgr_ports_match_the_rgb_pipeline(face_pipeline: FacePipeline, media_dir
     # the session hands back its own Detections (a tracked box, maybe no landmarks)
     theirs = SessionDetections(found.boxes, found.scores, found.landmarks)
     emb = ports.embed(bgr, theirs)
-    assert emb.shape == (2, 512)
+    assert emb.shape == (2, face_pipeline.embedder.dim)
     assert np.allclose(emb, face_pipeline.embed(rgb, want), atol=1e-6)

@@ -35,7 +35,8 @@ def test_recognition_bench_quick(tmp_path: Path) -> None:
         assert key in r, key
     assert r["quick"] is True and r["people"] == 60
     assert r["lfw_pairs"] == 100  # 5 same + 5 different in each of the 10 folds
-    # FaceNet separates LFW pairs at ~0.98: 100 pairs at chance would give ~0.5
+    # the default pack (FaceNet + dlib) separates LFW pairs at ~0.99: 100 pairs at chance
+    # would give ~0.5
     assert 0.85 <= r["lfw_10fold_acc"] <= 1.0
     assert 0 < r["gallery"] < 60 and r["mated_probes"] > 0 and r["nonmated_probes"] > 0
     assert r["target_fpir"] == 1e-3
@@ -80,9 +81,13 @@ def test_recognition_bench_second_embedder_fused(tmp_path: Path) -> None:
     build.BUILDERS["dlib2onnx"](f, load_manifest("mtcnn-facenet"), sdist, onnx_path, cache,
                                 lambda _m: None)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    base = [sys.executable, str(ROOT / "bench" / "recognition.py"), "--quick", "--people", "60",
-            "--pairs-per-fold", "5", "--splits", "2", "--cache-dir", str(tmp_path / "c"),
-            "--second", str(onnx_path), "--second-centre"]
+    bench = [sys.executable, str(ROOT / "bench" / "recognition.py"), "--quick", "--people",
+             "60", "--pairs-per-fold", "5", "--splits", "2", "--cache-dir", str(tmp_path / "c")]
+    # --second fuses with FaceNet alone: the default pack is fused already, so it is refused
+    proc = subprocess.run([*bench, "--second", str(onnx_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "use --pack mtcnn-facenet" in proc.stderr, proc.stderr
+    base = [*bench, "--pack", "mtcnn-facenet", "--second", str(onnx_path), "--second-centre"]
     out = {}
     for w in ("0", "0.5"):
         proc = subprocess.run([*base, "--fusion-weight", w], cwd=ROOT, env=env,

@@ -90,11 +90,12 @@ def test_enrol_real_photos_sync_and_find(
     assert len((tmp_path / "pins.csv").read_text().splitlines()) == 6
 
     dlog = DistrictLog.open(db)
-    assert dlog.embedder_id == face_pipeline.embedder_id and dlog.dim == 512
+    dim = face_pipeline.embedder.dim  # the default pack's (640, the fused one)
+    assert dlog.embedder_id == face_pipeline.embedder_id and dlog.dim == dim
     key = new_key()
     fast = dict(reconnect_min_s=0.0, reconnect_max_s=0.5)
     pub = Publisher(dlog, key, BrokerSettings(host=broker.host, port=broker.port, **fast))
-    store = GalleryStore.open(tmp_path / "term", embedder_id=face_pipeline.embedder_id, dim=512)
+    store = GalleryStore.open(tmp_path / "term", embedder_id=face_pipeline.embedder_id, dim=dim)
     sub = TerminalSubscriber(
         store,
         BrokerSettings(host=broker.host, port=broker.port, **fast),

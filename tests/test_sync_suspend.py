@@ -62,9 +62,9 @@ def _motcua(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _terminal(tmp_path: Path, name: str, broker: MosquittoBroker, key, embedder_id: str
-              ) -> tuple[GalleryStore, TerminalSubscriber]:  # type: ignore[no-untyped-def]
-    store = GalleryStore.open(tmp_path / name, embedder_id=embedder_id, dim=512)
+def _terminal(tmp_path: Path, name: str, broker: MosquittoBroker, key, embedder_id: str,
+              dim: int) -> tuple[GalleryStore, TerminalSubscriber]:  # type: ignore[no-untyped-def]
+    store = GalleryStore.open(tmp_path / name, embedder_id=embedder_id, dim=dim)
     sub = TerminalSubscriber(
         store, BrokerSettings(host=broker.host, port=broker.port, **FAST),
         district_id="q1", terminal_id=name, public_key=key.public_key(),
@@ -111,7 +111,8 @@ def test_suspend_face_reaches_terminals_snapshots_and_reenrolment_lifts_it(
     dlog = DistrictLog.open(db)
     key = new_key()
     pub = Publisher(dlog, key, BrokerSettings(host=broker.host, port=broker.port, **FAST))
-    s1, sub1 = _terminal(tmp_path, "t1", broker, key, face_pipeline.embedder_id)
+    s1, sub1 = _terminal(tmp_path, "t1", broker, key, face_pipeline.embedder_id,
+                         face_pipeline.embedder.dim)
     s2: GalleryStore | None = None
     sub2: TerminalSubscriber | None = None
     pub.start()
@@ -150,7 +151,8 @@ def test_suspend_face_reaches_terminals_snapshots_and_reenrolment_lifts_it(
         assert unknown.stderr.count("\n") == 1  # one clear line, no traceback
 
         # a new terminal (empty store) installs a snapshot taken after the suspension
-        s2, sub2 = _terminal(tmp_path, "t2", broker, key, face_pipeline.embedder_id)
+        s2, sub2 = _terminal(tmp_path, "t2", broker, key, face_pipeline.embedder_id,
+                             face_pipeline.embedder.dim)
         sub2.start()
         _converge(sub2, lambda: sub2 is not None and sub2.engine.snapshots_applied >= 1
                   and s2 is not None and s2.last_seq == dlog.head_seq,

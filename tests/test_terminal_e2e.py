@@ -26,7 +26,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edge.config import ApiConfig, CameraConfig, Config, SessionConfig, TerminalConfig
+from edge.config import (
+    DEFAULT_PACK,
+    ApiConfig,
+    CameraConfig,
+    Config,
+    SessionConfig,
+    TerminalConfig,
+)
 from edge.service import TerminalService, load_vision
 from edge.store.gallery import GalleryStore
 from proto import display_pb2 as pb
@@ -103,7 +110,7 @@ def test_hamilton_clip_matches_lin_manuel_miranda_and_nobody_else(
                                                          timeout=5)
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             st = pb_grpc.DisplayStub(ch).GetStatus(pb.GetStatusRequest(), timeout=5)
-            assert st.gallery_size == 10 and st.model_pack == "mtcnn-facenet"
+            assert st.gallery_size == 10 and st.model_pack == DEFAULT_PACK
             assert st.store_loaded and st.sync_lag_s == -1.0
         assert service.wait(timeout=90), "the clip did not finish"
         time.sleep(0.5)  # the last messages reach the watcher
