@@ -250,6 +250,12 @@ def main() -> int:
     ap.add_argument("--providers", help="onnxruntime execution providers in order, comma "
                     "separated, instead of [runtime] providers (e.g. TensorrtExecutionProvider,"
                     "CUDAExecutionProvider,CPUExecutionProvider on a Jetson)")
+    # The bare-call columns time one onnxruntime session per stage; the fused default pack
+    # has two embedder sessions (FaceNet and dlib), so this bench measures a single-model
+    # pack: FaceNet, which the fused pack runs too. bench/fused_cost.py times the fused
+    # embedder against FaceNet alone.
+    ap.add_argument("--pack", default="mtcnn-facenet",
+                    help="single-embedder model pack to measure (default mtcnn-facenet)")
     args = ap.parse_args()
     reps = 15 if args.quick else 60
     clip_frames = 100 if args.quick else 10_000
@@ -259,6 +265,7 @@ def main() -> int:
         return 1
     try:
         cfg = load_config(Path(args.config) if args.config else None)
+        cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, pack=args.pack))
         if args.providers is not None:
             chosen = tuple(p.strip() for p in args.providers.split(",") if p.strip())
             runtime = dataclasses.replace(cfg.runtime, providers=chosen)
