@@ -71,6 +71,7 @@ from edge.session.decision import Matcher, OperatingPoint, Verdict, decide  # no
 from edge.session.ports import GalleryMatch  # noqa: E402
 from edge.store.gallery import Match  # noqa: E402
 from faces.align import MarginCrop, SimilarityAlign  # noqa: E402
+from faces.facenet_dlib import similarity_lsq  # noqa: E402  (the pack's own chip alignment)
 from faces.imagefiles import read_image  # noqa: E402
 from faces.pipeline import FacePipeline, load_pipeline  # noqa: E402
 from faces.types import Detections, Image  # noqa: E402
@@ -254,23 +255,6 @@ DLIB_TEMPLATE_150 = np.array(
     np.float32)
 #: landmark subsets of the dlib chip: all five, or eyes and nose (what dlib aligns on)
 DLIB_POINTS = {"dlib5": (0, 1, 2, 3, 4), "dlib3": (0, 1, 2)}
-
-
-def similarity_lsq(src: npt.NDArray[np.float64], dst: npt.NDArray[np.float64]
-                   ) -> npt.NDArray[np.float64]:
-    """2x3 similarity (rotation, uniform scale, shift) mapping ``src`` to ``dst`` in the
-    least-squares sense (Umeyama), every point counted (no RANSAC)."""
-    ms, md = src.mean(0), dst.mean(0)
-    a, b = src - ms, dst - md
-    cov = b.T @ a / len(src)
-    u, d, vt = np.linalg.svd(cov)
-    sign = np.diag([1.0, float(np.sign(np.linalg.det(u @ vt)) or 1.0)])
-    rot = u @ sign @ vt
-    scale = float(np.trace(np.diag(d) @ sign) / max(a.var(0).sum(), 1e-12))
-    m = np.empty((2, 3))
-    m[:, :2] = scale * rot
-    m[:, 2] = md - scale * rot @ ms
-    return m
 
 
 class DlibChip:
