@@ -69,34 +69,19 @@ def progress(msg: str) -> None:
 # ------------------------------------------------------------------ district side
 def build_snapshot(work: Path, citizens: int, seed: int) -> dict[str, Any]:
     """A district log of ``citizens`` and its signed snapshot file; what the children need."""
-    import numpy as np
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import fleet  # bench/fleet.py: district gallery helpers
 
     from district.log import DistrictLog
     from district.snapshots import SnapshotFiles
-    from edge.store.synthetic import ClusteredFaces
     from proto import sync_pb2 as pb
-    from sync.changes import Dossier, DossierStatus
     from sync.keys import generate_keypair, load_private_key
 
     keys = work / "keys"
     generate_keypair(keys / "district.key", keys / "district.pub")
     dlog = DistrictLog.create(work / "district.sqlite", district_id=DISTRICT,
                               embedder_id=EMBEDDER, dim=DIM)
-    faces = ClusteredFaces(DIM, seed=seed)
-    rng = np.random.default_rng(seed)
-    step = 2000  # one transaction per 2,000 citizens: bounded memory
-    for start in range(0, citizens, step):
-        with dlog.transaction():
-            for i in range(start, min(citizens, start + step)):
-                cid = f"c{i:07d}"
-                dlog.upsert_citizen(cid, masked_name=f"Nguyễn V. A*** {i}",
-                                    embeddings=faces.samples(i, [0]),
-                                    pin_hash=rng.bytes(32), pin_salt=rng.bytes(16))
-                dlog.upsert_dossier(Dossier(
-                    code=f"HS-{i:07d}", citizen_id=cid,
-                    procedure="Cấp giấy chứng nhận quyền sử dụng đất",
-                    status=DossierStatus.RECEIVED, stage="Bộ phận một cửa",
-                    received_on="2026-11-02"))
+    fleet.fill(dlog, citizens, seed)  # the fleet bench's synthetic gallery (512-d)
     t0 = time.perf_counter()
     files = SnapshotFiles(work / "snapshots", load_private_key(keys / "district.key"),
                           "http://127.0.0.1:1")
