@@ -54,7 +54,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -493,18 +492,6 @@ def run(args: argparse.Namespace, code: Path, fleet: Any, work: Path, seed_dir: 
             "still_matchable": not_ok, "rejections": rejections}
 
 
-@contextlib.contextmanager
-def workdir(keep: bool) -> Iterator[Path]:
-    work = Path(tempfile.mkdtemp(prefix="motcua-bench-delete-"))
-    try:
-        yield work
-    finally:
-        if keep:
-            print(f"kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-
-
 def main() -> None:
     sys.path.insert(0, str(HERE))
     import fleet  # bench/fleet.py: broker, district worker and gallery helpers
@@ -536,7 +523,7 @@ def main() -> None:
           f"{args.deletes} deletes x {args.rounds} round(s) over {len(codes)} tree(s); "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
     results: dict[str, list[dict[str, Any]]] = {str(c): [] for c in codes}
-    with workdir(args.keep) as work:
+    with fleet.workdir(args.keep, "motcua-bench-delete-") as work:
         generate_keypair(work / "district.key", work / "district.pub")
         db = work / "district.sqlite"
         dlog = DistrictLog.create(db, district_id=fleet.DISTRICT, embedder_id=fleet.EMBEDDER,

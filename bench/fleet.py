@@ -939,8 +939,9 @@ def targets(fig: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def workdir(keep: bool) -> Iterator[Path]:
-    work = Path(tempfile.mkdtemp(prefix="motcua-bench-fleet-"))
+def workdir(keep: bool, prefix: str = "motcua-bench-fleet-") -> Iterator[Path]:
+    """A fresh temporary directory, removed afterwards unless ``keep``."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         yield work
     finally:
